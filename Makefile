@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (the main job on the built-in synthetic data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+MINIMAL_VENV ?= .venv-minimal
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_output
+
+.PHONY: install minimal-env test demo app bench clean help
+
+help:
+	@echo "make demo         generate phantom data, train, release, evaluate and draft reports (~10 min on 2 CPUs)"
+	@echo "make test         run the test suite (builds .venv and the minimal second environment first)"
+	@echo "make install      create $(VENV) with the pinned versions of requirements/ci.txt"
+	@echo "make minimal-env  create $(MINIMAL_VENV): torch + transformers of the other major version only"
+	@echo "make bench        run the CPU benchmarks in benchmarks/"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/ci.txt setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements/ci.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+minimal-env: $(MINIMAL_VENV)/.installed
+
+$(MINIMAL_VENV)/.installed: requirements/minimal.txt
+	$(PYTHON) -m venv $(MINIMAL_VENV)
+	$(MINIMAL_VENV)/bin/pip install --quiet -r requirements/minimal.txt
+	touch $@
+
+test: install minimal-env
+	$(PY) -m pytest -q --durations=15
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,124 @@
+"""Tiny CLIP-T5 models, processors and releases shared by the tests (built here: nothing is downloaded)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+sys.path.insert(0, str(REPO_ROOT))
+
+from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor, CLIPT5Processor  # noqa: E402
+from modeling_cliptt5.tokenization import train_report_tokenizer  # noqa: E402
+
+TINY_IMAGE_SIZE = 32
+
+TINY_REPORTS = [
+    "FINDINGS: The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax. "
+    "IMPRESSION: No acute cardiopulmonary process.",
+    "FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly with left effusion.",
+    "FINDINGS: Right upper lobe consolidation. No pneumothorax. IMPRESSION: Right upper lobe pneumonia.",
+    "FINDINGS: A 2 cm nodule in the left upper lobe. Endotracheal tube in place. IMPRESSION: Left lung nodule.",
+    "FINDINGS: Large right pneumothorax. Heart size is normal. IMPRESSION: Right pneumothorax.",
+]
+
+
+def tiny_config(**overrides):
+    """A CLIP-T5 config with the full architecture's structure and toy sizes (32 px, 2-layer ViT and T5)."""
+    settings = dict(
+        vision_config=dict(image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64),
+        clip_projection_dim=24, vocab_size=200, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+        dropout_rate=0.0,
+    )
+    settings.update(overrides)
+    return CLIPT5Config(**settings)
+
+
+def tiny_processor(tokenizer):
+    image_processor = CLIPT5ImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    )
+    return CLIPT5Processor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_report_tokenizer(TINY_REPORTS * 20, vocab_size=200)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    torch.manual_seed(0)
+    return CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer))).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor_fixture(tiny_tokenizer):
+    return tiny_processor(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_release_dir(tmp_path_factory, tiny_model, tiny_processor_fixture):
+    """A saved release folder (weights, config, generation config, processor, code) of a tiny model."""
+    release = tmp_path_factory.mktemp("tiny_release")
+    tiny_model.save_pretrained(release)
+    tiny_processor_fixture.save_pretrained(release)
+    return release
+
+
+def subprocess_env():
+    """Environment for child Python processes: no GPU, few threads, offline."""
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""})
+    return env
+
+
+def build_tiny_open_clip(folder, timm_model_name="vit_cliptt5_tiny", image_size=TINY_IMAGE_SIZE, embed_dim=24):
+    """An open_clip model with BiomedCLIP's structure (timm ViT trunk, timm_pool "", linear projection, a BERT
+    text tower with an MLP projection and CLS pooling), built offline from a local config as NOTES.md describes.
+
+    `timm_model_name="vit_cliptt5_tiny"` is a 2-layer 32-wide ViT registered here; "vit_base_patch16_224" gives
+    BiomedCLIP's real tower shape (random weights)."""
+    import json
+
+    import open_clip
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import _create_vision_transformer
+    from transformers import BertConfig, BertTokenizerFast
+
+    if timm_model_name == "vit_cliptt5_tiny" and not timm.is_model("vit_cliptt5_tiny"):
+        @register_model
+        def vit_cliptt5_tiny(pretrained=False, **kwargs):
+            model_args = dict(img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+            return _create_vision_transformer("vit_cliptt5_tiny", pretrained=False, **{**model_args, **kwargs})
+
+    folder = Path(folder)
+    text_dir = folder / "tiny-bert"
+    text_dir.mkdir(parents=True, exist_ok=True)
+    words = sorted({word.strip(".,:").lower() for report in TINY_REPORTS for word in report.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (text_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(text_dir / "vocab.txt")).save_pretrained(text_dir)
+    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64).save_pretrained(text_dir)
+    model_name = f"tiny-biomedclip-{timm_model_name}-{image_size}"
+    config = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"timm_model_name": timm_model_name, "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": image_size},
+        "text_cfg": {"hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir), "hf_proj_type": "mlp",
+                     "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32},
+    }
+    config_dir = folder / "open_clip_configs"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / f"{model_name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(config_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model(model_name, pretrained=None, pretrained_hf=False)
+    return model.eval(), model_name

@@ -1,0 +1,110 @@
+"""A release folder loads with transformers + torch alone (trust_remote_code), also on the other major version."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO_ROOT, subprocess_env
+
+MINIMAL_PYTHON = Path(os.environ.get("CLIPT5_MINIMAL_PYTHON", REPO_ROOT / ".venv-minimal" / "bin" / "python"))
+
+# Runs in a fresh interpreter where the package cannot be imported: only the release's own code is there.
+LOAD_AND_GENERATE = r"""
+import json, sys
+sys.modules["modeling_cliptt5"] = None
+import torch
+from safetensors.torch import load_file, save_file
+import transformers
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+release, inputs_file, output_file, with_processor = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+inputs = load_file(inputs_file)
+result = {"transformers": transformers.__version__}
+outputs = {}
+for auto_class in (AutoModel, AutoModelForSeq2SeqLM):
+    model = auto_class.from_pretrained(release, trust_remote_code=True).eval()
+    result[auto_class.__name__] = [type(model).__name__, type(model).__module__]
+    outputs[auto_class.__name__] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, num_beams=2)
+if with_processor:
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(release, trust_remote_code=True)
+    result["processor"] = [type(processor).__name__, type(processor).__module__, type(processor.image_processor).__name__]
+    outputs["processor_pixels"] = processor(images=Image.open(sys.argv[5]))["pixel_values"]
+save_file({name: tensor.contiguous() for name, tensor in outputs.items()}, output_file)
+print(json.dumps(result))
+"""
+
+
+def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None):
+    inputs_file, output_file = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
+    save_file({"pixel_values": pixel_values.contiguous()}, inputs_file)
+    command = [str(python), "-c", LOAD_AND_GENERATE, str(release), str(inputs_file), str(output_file),
+               "1" if image_path else "0"] + ([str(image_path)] if image_path else [])
+    completed = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1]), load_file(output_file)
+
+
+def test_release_folder_holds_everything_and_no_pickle(tiny_release_dir):
+    files = {path.name for path in Path(tiny_release_dir).iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "configuration_cliptt5.py",
+            "modeling_cliptt5.py", "processing_cliptt5.py", "report_sections.py", "tokenizer.json"} <= files
+    assert {"processor_config.json", "preprocessor_config.json"} & files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    auto_map = json.loads((Path(tiny_release_dir) / "config.json").read_text())["auto_map"]
+    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM", "AutoModelForImageTextToText"):
+        assert auto_class in auto_map
+
+
+def test_auto_classes_load_the_release_without_the_package(tiny_release_dir, tiny_model, tiny_processor_fixture, tmp_path):
+    image_path = tmp_path / "study.png"
+    Image.effect_noise((40, 52), 60).save(image_path)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    expected = tiny_model.generate(pixel_values=pixel_values, max_new_tokens=12, num_beams=2)
+    result, outputs = run_in_fresh_process(sys.executable, tiny_release_dir, tmp_path, pixel_values, image_path)
+    for auto_class in ("AutoModel", "AutoModelForSeq2SeqLM"):
+        class_name, module = result[auto_class]
+        assert class_name == "CLIPT5ForConditionalGeneration"
+        assert module.startswith("transformers_modules."), module  # the release's own code, not the package
+        assert torch.equal(outputs[auto_class], expected)
+    assert result["processor"][0] == "CLIPT5Processor" and result["processor"][1].startswith("transformers_modules.")
+    assert result["processor"][2] == "CLIPT5ImageProcessor"
+    torch.testing.assert_close(outputs["processor_pixels"], tiny_processor_fixture(images=Image.open(image_path))["pixel_values"])
+
+
+def test_release_runs_on_the_other_transformers_major(tiny_release_dir, tiny_model, tmp_path):
+    """The minimal environment holds torch and transformers of the other major version and nothing else
+    (`make minimal-env`, run by .ci/run)."""
+    if not MINIMAL_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
+        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    expected = tiny_model.generate(pixel_values=pixel_values, max_new_tokens=12, num_beams=2)
+    result, outputs = run_in_fresh_process(MINIMAL_PYTHON, tiny_release_dir, tmp_path, pixel_values)
+    import transformers
+
+    assert result["transformers"].split(".")[0] != transformers.__version__.split(".")[0]
+    freeze = subprocess.run([str(MINIMAL_PYTHON), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
+    installed = {line.split("==")[0].lower() for line in freeze.splitlines() if "==" in line}
+    assert not installed & {"open-clip-torch", "timm", "torchvision", "datasets", "accelerate", "pillow"}
+    for auto_class in ("AutoModel", "AutoModelForSeq2SeqLM"):
+        assert result[auto_class][0] == "CLIPT5ForConditionalGeneration"
+        assert torch.equal(outputs[auto_class], expected)
+
+
+def test_loading_a_folder_that_is_not_a_release_fails_clearly(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+
+    T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_ff=32, d_kv=4, num_heads=4, num_layers=1)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a CLIP-T5 release"):
+        CLIPT5ForConditionalGeneration.from_pretrained(tmp_path)
