@@ -1,0 +1,239 @@
+"""Draft reports for image files: collect the inputs, group views into studies, run the model batch by batch.
+
+generate.py is the command line over these functions; a notebook or a service can call them directly.
+
+Studies and views
+- `group_studies(files, study_by)`:
+  "none"   - every file is its own study (its id: the file name without suffix);
+  "folder" - the files of one folder are the views of one study (its id: the folder name);
+  "prefix" - files in one folder whose names agree up to the last "_" or "-" are one study
+             ("s123_frontal.png" + "s123_lateral.png" -> study "s123"; a name without "_" or "-" stands alone).
+  Views are ordered by file name.
+- `fit_views(study, num_views)`: a model reads a fixed number of views. A study with fewer views repeats its
+  views in order (frontal only, 2-view model -> frontal, frontal); a study with more keeps the first
+  `num_views` in file-name order. Both say so in a warning.
+- A view that cannot be read is reported and left out; its study goes on with the views that remain.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+STUDY_GROUPINGS = ("folder", "prefix", "none")
+
+
+@dataclass
+class Study:
+    """One study: its id and the files of its views, in the order the model will see them."""
+
+    study_id: str
+    files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DraftedReport:
+    """A drafted report, or the reason there is none (`error`)."""
+
+    study_id: str
+    files: list[Path]
+    report: str = ""
+    findings: str | None = None
+    impression: str | None = None
+    seconds: float = 0.0
+    labels: dict | None = None
+    error: str | None = None
+
+
+def looks_like_image(path: Path) -> bool:
+    """Image suffix, or a suffix-less DICOM file (PACS exports often have names like IM0001)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as handle:
+            return is_dicom(handle.read(132))
+    except OSError:
+        return False
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (searched recursively) and glob patterns -> (image files in order, errors for inputs
+    that name nothing). A file named directly is kept whatever its suffix, so that its reader can say what is
+    wrong with it; files found in folders or by patterns are kept when they look like images."""
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and looks_like_image(p))
+            if not found:
+                errors.append(f"{item}: folder holds no PNG, JPEG or DICOM files")
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            found = [p for p in found if looks_like_image(p)]
+            if not found:
+                errors.append(f"{item}: no image files match this pattern")
+            files.extend(found)
+        else:
+            errors.append(f"{item}: file not found")
+    unique = list(dict.fromkeys(files))  # a file named twice (e.g. by a folder and a pattern) is drafted once
+    return unique, errors
+
+
+def study_key(path: Path, study_by: str) -> tuple[str, str]:
+    """(grouping key, study id) of one file under a grouping rule (see the module docstring)."""
+    if study_by == "none":
+        return str(path), path.stem
+    if study_by == "folder":
+        return str(path.parent), path.parent.name or str(path.parent)
+    if study_by == "prefix":
+        cut = max(path.stem.rfind("_"), path.stem.rfind("-"))
+        prefix = path.stem[:cut] if cut > 0 else path.stem
+        return str(path.parent / prefix), prefix
+    raise ValueError(f"study_by must be one of {STUDY_GROUPINGS}, got {study_by!r}")
+
+
+def group_studies(files: list[Path], study_by: str) -> list[Study]:
+    """Groups files into studies, in order of first appearance; views within a study in file-name order."""
+    groups: dict[str, Study] = {}
+    for path in files:
+        key, study_id = study_key(path, study_by)
+        groups.setdefault(key, Study(study_id, [])).files.append(path)
+    studies = list(groups.values())
+    for study in studies:
+        study.files.sort(key=lambda path: path.name)
+    make_ids_unique(studies, study_by)
+    return studies
+
+
+def make_ids_unique(studies: list[Study], study_by: str) -> None:
+    """Two folders can hold studies with the same name: prefix a repeated id with the folder above it."""
+    counts: dict[str, int] = {}
+    for study in studies:
+        counts[study.study_id] = counts.get(study.study_id, 0) + 1
+    for study in studies:
+        if counts[study.study_id] > 1:
+            folder = study.files[0].parent.parent if study_by == "folder" else study.files[0].parent
+            study.study_id = f"{folder.name}/{study.study_id}"
+
+
+def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | None]:
+    """Repeats or trims a study's views to the model's `num_views`; returns (views, warning or None)."""
+    if len(files) == num_views:
+        return list(files), None
+    if len(files) < num_views:
+        views = [files[i % len(files)] for i in range(num_views)]
+        return views, f"{study_id}: {len(files)} view(s), the model reads {num_views}: repeating views in order"
+    return list(files[:num_views]), (
+        f"{study_id}: {len(files)} views, the model reads {num_views}: using the first {num_views} by file name"
+    )
+
+
+def read_study_images(study: Study, num_views: int, max_pixels: int) -> tuple[list, list[str]]:
+    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors)."""
+    images, used, errors = [], [], []
+    for path in study.files:
+        try:
+            images.append(open_image(path, max_pixels=max_pixels))
+            used.append(path)
+        except ImageReadError as error:
+            errors.append(str(error))
+    if not images:
+        return [], errors
+    images, warning = fit_views(images, num_views, study.study_id)
+    if warning:
+        study.warnings.append(warning)
+    study.files = used
+    return images, errors
+
+
+def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict) -> list[dict]:
+    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}]."""
+    inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
+    inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+    with torch.inference_mode():
+        sequences = model.generate(**inputs, **generate_kwargs)
+    return processor.batch_decode_reports(sequences)
+
+
+def draft_reports(
+    model,
+    processor,
+    studies: list[Study],
+    batch_size: int = 4,
+    prompt: str | None = None,
+    generate_kwargs: dict | None = None,
+    max_pixels: int | None = None,
+    on_error=None,
+    on_warning=None,
+):
+    """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
+
+    A study whose views are all unreadable, or a batch the model fails on, yields reports with `error` set;
+    the other studies go on. `on_error(message)` hears about each unreadable view and failed batch ("FILE:
+    REASON"), `on_warning(message)` about each study whose views were repeated or trimmed.
+    """
+    generate_kwargs = generate_kwargs or {}
+    on_error = on_error or (lambda message: None)
+    on_warning = on_warning or (lambda message: None)
+    num_views = model.config.num_views
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    for start in range(0, len(studies), batch_size):
+        started = time.perf_counter()
+        ready, batch_images = [], []
+        for study in studies[start : start + batch_size]:
+            images, errors = read_study_images(study, num_views, max_pixels)
+            for message in errors:
+                on_error(message)
+            for message in study.warnings:
+                on_warning(message)
+            if not images:
+                yield DraftedReport(study.study_id, study.files, error="no readable image")
+                continue
+            ready.append(study)
+            batch_images.append(images if num_views > 1 else images[0])
+        if not ready:
+            continue
+        try:
+            drafts = draft_batch(model, processor, batch_images, prompt, generate_kwargs)
+        except Exception as error:  # one failing batch (e.g. out of memory) must not stop the run
+            message = f"generation failed for this batch ({type(error).__name__}: {error})"
+            for study in ready:
+                on_error(f"{study.study_id}: {message}")
+                yield DraftedReport(study.study_id, study.files, error=message)
+            continue
+        seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
+        for study, draft in zip(ready, drafts):
+            yield DraftedReport(
+                study.study_id,
+                study.files,
+                report=draft["text"],
+                findings=draft["findings"],
+                impression=draft["impression"],
+                seconds=seconds,
+            )
+
+
+def finding_labels(report: str) -> dict:
+    """CheXpert observations the (approximate, rule-based) labeler finds positive or uncertain in a draft."""
+    from .labeler import label_report  # only needed with --labels
+
+    if not report.strip():
+        return {"labels": [], "uncertain_labels": []}  # an empty draft states nothing, not "No Finding"
+    statuses = label_report(report)
+    return {
+        "labels": [name for name, status in statuses.items() if status == 1],
+        "uncertain_labels": [name for name, status in statuses.items() if status == -1],
+    }
