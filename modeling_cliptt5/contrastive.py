@@ -1,0 +1,273 @@
+"""Stage 1: adapt BiomedCLIP (an open_clip model) to the report data with CLIP's contrastive loss, before its image
+tower becomes CLIP-T5's (conversion/convert_biomedclip_t5.py reads the saved checkpoint folder).
+
+Image-report pairs come from the report schema (the frontal view and the `report_column` text); training crops
+with RandomResizedCrop(scale=(crop_scale_min, 1)) and never flips (a flip would swap left and right findings);
+validation reports image->text and text->image recall@1/5/10.
+"""
+
+import contextlib
+import json
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .processing_cliptt5 import to_rgb_image
+from .training import (
+    better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, start_run,
+)
+from .training_data import (
+    BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches_from, take_first, total_steps,
+)
+from .training_state import atomic_folder, plot_curves, save_training_state
+
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
+RECALL_AT = (1, 5, 10)
+
+
+def load_open_clip(config):
+    """(model, tokenizer, model name) for config.clip_model; a folder is read as a stage-1 checkpoint."""
+    import open_clip
+
+    if config.clip_model_config_dir:
+        open_clip.add_model_config(config.clip_model_config_dir)
+    name = f"local-dir:{config.clip_model}" if os.path.isdir(config.clip_model) else config.clip_model
+    model = open_clip.create_model(name, load_weights=config.clip_pretrained, pretrained_text=config.clip_pretrained,
+                                   output_dict=True)
+    return model, open_clip.get_tokenizer(name), name
+
+
+def image_transforms(model, crop_scale_min):
+    """open_clip's own train (RandomResizedCrop, no flip) and eval (resize, centre crop) transforms."""
+    import open_clip
+
+    preprocess = model.visual.preprocess_cfg
+    common = {"image_size": preprocess["size"], "mean": preprocess["mean"], "std": preprocess["std"],
+              "interpolation": preprocess.get("interpolation"), "resize_mode": preprocess.get("resize_mode")}
+    train = open_clip.image_transform(is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(crop_scale_min, 1.0)),
+                                      **common)
+    evaluation = open_clip.image_transform(is_train=False, **common)
+    return train, evaluation
+
+
+def frontal_image_encoder(transform):
+    """encode_images for StudyDataset: the study's first (frontal) view through `transform`."""
+    def encode(row, _index):
+        return transform(to_rgb_image(choose_views(row["images"], 1, row.get("id"))[0]))
+    return encode
+
+
+class ContrastiveCollator:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, examples):
+        reports = [example["report"] for example in examples]
+        return {
+            "image": torch.stack([example["image_input"] for example in examples]),
+            "text": self.tokenizer(reports),
+            "references": reports,
+            "indices": [example["index"] for example in examples],
+            "ids": [example["id"] for example in examples],
+            "skipped": [entry for example in examples for entry in example["skipped"]],
+        }
+
+
+def retrieval_recall(image_features, text_features, ks=RECALL_AT, groups=None):
+    """Recall@k both ways for matched rows of L2-normalised features: the share of queries whose match is among
+    the k most similar candidates. `groups` (e.g. report texts) count any candidate of the query's group as a
+    match, so that identical reports of different studies are not scored as misses."""
+    count = image_features.shape[0]
+    if groups is None:
+        group_ids = torch.arange(count)
+    else:
+        first_of = {}
+        group_ids = torch.tensor([first_of.setdefault(group, len(first_of)) for group in groups])
+    similarity = image_features.float() @ text_features.float().T
+    metrics = {}
+    for direction, scores in (("image_to_text", similarity), ("text_to_image", similarity.T)):
+        ranked = scores.argsort(dim=1, descending=True)
+        hits = group_ids[ranked] == group_ids[:, None]
+        for k in ks:
+            metrics[f"{direction}_recall@{k}"] = hits[:, :k].any(dim=1).float().mean().item()
+    metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
+    return metrics
+
+
+def contrastive_loss(image_features, text_features, logit_scale):
+    """CLIP's symmetric cross-entropy over one similarity matrix (open_clip.ClipLoss on a single process)."""
+    logits = logit_scale * image_features @ text_features.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+
+
+def parameter_groups(model, config):
+    """open_clip's convention: no weight decay on gains, biases, norms and the logit scale."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            plain = parameter.ndim < 2 or "logit_scale" in name or "bias" in name or "norm" in name
+            (no_decay if plain else decay).append(parameter)
+    return [{"params": decay, "weight_decay": config.weight_decay, "lr": config.learning_rate, "name": "clip"},
+            {"params": no_decay, "weight_decay": 0.0, "lr": config.learning_rate, "name": "clip_no_decay"}]
+
+
+def evaluate_retrieval(model, dataset, collate, config, accelerator):
+    """Validation contrastive loss and recall@k over the whole validation subset (features gathered from ranks)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
+                                         collate_fn=collate, num_workers=config.num_workers)
+    rows = []
+    with full_parameters(model, accelerator):
+        for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):
+            with torch.no_grad(), accelerator.autocast():
+                output = unwrapped(batch["image"].to(accelerator.device), batch["text"].to(accelerator.device))
+            for index, image, text, report in zip(batch["indices"], output["image_features"].float().cpu(),
+                                                  output["text_features"].float().cpu(), batch["references"]):
+                rows.append((index, image, text, report))
+        logit_scale = unwrapped.logit_scale.detach().exp().float().cpu()
+    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
+    metrics = {}
+    if accelerator.is_main_process:
+        by_index = {index: (image, text, report) for index, image, text, report in rows}
+        ordered = [by_index[index] for index in sorted(by_index)]
+        images = torch.stack([image for image, _, _ in ordered])
+        texts = torch.stack([text for _, text, _ in ordered])
+        metrics["loss"] = contrastive_loss(images, texts, logit_scale).item()
+        metrics.update(retrieval_recall(images, texts, groups=[report for _, _, report in ordered]))
+    unwrapped.train(was_training)
+    return broadcast_object_list([metrics])[0]
+
+
+def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder, extra=None):
+    """An open_clip checkpoint folder (open_clip_config.json + safetensors weights + tokenizer files) that
+    `open_clip.create_model("local-dir:FOLDER")` and conversion/convert_biomedclip_t5.py load."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        with atomic_folder(folder) as staging:
+            model_config = open_clip.get_model_config(model_name)
+            with open(os.path.join(staging, OPEN_CLIP_CONFIG_FILE), "w", encoding="utf-8") as handle:
+                json.dump({"model_cfg": model_config, "preprocess_cfg": unwrapped.visual.preprocess_cfg}, handle,
+                          indent=1)
+            weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+            save_file(weights, os.path.join(staging, OPEN_CLIP_WEIGHTS_FILE), metadata={"format": "pt"})
+            if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"):
+                tokenizer.tokenizer.save_pretrained(staging)  # local-dir: models read their tokenizer from the folder
+            if extra:
+                with open(os.path.join(staging, "training_info.json"), "w", encoding="utf-8") as handle:
+                    json.dump(extra, handle, indent=1, default=str)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def train_contrastive(config):
+    """Runs stage 1; returns (unwrapped open_clip model, last validation metrics)."""
+    import open_clip
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(config)
+    metrics_log = start_run(config, accelerator)
+    set_seed(config.seed)
+    data = load_training_dataset(config, accelerator)
+    model, tokenizer, model_name = load_open_clip(config)
+    train_transform, eval_transform = image_transforms(model, config.crop_scale_min)
+    collate = ContrastiveCollator(tokenizer)
+    train_set = StudyDataset(take_first(data[config.train_split], config.max_train_samples),
+                             frontal_image_encoder(train_transform), config.report_column,
+                             max_bad_samples=config.max_bad_samples)
+    validation_set = None
+    if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
+        validation_set = StudyDataset(take_first(data[config.validation_split], config.eval_max_samples),
+                                      frontal_image_encoder(eval_transform), config.report_column,
+                                      max_bad_samples=config.max_bad_samples)
+    num_steps = total_steps(config, len(train_set), accelerator.num_processes)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), betas=(0.9, 0.98), eps=1e-6)
+    scheduler = make_scheduler(config, optimizer, num_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
+                                 rank=accelerator.process_index, world_size=accelerator.num_processes)
+    trainer_state = resume_if_asked(config, accelerator, metrics_log)
+    bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
+                           trainer_state["bad_samples"])
+    accelerator.print(f"stage 1: {model_name}, {len(train_set)} image-report pairs, {num_steps} steps on "
+                      f"{accelerator.num_processes} process(es) ({accelerator.device})")
+
+    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
+                                       accelerator.num_processes, accelerator.process_index)
+    unwrapped = accelerator.unwrap_model(model)
+    window_losses, started, start_step, last_metrics = [], time.perf_counter(), trainer_state["step"], {}
+    progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="contrastive training", unit="step",
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    while trainer_state["step"] < num_steps:
+        step = trainer_state["step"]
+        for micro_step in range(config.gradient_accumulation_steps):
+            epoch, batch = next(micro_batches)
+            bad_log.record(batch["skipped"], step)
+            sync = micro_step == config.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                output = model(batch["image"].to(accelerator.device), batch["text"].to(accelerator.device))
+                loss = loss_fn(output["image_features"], output["text_features"], output["logit_scale"])
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            window_losses.append(loss.detach().float())
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # CLIP caps the temperature at 100 (Radford et al. 2021)
+            unwrapped.logit_scale.clamp_(0, math.log(100))
+        trainer_state["step"] = step = step + 1
+        progress.update(1)
+        if step % config.log_every_steps == 0 or step == num_steps:
+            mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
+            log_metrics(accelerator, metrics_log, {"step": step, "epoch": epoch, "train/loss": mean_loss,
+                                                   "train/logit_scale": output["logit_scale"].item(),
+                                                   "lr/clip": optimizer.param_groups[0]["lr"]})
+            progress.set_postfix(loss=f"{mean_loss:.3f}")
+            window_losses = []
+        if validation_set is not None and (step % config.eval_every_steps == 0 or step == num_steps):
+            last_metrics = evaluate_retrieval(model, validation_set, collate, config, accelerator)
+            log_metrics(accelerator, metrics_log,
+                        {"step": step, **{f"validation/{name}": value for name, value in last_metrics.items()}})
+            if config.best_metric not in last_metrics:
+                raise ValueError(f"best_metric {config.best_metric!r} is not a stage-1 validation metric "
+                                 f"{sorted(last_metrics)}")
+            if better(last_metrics[config.best_metric], trainer_state["best_value"], config.best_metric):
+                trainer_state.update(best_value=last_metrics[config.best_metric], best_step=step)
+                save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, config.release_dir,
+                                          {"step": step, "metrics": last_metrics})
+            model.train()
+        if step % config.save_every_steps == 0 or step == num_steps:
+            trainer_state["bad_samples"] = bad_log.count
+            save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
+    progress.close()
+    if validation_set is None:
+        save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, config.release_dir,
+                                  {"step": trainer_state["step"]})
+    if accelerator.is_main_process:
+        plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
+                    metric_names=[name for name in last_metrics if "recall@1" in name])
+        elapsed = time.perf_counter() - started
+        print(f"done: {trainer_state['step'] - start_step} steps in {elapsed:.0f} s; best validation "
+              f"{config.best_metric} = {trainer_state['best_value']} at step {trainer_state['best_step']}; "
+              f"open_clip checkpoint {config.release_dir} (convert with conversion/convert_biomedclip_t5.py "
+              f"--clip-model {config.release_dir})")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return unwrapped, last_metrics

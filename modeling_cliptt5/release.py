@@ -1,0 +1,169 @@
+"""A CLIP-T5 release folder (model + processor + model card) written atomically, and its upload to the Hub.
+
+    python -m modeling_cliptt5.release runs/demo/best --push-to-hub user/cliptt5-demo [--private]
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from .training_state import atomic_folder
+
+RELEASE_INFO_FILE = "release_info.json"
+TRAINING_CONFIG_FILE = "training_config.yaml"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+
+
+def save_release(accelerator, model, processor, release_dir, info, training_config=None):
+    """Writes model + processor + release_info.json (+ training config and a filled model card) to a hidden
+    folder and renames it into place; every rank must call it (FSDP gathers the full state dict)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        with atomic_folder(release_dir) as staging:
+            unwrapped.save_pretrained(staging, state_dict=state_dict, save_function=accelerator.save)
+            processor.save_pretrained(staging)
+            if training_config is not None:
+                with open(os.path.join(staging, TRAINING_CONFIG_FILE), "w", encoding="utf-8") as handle:
+                    yaml.safe_dump(training_config, handle, sort_keys=False)
+            info = {**info, **model_sizes(unwrapped, staging)}
+            with open(os.path.join(staging, RELEASE_INFO_FILE), "w", encoding="utf-8") as handle:
+                json.dump(info, handle, indent=1, default=str)
+            write_model_card(staging)
+    accelerator.wait_for_everyone()
+    return release_dir
+
+
+def model_sizes(model, folder):
+    weights = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
+    return {
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "trainable_parameters": sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad),
+        "weights_bytes": weights,
+    }
+
+
+def _human(count, unit=""):
+    for suffix in ("", "K", "M", "G"):
+        if abs(count) < 1000:
+            return f"{count:.1f} {suffix}{unit}".replace(".0 ", " ")
+        count /= 1000
+    return f"{count:.1f} T{unit}"
+
+
+def _plain_metric_name(name):
+    return name.split("/", 1)[-1]
+
+
+def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLATE):
+    """The model card text for a release folder, filled from its config.json, release_info.json and training
+    config, with Hub metadata (license, datasets, metrics, base models, tags, pipeline_tag)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    release_dir = Path(release_dir)
+    if not Path(template_path).is_file():
+        raise FileNotFoundError(f"{template_path}: model card template not found")
+    info_path = release_dir / RELEASE_INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: not a training release (no {RELEASE_INFO_FILE})")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    config = json.loads((release_dir / "config.json").read_text(encoding="utf-8"))
+    training_config_path = release_dir / TRAINING_CONFIG_FILE
+    training_config = training_config_path.read_text(encoding="utf-8") if training_config_path.is_file() else ""
+    vision = config.get("vision_config", {})
+    metrics = {_plain_metric_name(name): value for name, value in info.get("metrics", {}).items()
+               if isinstance(value, (int, float))}
+    sources = info.get("sources", {})
+    card_data = ModelCardData(
+        model_name=info.get("model_name", release_dir.name),
+        license=info.get("license", "apache-2.0"),
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        tags=["radiology", "chest-x-ray", "report-generation", "clip", "t5", "biomedclip", "custom_code"]
+        + (["synthetic-data"] if info.get("synthetic_data") else []),
+        datasets=sorted(sources) or None,
+        metrics=sorted({_metric_family(name) for name in metrics if name != "loss"}) or None,
+        base_model=info.get("base_models") or None,
+    )
+    image_tokens = 1 if config.get("image_tokens") == "pooled" else (
+        1 + (vision.get("image_size", 224) // vision.get("patch_size", 16) // config.get("image_token_pooling", 1)) ** 2)
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        repo_id=repo_id or info.get("repo_id") or "path/to/this/folder",
+        model_name=info.get("model_name", release_dir.name),
+        synthetic_data=info.get("synthetic_data", False),
+        dataset=info.get("dataset", "unknown"),
+        sources=", ".join(f"{name} ({count})" for name, count in sorted(sources.items())) or "unknown",
+        split_sizes=info.get("split_sizes", {}),
+        report_column=info.get("report_column", "report"),
+        parameters=_human(info.get("parameters", 0)),
+        trainable_parameters=_human(info.get("trainable_parameters", 0)),
+        weights_size=_human(info.get("weights_bytes", 0), "B"),
+        image_size=vision.get("image_size"),
+        num_views=config.get("num_views", 1),
+        image_tokens=image_tokens,
+        vision_layers=vision.get("num_hidden_layers"),
+        vision_hidden=vision.get("hidden_size"),
+        d_model=config.get("d_model"),
+        t5_layers=config.get("num_layers"),
+        t5_decoder_layers=config.get("num_decoder_layers") or config.get("num_layers"),
+        vocab_size=config.get("vocab_size"),
+        initialisation=info.get("initialisation", "unknown"),
+        best_step=info.get("step", "?"),
+        best_metric=info.get("best_metric", "loss"),
+        validation_studies=info.get("validation_studies", "?"),
+        metrics=metrics,
+        training_config=training_config.strip(),
+    )
+    return str(card)
+
+
+def _metric_family(name):
+    """Hub metric ids: bleu_4 -> bleu, rouge_l -> rouge, meteor, cider."""
+    return name.split("_")[0].lower()
+
+
+def write_model_card(release_dir, repo_id=None):
+    path = Path(release_dir) / "README.md"
+    path.write_text(render_model_card(release_dir, repo_id=repo_id), encoding="utf-8")
+    return path
+
+
+def push_release(release_dir, repo_id, private=False, commit_message=None):
+    """Uploads a release folder to the Hub (the token comes from HF_TOKEN or `hf auth login`), refilling the
+    model card with the repo id first."""
+    from huggingface_hub import HfApi
+
+    if not (Path(release_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{release_dir}: not a release folder (no config.json)")
+    write_model_card(release_dir, repo_id=repo_id)
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = json.loads((Path(release_dir) / RELEASE_INFO_FILE).read_text(encoding="utf-8"))
+    message = commit_message or f"CLIP-T5 release: step {info.get('step', '?')}, {info.get('best_metric', 'loss')} " \
+        f"{info.get('metrics', {}).get('validation/' + info.get('best_metric', 'loss'), 'n/a')}"
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(release_dir), repo_type="model",
+                               commit_message=message)
+    return commit
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Refill a release's model card and upload it to the Hub.")
+    parser.add_argument("release_dir", help="a release folder written by train.py (e.g. runs/demo/best)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Hub repo id to upload to")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    args = parser.parse_args(argv)
+    card = write_model_card(args.release_dir, repo_id=args.push_to_hub)
+    print(f"wrote {card}")
+    if args.push_to_hub:
+        commit = push_release(args.release_dir, args.push_to_hub, private=args.private)
+        print(f"uploaded {args.release_dir} to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
+
+
+if __name__ == "__main__":
+    main()

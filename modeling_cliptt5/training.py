@@ -1,0 +1,373 @@
+"""Stage 2: train CLIP-T5 to write reports, with Accelerate (devices, DDP, mixed precision), validation, the best
+release, resumable states and logs. Also the pieces stage 1 shares (accelerator, scheduler, trackers)."""
+
+import collections
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from .training_data import (
+    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches_from,
+    model_inputs, pixel_encoder, prompt_generator, take_first, total_steps,
+)
+from .training_model import (
+    build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
+    set_trainable_parts,
+)
+from .training_state import (
+    MetricsLog, list_states, load_training_state, plot_curves, remove_leftovers, save_training_state,
+)
+
+
+# --- shared by both stages -------------------------------------------------------------------------------------
+
+def make_accelerator(config):
+    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`."""
+    from accelerate import Accelerator
+
+    log_with = None if config.log_with == "none" else "tensorboard"
+    if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
+        log_with = None
+    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir)
+
+
+def start_run(config, accelerator):
+    """Output folder, leftovers of a killed run removed, the tracker started; returns the metrics log."""
+    from .training_config import save_config
+
+    if not config.resume and list_states(config.states_dir):
+        raise FileExistsError(f"{config.output_dir} already holds training states of another run: pass --resume to "
+                              f"continue it, or choose another output_dir")
+    if accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        removed = remove_leftovers(config.output_dir)
+        if removed:
+            print(f"removed {len(removed)} unfinished folder(s) left by an interrupted run")
+        save_config(config, os.path.join(config.output_dir, "training_config.yaml"))
+    accelerator.wait_for_everyone()
+    if accelerator.log_with:
+        hyperparameters = {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                           for key, value in config.to_dict().items()}
+        accelerator.init_trackers("cliptt5", config=hyperparameters)
+    return MetricsLog(config.output_dir, enabled=accelerator.is_main_process)
+
+
+def make_scheduler(config, optimizer, num_steps):
+    from transformers import get_scheduler
+
+    warmup = config.warmup_steps or int(config.warmup_ratio * num_steps)
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=num_steps)
+
+
+def resume_if_asked(config, accelerator, metrics_log):
+    """Loads the latest complete state when config.resume is set; returns its trainer_state (or a fresh one)."""
+    fresh = {"step": 0, "best_value": None, "best_step": None, "bad_samples": 0}
+    if not config.resume:
+        return fresh
+    states = list_states(config.states_dir)
+    if not states:
+        accelerator.print(f"--resume: no saved state in {config.states_dir}, starting from step 0")
+        return fresh
+    trainer_state = load_training_state(accelerator, states[-1])
+    metrics_log.truncate_after(trainer_state["step"])
+    accelerator.print(f"resumed from {states[-1]} (step {trainer_state['step']})")
+    return {**fresh, **trainer_state}
+
+
+def better(value, best, metric):
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def log_metrics(accelerator, metrics_log, record):
+    metrics_log.write(record)
+    accelerator.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+
+def _metric_key(name):
+    return name.lower().replace("-", "_").replace(" ", "_")
+
+
+def score_generated_reports(generated, references, backend="auto"):
+    """Generated-report metrics: metrics.score_reports (BLEU-1..4, METEOR, ROUGE-L, CIDEr; Java) when
+    available, else sacrebleu's corpus BLEU-4 (on a 0-1 scale like the others)."""
+    if backend == "none" or not generated:
+        return {}
+    if backend in ("auto", "coco"):
+        try:
+            from .metrics import score_reports
+
+            scores = score_reports(generated, references)
+            return {_metric_key(name): float(value) for name, value in scores.items()
+                    if isinstance(value, (int, float))}
+        except Exception as error:  # noqa: BLE001 - auto falls back; coco says why it cannot
+            if backend == "coco":
+                raise
+            warnings.warn(f"report metrics unavailable ({type(error).__name__}: {error}); using sacrebleu BLEU-4")
+    import sacrebleu
+
+    return {"bleu_4": sacrebleu.corpus_bleu(generated, [references]).score / 100.0}
+
+
+def full_parameters(model, accelerator):
+    """Under FSDP every rank gathers the whole model for validation, so that forward and generate need no
+    collectives and ranks may run different numbers of batches (DDP ranks hold the whole model anyway)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(model, writeback=False)
+    return contextlib.nullcontext()
+
+
+def evaluate(model, dataset, collate, processor, config, accelerator, bad_log=None, step=0):
+    """Validation loss (token-weighted, all ranks) and metrics of greedy/beam reports; every rank gets the result."""
+    with full_parameters(model, accelerator):
+        return _evaluate(model, dataset, collate, processor, config, accelerator, bad_log, step)
+
+
+def _evaluate(model, dataset, collate, processor, config, accelerator, bad_log, step):
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
+                                         collate_fn=collate, num_workers=config.num_workers)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    token_count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    results = []
+    for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):
+        if bad_log is not None:
+            bad_log.record(batch["skipped"], step)
+        inputs = model_inputs(batch, accelerator.device)
+        with torch.no_grad(), accelerator.autocast():
+            output = unwrapped(**inputs)
+            tokens = (inputs["labels"] != -100).sum()
+            loss_sum += output.loss.double() * tokens
+            token_count += tokens
+            if config.eval_metrics != "none":
+                prompt_inputs = {name: value for name, value in inputs.items() if name != "labels"}
+                generated = unwrapped.generate(**prompt_inputs, max_new_tokens=config.generation_max_new_tokens,
+                                               num_beams=config.generation_num_beams)
+                texts = processor.batch_decode(generated, skip_special_tokens=True)
+                results += list(zip(batch["indices"], [text.strip() for text in texts], batch["references"]))
+    totals = accelerator.reduce(torch.stack([loss_sum, token_count]), reduction="sum")
+    metrics = {"loss": (totals[0] / totals[1].clamp(min=1)).item()}
+    results = gather_object(results) if accelerator.num_processes > 1 else results
+    samples = []
+    if accelerator.is_main_process and results:
+        by_index = dict((index, (text, reference)) for index, text, reference in results)  # replaced rows repeat
+        ordered = [by_index[index] for index in sorted(by_index)]
+        metrics.update(score_generated_reports([g for g, _ in ordered], [r for _, r in ordered], config.eval_metrics))
+        samples = ordered[:3]
+    metrics, samples = broadcast_object_list([metrics, samples])
+    unwrapped.train(was_training)
+    return metrics, samples
+
+
+# --- stage 2 ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainingResult:
+    model: torch.nn.Module
+    processor: object
+    step: int
+    best_value: float
+    best_step: int
+    release_dir: str
+    metrics: dict
+
+
+def _data_summary(config, data, validation_rows):
+    train = data[config.train_split]
+    sources = collections.Counter(train["source"]) if "source" in train.column_names else {}
+    return {
+        "dataset": "synthetic phantom studies (modeling_cliptt5/phantom.py)" if config.dataset == "phantom"
+        else os.path.basename(os.path.normpath(config.dataset)),
+        "sources": dict(sources),
+        "synthetic_data": config.dataset == "phantom" or set(sources) == {"synthetic-phantom"},
+        "split_sizes": {name: len(rows) for name, rows in data.items()},
+        "report_column": config.report_column,
+        "validation_studies": len(validation_rows) if validation_rows is not None else 0,
+    }
+
+
+def _release_info(config, data_summary, trainer_state, metrics):
+    base_models = []
+    if config.init == "pretrained":
+        base_models = [config.clip_model.removeprefix("hf-hub:"), config.t5_model]
+    initialisation = {"config": "random weights", "release": f"CLIP-T5 release {config.init_from}",
+                      "pretrained": f"{config.clip_model} + {config.t5_model}"}[config.init]
+    return {**data_summary, "model_name": os.path.basename(os.path.normpath(config.output_dir)),
+            "step": trainer_state["step"], "metrics": metrics, "best_metric": config.best_metric,
+            "license": config.model_license, "base_models": base_models, "initialisation": initialisation}
+
+
+def _datasets_for(config, data, model, processor, accelerator):
+    """Training and validation StudyDatasets, reading pixels or (feature_cache) cached vision features."""
+    train_rows = take_first(data[config.train_split], config.max_train_samples)
+    validation_rows = None
+    if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
+        validation_rows = take_first(data[config.validation_split], config.eval_max_samples)
+    num_views = model.config.num_views
+    if config.feature_cache:
+        from .feature_cache import build_feature_cache, cached_encoder
+
+        splits = [train_rows] + ([validation_rows] if validation_rows is not None else [])
+        cache_root = config.feature_cache_dir or os.path.join(config.output_dir, "feature_cache")
+        cache, keys = build_feature_cache(model.to(accelerator.device), processor.image_processor, splits, cache_root,
+                                          accelerator, batch_size=config.eval_batch_size,
+                                          dtype=config.feature_cache_dtype)
+        encoders = [cached_encoder(cache, split_keys) for split_keys in keys]
+        # Cached rows never decode their images.
+        splits = [rows.remove_columns(["images"]) for rows in splits]
+        input_name = "vision_features"
+    else:
+        splits = [train_rows] + ([validation_rows] if validation_rows is not None else [])
+        encoders = [pixel_encoder(processor.image_processor, num_views)] * len(splits)
+        input_name = "pixel_values"
+    studies = [StudyDataset(rows, encoder, config.report_column, config.prompt, config.use_indication,
+                            config.max_bad_samples) for rows, encoder in zip(splits, encoders)]
+    collate = GenerationCollator(processor, input_name)
+    return studies[0], (studies[1] if len(studies) > 1 else None), validation_rows, collate
+
+
+def train_generation(config):
+    """Runs stage 2 as `config` says; returns a TrainingResult (the model is the trained, unwrapped one)."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(config)
+    metrics_log = start_run(config, accelerator)
+    set_seed(config.seed)
+    data = load_training_dataset(config, accelerator)
+    if config.train_split not in data:
+        raise ValueError(f"{config.dataset}: no {config.train_split!r} split (has {sorted(data)})")
+    model, processor = build_model_and_processor(config, take_first(data[config.train_split], config.max_train_samples),
+                                                 accelerator)
+    set_trainable_parts(model, config)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    train_set, validation_set, validation_rows, collate = _datasets_for(config, data, model, processor, accelerator)
+    num_steps = total_steps(config, len(train_set), accelerator.num_processes)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(config, optimizer, num_steps)
+    # The scheduler is stepped by hand once per optimizer step (prepare() would step it once per process).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    trainer_state = resume_if_asked(config, accelerator, metrics_log)
+    bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
+                           trainer_state["bad_samples"])
+    data_summary = _data_summary(config, data, validation_rows)
+    total, trainable = count_parameters(model)
+    accelerator.print(f"CLIP-T5 {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
+                      f"{len(train_set)} training studies, {num_steps} steps on {accelerator.num_processes} "
+                      f"process(es) ({accelerator.device}, precision {config.mixed_precision})")
+
+    def validate_and_release():
+        metrics, samples = evaluate(model, validation_set, collate, processor, config, accelerator, bad_log,
+                                    trainer_state["step"])
+        record = {"step": trainer_state["step"], **{f"validation/{name}": value for name, value in metrics.items()}}
+        log_metrics(accelerator, metrics_log, record)
+        if samples:
+            accelerator.print(f"step {trainer_state['step']}: {json.dumps(metrics)}\n  generated: {samples[0][0]!r}")
+        if config.best_metric not in metrics:
+            raise ValueError(f"best_metric {config.best_metric!r} is not among the validation metrics "
+                             f"{sorted(metrics)} (eval_metrics={config.eval_metrics})")
+        if better(metrics[config.best_metric], trainer_state["best_value"], config.best_metric):
+            trainer_state.update(best_value=metrics[config.best_metric], best_step=trainer_state["step"])
+            _save_release(record)
+        return metrics
+
+    def _save_release(record):
+        from .release import save_release
+
+        info = _release_info(config, data_summary, trainer_state, {k: v for k, v in record.items() if k != "step"})
+        save_release(accelerator, model, processor, config.release_dir, info, config.to_dict())
+
+    def save_state():
+        trainer_state["bad_samples"] = bad_log.count
+        save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
+
+    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
+                                       accelerator.num_processes, accelerator.process_index)
+    accumulation = config.gradient_accumulation_steps
+    window_losses, window_start, window_samples = [], time.perf_counter(), 0
+    started, start_step = time.perf_counter(), trainer_state["step"]
+    last_metrics = {}
+    progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="training", unit="step",
+                    disable=not accelerator.is_local_main_process)
+    set_train_mode(model, config)
+    while trainer_state["step"] < num_steps:
+        step = trainer_state["step"]
+        for micro_step in range(accumulation):
+            epoch, batch = next(micro_batches)
+            bad_log.record(batch["skipped"], step)
+            batch = drop_prompts(batch, config.prompt_dropout,
+                                 prompt_generator(config.seed, step, micro_step, accelerator.process_index))
+            inputs = model_inputs(batch, accelerator.device)
+            # Gradients are all-reduced only on the last micro-batch of the step.
+            sync = micro_step == accumulation - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss = model(**inputs).loss
+                accelerator.backward(loss / accumulation)
+            window_losses.append(loss.detach().float())
+            window_samples += len(batch["ids"])
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        trainer_state["step"] = step = step + 1
+        progress.update(1)
+
+        if step % config.log_every_steps == 0 or step == num_steps:
+            mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
+            elapsed = time.perf_counter() - window_start
+            record = {"step": step, "epoch": epoch, "train/loss": mean_loss,
+                      "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                      **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
+            log_metrics(accelerator, metrics_log, record)
+            progress.set_postfix(loss=f"{mean_loss:.3f}")
+            window_losses, window_start, window_samples = [], time.perf_counter(), 0
+        if validation_set is not None and (step % config.eval_every_steps == 0 or step == num_steps):
+            last_metrics = validate_and_release()
+            set_train_mode(model, config)
+        if step % config.save_every_steps == 0 or step == num_steps:
+            save_state()
+    progress.close()
+
+    if validation_set is None:
+        _save_release({"step": trainer_state["step"]})  # no validation split: the release is the last model
+    if accelerator.is_main_process:
+        curves = plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
+                             metric_names=[name for name in last_metrics if name != "loss"])
+        elapsed = time.perf_counter() - started
+        steps_done = trainer_state["step"] - start_step
+        samples = steps_done * config.batch_size * accumulation * accelerator.num_processes
+        print(f"done: {steps_done} steps in {elapsed:.0f} s ({samples / max(elapsed, 1e-9):.1f} studies/s); "
+              f"best validation {config.best_metric} = {trainer_state['best_value']} at step "
+              f"{trainer_state['best_step']}; release {config.release_dir}; curves {curves}; "
+              f"{bad_log.count} unreadable studies skipped")
+        if config.push_to_hub:
+            from .release import push_release
+
+            push_release(config.release_dir, config.push_to_hub, private=config.hub_private)
+            print(f"uploaded {config.release_dir} to {config.push_to_hub}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainingResult(model=accelerator.unwrap_model(model), processor=processor, step=trainer_state["step"],
+                          best_value=trainer_state["best_value"], best_step=trainer_state["best_step"],
+                          release_dir=config.release_dir, metrics=last_metrics)

@@ -1,0 +1,226 @@
+"""Training data: the report dataset per rank, studies as tensors, unreadable studies skipped and logged."""
+
+import json
+import math
+import os
+
+import torch
+
+from .data import load_report_dataset, save_dataset_atomically
+
+
+def load_training_dataset(config, accelerator):
+    """The DatasetDict named by `config.dataset`; 'phantom' builds synthetic studies once (main process) and
+    every rank loads the same saved copy."""
+    if config.dataset != "phantom":
+        return load_report_dataset(config.dataset)
+    folder = os.path.join(config.output_dir, f"phantom-{config.phantom_studies}-{config.phantom_image_size}px")
+    if accelerator.is_main_process and not os.path.isdir(folder):
+        from .phantom import make_phantom_dataset  # written beside this module; only the demo needs it
+
+        print(f"building {config.phantom_studies} synthetic phantom studies in {folder}")
+        studies = make_phantom_dataset(config.phantom_studies, seed=config.seed, image_size=config.phantom_image_size,
+                                       progress=True)
+        save_dataset_atomically(studies, folder)
+    accelerator.wait_for_everyone()
+    return load_report_dataset(folder)
+
+
+def take_first(rows, count):
+    return rows.select(range(min(count, len(rows)))) if count and count > 0 else rows
+
+
+def epoch_batches(num_examples, batch_size, epoch, seed, rank, world_size):
+    """This rank's micro-batches (lists of row indices) for one epoch.
+
+    Every rank draws the same permutation (seeded by seed and epoch), cuts it into global batches of
+    batch_size * world_size and takes its own slice of each: shards are disjoint and equally long, so ranks step
+    together. The last incomplete global batch is dropped.
+    """
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    global_batch = batch_size * world_size
+    batches = []
+    for start in range(0, num_examples - global_batch + 1, global_batch):
+        mine = order[start + rank * batch_size:start + (rank + 1) * batch_size]
+        batches.append(mine)
+    return batches
+
+
+def steps_per_epoch(num_examples, batch_size, world_size, accumulation):
+    steps = (num_examples // (batch_size * world_size)) // accumulation
+    if steps == 0:
+        raise ValueError(
+            f"the training split has {num_examples} studies, fewer than one optimizer step needs "
+            f"(batch_size {batch_size} x {world_size} processes x {accumulation} accumulation steps)"
+        )
+    return steps
+
+
+def total_steps(config, num_examples, world_size):
+    per_epoch = steps_per_epoch(num_examples, config.batch_size, world_size, config.gradient_accumulation_steps)
+    return config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * per_epoch))
+
+
+def micro_batches_from(step, dataset, collate, config, world_size, rank):
+    """Yields collated micro-batches from optimizer step `step` on, epoch after epoch (for ever).
+
+    Resuming at step k skips the index lists of the first k steps without reading a single image.
+    """
+    accumulation = config.gradient_accumulation_steps
+    per_epoch = steps_per_epoch(len(dataset), config.batch_size, world_size, accumulation)
+    epoch, step_in_epoch = divmod(step, per_epoch)
+    while True:
+        batches = epoch_batches(len(dataset), config.batch_size, epoch, config.seed, rank, world_size)
+        batches = batches[step_in_epoch * accumulation:per_epoch * accumulation]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.num_workers,
+            # its own generator: creating a loader must not draw from the global RNG that dropout uses
+            generator=torch.Generator().manual_seed(config.seed + epoch),
+        )
+        for batch in loader:
+            yield epoch, batch
+        epoch, step_in_epoch = epoch + 1, 0
+
+
+class BadSampleLimitError(RuntimeError):
+    """More unreadable studies than `max_bad_samples`."""
+
+
+class BadSampleLog:
+    """Counts skipped studies of this rank and appends them to <output_dir>/bad_samples.jsonl."""
+
+    def __init__(self, output_dir, limit, rank=0, count=0):
+        self.path = os.path.join(output_dir, "bad_samples.jsonl")
+        self.limit = limit
+        self.rank = rank
+        self.count = count
+
+    def record(self, skipped, step):
+        if not skipped:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for entry in skipped:
+                handle.write(json.dumps({**entry, "rank": self.rank, "step": step}) + "\n")
+        self.count += len(skipped)
+        if self.count > self.limit:
+            raise BadSampleLimitError(
+                f"{self.count} unreadable studies on rank {self.rank}, more than max_bad_samples={self.limit}; "
+                f"see {self.path} (last: {skipped[-1]['id']}: {skipped[-1]['error']})"
+            )
+
+
+class StudyDataset(torch.utils.data.Dataset):
+    """Rows of one split as {"image_input", "report", "prompt", "id", "index", "skipped"}.
+
+    `encode_images(row, index)` turns a row into the model's image input (pixels, or cached features). A row
+    that cannot be read or encoded is replaced by the next readable one, and reported in "skipped", so one bad
+    file costs one study rather than the run, and every rank keeps its batch size.
+    """
+
+    def __init__(self, rows, encode_images, report_column="report", prompt=None, use_indication=False,
+                 max_bad_samples=100):
+        self.rows = rows
+        self.study_ids = rows.select_columns(["id"])  # readable even when a row's images are not
+        self.encode_images = encode_images
+        self.report_column = report_column
+        self.prompt = prompt
+        self.use_indication = use_indication
+        self.max_bad_samples = max_bad_samples
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        skipped = []
+        for offset in range(min(self.max_bad_samples + 1, len(self.rows))):
+            row_index = (index + offset) % len(self.rows)
+            try:
+                example = self._read(row_index)
+            except Exception as error:  # noqa: BLE001 - any failure of one study must not end the run
+                skipped.append({"index": row_index, "id": self._study_id(row_index),
+                                "error": f"{type(error).__name__}: {error}"})
+                continue
+            example["skipped"] = skipped
+            return example
+        last = skipped[-1]
+        raise BadSampleLimitError(f"{len(skipped)} unreadable studies in a row from row {index}, more than "
+                                  f"max_bad_samples={self.max_bad_samples} (last: {last['id']}: {last['error']})")
+
+    def _study_id(self, row_index):
+        return self.study_ids[row_index]["id"]
+
+    def _read(self, row_index):
+        row = self.rows[row_index]
+        report = row[self.report_column]
+        if not report or not report.strip():
+            raise ValueError(f"empty {self.report_column!r}")
+        prompt = self.prompt
+        if self.use_indication and row.get("indication"):
+            prompt = row["indication"]
+        return {"image_input": self.encode_images(row, row_index), "report": report, "prompt": prompt,
+                "id": row["id"], "index": row_index}
+
+
+def choose_views(images, num_views, study_id=None):
+    """The first `num_views` images of a study (frontal first, by the schema's convention)."""
+    if len(images) < num_views:
+        raise ValueError(f"study {study_id} has {len(images)} image(s), the model reads {num_views} view(s)")
+    return list(images[:num_views])
+
+
+def pixel_encoder(image_processor, num_views, transform=None):
+    """encode_images for StudyDataset: the study's views -> [views, 3, H, W] (eval preprocessing, or `transform`)."""
+    def encode(row, _index):
+        views = choose_views(row["images"], num_views, row.get("id"))
+        if transform is not None:
+            return torch.stack([transform(view.convert("RGB")) for view in views])
+        return image_processor(views, return_tensors="pt")["pixel_values"]
+    return encode
+
+
+class GenerationCollator:
+    """Stacks studies into model inputs: pixel_values or vision_features, the prompt (masked where a study has
+    none), and labels (-100 on padding)."""
+
+    def __init__(self, processor, input_name="pixel_values"):
+        self.processor = processor
+        self.input_name = input_name
+
+    def __call__(self, examples):
+        batch = {self.input_name: torch.stack([example["image_input"] for example in examples])}
+        batch["labels"] = self.processor(reports=[example["report"] for example in examples])["labels"]
+        prompts = [example["prompt"] for example in examples]
+        if any(prompt for prompt in prompts):
+            encoded = self.processor(text=[prompt or "" for prompt in prompts])
+            has_prompt = torch.tensor([bool(prompt) for prompt in prompts])
+            batch["input_ids"] = encoded["input_ids"]
+            batch["attention_mask"] = encoded["attention_mask"] * has_prompt[:, None]
+        batch["ids"] = [example["id"] for example in examples]
+        batch["indices"] = [example["index"] for example in examples]
+        batch["references"] = [example["report"] for example in examples]
+        batch["skipped"] = [entry for example in examples for entry in example["skipped"]]
+        return batch
+
+
+def drop_prompts(batch, probability, generator):
+    """Masks out each study's prompt with `probability` (an all-masked prompt is exactly image-only input);
+    drops the prompt tensors when no study keeps one."""
+    if "input_ids" not in batch or probability <= 0:
+        return batch
+    keep = torch.rand(batch["input_ids"].shape[0], generator=generator) >= probability
+    batch = dict(batch)
+    batch["attention_mask"] = batch["attention_mask"] * keep[:, None]
+    if not batch["attention_mask"].any():
+        del batch["input_ids"], batch["attention_mask"]
+    return batch
+
+
+def model_inputs(batch, device):
+    """The tensors the model's forward takes, on `device`."""
+    names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels")
+    return {name: batch[name].to(device) for name in names if name in batch}
+
+
+def prompt_generator(seed, step, micro_step, rank):
+    """Prompt dropout's own RNG, a function of the position in training so that a resumed run draws the same."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1009 + micro_step * 101 + rank) % 2**63)

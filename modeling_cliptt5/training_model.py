@@ -1,0 +1,153 @@
+"""Stage 2's model: built from a config, a release or pretrained parts; which parts train, and at which rate."""
+
+import os
+
+import torch
+
+from .configuration_cliptt5 import CLIPT5Config
+from .modeling_cliptt5 import CLIPT5ForConditionalGeneration
+from .processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
+from .tokenization import train_report_tokenizer
+from .training_state import atomic_folder
+
+
+def build_model_and_processor(config, train_rows, accelerator):
+    """(model, processor) for `config.init`: "config" (random weights, tokenizer trained on the training reports
+    or loaded), "release" (a CLIP-T5 folder) or "pretrained" (BiomedCLIP + T5 through the converter)."""
+    overrides = dict(config.model or {})
+    if config.init == "release":
+        model = CLIPT5ForConditionalGeneration.from_pretrained(config.init_from)
+        processor = CLIPT5Processor.from_pretrained(config.init_from)
+    elif config.init == "pretrained":
+        from conversion.convert_biomedclip_t5 import build_clip_t5, build_processor  # needs open_clip
+
+        model = build_clip_t5(config.clip_model, config.t5_model, **overrides)
+        processor = build_processor(config.t5_model, image_size=model.config.vision_config.image_size,
+                                    max_prompt_tokens=model.config.max_prompt_tokens)
+    else:
+        tokenizer = _tokenizer_for(config, train_rows, accelerator)
+        model_config = CLIPT5Config(**{
+            **overrides,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "decoder_start_token_id": tokenizer.pad_token_id,  # T5 starts decoding from the pad token
+        })
+        model = CLIPT5ForConditionalGeneration(model_config)
+        size = model_config.vision_config.image_size
+        image_processor = CLIPT5ImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        processor = CLIPT5Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                    max_prompt_tokens=model_config.max_prompt_tokens)
+    processor.max_report_tokens = config.max_report_tokens
+    if config.prompt is not None:
+        model.config.prompt = config.prompt
+    # Generation defaults travel with the release (generation_config.json).
+    model.generation_config.max_new_tokens = config.generation_max_new_tokens
+    model.generation_config.num_beams = config.generation_num_beams
+    return model, processor
+
+
+def _tokenizer_for(config, train_rows, accelerator):
+    """A tokenizer folder or hub id, or (tokenizer=train) one trained on the training reports. Training is not
+    deterministic, so the main process trains it once per run into <output_dir>/tokenizer and every rank, and a
+    resumed run, loads that copy."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if config.tokenizer != "train":
+        return AutoTokenizer.from_pretrained(config.tokenizer)
+    folder = os.path.join(config.output_dir, "tokenizer")
+    if accelerator.is_main_process and not os.path.isdir(folder):
+        tokenizer = train_report_tokenizer(train_rows[config.report_column], vocab_size=config.tokenizer_vocab_size)
+        with atomic_folder(folder) as staging:
+            tokenizer.save_pretrained(staging)
+    accelerator.wait_for_everyone()
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def vision_modules(model):
+    modules = [model.vision_model]
+    if model.visual_projection is not None:
+        modules.append(model.visual_projection)
+    return modules
+
+
+def vision_blocks(model):
+    """The ViT's transformer blocks (transformers 5 names them `layers`, 4.x `encoder.layer`)."""
+    vision = model.vision_model
+    return vision.layers if hasattr(vision, "layers") else vision.encoder.layer
+
+
+def set_trainable_parts(model, config):
+    """requires_grad per part: T5 (train_t5), clip_projection (train_projection), image tower (train_vision:
+    frozen, the last vision_last_blocks blocks with the final norm, or all)."""
+    model.requires_grad_(config.train_t5)
+    for module in vision_modules(model):
+        module.requires_grad_(config.train_vision == "all")
+    if config.train_vision == "last_blocks":
+        layers = vision_blocks(model)
+        if not 0 < config.vision_last_blocks <= len(layers):
+            raise ValueError(f"vision_last_blocks must be in 1..{len(layers)}, got {config.vision_last_blocks}")
+        for layer in layers[-config.vision_last_blocks:]:
+            layer.requires_grad_(True)
+        model.vision_model.layernorm.requires_grad_(True)
+        if model.visual_projection is not None:
+            model.visual_projection.requires_grad_(True)
+    model.clip_projection.requires_grad_(config.train_projection)
+    return model
+
+
+def set_train_mode(model, config):
+    """model.train(), except a frozen image tower, which stays in eval mode (no dropout, as when cached)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model.train()
+    if config.train_vision == "frozen":
+        for module in vision_modules(extract_model_from_parallel(model)):  # under DDP, the wrapped model's
+            module.eval()
+
+
+def part_of(name):
+    if name.startswith(("vision_model.", "visual_projection.")):
+        return "vision"
+    if name.startswith("clip_projection."):
+        return "projection"
+    return "t5"
+
+
+def parameter_groups(model, config):
+    """AdamW groups: one learning rate per part; no weight decay on biases, norms and other 1-D parameters."""
+    rates = {"vision": config.vision_learning_rate, "projection": config.projection_learning_rate,
+             "t5": config.learning_rate}
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        part = part_of(name)
+        decay = parameter.ndim >= 2
+        key = (part, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": rates[part], "weight_decay": config.weight_decay if decay else 0.0,
+                           "name": f"{part}{'' if decay else '_no_decay'}"}
+        groups[key]["params"].append(parameter)
+    if not groups:
+        raise ValueError("no trainable parameters: check train_vision, train_projection and train_t5")
+    return list(groups.values())
+
+
+def count_parameters(model):
+    total = sum(parameter.numel() for parameter in model.parameters())
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    return total, trainable
+
+
+def enable_activation_checkpointing(model):
+    """Recompute activations in backward (transformers >= 5.24 calls it activation checkpointing; earlier versions,
+    gradient checkpointing). Non-reentrant, so a frozen image tower's inputs need no grad."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_optimizer(model, config):
+    return torch.optim.AdamW(parameter_groups(model, config), betas=(0.9, 0.999), eps=1e-8)

@@ -1,0 +1,134 @@
+"""Stage 1: recall@k, the no-flip augmentation, and contrastive training of a tiny BiomedCLIP-shaped open_clip model
+whose checkpoint the converter turns into a CLIP-T5 image tower."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_cliptt5.contrastive import (
+    ContrastiveCollator, contrastive_loss, frontal_image_encoder, image_transforms, load_open_clip, retrieval_recall,
+)
+from modeling_cliptt5.data import load_report_dataset
+from modeling_cliptt5.training_config import config_from_dict
+from modeling_cliptt5.training_data import StudyDataset
+from training_helpers import make_tiny_dataset, one_torch_thread, tiny_open_clip, tiny_settings
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+# Rows are images, columns texts; the matching text of image i is text i.
+SIMILARITY = torch.tensor([
+    [0.9, 0.1, 0.0, 0.0],  # image 0: text 0 first
+    [0.8, 0.3, 0.5, 0.1],  # image 1: text 0, text 2, then text 1 (third)
+    [0.1, 0.2, 0.3, 0.4],  # image 2: text 3, then text 2 (second)
+    [0.0, 0.0, 0.1, 0.9],  # image 3: text 3 first
+])
+
+
+def test_recall_at_k_on_a_hand_made_example():
+    # With identity image features, image i . text j = SIMILARITY[i, j] when text j's features are column j.
+    images, texts = torch.eye(4), SIMILARITY.T.contiguous()
+    recall = retrieval_recall(images, texts, ks=(1, 2, 3))
+    assert recall["image_to_text_recall@1"] == 0.5  # images 0 and 3
+    assert recall["image_to_text_recall@2"] == 0.75  # + image 2
+    assert recall["image_to_text_recall@3"] == 1.0  # + image 1
+    # Columns: text 0 -> image 0 first; text 1 -> image 1 first (0.3); text 2 -> image 1 then image 2; text 3 -> 3.
+    assert recall["text_to_image_recall@1"] == 0.75
+    assert recall["text_to_image_recall@2"] == 1.0
+    assert recall["mean_recall"] == pytest.approx((0.5 + 0.75 + 1 + 0.75 + 1 + 1) / 6)
+    # When texts 0 and 1 are the same report, image 1 finding text 0 first is a hit.
+    grouped = retrieval_recall(images, texts, ks=(1,), groups=["normal", "normal", "effusion", "nodule"])
+    assert grouped["image_to_text_recall@1"] == 0.75
+
+
+def test_validation_loss_is_open_clips_loss():
+    import open_clip
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    scale = torch.tensor(10.0)
+    torch.testing.assert_close(contrastive_loss(images, texts, scale), open_clip.ClipLoss()(images, texts, scale))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("open_clip")
+    model_name, config_dir = tiny_open_clip(folder)
+    data = make_tiny_dataset(folder / "data", sizes=(("train", 8), ("validation", 4), ("test", 1)))
+    return model_name, config_dir, data
+
+
+def stage1_settings(tiny_clip, output_dir, **overrides):
+    model_name, config_dir, data = tiny_clip
+    return config_from_dict(tiny_settings(
+        data, output_dir, stage="contrastive", clip_model=model_name, clip_pretrained=False,
+        clip_model_config_dir=config_dir, batch_size=8, learning_rate=1e-2, warmup_steps=0, max_steps=100,
+        eval_every_steps=50, save_every_steps=50, log_every_steps=10, best_metric="mean_recall", **overrides))
+
+
+def test_training_crops_but_never_flips(tiny_clip, tmp_path):
+    model, _, _ = load_open_clip(stage1_settings(tiny_clip, tmp_path))
+    train, evaluation = image_transforms(model, crop_scale_min=0.9)
+    crop = next(step for step in train.transforms if type(step).__name__ == "RandomResizedCrop")
+    assert crop.scale == (0.9, 1.0) and crop.size == (32, 32)
+    # The patient's right (image left) is bright; no augmented copy may show it on the other side.
+    array = np.zeros((40, 40), np.uint8)
+    array[:, :20] = 220
+    image = Image.fromarray(array).convert("RGB")
+    torch.manual_seed(0)
+    for _ in range(30):
+        pixels = train(image)
+        assert pixels[:, :, :12].mean() > pixels[:, :, -12:].mean() + 1.0
+    torch.testing.assert_close(evaluation(image), evaluation(image))  # validation is deterministic
+
+
+def test_contrastive_training_lowers_the_loss_and_saves_a_convertible_checkpoint(tiny_clip, tmp_path):
+    from accelerate.utils import set_seed
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from conversion.convert_biomedclip_t5 import build_clip_t5
+    from modeling_cliptt5.contrastive import train_contrastive
+
+    config = stage1_settings(tiny_clip, tmp_path / "run")
+    rows = load_report_dataset(tiny_clip[2])["train"]
+
+    def loss_on_the_training_studies(model, tokenizer):
+        _, evaluation = image_transforms(model, 0.9)
+        studies = StudyDataset(rows, frontal_image_encoder(evaluation))
+        batch = ContrastiveCollator(tokenizer)([studies[index] for index in range(len(studies))])
+        model.eval()
+        device = next(model.parameters()).device  # train_contrastive leaves the model on the accelerator's device
+        with torch.no_grad():
+            output = model(batch["image"].to(device), batch["text"].to(device))
+        return contrastive_loss(output["image_features"], output["text_features"], output["logit_scale"]).item()
+
+    set_seed(config.seed)  # train_contrastive starts from the same weights
+    untrained, tokenizer, _ = load_open_clip(config)
+    before = loss_on_the_training_studies(untrained, tokenizer)
+    trained, metrics = train_contrastive(config)
+    after = loss_on_the_training_studies(trained, tokenizer)
+    assert after < before - 0.3
+    assert set(metrics) >= {"loss", "image_to_text_recall@1", "text_to_image_recall@10", "mean_recall"}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "validation/mean_recall" in r] == [50, 100]
+
+    checkpoint = tmp_path / "run" / "best"
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {
+        path.name for path in checkpoint.iterdir()}
+    t5_dir = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=1,
+                                        decoder_start_token_id=0)).save_pretrained(t5_dir)
+    clip_t5 = build_clip_t5(str(checkpoint), str(t5_dir))
+    saved = load_file(str(checkpoint / "open_clip_model.safetensors"))["visual.trunk.patch_embed.proj.weight"]
+    torch.testing.assert_close(clip_t5.vision_model.embeddings.patch_embeddings.projection.weight, saved)
+    assert not torch.allclose(saved, untrained.visual.trunk.patch_embed.proj.weight)  # trained weights were saved
+    assert clip_t5.config.vision_config.image_size == 32

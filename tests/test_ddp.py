@@ -1,0 +1,87 @@
+"""DDP for real: `accelerate launch` starts 2 CPU processes (gloo) that train on disjoint shards, end with identical
+weights, and leave one set of outputs written by the main process.
+
+This file is also the launched worker (`accelerate launch tests/test_ddp.py --worker SETTINGS RESULTS`)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(settings_path, results_dir):
+    """Runs stage-2 training as `train.py` would and writes what this rank saw to rank<N>.json."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import torch
+
+    from modeling_cliptt5 import training_data
+    from modeling_cliptt5.training import train_generation
+    from modeling_cliptt5.training_config import parse_config
+
+    torch.set_num_threads(1)
+    read_ids = []
+    read_study = training_data.StudyDataset.__getitem__
+
+    def recording_read(self, index):  # every study this rank read, training and validation
+        example = read_study(self, index)
+        read_ids.append(example["id"])
+        return example
+
+    training_data.StudyDataset.__getitem__ = recording_read
+    result = train_generation(parse_config(["--config", settings_path]))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(result.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    rank = int(os.environ["RANK"])
+    Path(results_dir, f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "read_ids": read_ids,
+        "weights": digest.hexdigest(), "step": result.step,
+    }))
+
+
+def test_two_processes_train_disjoint_shards_to_identical_weights(tmp_path):
+    from conftest import subprocess_env
+    from training_helpers import make_tiny_dataset, tiny_settings
+
+    data = make_tiny_dataset(tmp_path / "data", sizes=(("train", 16), ("validation", 4), ("test", 1)))
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump(tiny_settings(data, tmp_path / "run", batch_size=2, max_steps=4,
+                                                     eval_every_steps=4, save_every_steps=2, log_every_steps=1)))
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT / "tests")}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), str(Path(__file__)), "--worker",
+               str(settings), str(results)]
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-4000:]
+
+    ranks = [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and sorted(r["rank"] for r in ranks) == [0, 1]
+    trained = [{study for study in r["read_ids"] if study.startswith("train-")} for r in ranks]
+    # 4 steps x 2 studies on each rank: one epoch of 16 studies, split between the ranks
+    assert len(trained[0]) == len(trained[1]) == 8 and not trained[0] & trained[1]
+    validated = [{study for study in r["read_ids"] if study.startswith("validation-")} for r in ranks]
+    assert validated[0] | validated[1] == {f"validation-{index}" for index in range(4)}
+    assert not validated[0] & validated[1]
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 4  # gradients were all-reduced
+
+    # Outputs were written once: one record per logged step, one state per save, one release.
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
+    assert sorted(os.listdir(run / "states")) == ["state-00000002", "state-00000004"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(run / "states" / "state-00000004"))
+    assert (run / "best" / "model.safetensors").is_file()
+    assert "2 process(es)" in finished.stdout and finished.stdout.count("done:") == 1
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    worker(sys.argv[2], sys.argv[3])

@@ -1,0 +1,95 @@
+"""Release folders: written whole or not at all, with a filled model card, uploaded with the right repo and files."""
+
+import json
+import os
+
+import pytest
+from accelerate import Accelerator
+from huggingface_hub import HfApi, ModelCard
+
+from modeling_cliptt5 import release
+from modeling_cliptt5.release import push_release, save_release
+
+INFO = {
+    "model_name": "cliptt5-test", "dataset": "tiny", "sources": {"openi": 30, "synthetic-phantom": 10},
+    "split_sizes": {"train": 40, "validation": 8}, "report_column": "report", "validation_studies": 8,
+    "step": 120, "metrics": {"validation/loss": 2.5, "validation/bleu_4": 0.1234, "validation/cider": 0.5},
+    "best_metric": "bleu_4", "license": "cc-by-nc-4.0", "base_models": ["microsoft/BiomedCLIP-x", "t5-small"],
+    "initialisation": "BiomedCLIP + t5-small", "synthetic_data": False,
+}
+
+
+@pytest.fixture
+def release_dir(tmp_path, tiny_model, tiny_processor_fixture):
+    return save_release(Accelerator(), tiny_model, tiny_processor_fixture, str(tmp_path / "best"), INFO,
+                        training_config={"learning_rate": 0.001, "batch_size": 4})
+
+
+def test_the_model_card_has_hub_metadata_and_says_what_the_model_is_not(release_dir, tiny_model):
+    card = ModelCard.load(os.path.join(release_dir, "README.md"))
+    assert card.data.license == "cc-by-nc-4.0"
+    assert card.data.pipeline_tag == "image-text-to-text"
+    assert card.data.library_name == "transformers"
+    assert card.data.datasets == ["openi", "synthetic-phantom"]
+    assert card.data.metrics == ["bleu", "cider"]
+    assert card.data.base_model == ["microsoft/BiomedCLIP-x", "t5-small"]
+    assert {"radiology", "chest-x-ray", "custom_code"} <= set(card.data.tags)
+    text = card.text
+    assert "NOT a medical device" in text and "Intended use" in text and "Limitations" in text
+    assert "| bleu_4 | 0.1234 |" in text and "| loss | 2.5000 |" in text and "step 120" in text
+    parameters = sum(parameter.numel() for parameter in tiny_model.parameters())
+    assert f"{parameters / 1000:.1f} K" in text
+    assert "openi (30), synthetic-phantom (10)" in text and "| train studies | 40 |" in text
+    assert "learning_rate: 0.001" in text  # the training configuration is in the card
+    assert "synthetic phantom images" not in text  # only said of models trained on phantoms
+    info = json.loads(open(os.path.join(release_dir, "release_info.json")).read())
+    assert info["parameters"] == parameters and info["weights_bytes"] > 0
+
+
+def test_a_release_that_fails_half_way_leaves_the_previous_one_untouched(release_dir, tiny_model, monkeypatch):
+    before = {name: open(os.path.join(release_dir, name), "rb").read() for name in os.listdir(release_dir)}
+
+    class BrokenProcessor:
+        def save_pretrained(self, folder):
+            open(os.path.join(folder, "tokenizer.json"), "w").write("half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_release(Accelerator(), tiny_model, BrokenProcessor(), release_dir, {**INFO, "step": 999})
+    after = {name: open(os.path.join(release_dir, name), "rb").read() for name in os.listdir(release_dir)}
+    assert after == before
+    assert os.listdir(os.path.dirname(release_dir)) == ["best"]  # no temporary folder left
+
+
+def test_push_to_hub_uploads_the_folder_to_the_named_repo(release_dir, monkeypatch):
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = {"repo_id": repo_id, **kwargs}
+
+    def upload_folder(self, **kwargs):
+        calls["upload_folder"] = {**kwargs, "files": sorted(os.listdir(kwargs["folder_path"]))}
+        return "https://hub.example/commit/1"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    assert push_release(release_dir, "someone/cliptt5-tiny", private=True) == "https://hub.example/commit/1"
+    assert calls["create_repo"] == {"repo_id": "someone/cliptt5-tiny", "private": True, "exist_ok": True,
+                                    "repo_type": "model"}
+    upload = calls["upload_folder"]
+    assert upload["repo_id"] == "someone/cliptt5-tiny" and upload["folder_path"] == release_dir
+    assert {"README.md", "config.json", "model.safetensors", "modeling_cliptt5.py", "tokenizer.json",
+            "processor_config.json", "release_info.json"} <= set(upload["files"])
+    assert upload["commit_message"] == "CLIP-T5 release: step 120, bleu_4 0.1234"
+    # The card's usage example names the repo it was uploaded to.
+    assert 'from_pretrained("someone/cliptt5-tiny", trust_remote_code=True)' in open(
+        os.path.join(release_dir, "README.md")).read()
+
+
+def test_the_release_command_refills_the_card_and_refuses_other_folders(release_dir, tmp_path, capsys):
+    os.remove(os.path.join(release_dir, "README.md"))
+    release.main([release_dir])
+    assert "NOT a medical device" in open(os.path.join(release_dir, "README.md")).read()
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="not a training release"):
+        release.main([str(tmp_path)])

@@ -1,0 +1,35 @@
+"""Train CLIP-T5: stage 1 (contrastive BiomedCLIP on image-report pairs) or stage 2 (report generation).
+
+    python train.py --config configs/demo.yaml
+    python train.py --config configs/demo.yaml --max-steps 50 --output-dir runs/try
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml train.py --config configs/biomedclip_t5small.yaml
+    python train.py --config configs/demo.yaml --resume          # continue from the latest saved state
+
+Every setting of the YAML file can be overridden by its flag (--help lists them with the file's values).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from modeling_cliptt5.training_config import parse_config  # noqa: E402
+
+
+def main(argv=None):
+    try:
+        config = parse_config(argv)
+    except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
+        sys.exit(f"train.py: error: {error}")
+    if config.stage == "contrastive":
+        from modeling_cliptt5.contrastive import train_contrastive
+
+        train_contrastive(config)
+    else:
+        from modeling_cliptt5.training import train_generation
+
+        train_generation(config)
+
+
+if __name__ == "__main__":
+    main()
