@@ -1,0 +1,63 @@
+"""Serve the report-drafting page for a CLIP-T5 release on this computer: python app.py --model DIR_OR_HUB_ID."""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+# Before anything imports gradio: no usage analytics, no Hub telemetry (modeling_cliptt5.web_app sets them too).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+DEFAULT_MODEL = "demo_output/release"  # what `make demo` writes
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Serve a web page that drafts chest X-ray reports (FINDINGS and IMPRESSION) from dropped PNG, "
+                    "JPEG or DICOM images, tags each sentence with the finding a rule labeler reads in it, and "
+                    "exports the reader's edited text. Research prototype, not a medical device.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"release folder or Hub id of a CLIP-T5 model (default: {DEFAULT_MODEL}, from make demo)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this computer only; the page has no login, "
+                             "so anything else exposes patient images to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="int8 weights on CPU, as generate.py --optimize: faster drafts, slightly different "
+                             "numerics")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.model == DEFAULT_MODEL and not Path(DEFAULT_MODEL).is_dir():
+        sys.exit(f"{DEFAULT_MODEL}: no release there yet; run `make demo` first or pass --model DIR_OR_HUB_ID")
+    if args.host not in LOCAL_HOSTS:
+        print(f"WARNING: listening on {args.host}: anyone who can reach this address can upload images and read "
+              "drafts (no login).", file=sys.stderr)
+
+    from modeling_cliptt5.web_app import ReportDrafter, build_app, launch
+
+    start = time.perf_counter()
+    try:
+        drafter = ReportDrafter.from_pretrained(args.model, optimize=args.optimize)
+    except (OSError, ValueError) as error:
+        sys.exit(f"{args.model}: cannot load a CLIP-T5 release ({error})")
+    print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s "
+          f"({drafter.num_views} image(s) per study, prompt: {drafter.default_prompt!r}).")
+    app = build_app(drafter)
+    # A plain `kill` stops the server like Ctrl+C does, so the exit handlers delete the uploaded images.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"Uploaded images and exports are kept in {os.environ['GRADIO_TEMP_DIR']} (this user only) until exit.")
+    print(f"Serving on http://{args.host}:{args.port} (Ctrl+C stops it and deletes the uploaded images).")
+    launch(app, host=args.host, port=args.port, quiet=True)
+    print(f"Stopped after {drafter.drafts_made} draft(s); uploaded images and exports are deleted at exit.")
+
+
+if __name__ == "__main__":
+    main()

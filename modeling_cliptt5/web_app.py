@@ -1,0 +1,217 @@
+"""The clinician-facing page: drop a study, read the draft with the labeler's tags, edit it, export it (Gradio)."""
+
+import os
+
+# Before gradio is imported: no usage analytics or version check, no Hub telemetry. The page makes no outbound
+# request (its fonts are gradio's bundled ones).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import atexit  # noqa: E402
+import html  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from .report_drafter import ReportDrafter  # noqa: E402
+from .report_review import (  # noqa: E402
+    NOTICE,
+    claim_text,
+    claimed_findings,
+    export_record,
+    report_text,
+    tagged_sentences,
+)
+from .study_viewer import EMPTY_VIEWER, VIEWER_CSS, VIEWER_JS, viewer_html  # noqa: E402
+
+# Uploaded files older than an hour are deleted, checked every 10 minutes; the whole folder goes at exit.
+DELETE_CACHE = (600, 3600)
+MAX_FILE_SIZE = "200mb"  # an uncompressed 16-bit DICOM of a 3000 x 3000 film is ~18 MB
+EXPORT_NAME = "cxr_report_draft"  # no patient identifier in exported file names
+
+PAGE_CSS = VIEWER_CSS + """
+#notice { border: 2px solid #b45309; background: #fef3c7; color: #78350f; padding: 0.6em 1em; border-radius: 6px; }
+#critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
+                            border-radius: 6px; font-size: 1.15em; font-weight: 700; }
+#study-messages .problem { color: #b91c1c; }
+"""
+
+
+def make_private_upload_folder():
+    """A fresh 0700 folder for this server's uploads and exports (gradio reads GRADIO_TEMP_DIR), removed at exit."""
+    folder = tempfile.mkdtemp(prefix="cliptt5-app-")  # mkdtemp creates it readable by this user only
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
+def read_study(files, max_pixels=DEFAULT_MAX_PIXELS):
+    """Decode the dropped files: [(name, image)] for the readable ones and one message per unreadable file."""
+    images, problems = [], []
+    for path in files or []:
+        name = Path(path).name
+        try:
+            images.append((name, open_image(path, name=name, max_pixels=max_pixels)))
+        except ImageReadError as error:
+            problems.append(str(error))
+        except Exception as error:  # a decoder bug on one file must not take the page down
+            problems.append(f"{name}: cannot be read ({type(error).__name__})")
+    return images, problems
+
+
+def messages_html(problems, note=None):
+    """Messages under the drop zone: one line per unreadable file, then a note."""
+    lines = [f'<p class="problem">Not used: {html.escape(problem)}</p>' for problem in problems]
+    if note:
+        lines.append(f"<p>{html.escape(note)}</p>")
+    return "".join(lines)
+
+
+def show_study(files, max_pixels=DEFAULT_MAX_PIXELS):
+    """Files dropped -> (viewer HTML, messages HTML)."""
+    images, problems = read_study(files, max_pixels)
+    captions = [(f"Image {index}: {name}", image) for index, (name, image) in enumerate(images, start=1)]
+    note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
+    return (viewer_html(captions) if images else EMPTY_VIEWER), messages_html(problems, note)
+
+
+def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS):
+    """Files + indication -> (findings, impression, draft info, messages HTML, the draft as drafted).
+
+    The time shown covers decoding the files, preprocessing and generation.
+    """
+    start = time.perf_counter()
+    images, problems = read_study(files, max_pixels)
+    if not images:
+        note = "Drop at least one readable PNG, JPEG or DICOM image of the study, then draft."
+        return "", "", "", messages_html(problems, note), {}
+    try:
+        report, view_warning = drafter.draft([image for _, image in images], indication)
+    except Exception as error:  # e.g. out of memory: say so on the page and keep serving
+        return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
+                                                   f"{error})."), {}
+    seconds = time.perf_counter() - start
+    used = min(len(images), drafter.num_views)
+    if view_warning and len(images) > drafter.num_views:
+        # Which views the model reads is the reader's to know: name them rather than drop images silently.
+        view_warning = (f"This model reads {drafter.num_views} image(s) per study: drafted from "
+                        f"{', '.join(name for name, _ in images[:used])}; shown for review only, not read by "
+                        f"the model: {', '.join(name for name, _ in images[used:])}.")
+    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`. "
+            "Review every sentence before use.")
+    draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
+             "seconds": round(seconds, 3), "images": used}
+    return draft["findings"], draft["impression"], info, messages_html(problems, view_warning), draft
+
+
+def review_report(findings, impression):
+    """Edited text -> (tagged sentences, claimed findings Markdown, critical-finding alert HTML, report text)."""
+    pieces, colors = tagged_sentences(findings, impression)
+    claims = claimed_findings(findings, impression)
+    critical = [claim for claim in claims if claim["critical"]]
+    others = [claim for claim in claims if not claim["critical"]]
+    listed = "\n".join(f"- {claim_text(claim)}" for claim in others) or "_None._"
+    claims_markdown = f"**Other findings the text claims** (approximate rule labeler)\n\n{listed}"
+    alert = "".join(f'<div class="critical-alert">CRITICAL: {html.escape(claim_text(claim))}. Confirm on the '
+                    "images and communicate it at once.</div>" for claim in critical)
+    return gr.HighlightedText(value=pieces, color_map=colors), claims_markdown, alert, report_text(findings, impression)
+
+
+def write_atomically(path, text):
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def export_report(drafter_name, findings, impression, indication, draft):
+    """The EDITED text as report .txt and .json (with the labeler's reading of the edited text), in a fresh folder."""
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    draft = draft or {}
+    record = export_record(findings, impression, indication,
+                           model_draft={k: draft[k] for k in ("findings", "impression") if k in draft},
+                           model_name=drafter_name, images=draft.get("images", 0),
+                           draft_seconds=draft.get("seconds"))
+    text_path, json_path = folder / f"{EXPORT_NAME}.txt", folder / f"{EXPORT_NAME}.json"
+    write_atomically(text_path, record["report"] + "\n")
+    write_atomically(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return [str(text_path), str(json_path)]
+
+
+def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS):
+    """The page for a loaded `ReportDrafter`, queued (one draft at a time; other users wait their turn)."""
+    make_private_upload_folder()
+    prompt = drafter.default_prompt
+    with gr.Blocks(title="CLIP-T5 chest X-ray report draft", analytics_enabled=False,
+                   delete_cache=DELETE_CACHE) as app:
+        gr.Markdown(f"**{NOTICE}**", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=3):
+                files = gr.File(label="Images of one study (PNG, JPEG or DICOM)", file_count="multiple",
+                                elem_id="study-files")
+                messages = gr.HTML(elem_id="study-messages")
+                viewer = gr.HTML(EMPTY_VIEWER, js_on_load=VIEWER_JS, elem_id="study-viewer")
+            with gr.Column(scale=2):
+                indication = gr.Textbox(
+                    prompt or "", label="Indication / prompt (optional)", lines=2, elem_id="indication",
+                    info=("Filled in with the prompt this model was trained with." if prompt else
+                          "Passed to the model after the image tokens; leave it empty to draft from the images "
+                          "alone."),
+                )
+                draft_button = gr.Button("Draft report", variant="primary", elem_id="draft-button")
+                draft_info = gr.Markdown(elem_id="draft-info")
+                critical = gr.HTML(elem_id="critical")
+                findings = gr.Textbox(label="FINDINGS (editable)", lines=6, buttons=["copy"], elem_id="findings")
+                impression = gr.Textbox(label="IMPRESSION (editable)", lines=3, buttons=["copy"],
+                                        elem_id="impression")
+        with gr.Row():
+            with gr.Column(scale=3):
+                tags = gr.HighlightedText(label="What the labeler reads in each sentence (approximate rule labeler)",
+                                          show_legend=False, elem_id="sentence-tags")
+            with gr.Column(scale=2):
+                claims = gr.Markdown(elem_id="claimed-findings")
+        with gr.Row():
+            with gr.Column(scale=3):
+                report = gr.Textbox(label="Report as exported (copy button at the top right)", lines=4,
+                                    interactive=False, buttons=["copy"], elem_id="report-text")
+            with gr.Column(scale=2):
+                export_button = gr.Button("Export edited report (.txt and .json)", elem_id="export-button")
+                exported = gr.File(label="Exported files", file_count="multiple", interactive=False, height=140,
+                                   elem_id="exported-files")
+        draft = gr.State({})
+
+        files.change(lambda paths: show_study(paths, max_pixels), inputs=files, outputs=[viewer, messages],
+                     api_name="show_study")
+        # The old timing line goes at once, so nobody reads it as the new draft's while the model works.
+        draft_button.click(lambda: "Drafting...", outputs=draft_info, queue=False, api_visibility="private").then(
+            lambda paths, text: draft_report(drafter, paths, text, max_pixels),
+            inputs=[files, indication], outputs=[findings, impression, draft_info, messages, draft],
+            api_name="draft_report", concurrency_limit=1)
+        gr.on([findings.change, impression.change], review_report, inputs=[findings, impression],
+              outputs=[tags, claims, critical, report], api_name="review_report", show_progress="hidden",
+              trigger_mode="always_last")
+        export_button.click(lambda *values: export_report(drafter.name, *values),
+                            inputs=[findings, impression, indication, draft], outputs=exported,
+                            api_name="export_report")
+    return app.queue(default_concurrency_limit=1, max_size=32)
+
+
+def serve_options():
+    """Settings for `launch` and `gr.mount_gradio_app` alike: our CSS, no run history kept in the browser
+    (it would store inputs of past runs), no footer links, bounded upload size, no MCP or analytics."""
+    return dict(css=PAGE_CSS, footer_links=[], run_history=False, max_file_size=MAX_FILE_SIZE, ssr_mode=False,
+                mcp_server=False, pwa=False, enable_monitoring=False)
+
+
+def launch(app, host="127.0.0.1", port=7860, **kwargs):
+    """Serve on `host` (local only by default); never through a share link."""
+    return app.launch(server_name=host, server_port=port, share=False, show_error=False, **serve_options(),
+                      **kwargs)
+
+
+__all__ = ["ReportDrafter", "build_app", "draft_report", "export_report", "launch", "review_report",
+           "serve_options", "show_study"]

@@ -1,0 +1,136 @@
+"""Helpers for the report page's tests and benchmark: a tiny release that writes text, app.py served in a
+subprocess, and Debian's headless Chromium driven by Playwright.
+
+Playwright drives the system browser at /usr/bin/chromium (`apt-get install -y chromium`); it never downloads
+one (no `playwright install`).
+"""
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing of Chromium's own that would call out (background networking, updates, sync, QUIC).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_SECONDS = 180  # importing torch, transformers and gradio takes ~20 s on 2 busy cores
+
+
+def speaking_release(source, target):
+    """A copy of a release whose drafts are never empty.
+
+    The tiny random test model's most likely token is always padding, so its drafts decode to "". Suppressing
+    that token (a generation_config.json setting, as a release could ship) makes it write image-dependent text.
+    """
+    shutil.copytree(source, target)
+    settings = json.loads((Path(target) / "generation_config.json").read_text())
+    settings.update(suppress_tokens=[settings["pad_token_id"]], max_new_tokens=16)
+    (Path(target) / "generation_config.json").write_text(json.dumps(settings))
+    return Path(target)
+
+
+def browser_missing_reason():
+    """Why the browser test cannot run here, or None."""
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found: install it with `apt-get install -y chromium`"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed: pip install playwright==1.65.2 (no `playwright install` needed)"
+    return None
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(threads=None):
+    """Offline, no telemetry; `threads` caps torch's CPU threads (None: torch's default)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+               GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO_ROOT))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+@contextlib.contextmanager
+def serve_app(model, port=None, threads=None, log_path=None, app_args=()):
+    """Run `python app.py --model MODEL --port PORT [APP_ARGS]` and yield the page's URL once it answers; stop
+    it after. The server's output goes to `log_path` (kept) or to a temporary file."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "app.py", "--model", str(model), "--port", str(port), *app_args],
+                               cwd=REPO_ROOT, env=server_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read().decode()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"app.py did not answer on {url} within {SERVER_START_SECONDS} s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()  # app.py turns SIGTERM into Ctrl+C: the server closes and deletes its uploads
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def open_browser(playwright, viewport=(1400, 1000)):
+    """A headless Chromium with a new, empty profile; downloads allowed."""
+    with tempfile.TemporaryDirectory(prefix="cliptt5-chromium-") as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, accept_downloads=True,
+            viewport={"width": viewport[0], "height": viewport[1]},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def upload_study(page, paths, timeout_ms=30_000):
+    """Drop files on the page and wait until the viewer shows one image per readable file."""
+    page.locator("#study-files input[type=file]").set_input_files([str(path) for path in paths])
+    page.locator("#study-viewer img.cxr-image").nth(len(paths) - 1).wait_for(timeout=timeout_ms)
+
+
+WATCH_DRAFT_INFO = """() => {
+  window.cliptt5DraftDone = false;
+  const info = document.querySelector('#draft-info');
+  let cleared = false;  // the old line must be gone before a "Drafted in" counts
+  new MutationObserver((changes, observer) => {
+    if (!info.innerText.includes('Drafted in')) cleared = true;
+    else if (cleared) { window.cliptt5DraftDone = true; observer.disconnect(); }
+  }).observe(info, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def draft(page, timeout_ms=120_000):
+    """Press "Draft report" and wait for the draft's timing line; returns the findings text."""
+    # Wait for a NEW timing line: the page swaps the old one for "Drafting..." at once, so a change that ends
+    # in "Drafted in" belongs to this draft even when its text matches the previous one.
+    page.evaluate(WATCH_DRAFT_INFO)
+    page.click("#draft-button")
+    page.wait_for_function("window.cliptt5DraftDone === true", timeout=timeout_ms)
+    return page.locator("#findings textarea").input_value()

@@ -1,0 +1,199 @@
+"""The report page through its HTTP API, in-process (FastAPI TestClient, no port, no browser): upload, draft,
+review, export, bad files, queueing, privacy settings."""
+
+import base64
+import io
+import json
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_harness import REPO_ROOT, speaking_release
+from dicom_files import block_image, grayscale_dicom, structured_report_dicom
+
+gr = pytest.importorskip("gradio")
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from modeling_cliptt5.labeler import POSITIVE  # noqa: E402
+from modeling_cliptt5.report_review import NOTICE  # noqa: E402
+from modeling_cliptt5.web_app import ReportDrafter, build_app, serve_options  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def release_dir(tiny_release_dir, tmp_path_factory):
+    return speaking_release(tiny_release_dir, tmp_path_factory.mktemp("app") / "release")
+
+
+@pytest.fixture(scope="module")
+def drafter(release_dir):
+    return ReportDrafter.from_pretrained(release_dir)
+
+
+@pytest.fixture(scope="module")
+def page(drafter):
+    return build_app(drafter)
+
+
+@pytest.fixture(scope="module")
+def client(page):
+    with TestClient(gr.mount_gradio_app(FastAPI(), page, path="/", **serve_options())) as test_client:
+        yield test_client
+
+
+def upload(client, path):
+    """Send a file as the browser does; returns the FileData the page's functions receive."""
+    with open(path, "rb") as handle:
+        response = client.post("/gradio_api/upload", files=[("files", (Path(path).name, handle))])
+    assert response.status_code == 200, response.text
+    return {"path": response.json()[0], "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+
+def submit(client, api_name, *data):
+    response = client.post(f"/gradio_api/call/{api_name}", json={"data": list(data)})
+    assert response.status_code == 200, response.text
+    return response.json()["event_id"]
+
+
+def result(client, api_name, event_id):
+    """The outputs of a queued call (the server-sent "complete" event)."""
+    stream = client.get(f"/gradio_api/call/{api_name}/{event_id}").text
+    assert "event: complete" in stream, stream
+    return json.loads(stream.split("event: complete\ndata: ", 1)[1].splitlines()[0])
+
+
+def call(client, api_name, *data):
+    return result(client, api_name, submit(client, api_name, *data))
+
+
+def model_draft(drafter, image):
+    """What the model itself writes for an image, without the page: processor, generate, decode."""
+    inputs = drafter.processor(images=[image])
+    return drafter.processor.batch_decode_reports(drafter.model.generate(**inputs))[0]
+
+
+def preview_pixels(viewer_html):
+    """The grayscale pixels of each image the viewer shows (decoded from its data URIs)."""
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', viewer_html)
+    return [np.array(Image.open(io.BytesIO(base64.b64decode(uri))).convert("L")) for uri in uris]
+
+
+@pytest.fixture(scope="module")
+def png_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "frontal.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_png_draft_is_the_models_draft_of_that_image(client, drafter, png_path):
+    findings, impression, info, messages, _ = call(client, "draft_report", [upload(client, png_path)], "")
+    expected = model_draft(drafter, Image.open(png_path))
+    assert expected["findings"], "the speaking release should write text"
+    assert (findings, impression or None) == (expected["findings"], expected["impression"])
+    assert re.search(r"Drafted in \*\*\d+\.\d\d s\*\* from 1 image", info)
+    assert messages == ""
+
+
+def test_monochrome1_dicom_is_shown_and_drafted_with_bone_white(client, drafter, tmp_path):
+    # MONOCHROME1: high stored values display dark. The bright block of stored values must come out black, the
+    # low background white, both on the page and in what the model reads.
+    stored = block_image(size=(32, 40))
+    dicom = grayscale_dicom(stored, tmp_path / "inverted.dcm", photometric="MONOCHROME1")
+    displayed = np.where(stored == stored.max(), 0, 255).astype(np.uint8)
+    not_inverted = 255 - displayed
+
+    viewer, messages = call(client, "show_study", [upload(client, dicom)])
+    (preview,) = preview_pixels(viewer)
+    assert messages == ""
+    assert preview[0, 0] < 10 and preview[-1, -1] > 245
+
+    findings, *_ = call(client, "draft_report", [upload(client, dicom)], "")
+    assert findings == model_draft(drafter, Image.fromarray(displayed))["findings"]
+    # The check above tells inversion apart only if the model writes something else for the uninverted image.
+    assert findings != model_draft(drafter, Image.fromarray(not_inverted))["findings"]
+
+
+def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, drafter, png_path, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    report = structured_report_dicom(tmp_path / "report.dcm")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (10_000, 9_000)).save(huge)  # 90 M pixels, just over the decompression-bomb guard
+    bad = [upload(client, path) for path in (corrupt, report, huge)]
+
+    viewer, messages = call(client, "show_study", bad + [upload(client, png_path)])
+    assert len(preview_pixels(viewer)) == 1
+    for name, reason in (("corrupt.png", "corrupt"), ("report.dcm", "no pixel data"), ("huge.png", "too large")):
+        assert re.search(rf"{re.escape(name)}: [^<]*{reason}", messages), messages
+
+    findings, impression, info, messages, _ = call(client, "draft_report", bad, "")
+    assert (findings, impression, info) == ("", "", "")
+    assert "Drop at least one readable" in messages and "huge.png" in messages
+
+    findings, *_ = call(client, "draft_report", [upload(client, png_path)], "")
+    assert findings == model_draft(drafter, Image.open(png_path))["findings"]
+
+
+def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
+    findings = "Large right pneumothorax. Small left pleural effusion. Heart size is normal."
+    tags, claims, critical, report = call(client, "review_report", findings, "No pneumonia.")
+    tagged = {piece["token"].strip(): piece["class_or_confidence"] for piece in tags["value"]}
+    assert tagged["Large right pneumothorax."] == "Pneumothorax: present"
+    assert tagged["Heart size is normal."] == "Cardiomegaly: absent"
+    assert tagged["No pneumonia."] == "Pneumonia: absent"
+    colors = tags["color_map"]
+    assert len({colors["Pneumothorax: present"], colors["Pleural Effusion: present"], colors["Pneumonia: absent"]}) == 3
+    assert "Pneumothorax (right), present" in critical
+    assert "Pleural Effusion (left), present" in claims and "Pneumothorax" not in claims
+    assert report == f"FINDINGS: {findings}\n\nIMPRESSION: No pneumonia."
+
+    _, claims, critical, _ = call(client, "review_report", "No pneumothorax. Possible left lower lobe pneumonia.", "")
+    assert critical == ""  # a negated pneumothorax is no alarm
+    assert "Pneumonia (left), possible" in claims
+
+
+def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
+    findings, impression = "Large right pneumothorax, edited by the reader.", "Right pneumothorax."
+    (text_file, json_file), = call(client, "export_report", findings, impression, "chest pain")
+    text = client.get(f"/gradio_api/file={text_file['path']}").text
+    record = client.get(f"/gradio_api/file={json_file['path']}").json()
+    assert text == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n"
+    assert (record["findings"], record["impression"], record["indication"]) == (findings, impression, "chest pain")
+    assert record["labels"]["Pneumothorax"] == POSITIVE
+    assert {"observation": "Pneumothorax", "status": "present", "side": "right", "critical": True} in \
+        record["claimed_findings"]
+    assert Path(text_file["path"]).name == "cxr_report_draft.txt"  # no patient name can leak through file names
+
+
+def test_two_users_drafting_at_once_are_queued_and_both_served(client, drafter, png_path):
+    first = submit(client, "draft_report", [upload(client, png_path)], "")
+    second = submit(client, "draft_report", [upload(client, png_path)], "")
+    expected = model_draft(drafter, Image.open(png_path))["findings"]
+    assert result(client, "draft_report", first)[0] == expected
+    assert result(client, "draft_report", second)[0] == expected
+
+
+def test_config_is_reachable_and_the_page_keeps_nothing_outside_its_private_folder(client, page, png_path):
+    config = client.get("/config").json()
+    assert any(NOTICE in str(component.get("props", {}).get("value")) for component in config["components"])
+    assert config["analytics_enabled"] is False and config["run_history"] is False
+    draft = next(function for function in page.fns.values() if function.api_name == "draft_report")
+    assert draft.concurrency_limit == 1  # one draft at a time, whoever asks
+
+    folder = Path(gr.utils.get_upload_folder())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert Path(upload(client, png_path)["path"]).is_relative_to(folder)
+
+
+def test_cli_explains_itself_and_says_what_to_do_without_a_model(tmp_path):
+    app = str(REPO_ROOT / "app.py")
+    shown = subprocess.run([sys.executable, app, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0 and "--model" in shown.stdout and "127.0.0.1" in shown.stdout
+    missing = subprocess.run([sys.executable, app], capture_output=True, text=True, cwd=tmp_path)  # no demo here
+    assert missing.returncode != 0 and "make demo" in missing.stderr

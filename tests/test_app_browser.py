@@ -1,0 +1,114 @@
+"""The report page in a real browser (headless Debian Chromium via Playwright) against `python app.py`:
+upload a PNG and a MONOCHROME1 DICOM, window/level and zoom in the page, draft, edit, export, no outbound request."""
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_harness import browser_missing_reason, draft, open_browser, serve_app, speaking_release, upload_study
+from dicom_files import block_image, grayscale_dicom
+
+MISSING = browser_missing_reason()
+IN_CI = os.environ.get("CI") == "true"  # CI must run it: there a missing browser fails the test, not skips it
+pytestmark = pytest.mark.skipif(MISSING is not None and not IN_CI, reason=f"browser test skipped: {MISSING}")
+
+# The displayed pixels of an image, read back through a canvas (the data URI is same-origin: no taint).
+READ_PIXELS = """([index, points]) => {
+  const image = document.querySelectorAll('#study-viewer img.cxr-image')[index];
+  const canvas = document.createElement('canvas');
+  canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(image, 0, 0);
+  return points.map(([x, y]) => context.getImageData(x * (canvas.width - 1), y * (canvas.height - 1), 1, 1).data[0]);
+}"""
+
+
+def screenshot_gray(locator):
+    return np.array(Image.open(io.BytesIO(locator.screenshot())).convert("L"), dtype=float)
+
+
+def image_width(page, index):
+    return page.evaluate(f"document.querySelectorAll('#study-viewer img.cxr-image')[{index}]"
+                         ".getBoundingClientRect().width")
+
+
+def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
+    if MISSING:
+        pytest.fail(f"the browser test must run in CI: {MISSING}", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    release = speaking_release(tiny_release_dir, tmp_path / "release")
+    png = tmp_path / "frontal.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 80), dtype=np.uint8)).save(png)
+    # MONOCHROME1 stores bone as LOW values: the bright stored block must display dark, the rest white.
+    dicom = grayscale_dicom(block_image(size=(64, 80)), tmp_path / "lateral.dcm", photometric="MONOCHROME1")
+
+    server_log = tmp_path / "server.log"
+    with (serve_app(release, threads=1, log_path=server_log) as url, sync_playwright() as playwright,
+          open_browser(playwright) as browser):
+        page = browser.new_page()
+        requested = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(url)
+        assert "not a medical device" in page.locator("#notice").inner_text()
+
+        upload_study(page, [png, dicom])
+        block, background = page.evaluate(READ_PIXELS, [1, [[0, 0], [1, 1]]])
+        assert block < 10 and background > 245, "MONOCHROME1 must show high stored values dark (bone white)"
+
+        # Window/level and zoom happen in the page: the pixels on screen change, and no request is made.
+        viewed = page.locator("#study-viewer img.cxr-image").first
+        before, width_before, requests_before = screenshot_gray(viewed), image_width(page, 0), len(requested)
+        page.locator("#study-viewer [data-control=width]").fill("20")
+        page.locator("#study-viewer [data-control=level]").fill("80")
+        page.locator("#study-viewer [data-control=zoom]").fill("250")
+        assert image_width(page, 0) == pytest.approx(2.5 * width_before, rel=0.02)
+        page.locator("#study-viewer [data-control=zoom]").fill("100")
+        assert screenshot_gray(viewed).mean() < before.mean() - 30  # level raised: the image darkens
+        assert len(requested) == requests_before
+        page.locator("#study-viewer [data-control=reset]").click()
+        assert np.abs(screenshot_gray(viewed) - before).mean() < 1
+
+        findings = draft(page)
+        assert findings, "the draft fills the FINDINGS box"
+        assert "from 1 image(s)" in page.locator("#draft-info").inner_text()
+        assert "lateral.dcm" in page.locator("#study-messages").inner_text()  # the 1-view model left it out
+
+        edited = "Large right pneumothorax. Edited by the reader."
+        page.locator("#findings textarea").fill(edited)
+        page.locator("#impression textarea").fill("Right pneumothorax.")
+        page.locator("#critical .critical-alert").wait_for()
+        assert "Pneumothorax (right)" in page.locator("#critical").inner_text()
+        assert "PNEUMOTHORAX: PRESENT" in page.locator("#sentence-tags").inner_text().upper()
+
+        page.click("#export-button")
+        exported = {}
+        for suffix in ("txt", "json"):
+            link = page.locator(f'#exported-files a[download$=".{suffix}"]')
+            link.wait_for()
+            with page.expect_download() as download:
+                link.click()
+            exported[suffix] = open(download.value.path(), encoding="utf-8").read()
+        assert exported["txt"] == f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n"
+        record = json.loads(exported["json"])
+        assert record["findings"] == edited and record["edited_by_reader"] is True
+        assert record["model_draft"]["findings"] == findings
+
+        page.screenshot(path=tmp_path / "app.png", full_page=True)
+        hosts = {urlparse(address).netloc for address in requested if not address.startswith(("data:", "blob:"))}
+        assert hosts == {urlparse(url).netloc}, f"the page called out: {hosts}"
+    assert Image.open(tmp_path / "app.png").size[0] >= 1000
+
+    # Stopped with SIGTERM, the server deleted its private folder, and never logged what was uploaded.
+    log = server_log.read_text()
+    (folder,) = re.findall(r"kept in (\S+) \(this user only\)", log)
+    assert not Path(folder).exists()
+    assert "Stopped after 1 draft(s)" in log
+    assert "frontal.png" not in log and "lateral.dcm" not in log and edited not in log
