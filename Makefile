@@ -19,6 +19,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements/ci.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements/ci.txt
+	# real OpenI report text for the converter tests; its own dependencies are not needed for that file
+	$(VENV)/bin/pip install --quiet --no-deps torchxrayvision==1.5.7
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -31,6 +33,19 @@ $(MINIMAL_VENV)/.installed: requirements/minimal.txt
 
 test: install minimal-env
 	$(PY) -m pytest -q --durations=15
+
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train.py --config configs/demo.yaml --output_dir $(DEMO_DIR)
+	@echo "release: $(DEMO_DIR)/release"
+
+app: install
+	$(PY) app.py --model $(DEMO_DIR)/release
+
+bench: install
+	$(PY) benchmarks/bench_release_size.py
+	$(PY) benchmarks/bench_cpu_inference.py
+	$(PY) benchmarks/bench_training.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
