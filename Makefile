@@ -37,10 +37,10 @@ test: install minimal-env
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train.py --config configs/demo.yaml --output_dir $(DEMO_DIR)
-	@echo "release: $(DEMO_DIR)/release"
+	@echo "release: $(DEMO_DIR)/best"
 
 app: install
-	$(PY) app.py --model $(DEMO_DIR)/release
+	$(PY) app.py --model $(DEMO_DIR)/best
 
 bench: install
 	$(PY) benchmarks/bench_release_size.py

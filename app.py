@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-DEFAULT_MODEL = "demo_output/release"  # what `make demo` writes
+DEFAULT_MODEL = "demo_output/best"  # what `make demo` writes
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 

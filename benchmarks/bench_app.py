@@ -1,7 +1,7 @@
 """Page load and draft time of the report page in headless Chromium, and the README's screenshot.
 
-    python benchmarks/bench_app.py                      # tiny random release, + demo_output/release if it exists
-    python benchmarks/bench_app.py --model demo_output/release --runs 5 --optimize --screenshot docs/images/app.png
+    python benchmarks/bench_app.py                      # tiny random release, + demo_output/best if it exists
+    python benchmarks/bench_app.py --model demo_output/best --runs 5 --optimize --screenshot docs/images/app.png
 
 For each release: `python app.py` is started, then a browser page is loaded `--runs` times (the first load is
 cold, the others reuse the browser's cache) and a synthetic phantom study (not a patient) is drafted `--runs`
