@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .processing_cliptt5 import to_rgb_image
 from .training import (
     better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, start_run,
+    validation_loader,
 )
 from .training_data import (
     BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches_from, take_first, total_steps,
@@ -123,9 +124,7 @@ def evaluate_retrieval(model, dataset, collate, config, accelerator):
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
-                                         collate_fn=collate, num_workers=config.num_workers)
+    loader = validation_loader(dataset, collate, config, accelerator)
     rows = []
     with full_parameters(model, accelerator):
         for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):

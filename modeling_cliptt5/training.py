@@ -131,6 +131,13 @@ def full_parameters(model, accelerator):
     return contextlib.nullcontext()
 
 
+def validation_loader(dataset, collate, config, accelerator):
+    """This rank's strided share of the validation set (every rank scores a disjoint part; results are gathered)."""
+    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
+                                       collate_fn=collate, num_workers=config.num_workers)
+
+
 def evaluate(model, dataset, collate, processor, config, accelerator, bad_log=None, step=0):
     """Validation loss (token-weighted, all ranks) and metrics of greedy/beam reports; every rank gets the result."""
     with full_parameters(model, accelerator):
@@ -143,9 +150,7 @@ def _evaluate(model, dataset, collate, processor, config, accelerator, bad_log, 
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
-                                         collate_fn=collate, num_workers=config.num_workers)
+    loader = validation_loader(dataset, collate, config, accelerator)
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     token_count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     results = []
