@@ -64,16 +64,24 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         self.post_init()
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, CLIPT5Projector):
-            for layer in module.layers:
-                if isinstance(layer, nn.Linear):
-                    init.normal_(layer.weight, mean=0.0, std=layer.in_features**-0.5)
-                    init.zeros_(layer.bias)
-            if module.view_embeddings is not None:
-                init.normal_(module.view_embeddings.weight, mean=0.0, std=0.02)
-        elif isinstance(module, CLIPT5ForConditionalGeneration) and module.visual_projection is not None:
-            init.normal_(module.visual_projection.weight, mean=0.0, std=module.visual_projection.in_features**-0.5)
+        # Leaf modules are initialised before their parents and a weight is initialised only once (transformers
+        # v5), so the projection layers are matched here, as leaves: a rule on CLIPT5Projector itself would come
+        # too late and leave them at T5's default std of initializer_factor (1.0), ten times too large.
+        if isinstance(module, nn.Linear) and any(module is layer for layer in self._projection_layers()):
+            init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module is getattr(getattr(self, "clip_projection", None),
+                                                                    "view_embeddings", None):
+            init.normal_(module.weight, mean=0.0, std=0.02)
+        else:
+            super()._init_weights(module)
+
+    def _projection_layers(self):
+        # T5's __init__ already runs post_init(), before these modules exist
+        projector, visual_projection = getattr(self, "clip_projection", None), getattr(self, "visual_projection", None)
+        layers = [layer for layer in projector.layers if isinstance(layer, nn.Linear)] if projector is not None else []
+        return layers + ([visual_projection] if visual_projection is not None else [])
 
     def _check_pixel_values(self, pixel_values):
         """Returns pixel_values as [batch, views, channels, height, width] or raises a ValueError saying why not."""

@@ -167,3 +167,18 @@ def test_save_and_load_round_trip_in_process(tmp_path):
     torch.testing.assert_close(model(pixel_values=images, labels=LABELS).logits,
                                loaded(pixel_values=images, labels=LABELS).logits)
     assert loaded.lm_head.weight.data_ptr() == loaded.shared.weight.data_ptr()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"projector_type": "mlp", "num_views": 2}, {"image_tokens": "pooled"}])
+def test_fresh_projection_layers_have_their_intended_scale(overrides):
+    # Image tokens must enter T5 at about the scale of its own hidden states: a projection drawn with std 1.0
+    # (what transformers v5's init order gave before) makes them ~10x too large.
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration(tiny_config(**overrides))
+    layers = [layer for layer in model.clip_projection.layers if isinstance(layer, torch.nn.Linear)]
+    layers += [model.visual_projection] if model.visual_projection is not None else []
+    for layer in layers:
+        assert layer.weight.std().item() == pytest.approx(layer.in_features**-0.5, rel=0.25)
+        assert not layer.bias.any() if layer.bias is not None else True
+    if model.clip_projection.view_embeddings is not None:
+        assert model.clip_projection.view_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.25)
