@@ -21,7 +21,8 @@ from .training import (
     validation_loader,
 )
 from .training_data import (
-    BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches_from, take_first, total_steps,
+    BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches, take_first, total_steps,
+    training_loader,
 )
 from .training_state import atomic_folder, plot_curves, save_training_state
 
@@ -198,6 +199,7 @@ def train_contrastive(config):
     scheduler = make_scheduler(config, optimizer, num_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    train_loader = training_loader(train_set, collate, config, accelerator)
     loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes)
     trainer_state = resume_if_asked(config, accelerator, metrics_log)
@@ -206,8 +208,7 @@ def train_contrastive(config):
     accelerator.print(f"stage 1: {model_name}, {len(train_set)} image-report pairs, {num_steps} steps on "
                       f"{accelerator.num_processes} process(es) ({accelerator.device})")
 
-    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
-                                       accelerator.num_processes, accelerator.process_index)
+    batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     unwrapped = accelerator.unwrap_model(model)
     window_losses, started, start_step, last_metrics = [], time.perf_counter(), trainer_state["step"], {}
     progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="contrastive training", unit="step",
@@ -216,7 +217,7 @@ def train_contrastive(config):
     while trainer_state["step"] < num_steps:
         step = trainer_state["step"]
         for micro_step in range(config.gradient_accumulation_steps):
-            epoch, batch = next(micro_batches)
+            epoch, batch = next(batches)
             bad_log.record(batch["skipped"], step)
             sync = micro_step == config.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):

@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .training_data import (
-    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches_from,
-    model_inputs, pixel_encoder, prompt_generator, take_first, total_steps,
+    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches, model_inputs,
+    pixel_encoder, prompt_generator, take_first, total_steps, training_loader,
 )
 from .training_model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
@@ -29,13 +29,19 @@ from .training_state import (
 # --- shared by both stages -------------------------------------------------------------------------------------
 
 def make_accelerator(config):
-    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`."""
+    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`.
+
+    Its seedable sampler shuffles epoch e of a prepared loader with the seed data_seed + e on every rank (without
+    it, epoch e continues the generator where epoch e - 1 left it: a resumed run would have to replay every earlier
+    shuffle)."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     log_with = None if config.log_with == "none" else "tensorboard"
     if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
         log_with = None
-    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir)
+    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
 
 
 def start_run(config, accelerator):
@@ -272,6 +278,7 @@ def train_generation(config):
     # The scheduler is stepped by hand once per optimizer step (prepare() would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    train_loader = training_loader(train_set, collate, config, accelerator)
     trainer_state = resume_if_asked(config, accelerator, metrics_log)
     bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
                            trainer_state["bad_samples"])
@@ -306,8 +313,7 @@ def train_generation(config):
         trainer_state["bad_samples"] = bad_log.count
         save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
 
-    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
-                                       accelerator.num_processes, accelerator.process_index)
+    batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     accumulation = config.gradient_accumulation_steps
     window_losses, window_start, window_samples = [], time.perf_counter(), 0
     started, start_step = time.perf_counter(), trainer_state["step"]
@@ -318,7 +324,7 @@ def train_generation(config):
     while trainer_state["step"] < num_steps:
         step = trainer_state["step"]
         for micro_step in range(accumulation):
-            epoch, batch = next(micro_batches)
+            epoch, batch = next(batches)
             bad_log.record(batch["skipped"], step)
             batch = drop_prompts(batch, config.prompt_dropout,
                                  prompt_generator(config.seed, step, micro_step, accelerator.process_index))

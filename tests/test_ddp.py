@@ -1,5 +1,5 @@
-"""DDP for real: `accelerate launch` starts 2 CPU processes (gloo) that train on disjoint shards, end with identical
-weights, and leave one set of outputs written by the main process.
+"""DDP for real: `accelerate launch` starts 2 CPU processes (gloo) that train on disjoint shards, reshuffled every
+epoch, end with identical weights, and leave one set of outputs written by the main process.
 
 This file is also the launched worker (`accelerate launch tests/test_ddp.py --worker SETTINGS RESULTS`)."""
 
@@ -50,9 +50,10 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(tmp_path):
     from conftest import subprocess_env
     from training_helpers import make_tiny_dataset, tiny_settings
 
+    # 16 training studies, 2 per micro-batch on 2 ranks: 4 steps per epoch, 2 epochs
     data = make_tiny_dataset(tmp_path / "data", sizes=(("train", 16), ("validation", 4), ("test", 1)))
     settings = tmp_path / "settings.yaml"
-    settings.write_text(yaml.safe_dump(tiny_settings(data, tmp_path / "run", batch_size=2, max_steps=4,
+    settings.write_text(yaml.safe_dump(tiny_settings(data, tmp_path / "run", batch_size=2, max_steps=8,
                                                      eval_every_steps=4, save_every_steps=2, log_every_steps=1)))
     results = tmp_path / "results"
     results.mkdir()
@@ -65,20 +66,24 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(tmp_path):
 
     ranks = [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2] and sorted(r["rank"] for r in ranks) == [0, 1]
-    trained = [{study for study in r["read_ids"] if study.startswith("train-")} for r in ranks]
-    # 4 steps x 2 studies on each rank: one epoch of 16 studies, split between the ranks
-    assert len(trained[0]) == len(trained[1]) == 8 and not trained[0] & trained[1]
+    trained = [[study for study in r["read_ids"] if study.startswith("train-")] for r in ranks]
+    assert len(trained[0]) == len(trained[1]) == 16  # 8 steps x 2 studies on each rank
+    for epoch in (slice(0, 8), slice(8, 16)):  # each epoch's 16 studies, split between the ranks
+        shards = [set(reads[epoch]) for reads in trained]
+        assert len(shards[0]) == len(shards[1]) == 8 and not shards[0] & shards[1]
+    assert set(trained[0][:8]) != set(trained[0][8:])  # another epoch, another shuffle and split
     validated = [{study for study in r["read_ids"] if study.startswith("validation-")} for r in ranks]
     assert validated[0] | validated[1] == {f"validation-{index}" for index in range(4)}
     assert not validated[0] & validated[1]
-    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 4  # gradients were all-reduced
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 8  # gradients were all-reduced
 
     # Outputs were written once: one record per logged step, one state per save, one release.
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    assert sorted(os.listdir(run / "states")) == ["state-00000002", "state-00000004"]
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(run / "states" / "state-00000004"))
+    assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 9))
+    assert [r["epoch"] for r in records if "train/loss" in r] == [0] * 4 + [1] * 4
+    assert sorted(os.listdir(run / "states")) == ["state-00000006", "state-00000008"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(run / "states" / "state-00000008"))
     assert (run / "best" / "model.safetensors").is_file()
     assert "2 process(es)" in finished.stdout and finished.stdout.count("done:") == 1
 
