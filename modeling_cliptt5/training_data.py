@@ -59,6 +59,16 @@ def training_loader(dataset, collate, config, accelerator):
     return accelerator.prepare(loader)
 
 
+def validation_loader(dataset, collate, config, accelerator):
+    """The validation studies in order, prepared: each rank reads its share of every global batch. Accelerate
+    pads the last one with repeated studies so that every rank runs as many batches (and collectives);
+    accelerator.gather_for_metrics drops them again."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval_batch_size, collate_fn=collate,
+                                         num_workers=config.num_workers,
+                                         generator=torch.Generator().manual_seed(config.seed))  # as above
+    return accelerator.prepare(loader)
+
+
 def micro_batches(loader, accelerator, config, step=0):
     """Yields (epoch, micro-batch) of a training_loader from optimizer step `step` on, epoch after epoch (for ever).
 
