@@ -16,12 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .processing_cliptt5 import to_rgb_image
-from .training import (
-    better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, start_run,
-    validation_loader,
-)
+from .training import better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, start_run
 from .training_data import (
-    BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches_from, take_first, total_steps,
+    BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches, take_first, total_steps,
+    training_loader, validation_loader,
 )
 from .training_state import atomic_folder, plot_curves, save_training_state
 
@@ -117,27 +115,27 @@ def parameter_groups(model, config):
             {"params": no_decay, "weight_decay": 0.0, "lr": config.learning_rate, "name": "clip_no_decay"}]
 
 
-def evaluate_retrieval(model, dataset, collate, config, accelerator):
-    """Validation contrastive loss and recall@k over the whole validation subset (features gathered from ranks)."""
-    from accelerate.utils import broadcast_object_list, gather_object
+def evaluate_retrieval(model, loader, config, accelerator):
+    """Validation contrastive loss and recall@k over a validation_loader's studies, each counted once (features
+    gathered from ranks)."""
+    from accelerate.utils import broadcast_object_list
 
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    loader = validation_loader(dataset, collate, config, accelerator)
     rows = []
     with full_parameters(model, accelerator):
         for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):
             with torch.no_grad(), accelerator.autocast():
                 output = unwrapped(batch["image"].to(accelerator.device), batch["text"].to(accelerator.device))
-            for index, image, text, report in zip(batch["indices"], output["image_features"].float().cpu(),
-                                                  output["text_features"].float().cpu(), batch["references"]):
-                rows.append((index, image, text, report))
+            batch_rows = list(zip(batch["indices"], output["image_features"].float().cpu(),
+                                  output["text_features"].float().cpu(), batch["references"]))
+            # per batch: gather_for_metrics knows the last one and drops the studies that pad it
+            rows += accelerator.gather_for_metrics(batch_rows, use_gather_object=True)
         logit_scale = unwrapped.logit_scale.detach().exp().float().cpu()
-    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
     metrics = {}
     if accelerator.is_main_process:
-        by_index = {index: (image, text, report) for index, image, text, report in rows}
+        by_index = {index: (image, text, report) for index, image, text, report in rows}  # replaced rows repeat
         ordered = [by_index[index] for index in sorted(by_index)]
         images = torch.stack([image for image, _, _ in ordered])
         texts = torch.stack([text for _, text, _ in ordered])
@@ -198,6 +196,9 @@ def train_contrastive(config):
     scheduler = make_scheduler(config, optimizer, num_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    train_loader = training_loader(train_set, collate, config, accelerator)
+    eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config,
+                                                                       accelerator)
     loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes)
     trainer_state = resume_if_asked(config, accelerator, metrics_log)
@@ -206,8 +207,7 @@ def train_contrastive(config):
     accelerator.print(f"stage 1: {model_name}, {len(train_set)} image-report pairs, {num_steps} steps on "
                       f"{accelerator.num_processes} process(es) ({accelerator.device})")
 
-    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
-                                       accelerator.num_processes, accelerator.process_index)
+    batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     unwrapped = accelerator.unwrap_model(model)
     window_losses, started, start_step, last_metrics = [], time.perf_counter(), trainer_state["step"], {}
     progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="contrastive training", unit="step",
@@ -216,7 +216,7 @@ def train_contrastive(config):
     while trainer_state["step"] < num_steps:
         step = trainer_state["step"]
         for micro_step in range(config.gradient_accumulation_steps):
-            epoch, batch = next(micro_batches)
+            epoch, batch = next(batches)
             bad_log.record(batch["skipped"], step)
             sync = micro_step == config.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -240,8 +240,8 @@ def train_contrastive(config):
                                                    "lr/clip": optimizer.param_groups[0]["lr"]})
             progress.set_postfix(loss=f"{mean_loss:.3f}")
             window_losses = []
-        if validation_set is not None and (step % config.eval_every_steps == 0 or step == num_steps):
-            last_metrics = evaluate_retrieval(model, validation_set, collate, config, accelerator)
+        if eval_loader is not None and (step % config.eval_every_steps == 0 or step == num_steps):
+            last_metrics = evaluate_retrieval(model, eval_loader, config, accelerator)
             log_metrics(accelerator, metrics_log,
                         {"step": step, **{f"validation/{name}": value for name, value in last_metrics.items()}})
             if config.best_metric not in last_metrics:
@@ -256,7 +256,7 @@ def train_contrastive(config):
             trainer_state["bad_samples"] = bad_log.count
             save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
     progress.close()
-    if validation_set is None:
+    if eval_loader is None:
         save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, config.release_dir,
                                   {"step": trainer_state["step"]})
     if accelerator.is_main_process:

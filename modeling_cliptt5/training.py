@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .training_data import (
-    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches_from,
-    model_inputs, pixel_encoder, prompt_generator, take_first, total_steps,
+    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches, model_inputs,
+    pixel_encoder, prompt_generator, take_first, total_steps, training_loader, validation_loader,
 )
 from .training_model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
@@ -29,13 +29,19 @@ from .training_state import (
 # --- shared by both stages -------------------------------------------------------------------------------------
 
 def make_accelerator(config):
-    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`."""
+    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`.
+
+    Its seedable sampler shuffles epoch e of a prepared loader with the seed data_seed + e on every rank (without
+    it, epoch e continues the generator where epoch e - 1 left it: a resumed run would have to replay every earlier
+    shuffle)."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     log_with = None if config.log_with == "none" else "tensorboard"
     if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
         log_with = None
-    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir)
+    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
 
 
 def start_run(config, accelerator):
@@ -121,7 +127,7 @@ def score_generated_reports(generated, references, backend="auto"):
 
 def full_parameters(model, accelerator):
     """Under FSDP every rank gathers the whole model for validation, so that forward and generate need no
-    collectives and ranks may run different numbers of batches (DDP ranks hold the whole model anyway)."""
+    collectives (generate stops after different numbers of tokens on each rank; DDP ranks hold the whole model)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -131,47 +137,44 @@ def full_parameters(model, accelerator):
     return contextlib.nullcontext()
 
 
-def validation_loader(dataset, collate, config, accelerator):
-    """This rank's strided share of the validation set (every rank scores a disjoint part; results are gathered)."""
-    shard = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=config.eval_batch_size,
-                                       collate_fn=collate, num_workers=config.num_workers)
+def study_losses(logits, labels):
+    """[batch, 2]: each study's summed token loss and its number of tokens (T5's loss is their ratio over a batch)."""
+    token_losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                                     reduction="none")
+    return torch.stack([token_losses.sum(dim=1), (labels != -100).sum(dim=1).float()], dim=1)
 
 
-def evaluate(model, dataset, collate, processor, config, accelerator, bad_log=None, step=0):
-    """Validation loss (token-weighted, all ranks) and metrics of greedy/beam reports; every rank gets the result."""
+def evaluate(model, loader, processor, config, accelerator, bad_log=None, step=0):
+    """Validation loss (token-weighted) and metrics of greedy/beam reports over a validation_loader's studies, each
+    counted once; every rank gets the result."""
     with full_parameters(model, accelerator):
-        return _evaluate(model, dataset, collate, processor, config, accelerator, bad_log, step)
+        return _evaluate(model, loader, processor, config, accelerator, bad_log, step)
 
 
-def _evaluate(model, dataset, collate, processor, config, accelerator, bad_log, step):
-    from accelerate.utils import broadcast_object_list, gather_object
+def _evaluate(model, loader, processor, config, accelerator, bad_log, step):
+    from accelerate.utils import broadcast_object_list
 
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    loader = validation_loader(dataset, collate, config, accelerator)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    token_count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    results = []
+    losses, results = [], []
     for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):
         if bad_log is not None:
             bad_log.record(batch["skipped"], step)
         inputs = model_inputs(batch, accelerator.device)
         with torch.no_grad(), accelerator.autocast():
-            output = unwrapped(**inputs)
-            tokens = (inputs["labels"] != -100).sum()
-            loss_sum += output.loss.double() * tokens
-            token_count += tokens
+            logits = unwrapped(**inputs).logits
+            # gather_for_metrics (per batch: it knows the last one) drops the studies that pad the last batch
+            losses.append(accelerator.gather_for_metrics(study_losses(logits, inputs["labels"])).cpu())
             if config.eval_metrics != "none":
                 prompt_inputs = {name: value for name, value in inputs.items() if name != "labels"}
                 generated = unwrapped.generate(**prompt_inputs, max_new_tokens=config.generation_max_new_tokens,
                                                num_beams=config.generation_num_beams)
-                texts = processor.batch_decode(generated, skip_special_tokens=True)
-                results += list(zip(batch["indices"], [text.strip() for text in texts], batch["references"]))
-    totals = accelerator.reduce(torch.stack([loss_sum, token_count]), reduction="sum")
-    metrics = {"loss": (totals[0] / totals[1].clamp(min=1)).item()}
-    results = gather_object(results) if accelerator.num_processes > 1 else results
+                texts = [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
+                results += accelerator.gather_for_metrics(list(zip(batch["indices"], texts, batch["references"])),
+                                                          use_gather_object=True)
+    loss_sum, token_count = torch.cat(losses).double().sum(dim=0)
+    metrics = {"loss": (loss_sum / token_count.clamp(min=1)).item()}
     samples = []
     if accelerator.is_main_process and results:
         by_index = dict((index, (text, reference)) for index, text, reference in results)  # replaced rows repeat
@@ -272,6 +275,9 @@ def train_generation(config):
     # The scheduler is stepped by hand once per optimizer step (prepare() would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    train_loader = training_loader(train_set, collate, config, accelerator)
+    eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config,
+                                                                       accelerator)
     trainer_state = resume_if_asked(config, accelerator, metrics_log)
     bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
                            trainer_state["bad_samples"])
@@ -282,8 +288,7 @@ def train_generation(config):
                       f"process(es) ({accelerator.device}, precision {config.mixed_precision})")
 
     def validate_and_release():
-        metrics, samples = evaluate(model, validation_set, collate, processor, config, accelerator, bad_log,
-                                    trainer_state["step"])
+        metrics, samples = evaluate(model, eval_loader, processor, config, accelerator, bad_log, trainer_state["step"])
         record = {"step": trainer_state["step"], **{f"validation/{name}": value for name, value in metrics.items()}}
         log_metrics(accelerator, metrics_log, record)
         if samples:
@@ -306,8 +311,7 @@ def train_generation(config):
         trainer_state["bad_samples"] = bad_log.count
         save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
 
-    micro_batches = micro_batches_from(trainer_state["step"], train_set, collate, config,
-                                       accelerator.num_processes, accelerator.process_index)
+    batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     accumulation = config.gradient_accumulation_steps
     window_losses, window_start, window_samples = [], time.perf_counter(), 0
     started, start_step = time.perf_counter(), trainer_state["step"]
@@ -318,7 +322,7 @@ def train_generation(config):
     while trainer_state["step"] < num_steps:
         step = trainer_state["step"]
         for micro_step in range(accumulation):
-            epoch, batch = next(micro_batches)
+            epoch, batch = next(batches)
             bad_log.record(batch["skipped"], step)
             batch = drop_prompts(batch, config.prompt_dropout,
                                  prompt_generator(config.seed, step, micro_step, accelerator.process_index))
@@ -347,14 +351,14 @@ def train_generation(config):
             log_metrics(accelerator, metrics_log, record)
             progress.set_postfix(loss=f"{mean_loss:.3f}")
             window_losses, window_start, window_samples = [], time.perf_counter(), 0
-        if validation_set is not None and (step % config.eval_every_steps == 0 or step == num_steps):
+        if eval_loader is not None and (step % config.eval_every_steps == 0 or step == num_steps):
             last_metrics = validate_and_release()
             set_train_mode(model, config)
         if step % config.save_every_steps == 0 or step == num_steps:
             save_state()
     progress.close()
 
-    if validation_set is None:
+    if eval_loader is None:
         _save_release({"step": trainer_state["step"]})  # no validation split: the release is the last model
     if accelerator.is_main_process:
         curves = plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),

@@ -1,4 +1,5 @@
-"""Training data: the report dataset per rank, studies as tensors, unreadable studies skipped and logged."""
+"""Training data: the report dataset, studies as tensors, their loaders (sharded across ranks by Accelerate),
+unreadable studies skipped and logged."""
 
 import json
 import math
@@ -30,22 +31,6 @@ def take_first(rows, count):
     return rows.select(range(min(count, len(rows)))) if count and count > 0 else rows
 
 
-def epoch_batches(num_examples, batch_size, epoch, seed, rank, world_size):
-    """This rank's micro-batches (lists of row indices) for one epoch.
-
-    Every rank draws the same permutation (seeded by seed and epoch), cuts it into global batches of
-    batch_size * world_size and takes its own slice of each: shards are disjoint and equally long, so ranks step
-    together. The last incomplete global batch is dropped.
-    """
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    global_batch = batch_size * world_size
-    batches = []
-    for start in range(0, num_examples - global_batch + 1, global_batch):
-        mine = order[start + rank * batch_size:start + (rank + 1) * batch_size]
-        batches.append(mine)
-    return batches
-
-
 def steps_per_epoch(num_examples, batch_size, world_size, accumulation):
     steps = (num_examples // (batch_size * world_size)) // accumulation
     if steps == 0:
@@ -61,23 +46,47 @@ def total_steps(config, num_examples, world_size):
     return config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * per_epoch))
 
 
-def micro_batches_from(step, dataset, collate, config, world_size, rank):
-    """Yields collated micro-batches from optimizer step `step` on, epoch after epoch (for ever).
+def training_loader(dataset, collate, config, accelerator):
+    """Shuffled micro-batches of config.batch_size, prepared: Accelerate gives each rank its own batches of every
+    global batch and drops the last incomplete global batch, so that ranks step together. The order of epoch e
+    depends on the seed and e alone (make_accelerator's seedable sampler; see micro_batches)."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        num_workers=config.num_workers,
+        # its own generator: starting an epoch must not draw from the global RNG that dropout uses
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return accelerator.prepare(loader)
 
-    Resuming at step k skips the index lists of the first k steps without reading a single image.
+
+def validation_loader(dataset, collate, config, accelerator):
+    """The validation studies in order, prepared: each rank reads its share of every global batch. Accelerate
+    pads the last one with repeated studies so that every rank runs as many batches (and collectives);
+    accelerator.gather_for_metrics drops them again."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval_batch_size, collate_fn=collate,
+                                         num_workers=config.num_workers,
+                                         generator=torch.Generator().manual_seed(config.seed))  # as above
+    return accelerator.prepare(loader)
+
+
+def micro_batches(loader, accelerator, config, step=0):
+    """Yields (epoch, micro-batch) of a training_loader from optimizer step `step` on, epoch after epoch (for ever).
+
+    set_epoch(e) reseeds Accelerate's sampler with data_seed + e, so an epoch's order never depends on what ran
+    before: resuming at step k sets the epoch and skip_first_batches passes over the micro-batches it already
+    trained on without reading a single image. Micro-batches left at an epoch's end that cannot fill an optimizer
+    step are not trained on, so that every epoch has steps_per_epoch steps.
     """
     accumulation = config.gradient_accumulation_steps
-    per_epoch = steps_per_epoch(len(dataset), config.batch_size, world_size, accumulation)
-    epoch, step_in_epoch = divmod(step, per_epoch)
+    epoch_steps = steps_per_epoch(len(loader.dataset), config.batch_size, accelerator.num_processes, accumulation)
+    epoch, step_in_epoch = divmod(step, epoch_steps)
     while True:
-        batches = epoch_batches(len(dataset), config.batch_size, epoch, config.seed, rank, world_size)
-        batches = batches[step_in_epoch * accumulation:per_epoch * accumulation]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.num_workers,
-            # its own generator: creating a loader must not draw from the global RNG that dropout uses
-            generator=torch.Generator().manual_seed(config.seed + epoch),
-        )
-        for batch in loader:
+        loader.set_epoch(epoch)
+        done = step_in_epoch * accumulation
+        batches = accelerator.skip_first_batches(loader, done) if done else loader
+        for position, batch in enumerate(batches, start=done):
+            if position == epoch_steps * accumulation:
+                break
             yield epoch, batch
         epoch, step_in_epoch = epoch + 1, 0
 

@@ -1,5 +1,5 @@
-"""DDP for real: `accelerate launch` starts 2 CPU processes (gloo) that train on disjoint shards, end with identical
-weights, and leave one set of outputs written by the main process.
+"""DDP for real: `accelerate launch` starts 2 CPU processes (gloo) that train on disjoint shards, reshuffled every
+epoch, end with identical weights, validate every study once and leave one set of outputs written by the main process.
 
 This file is also the launched worker (`accelerate launch tests/test_ddp.py --worker SETTINGS RESULTS`)."""
 
@@ -16,11 +16,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(settings_path, results_dir):
-    """Runs stage-2 training as `train.py` would and writes what this rank saw to rank<N>.json."""
+    """Runs stage-2 training as `train.py` would and writes what this rank saw to rank<N>.json; rank 0 adds the
+    validation loss of the final weights computed in one batch on this process alone."""
     sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     from modeling_cliptt5 import training_data
+    from modeling_cliptt5.data import load_report_dataset
     from modeling_cliptt5.training import train_generation
     from modeling_cliptt5.training_config import parse_config
 
@@ -34,26 +36,39 @@ def worker(settings_path, results_dir):
         return example
 
     training_data.StudyDataset.__getitem__ = recording_read
-    result = train_generation(parse_config(["--config", settings_path]))
+    config = parse_config(["--config", settings_path])
+    result = train_generation(config)
+    read_in_training = list(read_ids)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     rank = int(os.environ["RANK"])
-    Path(results_dir, f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "read_ids": read_ids,
-        "weights": digest.hexdigest(), "step": result.step,
-    }))
+    record = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "read_ids": read_in_training,
+              "weights": digest.hexdigest(), "step": result.step, "validation_loss": result.metrics["loss"]}
+    if rank == 0:
+        rows = load_report_dataset(config.dataset)[config.validation_split]
+        studies = training_data.StudyDataset(rows, training_data.pixel_encoder(result.processor.image_processor, 1))
+        batch = training_data.GenerationCollator(result.processor)([studies[index] for index in range(len(rows))])
+        with torch.no_grad():
+            loss = result.model.eval()(**training_data.model_inputs(batch, "cpu")).loss
+        record["one_batch_validation_loss"] = loss.item()
+    Path(results_dir, f"rank{rank}.json").write_text(json.dumps(record))
 
 
 def test_two_processes_train_disjoint_shards_to_identical_weights(tmp_path):
+    import pytest
+
     from conftest import subprocess_env
     from training_helpers import make_tiny_dataset, tiny_settings
 
-    data = make_tiny_dataset(tmp_path / "data", sizes=(("train", 16), ("validation", 4), ("test", 1)))
+    # 16 training studies, 2 per micro-batch on 2 ranks: 4 steps per epoch, 2 epochs. 5 validation studies in
+    # batches of 2: Accelerate pads the last global batch [4] with 3 repeated studies.
+    data = make_tiny_dataset(tmp_path / "data", sizes=(("train", 16), ("validation", 5), ("test", 1)))
     settings = tmp_path / "settings.yaml"
-    settings.write_text(yaml.safe_dump(tiny_settings(data, tmp_path / "run", batch_size=2, max_steps=4,
-                                                     eval_every_steps=4, save_every_steps=2, log_every_steps=1)))
+    settings.write_text(yaml.safe_dump(tiny_settings(data, tmp_path / "run", batch_size=2, max_steps=8,
+                                                     eval_every_steps=4, save_every_steps=2, log_every_steps=1,
+                                                     eval_batch_size=2)))
     results = tmp_path / "results"
     results.mkdir()
     env = {**subprocess_env(), "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT / "tests")}
@@ -65,20 +80,27 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(tmp_path):
 
     ranks = [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2] and sorted(r["rank"] for r in ranks) == [0, 1]
-    trained = [{study for study in r["read_ids"] if study.startswith("train-")} for r in ranks]
-    # 4 steps x 2 studies on each rank: one epoch of 16 studies, split between the ranks
-    assert len(trained[0]) == len(trained[1]) == 8 and not trained[0] & trained[1]
-    validated = [{study for study in r["read_ids"] if study.startswith("validation-")} for r in ranks]
-    assert validated[0] | validated[1] == {f"validation-{index}" for index in range(4)}
-    assert not validated[0] & validated[1]
-    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 4  # gradients were all-reduced
+    trained = [[study for study in r["read_ids"] if study.startswith("train-")] for r in ranks]
+    assert len(trained[0]) == len(trained[1]) == 16  # 8 steps x 2 studies on each rank
+    for epoch in (slice(0, 8), slice(8, 16)):  # each epoch's 16 studies, split between the ranks
+        shards = [set(reads[epoch]) for reads in trained]
+        assert len(shards[0]) == len(shards[1]) == 8 and not shards[0] & shards[1]
+    assert set(trained[0][:8]) != set(trained[0][8:])  # another epoch, another shuffle and split
+    validated = [[study for study in r["read_ids"] if study.startswith("validation-")] for r in ranks]
+    assert len(validated[0]) == len(validated[1]) == 2 * 4  # 2 validations x 2 batches of 2 on each rank
+    assert set(validated[0]) | set(validated[1]) == {f"validation-{index}" for index in range(5)}
+    # gather_for_metrics dropped the padding: the loss counts every validation study once
+    assert ranks[0]["validation_loss"] == ranks[1]["validation_loss"]
+    assert ranks[0]["validation_loss"] == pytest.approx(ranks[0]["one_batch_validation_loss"], rel=1e-5)
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 8  # gradients were all-reduced
 
     # Outputs were written once: one record per logged step, one state per save, one release.
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    assert sorted(os.listdir(run / "states")) == ["state-00000002", "state-00000004"]
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(run / "states" / "state-00000004"))
+    assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 9))
+    assert [r["epoch"] for r in records if "train/loss" in r] == [0] * 4 + [1] * 4
+    assert sorted(os.listdir(run / "states")) == ["state-00000006", "state-00000008"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(run / "states" / "state-00000008"))
     assert (run / "best" / "model.safetensors").is_file()
     assert "2 process(es)" in finished.stdout and finished.stdout.count("done:") == 1
 

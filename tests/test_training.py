@@ -1,5 +1,6 @@
 """Stage-2 training: settings, data sharding, prompt dropout, trainable parts, a whole run, bad studies, resume."""
 
+import itertools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT, subprocess_env, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.training_config import build_parser, config_from_dict, parse_config
-from modeling_cliptt5.training_data import BadSampleLimitError, drop_prompts, epoch_batches
+from modeling_cliptt5.training_data import BadSampleLimitError, drop_prompts, micro_batches, training_loader
 from modeling_cliptt5.training_model import parameter_groups, set_trainable_parts, vision_blocks
 from modeling_cliptt5.training_state import list_states
 from training_helpers import make_tiny_dataset, one_torch_thread, tiny_settings
@@ -88,15 +89,59 @@ def test_help_documents_every_setting():
 
 # --- data order and prompts --------------------------------------------------------------------------------------
 
-def test_epoch_batches_give_each_rank_a_disjoint_equal_shard():
-    ranks = [epoch_batches(23, batch_size=3, epoch=1, seed=7, rank=rank, world_size=2) for rank in range(2)]
-    seen = [{index for batch in batches for index in batch} for batches in ranks]
-    assert len(ranks[0]) == len(ranks[1]) == 23 // 6  # the incomplete global batch is dropped
-    assert not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == 3 * 2 * (23 // 6)
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """Makes an Accelerator of this one process prepare loaders as rank `two_ranks["rank"]` of 2 would (Accelerate
+    shards a loader by num_processes and process_index alone)."""
+    from accelerate import Accelerator
+
+    fake = {"rank": 0}
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    monkeypatch.setattr(Accelerator, "process_index", property(lambda self: fake["rank"]))
+    return fake
+
+
+def _micro_batches(config, accelerator, step=0, count=6, num_studies=23):
+    loader = training_loader(list(range(num_studies)), list, config, accelerator)
+    return list(itertools.islice(micro_batches(loader, accelerator, config, step), count))
+
+
+def test_each_rank_reads_a_disjoint_equal_shard_reshuffled_every_epoch(tmp_path, dataset_dir, two_ranks):
+    from modeling_cliptt5.training import make_accelerator
+
+    # 23 studies in micro-batches of 3 on 2 ranks: 3 global batches of 6 per epoch, 5 studies dropped
+    config = config_from_dict({"dataset": str(dataset_dir), "output_dir": str(tmp_path), "batch_size": 3, "seed": 7,
+                               "log_with": "none"})
+    accelerator = make_accelerator(config)
+    ranks = []
+    for rank in range(2):
+        two_ranks["rank"] = rank
+        ranks.append(_micro_batches(config, accelerator))
+    for batches in ranks:
+        assert [epoch for epoch, _ in batches] == [0, 0, 0, 1, 1, 1] and all(len(b) == 3 for _, b in batches)
+    for epoch in (0, 1):
+        seen = [{study for e, batch in batches if e == epoch for study in batch} for batches in ranks]
+        assert len(seen[0]) == len(seen[1]) == 9 and not seen[0] & seen[1]
     # Same seed and epoch -> same order; another epoch -> another order.
-    assert epoch_batches(23, 3, 1, 7, 0, 2) == ranks[0]
-    assert epoch_batches(23, 3, 2, 7, 0, 2) != ranks[0]
+    assert _micro_batches(config, accelerator) == ranks[1]
+    assert [batch for _, batch in ranks[0][:3]] != [batch for _, batch in ranks[0][3:]]
+
+
+def test_a_resumed_run_reads_the_micro_batches_an_uninterrupted_one_reads(tmp_path, dataset_dir, two_ranks):
+    from modeling_cliptt5.training import make_accelerator
+
+    # 23 studies in micro-batches of 2 on 2 ranks: 5 per rank and epoch, 2 steps of 2 (the fifth is not trained on)
+    config = config_from_dict({"dataset": str(dataset_dir), "output_dir": str(tmp_path), "batch_size": 2, "seed": 3,
+                               "gradient_accumulation_steps": 2, "log_with": "none"})
+    accelerator = make_accelerator(config)
+    for rank in range(2):
+        two_ranks["rank"] = rank
+        uninterrupted = _micro_batches(config, accelerator, count=12)
+        assert [epoch for epoch, _ in uninterrupted] == [0] * 4 + [1] * 4 + [2] * 4
+        orders = [[batch for epoch, batch in uninterrupted if epoch == number] for number in range(3)]
+        assert orders[0] != orders[1] != orders[2]  # reshuffled, although each epoch stops before its end
+        for step in (1, 2, 3, 5):  # inside epoch 0, at the start of epoch 1, inside epochs 1 and 2
+            assert _micro_batches(config, accelerator, step=step, count=12 - 2 * step) == uninterrupted[2 * step:]
 
 
 def test_a_dropped_prompt_gives_exactly_the_image_only_loss():
@@ -241,9 +286,10 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_pa
     # Both runs read one saved tokenizer: training a tokenizer twice does not give the same ids (tokenizers' Unigram
     # trainer is not deterministic), while one run and its resumption share <output_dir>/tokenizer.
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    # 16 studies in batches of 3: 5 steps per epoch, so that most saved states lie inside an epoch
     settings = tiny_settings(dataset_dir, tmp_path / "reference", max_steps=24, eval_every_steps=8,
                              tokenizer=str(tmp_path / "tokenizer"), eval_metrics="none", save_every_steps=2,
-                             log_every_steps=4, prompt="Chest.", prompt_dropout=0.5)
+                             log_every_steps=4, prompt="Chest.", prompt_dropout=0.5, batch_size=3)
     interrupted_config = tmp_path / "interrupted.yaml"
     interrupted_config.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "interrupted")}))
     states = tmp_path / "interrupted" / "states"
