@@ -34,10 +34,10 @@ $(MINIMAL_VENV)/.installed: requirements/minimal.txt
 test: install minimal-env
 	$(PY) -m pytest -q --durations=15
 
+# phantoms -> accelerate launch train.py -> release -> reload with Auto* -> drafts, results table, figure
 demo: install
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		train.py --config configs/demo.yaml --output_dir $(DEMO_DIR)
-	@echo "release: $(DEMO_DIR)/best"
+	$(PY) demo.py --output-dir $(DEMO_DIR)
+	@echo "release: $(DEMO_DIR)/best   results: $(DEMO_DIR)/results.txt   figure: $(DEMO_DIR)/demo_results.png"
 
 app: install
 	$(PY) app.py --model $(DEMO_DIR)/best

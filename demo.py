@@ -1,0 +1,359 @@
+"""The main job end to end on the built-in synthetic chest phantoms: what `make demo` runs.
+
+1. draws the phantom dataset (train/validation/test, PNG images with paired reports and truth labels);
+2. trains a small CLIP-T5 from scratch with `accelerate launch train.py --config configs/demo.yaml`;
+3. the run keeps the best checkpoint as a release folder with its model card (<output-dir>/best);
+4. loads the release back with AutoModelForSeq2SeqLM + AutoProcessor (trust_remote_code=True) and drafts reports
+   for the test split and for a few example studies written as PNG and as DICOM files;
+5. prints a results table: findings against the generator's truth (per finding with its side, macro F1), the
+   clinical labeler's micro/macro F1, BLEU-4 and ROUGE-L, for the model, a constant report and the report of the
+   nearest training image;
+6. writes a figure: training/validation curves and test images with drafted and true reports.
+
+    python demo.py                                   # what `make demo` runs (about 10 minutes on 2 CPU cores)
+    python demo.py --max-steps 30 --studies 300      # a quick look (this is what the test suite runs)
+
+Everything lands in --output-dir (default demo_output): data/, best/ (the release), examples/, metrics.jsonl,
+results.json, results.txt and demo_results.png. The images are synthetic: no patient data, not a medical device.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+CPU_TWO_PROCESSES = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+SYSTEMS = ("model", "constant report", "nearest-neighbour image")
+NEAREST_NEIGHBOUR_SIZE = 32  # px: images are compared as 32x32 grey levels
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="demo_output", help="where everything is written (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="training settings (default: configs/demo.yaml)")
+    parser.add_argument("--studies", type=int, default=None,
+                        help="phantom studies to draw, split 80/10/10 (default: the config's phantom_studies)")
+    parser.add_argument("--max-steps", type=int, default=0, help="optimizer steps (default: the config's epochs)")
+    parser.add_argument("--processes", type=int, choices=(1, 2), default=1,
+                        help="training processes on this CPU (default 1: faster than 2 on 2 cores, see README)")
+    parser.add_argument("--examples", type=int, default=4, help="test studies shown in the figure (default: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
+    return parser.parse_args(argv)
+
+
+# --- 1. data ------------------------------------------------------------------------------------------------------
+
+def make_data(folder, studies, image_size, seed):
+    """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
+    from modeling_cliptt5.data import save_dataset_atomically
+    from modeling_cliptt5.phantom import make_phantom_dataset
+
+    settings = {"studies": studies, "image_size": image_size, "seed": seed}
+    stamp = folder / "demo_settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        print(f"[1/6] reusing the phantom dataset in {folder}")
+        return
+    print(f"[1/6] drawing {studies} synthetic phantom studies ({image_size} px) into {folder}")
+    dataset = make_phantom_dataset(studies, seed=seed, image_size=image_size, progress=True)
+    save_dataset_atomically(dataset, str(folder))
+    stamp.write_text(json.dumps(settings))
+
+
+# --- 2-3. training and release --------------------------------------------------------------------------------------
+
+def train(args, config, data_dir, output_dir):
+    """`accelerate launch train.py` in a child process, as a user would type it; returns its wall time."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = dict(os.environ)
+    if args.processes == 2:  # `--cpu --num_processes 2` would silently start one process: see the config's comment
+        command += ["--config_file", str(CPU_TWO_PROCESSES)]
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        command += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(REPO_ROOT / "train.py"), "--config", str(config), "--dataset", str(data_dir),
+                "--output_dir", str(output_dir), "--seed", str(args.seed)]
+    if args.max_steps:
+        command += ["--max_steps", str(args.max_steps)]
+    print(f"[2/6] training: {' '.join(command[2:])}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    return time.perf_counter() - started
+
+
+# --- 4. drafting with the release -----------------------------------------------------------------------------------
+
+def load_release(release_dir):
+    """The release as any user loads it: the Auto classes and the code files inside the folder."""
+    from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(release_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(release_dir, trust_remote_code=True)
+    return model, processor
+
+
+def first_views(rows):
+    """The first view of each study as a PIL image (`datasets` decodes the image column)."""
+    return [images[0] for images in rows["images"]]
+
+
+def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128):
+    from tqdm.auto import tqdm
+
+    from modeling_cliptt5.inference import draft_batch
+
+    reports = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="drafting the test split", unit="batch"):
+        images = first_views(rows[start:start + batch_size])
+        drafts = draft_batch(model, processor, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1})
+        reports += [draft["text"] for draft in drafts]
+    return reports
+
+
+def write_example_files(rows, folder):
+    """The first test studies as files a user would have: PNG, and DICOM (MONOCHROME2, 8 bit, DX)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (study, image) in enumerate(zip(rows["id"], first_views(rows))):
+        path = folder / (f"{study}.png" if index % 2 == 0 else f"{study}.dcm")
+        if path.suffix == ".png":
+            image.save(path)
+        else:
+            write_dicom(image, path)
+        paths.append(path)
+    return paths
+
+
+def write_dicom(image, path):
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(image.convert("L"))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.PatientName, dataset.PatientID = "DX", "PHANTOM^SYNTHETIC", path.stem
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    dataset.PixelData = pixels.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def draft_files(model, processor, paths):
+    """The files through the same functions generate.py uses (DICOM decoding included)."""
+    from modeling_cliptt5.inference import draft_reports, group_studies
+
+    studies = group_studies(paths, "none")
+    drafted = list(draft_reports(model, processor, studies, batch_size=len(studies),
+                                 generate_kwargs={"max_new_tokens": 128}))
+    failed = [f"{report.study_id}: {report.error}" for report in drafted if report.error]
+    if failed:
+        raise RuntimeError("drafting the example files failed: " + "; ".join(failed))
+    return {report.files[0].name: report.report for report in drafted}
+
+
+# --- 5. scores -------------------------------------------------------------------------------------------------------
+
+def constant_report(train_rows):
+    """The constant-report baseline's text: the most frequent training report of the most frequent finding set.
+
+    Phantom reports vary their wording study by study, so most texts occur once and "the most frequent report"
+    would be an arbitrary one; this picks, as in real data, a normal study's report.
+    """
+    import collections
+
+    label_sets = [tuple(sorted(labels)) for labels in train_rows["labels"]]
+    commonest = collections.Counter(label_sets).most_common(1)[0][0]
+    reports = [report for report, labels in zip(train_rows["report"], label_sets) if labels == commonest]
+    return collections.Counter(reports).most_common(1)[0][0]
+
+
+def nearest_neighbour_reports(train_rows, test_rows):
+    """For each test image, the report of the training image closest in grey levels (32x32, each image standardised)."""
+    import numpy as np
+
+    def vectors(rows):
+        stacked = np.stack([np.asarray(image.convert("L").resize((NEAREST_NEIGHBOUR_SIZE,) * 2), dtype=np.float32)
+                            .ravel() for image in first_views(rows)])
+        stacked -= stacked.mean(axis=1, keepdims=True)
+        return stacked / (np.linalg.norm(stacked, axis=1, keepdims=True) + 1e-6)
+
+    nearest = (vectors(test_rows) @ vectors(train_rows).T).argmax(axis=1)
+    reports = list(train_rows["report"])
+    return [reports[int(index)] for index in nearest]
+
+
+def finding_scores(reports, truth_labels):
+    """Findings read from each report (phantom.labels_from_report) against the generator's truth labels."""
+    from modeling_cliptt5.labeler import clinical_efficacy_from_vectors
+    from modeling_cliptt5.phantom import PHANTOM_LABELS, labels_from_report
+
+    predicted = [[label in labels_from_report(report) for label in PHANTOM_LABELS] for report in reports]
+    truth = [[label in labels for label in PHANTOM_LABELS] for labels in truth_labels]
+    scores = clinical_efficacy_from_vectors(predicted, truth, PHANTOM_LABELS)
+    for index, label in enumerate(PHANTOM_LABELS):
+        right = sum(p[index] == t[index] for p, t in zip(predicted, truth))
+        scores["per_observation"][label]["accuracy"] = right / len(truth)
+    return scores
+
+
+def score_systems(systems, references, truth_labels):
+    from modeling_cliptt5.labeler import clinical_efficacy
+    from modeling_cliptt5.metrics import score_reports
+
+    results = {}
+    for name, reports in systems.items():
+        language = score_reports(reports, references)
+        labeler = clinical_efficacy(reports, references)
+        results[name] = {"findings": finding_scores(reports, truth_labels),
+                         "labeler_micro_f1": labeler["micro"]["f1"], "labeler_macro_f1": labeler["macro"]["f1"],
+                         "BLEU-4": language["BLEU-4"], "ROUGE-L": language["ROUGE-L"]}
+    return results
+
+
+def finding_cell(scores):
+    """'accuracy / F1'; F1 is undefined ('-') for a finding that neither the truth nor the report has."""
+    f1 = f"{scores['f1']:.2f}" if scores["support"] or scores["predicted"] else "-"
+    return f"{scores['accuracy']:.3f} / {f1:>4}"
+
+
+def results_table(results, test_count):
+    from modeling_cliptt5.phantom import PHANTOM_LABELS
+
+    columns = "  ".join(f"{name[:23]:>23}" for name in results)
+    lines = [f"Findings on the {test_count} test studies against the phantom generator's truth (accuracy / F1)",
+             f"{'finding':<24}{'positives':>9}  {columns}"]
+    for label in PHANTOM_LABELS:
+        support = results["model"]["findings"]["per_observation"][label]["support"]
+        cells = "  ".join(f"{finding_cell(s['findings']['per_observation'][label]):>23}" for s in results.values())
+        lines.append(f"{label:<24}{support:>9}  {cells}")
+    lines.append("")
+    lines.append(f"{'':<33}  {columns}")
+    rows = [("findings macro F1", lambda s: s["findings"]["macro"]["f1"]),
+            ("findings micro F1", lambda s: s["findings"]["micro"]["f1"]),
+            ("labeler micro F1", lambda s: s["labeler_micro_f1"]),
+            ("labeler macro F1", lambda s: s["labeler_macro_f1"]),
+            ("BLEU-4", lambda s: s["BLEU-4"]), ("ROUGE-L", lambda s: s["ROUGE-L"])]
+    for title, value in rows:
+        lines.append(f"{title:<33}  " + "  ".join(f"{value(s):>23.3f}" for s in results.values()))
+    lines.append("macro F1: mean over the findings present in the truth or the reports; labeler = "
+                 "modeling_cliptt5.labeler (rule-based CheXpert observations, approximate)")
+    return "\n".join(lines)
+
+
+# --- 6. figure ------------------------------------------------------------------------------------------------------
+
+def write_figure(path, metrics_records, example_images, drafted, references):
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(example_images)
+    figure = plt.figure(figsize=(16, 4 + 2.4 * count))
+    grid = figure.add_gridspec(1 + count, 3, height_ratios=[1.2] + [1] * count, width_ratios=[1, 2, 2])
+    curves = figure.add_subplot(grid[0, :])
+    train = [(r["step"], r["train/loss"]) for r in metrics_records if "train/loss" in r]
+    validation = [(r["step"], r["validation/loss"]) for r in metrics_records if "validation/loss" in r]
+    if train:
+        curves.plot(*zip(*train), label="train loss", linewidth=1)
+    if validation:
+        curves.plot(*zip(*validation), "o-", label="validation loss")
+    curves.set_xlabel("optimizer step")
+    curves.set_ylabel("cross-entropy")
+    curves.set_yscale("log")
+    curves.legend()
+    curves.set_title("CLIP-T5 demo training on synthetic phantoms")
+    for row, (image, draft, truth) in enumerate(zip(example_images, drafted, references), start=1):
+        axis = figure.add_subplot(grid[row, 0])
+        axis.imshow(image.convert("L"), cmap="gray")
+        axis.set_axis_off()
+        for column, (title, text) in enumerate((("drafted", draft), ("true", truth)), start=1):
+            axis = figure.add_subplot(grid[row, column])
+            axis.set_axis_off()
+            axis.text(0, 1, f"{title}:\n" + textwrap.fill(text, 80), va="top", family="monospace", fontsize=8)
+    figure.tight_layout()
+    temp = path.with_name(path.stem + ".partial.png")
+    figure.savefig(temp, dpi=80)
+    plt.close(figure)
+    os.replace(temp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import yaml
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    output_dir = Path(args.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = output_dir / "data"
+    started = time.perf_counter()
+    make_data(data_dir, args.studies or config.get("phantom_studies", 2000), config.get("phantom_image_size", 256),
+              args.seed)
+    data_seconds = time.perf_counter() - started
+    train_seconds = train(args, args.config, data_dir, output_dir)
+
+    import torch
+
+    from modeling_cliptt5.data import load_report_dataset
+    from modeling_cliptt5.training_state import MetricsLog
+
+    release_dir = output_dir / "best"
+    print(f"[3/6] release with its model card: {release_dir} ({', '.join(sorted(os.listdir(release_dir)))})")
+    print("[4/6] loading the release with AutoModelForSeq2SeqLM + AutoProcessor and drafting reports")
+    torch.manual_seed(args.seed)
+    model, processor = load_release(release_dir)
+    dataset = load_report_dataset(str(data_dir))
+    train_rows, test_rows = dataset["train"], dataset["test"]
+    drafted = draft_split(model, processor, test_rows)
+    example_rows = test_rows[:args.examples]
+    example_drafts = draft_files(model, processor, write_example_files(example_rows, output_dir / "examples"))
+    for name, report in example_drafts.items():
+        print(f"  examples/{name}: {report}")
+
+    print("[5/6] scoring the model and the baselines on the test split")
+    references = list(test_rows["report"])
+    systems = {"model": drafted,
+               "constant report": [constant_report(train_rows)] * len(references),
+               "nearest-neighbour image": nearest_neighbour_reports(train_rows, test_rows)}
+    results = score_systems(systems, references, list(test_rows["labels"]))
+    table = results_table(results, len(references))
+    total_seconds = time.perf_counter() - started
+    timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s ({args.processes} process(es)), "
+              f"total {total_seconds:.0f} s on {os.cpu_count()} CPU(s)")
+    print(table + "\n" + timing)
+    (output_dir / "results.txt").write_text(table + "\n" + timing + "\n")
+    summary = {"results": results, "seconds": {"data": data_seconds, "training": train_seconds,
+                                               "total": total_seconds}, "processes": args.processes,
+               "test_studies": len(references), "example_drafts": example_drafts,
+               "target": {"macro_f1": 0.80, "above_constant": 0.30}}
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
+
+    figure_path = output_dir / "demo_results.png"
+    write_figure(figure_path, MetricsLog(str(output_dir)).read(), first_views(example_rows),
+                 drafted[:args.examples], references[:args.examples])
+    print(f"[6/6] figure: {figure_path}")
+    model_f1 = results["model"]["findings"]["macro"]["f1"]
+    constant_f1 = results["constant report"]["findings"]["macro"]["f1"]
+    met = model_f1 >= 0.80 and model_f1 - constant_f1 >= 0.30
+    print(f"findings macro F1 {model_f1:.3f} (constant report {constant_f1:.3f}): "
+          f"target >= 0.80 and >= 0.30 above the constant report {'met' if met else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`make demo`'s path, shortened: phantoms -> accelerate launch train.py -> release -> Auto* reload -> drafts for the
+test split and PNG/DICOM files -> results table and figure. (The full demo's numbers are in the README.)"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, subprocess_env
+
+sys.path.insert(0, str(REPO_ROOT))
+import demo  # noqa: E402
+from modeling_cliptt5.phantom import PHANTOM_LABELS, generate_study  # noqa: E402
+
+
+def phantom_rows(seeds):
+    studies = [generate_study(np.random.default_rng([3, 0, seed]), image_size=64) for seed in seeds]
+    return {"images": [[Image.fromarray(study["image"])] for study in studies],
+            "report": [f"FINDINGS: {study['findings']} IMPRESSION: {study['impression']}" for study in studies],
+            "labels": [study["labels"] for study in studies]}
+
+
+def test_true_reports_score_perfectly_and_a_normal_report_scores_zero():
+    rows = phantom_rows(range(60))
+    perfect = demo.finding_scores(rows["report"], rows["labels"])
+    assert perfect["macro"]["f1"] == 1.0
+    assert all(scores["accuracy"] == 1.0 for scores in perfect["per_observation"].values())
+    normal = demo.constant_report(rows)
+    assert not demo.finding_scores([normal], [[]])["per_observation"]["cardiomegaly"]["predicted"]
+    assert demo.finding_scores([normal] * 60, rows["labels"])["macro"]["f1"] == 0.0
+
+
+def test_nearest_neighbour_of_a_training_image_is_itself():
+    rows = phantom_rows(range(12))
+    assert demo.nearest_neighbour_reports(rows, rows) == rows["report"]
+
+
+def test_the_shortened_demo_runs_end_to_end(tmp_path):
+    output = tmp_path / "demo"
+    finished = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "demo.py"), "--output-dir", str(output), "--studies", "100",
+         "--max-steps", "6", "--examples", "2"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    release = output / "best"
+    assert {"model.safetensors", "config.json", "README.md", "processor_config.json", "modeling_cliptt5.py"} <= {
+        path.name for path in release.iterdir()}
+    assert "not a medical device" in (release / "README.md").read_text().lower()
+    results = json.loads((output / "results.json").read_text())
+    assert list(results["results"]) == list(demo.SYSTEMS)
+    for scores in results["results"].values():
+        assert list(scores["findings"]["per_observation"]) == list(PHANTOM_LABELS)
+        assert 0.0 <= scores["findings"]["macro"]["f1"] <= 1.0 and 0.0 <= scores["BLEU-4"] <= 1.0
+    assert results["test_studies"] == 10
+    # the drafts of the example files: one PNG and one DICOM, read through generate.py's functions
+    assert sorted(path.suffix for path in (output / "examples").iterdir()) == [".dcm", ".png"]
+    assert sorted(name.rsplit(".", 1)[1] for name in results["example_drafts"]) == ["dcm", "png"]
+    assert all(draft.strip() for draft in results["example_drafts"].values())
+    table = (output / "results.txt").read_text()
+    assert "findings macro F1" in table and "nearest-neighbour image" in table and table in finished.stdout
+    with Image.open(output / "demo_results.png") as figure:
+        assert figure.format == "PNG" and figure.width > 500
