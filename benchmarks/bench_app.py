@@ -31,7 +31,7 @@ from app_harness import (  # noqa: E402
     upload_study,
 )
 
-DEMO_RELEASE = REPO_ROOT / "demo_output" / "release"
+DEMO_RELEASE = REPO_ROOT / "demo_output" / "best"
 
 
 def build_tiny_release(folder):

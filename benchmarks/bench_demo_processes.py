@@ -1,0 +1,64 @@
+"""Should `make demo` train with 1 or 2 processes on this machine? Trains configs/demo.yaml for a few steps with
+`accelerate launch` both ways (2 processes = DDP over gloo, one thread each; 1 process = two threads) and compares
+studies per second, as train.py logs them (the first logging window, which holds the start-up, is left out).
+
+    python benchmarks/bench_demo_processes.py [--steps 60] [--output benchmarks/results/demo_processes.json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default: %(default)s)")
+    parser.add_argument("--studies", type=int, default=1000, help="phantom studies drawn once (default: %(default)s)")
+    parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "demo_processes.json"))
+    return parser.parse_args(argv)
+
+
+def run(processes, data_dir, output_dir, steps):
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = dict(os.environ)
+    if processes == 2:
+        command += ["--config_file", str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")]
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        command += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(REPO_ROOT / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--dataset",
+                str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps), "--log_every_steps", "10",
+                "--eval_every_steps", str(10 * steps), "--save_every_steps", str(10 * steps)]
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["train/samples_per_second"] for r in records if "train/samples_per_second" in r][1:]
+    return statistics.median(speeds)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from modeling_cliptt5.data import save_dataset_atomically
+    from modeling_cliptt5.phantom import make_phantom_dataset
+
+    with tempfile.TemporaryDirectory() as temp:
+        data_dir = Path(temp) / "data"
+        save_dataset_atomically(make_phantom_dataset(args.studies, seed=0), str(data_dir))
+        results = {f"{processes}_process": run(processes, data_dir, Path(temp) / f"run{processes}", args.steps)
+                   for processes in (1, 2)}
+    faster = max(results, key=results.get)
+    summary = {"cpus": os.cpu_count(), "steps": args.steps, "studies_per_second": results, "faster": faster}
+    print(f"demo training on {os.cpu_count()} CPUs: 1 process {results['1_process']:.1f} studies/s, "
+          f"2 processes {results['2_process']:.1f} studies/s -> {faster.replace('_', ' ')} is faster")
+    Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
