@@ -27,15 +27,23 @@ SERVER_START_SECONDS = 180  # importing torch, transformers and gradio takes ~20
 
 
 def speaking_release(source, target):
-    """A copy of a release whose drafts are never empty.
+    """A copy of a release whose drafts are never empty and depend on the image.
 
     The tiny random test model's most likely token is always padding, so its drafts decode to "". Suppressing
-    that token (a generation_config.json setting, as a release could ship) makes it write image-dependent text.
+    that token (a generation_config.json setting, as a release could ship) makes it write text. Its image tokens
+    are scaled up 10x so that, like a trained model's, its text changes with the image (at their initial scale
+    they barely move a random T5).
     """
+    from safetensors.torch import load_file, save_file
+
     shutil.copytree(source, target)
     settings = json.loads((Path(target) / "generation_config.json").read_text())
     settings.update(suppress_tokens=[settings["pad_token_id"]], max_new_tokens=16)
     (Path(target) / "generation_config.json").write_text(json.dumps(settings))
+    weights_path = Path(target) / "model.safetensors"
+    weights = load_file(weights_path)
+    weights = {name: tensor * 10 if name.startswith("clip_projection.") else tensor for name, tensor in weights.items()}
+    save_file(weights, weights_path, metadata={"format": "pt"})
     return Path(target)
 
 
