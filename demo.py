@@ -68,15 +68,21 @@ def make_data(folder, studies, image_size, seed):
 
 # --- 2-3. training and release --------------------------------------------------------------------------------------
 
-def train(args, config, data_dir, output_dir):
-    """`accelerate launch train.py` in a child process, as a user would type it; returns its wall time."""
+def launch_command(processes):
+    """`accelerate launch` on this CPU with 1 or 2 processes: (command prefix, environment)."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     env = dict(os.environ)
-    if args.processes == 2:  # `--cpu --num_processes 2` would silently start one process: see the config's comment
+    if processes == 2:  # `--cpu --num_processes 2` would silently start one process: see the config's comment
         command += ["--config_file", str(CPU_TWO_PROCESSES)]
         env["ACCELERATE_USE_CPU"] = "1"
     else:
         command += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return command, env
+
+
+def train(args, config, data_dir, output_dir):
+    """`accelerate launch train.py` in a child process, as a user would type it; returns its wall time."""
+    command, env = launch_command(args.processes)
     command += [str(REPO_ROOT / "train.py"), "--config", str(config), "--dataset", str(data_dir),
                 "--output_dir", str(output_dir), "--seed", str(args.seed)]
     if args.max_steps:
@@ -202,7 +208,8 @@ def finding_scores(reports, truth_labels):
     from modeling_cliptt5.labeler import clinical_efficacy_from_vectors
     from modeling_cliptt5.phantom import PHANTOM_LABELS, labels_from_report
 
-    predicted = [[label in labels_from_report(report) for label in PHANTOM_LABELS] for report in reports]
+    read_back = [labels_from_report(report) for report in reports]
+    predicted = [[label in labels for label in PHANTOM_LABELS] for labels in read_back]
     truth = [[label in labels for label in PHANTOM_LABELS] for labels in truth_labels]
     scores = clinical_efficacy_from_vectors(predicted, truth, PHANTOM_LABELS)
     for index, label in enumerate(PHANTOM_LABELS):
@@ -265,20 +272,15 @@ def write_figure(path, metrics_records, example_images, drafted, references):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from modeling_cliptt5.training_state import draw_loss_curves
+
     count = len(example_images)
     figure = plt.figure(figsize=(16, 4 + 2.4 * count))
     grid = figure.add_gridspec(1 + count, 3, height_ratios=[1.2] + [1] * count, width_ratios=[1, 2, 2])
     curves = figure.add_subplot(grid[0, :])
-    train = [(r["step"], r["train/loss"]) for r in metrics_records if "train/loss" in r]
-    validation = [(r["step"], r["validation/loss"]) for r in metrics_records if "validation/loss" in r]
-    if train:
-        curves.plot(*zip(*train), label="train loss", linewidth=1)
-    if validation:
-        curves.plot(*zip(*validation), "o-", label="validation loss")
-    curves.set_xlabel("optimizer step")
+    draw_loss_curves(curves, metrics_records)
     curves.set_ylabel("cross-entropy")
     curves.set_yscale("log")
-    curves.legend()
     curves.set_title("CLIP-T5 demo training on synthetic phantoms")
     for row, (image, draft, truth) in enumerate(zip(example_images, drafted, references), start=1):
         axis = figure.add_subplot(grid[row, 0])
@@ -329,9 +331,8 @@ def main(argv=None):
 
     print("[5/6] scoring the model and the baselines on the test split")
     references = list(test_rows["report"])
-    systems = {"model": drafted,
-               "constant report": [constant_report(train_rows)] * len(references),
-               "nearest-neighbour image": nearest_neighbour_reports(train_rows, test_rows)}
+    systems = dict(zip(SYSTEMS, (drafted, [constant_report(train_rows)] * len(references),
+                                 nearest_neighbour_reports(train_rows, test_rows))))
     results = score_systems(systems, references, list(test_rows["labels"]))
     table = results_table(results, len(references))
     total_seconds = time.perf_counter() - started

@@ -27,13 +27,9 @@ def parse_args(argv=None):
 
 
 def run(processes, data_dir, output_dir, steps):
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    env = dict(os.environ)
-    if processes == 2:
-        command += ["--config_file", str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")]
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        command += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    from demo import launch_command  # the launch `make demo` uses
+
+    command, env = launch_command(processes)
     command += [str(REPO_ROOT / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--dataset",
                 str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps), "--log_every_steps", "10",
                 "--eval_every_steps", str(10 * steps), "--save_every_steps", str(10 * steps)]

@@ -141,6 +141,19 @@ class MetricsLog:
         os.replace(temp, self.path)
 
 
+def draw_loss_curves(axis, records):
+    """Training loss (every logged step) and validation loss (every evaluation) against step, on a matplotlib axis."""
+    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    validation = [(r["step"], r["validation/loss"]) for r in records if "validation/loss" in r]
+    if train:
+        axis.plot(*zip(*train), label="train loss", linewidth=1)
+    if validation:
+        axis.plot(*zip(*validation), "o-", label="validation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.legend()
+
+
 def plot_curves(records, path, metric_names=()):
     """Training and validation loss (and the given validation metrics) against step, as a PNG."""
     import matplotlib
@@ -148,19 +161,10 @@ def plot_curves(records, path, metric_names=()):
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     validation = [r for r in records if "validation/loss" in r]
     metric_names = [name for name in metric_names if any(f"validation/{name}" in r for r in validation)]
     figure, axes = plt.subplots(1, 1 + bool(metric_names), figsize=(6 + 5 * bool(metric_names), 4), squeeze=False)
-    loss_axis = axes[0][0]
-    if train:
-        loss_axis.plot(*zip(*train), label="train loss", linewidth=1)
-    if validation:
-        loss_axis.plot([r["step"] for r in validation], [r["validation/loss"] for r in validation], "o-",
-                       label="validation loss")
-    loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("loss")
-    loss_axis.legend()
+    draw_loss_curves(axes[0][0], records)
     if metric_names:
         metric_axis = axes[0][1]
         for name in metric_names:
