@@ -2,6 +2,7 @@
 upload a PNG and a MONOCHROME1 DICOM, window/level and zoom in the page, draft, edit, export, no outbound request."""
 
 import io
+import time
 import json
 import os
 import re
@@ -32,6 +33,20 @@ READ_PIXELS = """([index, points]) => {
 
 def screenshot_gray(locator):
     return np.array(Image.open(io.BytesIO(locator.screenshot())).convert("L"), dtype=float)
+
+
+def stable_screenshot_gray(locator, seconds=5.0):
+    """The element's grey pixels once two screenshots 0.2 s apart agree (or the last after `seconds`): the browser
+    paints a freshly shown image and its SVG filter some frames later, and a screenshot may catch a frame before."""
+    deadline = time.monotonic() + seconds
+    previous = screenshot_gray(locator)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        pixels = screenshot_gray(locator)
+        if np.array_equal(pixels, previous):
+            break
+        previous = pixels
+    return previous
 
 
 def image_width(page, index):
@@ -65,7 +80,7 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
 
         # Window/level and zoom happen in the page: the pixels on screen change, and no request is made.
         viewed = page.locator("#study-viewer img.cxr-image").first
-        before, width_before, requests_before = screenshot_gray(viewed), image_width(page, 0), len(requested)
+        before, width_before, requests_before = stable_screenshot_gray(viewed), image_width(page, 0), len(requested)
         page.locator("#study-viewer [data-control=width]").fill("20")
         page.locator("#study-viewer [data-control=level]").fill("80")
         page.locator("#study-viewer [data-control=zoom]").fill("250")
@@ -74,7 +89,7 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
         assert screenshot_gray(viewed).mean() < before.mean() - 30  # level raised: the image darkens
         assert len(requested) == requests_before
         page.locator("#study-viewer [data-control=reset]").click()
-        assert np.abs(screenshot_gray(viewed) - before).mean() < 1
+        assert np.abs(stable_screenshot_gray(viewed) - before).mean() < 1
 
         findings = draft(page)
         assert findings, "the draft fills the FINDINGS box"
