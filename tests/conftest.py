@@ -122,3 +122,12 @@ def build_tiny_open_clip(folder, timm_model_name="vit_cliptt5_tiny", image_size=
     torch.manual_seed(0)
     model = open_clip.create_model(model_name, pretrained=None, pretrained_hf=False)
     return model.eval(), model_name
+
+
+@pytest.fixture
+def one_torch_thread_per_test():
+    """For modules of tiny-model training tests (`pytestmark = pytest.mark.usefixtures(...)`): one torch thread."""
+    from training_helpers import one_torch_thread
+
+    with one_torch_thread():
+        yield

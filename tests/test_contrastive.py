@@ -15,13 +15,10 @@ from modeling_cliptt5.contrastive import (
 from modeling_cliptt5.data import load_report_dataset
 from modeling_cliptt5.training_config import config_from_dict
 from modeling_cliptt5.training_data import StudyDataset
-from training_helpers import make_tiny_dataset, one_torch_thread, tiny_open_clip, tiny_settings
+from training_helpers import make_tiny_dataset, tiny_open_clip, tiny_settings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_test")
 
 
 # Rows are images, columns texts; the matching text of image i is text i.

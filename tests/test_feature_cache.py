@@ -11,13 +11,10 @@ from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.data import load_report_dataset
 from modeling_cliptt5.feature_cache import build_feature_cache, cached_encoder, study_keys
 from modeling_cliptt5.training_data import GenerationCollator, StudyDataset, model_inputs, pixel_encoder
-from training_helpers import make_tiny_dataset, one_torch_thread, tiny_settings
+from training_helpers import make_tiny_dataset, tiny_settings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_test")
 
 
 @pytest.fixture(scope="module")

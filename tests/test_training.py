@@ -21,13 +21,10 @@ from modeling_cliptt5.training_config import build_parser, config_from_dict, par
 from modeling_cliptt5.training_data import BadSampleLimitError, drop_prompts, micro_batches, training_loader
 from modeling_cliptt5.training_model import parameter_groups, set_trainable_parts, vision_blocks
 from modeling_cliptt5.training_state import list_states
-from training_helpers import make_tiny_dataset, one_torch_thread, tiny_settings
+from training_helpers import make_tiny_dataset, tiny_settings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_test")
 
 
 @pytest.fixture(scope="module")
