@@ -17,6 +17,7 @@ tensors that remain (embeddings, norms) are copied out of the map, which then cl
 from __future__ import annotations
 
 import ctypes
+import fnmatch
 import mmap
 import warnings
 from pathlib import Path
@@ -28,8 +29,8 @@ from torch import nn
 def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
     """Returns `model` (float32, eval mode, changed in place) with its nn.Linear layers int8 dynamic-quantized.
 
-    `keep_float`: names of Linear layers (e.g. "lm_head") that stay float32. Embeddings and layer norms stay
-    float32. The result runs on CPU only.
+    `keep_float`: names or fnmatch patterns of Linear layers that stay float32 ("lm_head", "decoder.block.5.*").
+    Embeddings and layer norms stay float32. The result runs on CPU only.
     """
     try:
         from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
@@ -39,9 +40,14 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
             f"--optimize needs torch.ao.nn.quantized.dynamic.Linear, which torch {torch.__version__} lacks"
         ) from error
     model = model.to(device="cpu", dtype=torch.float32).eval()
+    if hasattr(model, "set_attn_implementation"):  # transformers >= 5; 4.x's T5 has eager attention only
+        # T5's attention as plain matmuls: torch's CPU SDPA kernel opens a parallel region for each of the 12
+        # tiny one-query attentions of a decoding step, which made greedy decoding up to 7x slower when other
+        # processes share the 2 cores (measured); on an idle core both take the same time. The ViT keeps SDPA.
+        model.set_attn_implementation({"": "eager", "vision_config": model.vision_model.config._attn_implementation})
     mapped = MappedWeights()
     linears = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and name not in keep_float]
+               if type(module) is nn.Linear and not any(fnmatch.fnmatchcase(name, kept) for kept in keep_float)]
     with warnings.catch_warnings():
         # torch announces the move of this API to torchao; the kernels it uses are the supported ones.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -31,9 +31,12 @@ def torch_quantize_dynamic(model):
     """The reference: torch's one-call dynamic quantization of every Linear, on a copy in ordinary memory."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    model = copy.deepcopy(model)
+    if hasattr(model, "set_attn_implementation"):  # as optimize_for_cpu sets it
+        model.set_attn_implementation({"": "eager", "vision_config": model.vision_model.config._attn_implementation})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def logits(model, pixel_values, decoder_input_ids):
@@ -74,3 +77,13 @@ def test_kept_layers_stay_float(paged_release_dir):
                              keep_float=("lm_head",))
     assert is_optimized(model) and type(model.lm_head) is nn.Linear
     assert type(model.decoder.block[0].layer[2].DenseReluDense.wo) is not nn.Linear
+
+
+def test_optimized_t5_attends_eagerly_and_the_vision_tower_keeps_its_attention(paged_release_dir):
+    model = CLIPT5ForConditionalGeneration.from_pretrained(paged_release_dir)
+    vision_attention = model.vision_model.config._attn_implementation
+    if not hasattr(model, "set_attn_implementation"):
+        pytest.skip("transformers 4.x: T5 attention is eager only")
+    optimize_for_cpu(model)
+    assert model.config._attn_implementation == "eager"
+    assert model.vision_model.config._attn_implementation == vision_attention
