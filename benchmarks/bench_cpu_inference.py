@@ -48,7 +48,7 @@ VARIANTS = ("fp32", "bf16", "int8")
 VARIANT_NOTES = {
     "fp32": "eager float32 (the baseline)",
     "bf16": "eager bfloat16 weights and activations",
-    "int8": "fast path: generate.py --optimize (dynamic int8 Linear, float32 elsewhere)",
+    "int8": "fast path: generate.py --optimize (dynamic int8 Linear, float32 elsewhere, eager T5 attention)",
 }
 # Scenario name -> (batch size, beams).
 SCENARIOS = {"greedy_b1": (1, 1), "beam3_b1": (1, 3), "greedy_b8": (8, 1), "beam3_b8": (8, 3)}
@@ -59,6 +59,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a CLIP-T5 release folder (default: full-size architecture, random weights)")
+    parser.add_argument("--model-note", help="what --model is (how it was trained), written into the JSON")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per scenario; the median is reported")
     parser.add_argument("--new-tokens", type=int, default=100, help="tokens decoded per study (default: 100)")
@@ -374,6 +375,7 @@ def main(argv=None):
         "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "rss_python": args.rss_python},
         "model": args.model or "random weights, CLIPT5Config() defaults (ViT-B/16 + t5-small dims)",
+        "model_note": args.model_note,
         "new_tokens": args.new_tokens, "runs": args.runs,
         "variants": {variant: VARIANT_NOTES[variant] for variant in variants},
         "latency_seconds_per_study": latency, "peak_rss": rss, "agreement": agreement, "targets": targets,
