@@ -40,11 +40,7 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
             f"--optimize needs torch.ao.nn.quantized.dynamic.Linear, which torch {torch.__version__} lacks"
         ) from error
     model = model.to(device="cpu", dtype=torch.float32).eval()
-    if hasattr(model, "set_attn_implementation"):  # transformers >= 5; 4.x's T5 has eager attention only
-        # T5's attention as plain matmuls: torch's CPU SDPA kernel opens a parallel region for each of the 12
-        # tiny one-query attentions of a decoding step, which made greedy decoding up to 7x slower when other
-        # processes share the 2 cores (measured); on an idle core both take the same time. The ViT keeps SDPA.
-        model.set_attn_implementation({"": "eager", "vision_config": model.vision_model.config._attn_implementation})
+    use_eager_t5_attention(model)
     mapped = MappedWeights()
     linears = [(name, module) for name, module in model.named_modules()
                if type(module) is nn.Linear and not any(fnmatch.fnmatchcase(name, kept) for kept in keep_float)]
@@ -63,6 +59,17 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
     for tensor in [*model.parameters(), *model.buffers()]:  # embeddings, norms, kept layers
         mapped.copy_out(tensor)
     return model
+
+
+def use_eager_t5_attention(model: nn.Module) -> None:
+    """T5's attention as plain matmuls; the ViT keeps its attention implementation.
+
+    torch's CPU SDPA kernel opens a parallel region for each of the 12 tiny one-query attentions of a decoding
+    step, which made greedy decoding up to 7x slower when other processes share the 2 cores (measured); on an
+    idle core both take the same time. transformers 4.x's T5 has eager attention only.
+    """
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation({"": "eager", "vision_config": model.vision_model.config._attn_implementation})
 
 
 def is_optimized(model: nn.Module) -> bool:

@@ -1,5 +1,5 @@
-"""The CPU fast path (modeling_cliptt5/fast_inference.py): what it quantizes, that it frees the weights file's
-memory map without changing a number, and that its greedy drafts follow float32's on a trained model."""
+"""The CPU fast path (modeling_cliptt5/fast_inference.py): what it quantizes, and that it frees the weights file's
+memory map without changing a number (its speed and its agreement with float32: benchmarks/bench_cpu_inference.py)."""
 
 import copy
 import sys
@@ -12,7 +12,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from conftest import tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration
-from modeling_cliptt5.fast_inference import MappedWeights, is_optimized, optimize_for_cpu
+from modeling_cliptt5.fast_inference import MappedWeights, is_optimized, optimize_for_cpu, use_eager_t5_attention
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
@@ -32,8 +32,7 @@ def torch_quantize_dynamic(model):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     model = copy.deepcopy(model)
-    if hasattr(model, "set_attn_implementation"):  # as optimize_for_cpu sets it
-        model.set_attn_implementation({"": "eager", "vision_config": model.vision_model.config._attn_implementation})
+    use_eager_t5_attention(model)  # as optimize_for_cpu does
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
