@@ -1,7 +1,9 @@
 """The main job end to end on the built-in synthetic chest phantoms: what `make demo` runs.
 
 1. draws the phantom dataset (train/validation/test, PNG images with paired reports and truth labels);
-2. trains a small CLIP-T5 from scratch with `accelerate launch train.py --config configs/demo.yaml`;
+2. trains a small CLIP-T5 from scratch with `accelerate launch train.py`, in the package's two stages: the image
+   tower learns contrastively from image-report pairs (configs/demo_contrastive.yaml), then CLIP-T5 learns to
+   write the reports from that tower (configs/demo.yaml);
 3. the run keeps the best checkpoint as a release folder with its model card (<output-dir>/best);
 4. loads the release back with AutoModelForSeq2SeqLM + AutoProcessor (trust_remote_code=True) and drafts reports
    for the test split and for a few example studies written as PNG and as DICOM files;
@@ -11,7 +13,7 @@
 6. writes a figure: training/validation curves and test images with drafted and true reports.
 
     python demo.py                                   # what `make demo` runs (about 10 minutes on 2 CPU cores)
-    python demo.py --max-steps 30 --studies 300      # a quick look (this is what the test suite runs)
+    python demo.py --contrastive-steps 10 --max-steps 30 --studies 300   # a quick look (what the tests run)
 
 Everything lands in --output-dir (default demo_output): data/, best/ (the release), examples/, metrics.jsonl,
 results.json, results.txt and demo_results.png. The images are synthetic: no patient data, not a medical device.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+CONTRASTIVE_CONFIG = REPO_ROOT / "configs" / "demo_contrastive.yaml"
 CPU_TWO_PROCESSES = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 SYSTEMS = ("model", "constant report", "nearest-neighbour image")
 NEAREST_NEIGHBOUR_SIZE = 32  # px: images are compared as 32x32 grey levels
@@ -39,7 +42,12 @@ def parse_args(argv=None):
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="training settings (default: configs/demo.yaml)")
     parser.add_argument("--studies", type=int, default=None,
                         help="phantom studies to draw, split 80/10/10 (default: the config's phantom_studies)")
-    parser.add_argument("--max-steps", type=int, default=0, help="optimizer steps (default: the config's epochs)")
+    parser.add_argument("--contrastive-config", default=str(CONTRASTIVE_CONFIG),
+                        help="stage-1 settings (default: configs/demo_contrastive.yaml)")
+    parser.add_argument("--contrastive-steps", type=int, default=None,
+                        help="stage-1 optimizer steps (default: the stage-1 config's; 0 skips stage 1)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="stage-2 optimizer steps (default: the config's epochs)")
     parser.add_argument("--processes", type=int, choices=(1, 2), default=2,
                         help="training processes (DDP on the CPU; default 2: 1.9x faster than 1 process on 2 cores, "
                              "benchmarks/bench_demo_processes.py)")
@@ -80,14 +88,44 @@ def launch_command(processes):
     return command, env
 
 
-def train(args, config, data_dir, output_dir):
+def demo_open_clip_config(tokenizer_dir):
+    """Stage 1's open_clip model: the demo's ViT (registered with timm by modeling_cliptt5.contrastive) and a
+    1-layer text transformer over the report tokenizer that stage 2 uses too. The tokenizer's ~700 words keep the
+    text side cheap; open_clip's own 49k-word tokenizer made the text tower 4x the image tower's cost (measured)."""
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"timm_model_name": "vit_cliptt5_demo", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 64},
+        "text_cfg": {"hf_tokenizer_name": str(tokenizer_dir), "vocab_size": 1000, "context_length": 128,
+                     "width": 128, "heads": 4, "layers": 1, "pad_id": 0, "eos_id": 1, "pool_type": "eos"},
+    }
+
+
+def prepare_stage1(data_dir, output_dir, stage2_config):
+    """Trains the report tokenizer where stage 2 looks for it (<output_dir>/tokenizer) and writes the open_clip
+    model config that names it; returns the config folder."""
+    from modeling_cliptt5.data import load_report_dataset
+    from modeling_cliptt5.tokenization import train_report_tokenizer
+    from modeling_cliptt5.training_state import atomic_folder
+
+    tokenizer_dir = output_dir / "tokenizer"
+    if not tokenizer_dir.is_dir():
+        reports = load_report_dataset(str(data_dir))["train"][stage2_config.get("report_column", "report")]
+        tokenizer = train_report_tokenizer(reports, vocab_size=stage2_config.get("tokenizer_vocab_size", 1000))
+        with atomic_folder(str(tokenizer_dir)) as staging:
+            tokenizer.save_pretrained(staging)
+    config_dir = output_dir / "open_clip"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "cliptt5-demo.json").write_text(json.dumps(demo_open_clip_config(tokenizer_dir), indent=1))
+    return config_dir
+
+
+def train(args, config, data_dir, output_dir, *extra, label="[2/6] training"):
     """`accelerate launch train.py` in a child process, as a user would type it; returns its wall time."""
     command, env = launch_command(args.processes)
     command += [str(REPO_ROOT / "train.py"), "--config", str(config), "--dataset", str(data_dir),
-                "--output_dir", str(output_dir), "--seed", str(args.seed)]
-    if args.max_steps:
-        command += ["--max_steps", str(args.max_steps)]
-    print(f"[2/6] training: {' '.join(command[2:])}", flush=True)
+                "--output_dir", str(output_dir), "--seed", str(args.seed), *extra]
+    print(f"{label}: {' '.join(command[2:])}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True)
     return time.perf_counter() - started
@@ -309,7 +347,18 @@ def main(argv=None):
     make_data(data_dir, args.studies or config.get("phantom_studies", 2000), config.get("phantom_image_size", 256),
               args.seed)
     data_seconds = time.perf_counter() - started
-    train_seconds = train(args, args.config, data_dir, output_dir)
+    stage2_extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    contrastive_seconds = 0.0
+    if args.contrastive_steps != 0:
+        stage1_dir = output_dir / "contrastive"
+        stage1_extra = ["--clip_model_config_dir", str(prepare_stage1(data_dir, output_dir, config))]
+        if args.contrastive_steps:
+            stage1_extra += ["--max_steps", str(args.contrastive_steps)]
+        contrastive_seconds = train(args, args.contrastive_config, data_dir, stage1_dir, *stage1_extra,
+                                    label="[2/6] stage 1, contrastive image tower")
+        stage2_extra += ["--init_vision_from", str(stage1_dir / "best")]
+    train_seconds = contrastive_seconds + train(args, args.config, data_dir, output_dir, *stage2_extra,
+                                                label="[2/6] stage 2, report generation")
 
     import torch
 
@@ -336,11 +385,13 @@ def main(argv=None):
     results = score_systems(systems, references, list(test_rows["labels"]))
     table = results_table(results, len(references))
     total_seconds = time.perf_counter() - started
-    timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s ({args.processes} process(es)), "
+    timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s (stage 1 {contrastive_seconds:.0f} s; "
+              f"{args.processes} process(es)), "
               f"total {total_seconds:.0f} s on {os.cpu_count()} CPU(s)")
     print(table + "\n" + timing)
     (output_dir / "results.txt").write_text(table + "\n" + timing + "\n")
     summary = {"results": results, "seconds": {"data": data_seconds, "training": train_seconds,
+                                               "stage1": contrastive_seconds,
                                                "total": total_seconds}, "processes": args.processes,
                "test_studies": len(references), "example_drafts": example_drafts,
                "target": {"macro_f1": 0.80, "above_constant": 0.30}}

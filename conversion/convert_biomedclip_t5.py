@@ -40,6 +40,9 @@ def load_open_clip_model(name_or_path):
     """An open_clip model from `hf-hub:org/repo`, `local-dir:/path`, a plain folder, or an open_clip model name."""
     import open_clip  # the `convert` / `train` extra: not needed to run a release
 
+    from modeling_cliptt5.contrastive import register_demo_vit
+
+    register_demo_vit()  # a stage-1 checkpoint of the demo names its timm tower
     if os.path.isdir(name_or_path):
         name_or_path = f"local-dir:{name_or_path}"
     return open_clip.create_model(name_or_path)

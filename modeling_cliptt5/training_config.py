@@ -45,6 +45,9 @@ class TrainingConfig:
         "config", "config: random weights from `model`; release: continue from a CLIP-T5 folder (init_from); "
         "pretrained: BiomedCLIP (clip_model) + T5 (t5_model) via conversion/convert_biomedclip_t5.py")
     init_from: str = _setting("", "init=release: the CLIP-T5 release folder to start from")
+    init_vision_from: str = _setting("", "init=config: start the image tower (its sizes and weights, replacing "
+                                     "model.vision_config) from this open_clip model, e.g. a stage-1 checkpoint "
+                                     "folder; the rest starts from random weights")
     clip_model: str = _setting(DEFAULT_CLIP_MODEL, "open_clip model: hf-hub:org/repo, local-dir:/path, a stage-1 "
                                "checkpoint folder or a registered name (stage 1's start; stage 2's image tower)")
     t5_model: str = _setting("t5-small", "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
@@ -216,6 +219,8 @@ def validate(config, source="settings"):
         fail("feature_cache needs train_vision=frozen (a training image tower changes its features every step)")
     if config.init == "release" and not config.init_from:
         fail("init=release needs init_from (a CLIP-T5 release folder)")
+    if config.init_vision_from and config.init != "config":
+        fail(f"init_vision_from is for init=config (init={config.init} brings its own image tower)")
     if config.stage == "generation" and not (config.train_projection or config.train_t5 or config.train_vision != "frozen"):
         fail("nothing to train: every part is frozen")
     for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "eval_every_steps",

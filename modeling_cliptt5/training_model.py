@@ -1,6 +1,7 @@
 """Stage 2's model: built from a config, a release or pretrained parts; which parts train, and at which rate."""
 
 import os
+import tempfile
 
 import torch
 
@@ -26,6 +27,9 @@ def build_model_and_processor(config, train_rows, accelerator):
                                     max_prompt_tokens=model.config.max_prompt_tokens)
     else:
         tokenizer = _tokenizer_for(config, train_rows, accelerator)
+        vision_config, vision_state = _open_clip_image_tower(config.init_vision_from)
+        if vision_config:
+            overrides["vision_config"] = vision_config
         model_config = CLIPT5Config(**{
             **overrides,
             "vocab_size": len(tokenizer),
@@ -34,6 +38,8 @@ def build_model_and_processor(config, train_rows, accelerator):
             "decoder_start_token_id": tokenizer.pad_token_id,  # T5 starts decoding from the pad token
         })
         model = CLIPT5ForConditionalGeneration(model_config)
+        if vision_state:
+            _load_image_tower(model, vision_state, config.init_vision_from)
         size = model_config.vision_config.image_size
         image_processor = CLIPT5ImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         processor = CLIPT5Processor(image_processor=image_processor, tokenizer=tokenizer,
@@ -45,6 +51,37 @@ def build_model_and_processor(config, train_rows, accelerator):
     model.generation_config.max_new_tokens = config.generation_max_new_tokens
     model.generation_config.num_beams = config.generation_num_beams
     return model, processor
+
+
+def _open_clip_image_tower(name_or_path):
+    """(vision config, CLIP-T5 state dict of the image tower) of an open_clip model, or (None, None) for ""."""
+    if not name_or_path:
+        return None, None
+    from conversion.convert_biomedclip_t5 import (  # needs open_clip
+        load_open_clip_model, vision_config_from_open_clip, vision_state_dict_from_open_clip,
+    )
+
+    clip_model = load_open_clip_model(name_or_path)
+    return vision_config_from_open_clip(clip_model), vision_state_dict_from_open_clip(clip_model)
+
+
+def _load_image_tower(model, vision_state, source):
+    """Copies a converted image tower into `model`. The converter names weights as transformers 4.x's ViTModel
+    does; loading them through ViTModel.from_pretrained lets each transformers major map the names its own way."""
+    from safetensors.torch import save_file
+
+    tower_state = {name.removeprefix("vision_model."): tensor.contiguous() for name, tensor in vision_state.items()
+                   if name.startswith("vision_model.")}
+    with tempfile.TemporaryDirectory() as staging:
+        model.config.vision_config.save_pretrained(staging)
+        save_file(tower_state, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+        tower = type(model.vision_model).from_pretrained(staging, add_pooling_layer=False)
+    missing, unexpected = model.vision_model.load_state_dict(tower.state_dict(), strict=False)
+    if missing or unexpected or len(tower_state) != len(tower.state_dict()):
+        raise ValueError(f"init_vision_from {source!r}: the image tower did not map onto CLIP-T5: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if model.visual_projection is not None:  # only the pooled token goes through CLIP's projection
+        model.visual_projection.load_state_dict({"weight": vision_state["visual_projection.weight"]})
 
 
 def _tokenizer_for(config, train_rows, accelerator):

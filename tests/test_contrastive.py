@@ -129,3 +129,35 @@ def test_contrastive_training_lowers_the_loss_and_saves_a_convertible_checkpoint
     torch.testing.assert_close(clip_t5.vision_model.embeddings.patch_embeddings.projection.weight, saved)
     assert not torch.allclose(saved, untrained.visual.trunk.patch_embed.proj.weight)  # trained weights were saved
     assert clip_t5.config.vision_config.image_size == 32
+
+
+def test_stage_two_starts_its_image_tower_from_a_stage_one_checkpoint(tiny_clip, tmp_path):
+    from accelerate import Accelerator
+
+    from modeling_cliptt5.contrastive import save_open_clip_checkpoint
+    from modeling_cliptt5.training_model import build_model_and_processor
+    from training_helpers import TINY_MODEL
+
+    stage1 = stage1_settings(tiny_clip, tmp_path / "stage1")
+    clip_model, tokenizer, model_name = load_open_clip(stage1)
+    with torch.no_grad():  # weights no fresh tower has
+        clip_model.visual.trunk.patch_embed.proj.weight.mul_(3.0)
+    accelerator = Accelerator(cpu=True)
+    checkpoint = save_open_clip_checkpoint(accelerator, clip_model, tokenizer, model_name, str(tmp_path / "best"))
+
+    stage2 = config_from_dict(tiny_settings(tiny_clip[2], tmp_path / "stage2", init_vision_from=checkpoint,
+                                            model={**TINY_MODEL, "vision_config": {"num_hidden_layers": 1}}))
+    rows = load_report_dataset(tiny_clip[2])["train"]
+    model, processor = build_model_and_processor(stage2, rows, accelerator)
+    assert model.config.vision_config.num_hidden_layers == 2  # the checkpoint's sizes, not model.vision_config's
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = clip_model.eval().visual.trunk.forward_features(images)
+        tokens = model.eval().vision_model(pixel_values=images).last_hidden_state
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_init_vision_from_is_refused_where_the_model_brings_its_own_tower(tiny_clip, tmp_path):
+    with pytest.raises(ValueError, match="init_vision_from is for init=config"):
+        config_from_dict(tiny_settings(tiny_clip[2], tmp_path, init="release", init_from=str(tmp_path),
+                                       init_vision_from=str(tmp_path)))

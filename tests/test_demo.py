@@ -41,10 +41,14 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
     output = tmp_path / "demo"
     finished = subprocess.run(
         [sys.executable, str(REPO_ROOT / "demo.py"), "--output-dir", str(output), "--studies", "100",
-         "--max-steps", "6", "--examples", "2"],
+         "--contrastive-steps", "4", "--max-steps", "6", "--examples", "2"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
 
+    # stage 1's checkpoint is the image tower stage 2 started from
+    assert (output / "contrastive" / "best" / "open_clip_model.safetensors").is_file()
+    stage2_settings = (output / "training_config.yaml").read_text()
+    assert f"init_vision_from: {output / 'contrastive' / 'best'}" in stage2_settings
     release = output / "best"
     assert {"model.safetensors", "config.json", "README.md", "processor_config.json", "modeling_cliptt5.py"} <= {
         path.name for path in release.iterdir()}
