@@ -88,15 +88,17 @@ def launch_command(processes):
     return command, env
 
 
-def demo_open_clip_config(tokenizer_dir):
+def demo_open_clip_config(tokenizer_dir, vocab_size):
     """Stage 1's open_clip model: the demo's ViT (registered with timm by modeling_cliptt5.contrastive) and a
     1-layer text transformer over the report tokenizer that stage 2 uses too. The tokenizer's ~700 words keep the
     text side cheap; open_clip's own 49k-word tokenizer made the text tower 4x the image tower's cost (measured)."""
+    from modeling_cliptt5.contrastive import DEMO_VIT
+
     return {
         "embed_dim": 128,
-        "vision_cfg": {"timm_model_name": "vit_cliptt5_demo", "timm_model_pretrained": False, "timm_pool": "",
+        "vision_cfg": {"timm_model_name": DEMO_VIT, "timm_model_pretrained": False, "timm_pool": "",
                        "timm_proj": "linear", "image_size": 64},
-        "text_cfg": {"hf_tokenizer_name": str(tokenizer_dir), "vocab_size": 1000, "context_length": 128,
+        "text_cfg": {"hf_tokenizer_name": str(tokenizer_dir), "vocab_size": vocab_size, "context_length": 128,
                      "width": 128, "heads": 4, "layers": 1, "pad_id": 0, "eos_id": 1, "pool_type": "eos"},
     }
 
@@ -109,14 +111,16 @@ def prepare_stage1(data_dir, output_dir, stage2_config):
     from modeling_cliptt5.training_state import atomic_folder
 
     tokenizer_dir = output_dir / "tokenizer"
+    vocab_size = stage2_config.get("tokenizer_vocab_size", 1000)  # the tokenizer's upper bound: enough embedding rows
     if not tokenizer_dir.is_dir():
         reports = load_report_dataset(str(data_dir))["train"][stage2_config.get("report_column", "report")]
-        tokenizer = train_report_tokenizer(reports, vocab_size=stage2_config.get("tokenizer_vocab_size", 1000))
+        tokenizer = train_report_tokenizer(reports, vocab_size=vocab_size)
         with atomic_folder(str(tokenizer_dir)) as staging:
             tokenizer.save_pretrained(staging)
     config_dir = output_dir / "open_clip"
     config_dir.mkdir(exist_ok=True)
-    (config_dir / "cliptt5-demo.json").write_text(json.dumps(demo_open_clip_config(tokenizer_dir), indent=1))
+    (config_dir / "cliptt5-demo.json").write_text(json.dumps(demo_open_clip_config(tokenizer_dir, vocab_size),
+                                                             indent=1))
     return config_dir
 
 

@@ -26,7 +26,7 @@ from .training_state import atomic_folder, plot_curves, save_training_state
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 RECALL_AT = (1, 5, 10)
-DEMO_VIT = "vit_cliptt5_demo"  # the image tower of configs/open_clip/cliptt5-demo.json
+DEMO_VIT = "vit_cliptt5_demo"  # the image tower of the demo's stage-1 model (demo.py: demo_open_clip_config)
 
 
 def register_demo_vit():
