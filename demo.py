@@ -69,7 +69,8 @@ def make_data(folder, studies, image_size, seed):
         print(f"[1/6] reusing the phantom dataset in {folder}")
         return
     print(f"[1/6] drawing {studies} synthetic phantom studies ({image_size} px) into {folder}")
-    dataset = make_phantom_dataset(studies, seed=seed, image_size=image_size, progress=True)
+    dataset = make_phantom_dataset(studies, seed=seed, image_size=image_size, progress=True,
+                                   num_proc=os.cpu_count() or 1)
     save_dataset_atomically(dataset, str(folder))
     stamp.write_text(json.dumps(settings))
 
@@ -91,15 +92,18 @@ def launch_command(processes):
 def demo_open_clip_config(tokenizer_dir, vocab_size):
     """Stage 1's open_clip model: the demo's ViT (registered with timm by modeling_cliptt5.contrastive) and a
     1-layer text transformer over the report tokenizer that stage 2 uses too. The tokenizer's ~700 words keep the
-    text side cheap; open_clip's own 49k-word tokenizer made the text tower 4x the image tower's cost (measured)."""
+    text side cheap; open_clip's own 49k-word tokenizer made the text tower 4x the image tower's cost (measured).
+    The text side is still most of a step: 80 tokens (99% of the phantom reports fit) and 64 wide instead of 128
+    and 128 made a step 0.127 -> 0.039 s (batch 32, 1 thread); 1,600 such steps in about the time of 800 raised
+    stage 1's validation mean recall 0.12 -> 0.31 (measured)."""
     from modeling_cliptt5.contrastive import DEMO_VIT
 
     return {
         "embed_dim": 128,
         "vision_cfg": {"timm_model_name": DEMO_VIT, "timm_model_pretrained": False, "timm_pool": "",
                        "timm_proj": "linear", "image_size": 64},
-        "text_cfg": {"hf_tokenizer_name": str(tokenizer_dir), "vocab_size": vocab_size, "context_length": 128,
-                     "width": 128, "heads": 4, "layers": 1, "pad_id": 0, "eos_id": 1, "pool_type": "eos"},
+        "text_cfg": {"hf_tokenizer_name": str(tokenizer_dir), "vocab_size": vocab_size, "context_length": 80,
+                     "width": 64, "heads": 2, "layers": 1, "pad_id": 0, "eos_id": 1, "pool_type": "eos"},
     }
 
 

@@ -1,6 +1,7 @@
-"""Should `make demo` train with 1 or 2 processes on this machine? Trains configs/demo.yaml for a few steps with
-`accelerate launch` both ways (2 processes = DDP over gloo, one thread each; 1 process = two threads) and compares
-studies per second, as train.py logs them (the first logging window, which holds the start-up, is left out).
+"""Should `make demo` train with 1 or 2 processes on this machine? Trains each demo stage (configs/demo_contrastive.yaml,
+then configs/demo.yaml) for a few steps with `accelerate launch` both ways (2 processes = DDP over gloo, one thread
+each; 1 process = two threads) and compares studies per second, as train.py logs them (the first logging window,
+which holds the start-up, is left out).
 
     python benchmarks/bench_demo_processes.py [--steps 60] [--output benchmarks/results/demo_processes.json]
 """
@@ -26,13 +27,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def run(processes, data_dir, output_dir, steps):
+def run(processes, config, data_dir, output_dir, steps, *extra):
     from demo import launch_command  # the launch `make demo` uses
 
     command, env = launch_command(processes)
-    command += [str(REPO_ROOT / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--dataset",
-                str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps), "--log_every_steps", "10",
-                "--eval_every_steps", str(10 * steps), "--save_every_steps", str(10 * steps)]
+    command += [str(REPO_ROOT / "train.py"), "--config", str(config), "--dataset", str(data_dir), "--output_dir",
+                str(output_dir), "--max_steps", str(steps), "--log_every_steps", "10", "--eval_every_steps",
+                str(10 * steps), "--save_every_steps", str(10 * steps), *extra]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["train/samples_per_second"] for r in records if "train/samples_per_second" in r][1:]
@@ -41,18 +42,29 @@ def run(processes, data_dir, output_dir, steps):
 
 def main(argv=None):
     args = parse_args(argv)
+    import yaml
+
+    from demo import CONTRASTIVE_CONFIG, DEMO_CONFIG, prepare_stage1
     from modeling_cliptt5.data import save_dataset_atomically
     from modeling_cliptt5.phantom import make_phantom_dataset
 
     with tempfile.TemporaryDirectory() as temp:
-        data_dir = Path(temp) / "data"
-        save_dataset_atomically(make_phantom_dataset(args.studies, seed=0), str(data_dir))
-        results = {f"{processes}_process": run(processes, data_dir, Path(temp) / f"run{processes}", args.steps)
-                   for processes in (1, 2)}
-    faster = max(results, key=results.get)
-    summary = {"cpus": os.cpu_count(), "steps": args.steps, "studies_per_second": results, "faster": faster}
-    print(f"demo training on {os.cpu_count()} CPUs: 1 process {results['1_process']:.1f} studies/s, "
-          f"2 processes {results['2_process']:.1f} studies/s -> {faster.replace('_', ' ')} is faster")
+        temp = Path(temp)
+        data_dir = temp / "data"
+        save_dataset_atomically(make_phantom_dataset(args.studies, seed=0, image_size=128), str(data_dir))
+        open_clip_dir = prepare_stage1(data_dir, temp, yaml.safe_load(DEMO_CONFIG.read_text()))
+        stages = {"stage1": (CONTRASTIVE_CONFIG, "--clip_model_config_dir", str(open_clip_dir)),
+                  "stage2": (DEMO_CONFIG,)}
+        results = {stage: {f"{processes}_process": run(processes, config, data_dir, temp / f"{stage}-{processes}",
+                                                       args.steps, *extra)
+                           for processes in (1, 2)}
+                   for stage, (config, *extra) in stages.items()}
+    summary = {"cpus": os.cpu_count(), "steps": args.steps, "studies_per_second": results,
+               "faster": {stage: max(speeds, key=speeds.get) for stage, speeds in results.items()}}
+    for stage, speeds in results.items():
+        print(f"demo {stage} on {os.cpu_count()} CPUs: 1 process {speeds['1_process']:.1f} studies/s, "
+              f"2 processes {speeds['2_process']:.1f} studies/s -> {summary['faster'][stage].replace('_', ' ')} "
+              f"is faster")
     Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
 
 

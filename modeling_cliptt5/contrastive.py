@@ -229,6 +229,7 @@ def train_contrastive(config):
     batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     unwrapped = accelerator.unwrap_model(model)
     window_losses, started, start_step, last_metrics = [], time.perf_counter(), trainer_state["step"], {}
+    window_start, window_samples = started, 0
     progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="contrastive training", unit="step",
                     disable=not accelerator.is_local_main_process)
     model.train()
@@ -243,6 +244,7 @@ def train_contrastive(config):
                 loss = loss_fn(output["image_features"], output["text_features"], output["logit_scale"])
                 accelerator.backward(loss / config.gradient_accumulation_steps)
             window_losses.append(loss.detach().float())
+            window_samples += len(batch["ids"])
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -254,11 +256,13 @@ def train_contrastive(config):
         progress.update(1)
         if step % config.log_every_steps == 0 or step == num_steps:
             mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
-            log_metrics(accelerator, metrics_log, {"step": step, "epoch": epoch, "train/loss": mean_loss,
-                                                   "train/logit_scale": output["logit_scale"].item(),
-                                                   "lr/clip": optimizer.param_groups[0]["lr"]})
+            elapsed = time.perf_counter() - window_start
+            log_metrics(accelerator, metrics_log, {
+                "step": step, "epoch": epoch, "train/loss": mean_loss, "train/logit_scale": output["logit_scale"].item(),
+                "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                "lr/clip": optimizer.param_groups[0]["lr"]})
             progress.set_postfix(loss=f"{mean_loss:.3f}")
-            window_losses = []
+            window_losses, window_start, window_samples = [], time.perf_counter(), 0
         if eval_loader is not None and (step % config.eval_every_steps == 0 or step == num_steps):
             last_metrics = evaluate_retrieval(model, eval_loader, config, accelerator)
             log_metrics(accelerator, metrics_log,

@@ -13,10 +13,12 @@ Findings are drawn big and contrasted enough to survive resizing to 64-128 px. T
 same truth in radiology language, and `labels_from_report` reads such a report back into `PHANTOM_LABELS`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import io
 import math
+import multiprocessing
 import re
 
 import numpy as np
@@ -757,13 +759,22 @@ def assign_splits(num_studies, seed=0, split_fractions=(0.8, 0.1, 0.1)):
     return splits
 
 
+def _draw_study_png(seed, image_size, index):
+    """Study `index` of a phantom dataset with its image as PNG bytes (a top-level function: worker processes
+    receive it by name)."""
+    study = generate_study(np.random.default_rng([seed, 0, index]), image_size)
+    study["image"] = encode_png(study["image"])
+    return study
+
+
 def make_phantom_dataset(num_studies, seed=0, image_size=256, split_fractions=(0.8, 0.1, 0.1),
-                         report_target="both", progress=False):
+                         report_target="both", progress=False, num_proc=1):
     """A `datasets.DatasetDict` (train/validation/test) of phantom studies in the schema of `data.REPORT_FEATURES`.
 
     Splits are disjoint sets of studies (one study = one row); a split that gets no study is left out.
     Study i is drawn from seed [seed, 0, i], so it is the same whatever `num_studies` is; the same arguments give
-    the same PNG bytes. `progress=True` shows a tqdm bar.
+    the same PNG bytes, with any `num_proc` (worker processes drawing studies in parallel). `progress=True` shows
+    a tqdm bar.
     """
     import datasets  # the schema needs it; generate_study and labels_from_report need only numpy and PIL
     from tqdm.auto import tqdm
@@ -774,11 +785,18 @@ def make_phantom_dataset(num_studies, seed=0, image_size=256, split_fractions=(0
         raise ValueError(f"num_studies must be at least 1, got {num_studies}")
     splits = assign_splits(num_studies, seed, split_fractions)
     rows = {split: [] for split in SPLITS}
-    for index in tqdm(range(num_studies), desc="drawing phantom studies", unit="study", disable=not progress):
-        study = generate_study(np.random.default_rng([seed, 0, index]), image_size)
-        rows[splits[index]].append(make_example(
-            study_id(index), [{"bytes": encode_png(study["image"]), "path": None}], study["findings"],
-            study["impression"], splits[index], SOURCE, report_target=report_target, labels=study["labels"]))
+    draw = functools.partial(_draw_study_png, seed, image_size)
+    with contextlib.ExitStack() as stack:
+        if num_proc > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(num_proc))
+            studies = pool.imap(draw, range(num_studies), chunksize=64)  # in index order
+        else:
+            studies = map(draw, range(num_studies))
+        for index, study in enumerate(tqdm(studies, total=num_studies, desc="drawing phantom studies",
+                                           unit="study", disable=not progress)):
+            rows[splits[index]].append(make_example(
+                study_id(index), [{"bytes": study["image"], "path": None}], study["findings"], study["impression"],
+                splits[index], SOURCE, report_target=report_target, labels=study["labels"]))
     info = datasets.DatasetInfo(description="Synthetic chest radiograph phantoms drawn by modeling_cliptt5.phantom: "
                                             "not real patients; for demos and tests only.", features=REPORT_FEATURES)
     # A split with no study is left out: `datasets` saves an empty split without a data file and cannot load it.
