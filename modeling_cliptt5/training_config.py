@@ -4,6 +4,7 @@ import dataclasses
 import difflib
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -203,7 +204,8 @@ def config_from_dict(values, source="settings"):
 
 
 def validate(config, source="settings"):
-    """Raises a ValueError naming the setting and the source when settings contradict each other."""
+    """Raises a ValueError naming the setting and the source when settings contradict each other; warns when they
+    are valid but cannot work."""
     def fail(message):
         raise ValueError(f"{source}: {message}")
 
@@ -223,6 +225,11 @@ def validate(config, source="settings"):
         fail(f"init_vision_from is for init=config (init={config.init} brings its own image tower)")
     if config.stage == "generation" and not (config.train_projection or config.train_t5 or config.train_vision != "frozen"):
         fail("nothing to train: every part is frozen")
+    if (config.stage == "generation" and config.init == "config" and config.train_vision == "frozen"
+            and not config.init_vision_from):
+        warnings.warn(f"{source}: the image tower stays at its random initialisation (init=config, "
+                      f"train_vision=frozen, no init_vision_from), so the model cannot learn to read the images; "
+                      f"pass init_vision_from (a stage-1 checkpoint) or train the tower", stacklevel=2)
     for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "eval_every_steps",
                  "save_every_steps", "keep_last_states", "log_every_steps"):
         if getattr(config, name) < 1:

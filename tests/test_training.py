@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,25 @@ def test_unknown_or_contradictory_settings_name_the_file(tmp_path, dataset_dir):
         config_from_dict({"dataset": str(tmp_path / "missing")})
 
 
+def test_a_frozen_random_image_tower_is_warned_about(dataset_dir):
+    demo = ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--dataset", str(dataset_dir)]
+    with pytest.warns(UserWarning, match="image tower stays at its random initialisation"):
+        parse_config(demo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_config(demo + ["--init_vision_from", "runs/demo/contrastive/best"])  # as demo.py runs it
+        parse_config(demo + ["--train_vision", "all", "--feature_cache", "false"])
+
+
 @pytest.mark.parametrize("name", ["demo", "biomedclip_t5small", "contrastive"])
 def test_the_shipped_configs_are_valid(name, dataset_dir):
     from accelerate.commands.config.config_args import load_config_from_file
 
     from modeling_cliptt5 import CLIPT5Config
 
-    config = parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--dataset", str(dataset_dir)])
+    stage1_tower = ["--init_vision_from", "runs/demo/contrastive/best"] if name == "demo" else []  # as demo.py
+    config = parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--dataset", str(dataset_dir),
+                           *stage1_tower])
     assert config.stage == ("contrastive" if name == "contrastive" else "generation")
     model_config = CLIPT5Config(**config.model)  # the architecture mapping is a valid CLIP-T5 config
     if name == "demo":
