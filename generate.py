@@ -80,13 +80,22 @@ def resolve_device(name, optimize=False):
 
 
 def load_model(model_name, device, dtype, optimize):
-    """The release's model and processor, from this package's own classes (no remote code is run)."""
+    """The release's model and processor through AutoConfig / AutoModelForSeq2SeqLM / AutoProcessor. Importing this
+    package registers CLIP-T5 with the Auto classes, so they build its own classes and no code saved in the release
+    runs. (transformers 5 prefers such registered classes even with trust_remote_code=True, 4.x would run the
+    release's files: passing False keeps the two alike. Without the package, a release loads from its own code
+    files with trust_remote_code=True: tests/test_remote_code.py.)"""
     import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
 
-    from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
+    import modeling_cliptt5  # noqa: F401 - registers CLIP-T5 with the Auto classes
 
-    processor = CLIPT5Processor.from_pretrained(model_name)
-    model = CLIPT5ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype)).eval()
+    config = AutoConfig.from_pretrained(model_name, trust_remote_code=False)
+    if config.model_type != modeling_cliptt5.CLIPT5Config.model_type:
+        raise SystemExit(f"{model_name} holds a {config.model_type!r} model, not a CLIP-T5 release")
+    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=False)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name, dtype=getattr(torch, dtype),
+                                                  trust_remote_code=False).eval()
     if optimize:
         if device != "cpu":
             raise SystemExit(f"--optimize is a CPU path (int8 weights); drop it or use --device cpu (got {device})")

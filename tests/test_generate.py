@@ -253,6 +253,20 @@ def test_optimized_model_gives_the_same_greedy_tokens(trained_release_dir):
     assert identical >= 8 and agreement >= 0.95, (identical, agreement)
 
 
+def test_the_auto_classes_load_the_package_classes(trained_release_dir):
+    model, processor = generate.load_model(str(trained_release_dir), "cpu", "float32", False)
+    assert type(model) is CLIPT5ForConditionalGeneration and type(processor) is CLIPT5Processor
+    assert not model.training
+
+
+def test_a_folder_of_another_model_type_is_refused(tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64, vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(SystemExit, match="holds a 't5' model, not a CLIP-T5 release"):
+        generate.load_model(str(tmp_path), "cpu", "float32", False)
+
+
 def test_optimize_flag_end_to_end(trained_release_dir, mixed_inputs, tmp_path):
     output = tmp_path / "fast.jsonl"
     assert generate.main(["--model", str(trained_release_dir), str(mixed_inputs), "--optimize", "--device", "cpu",
