@@ -94,7 +94,7 @@ def load_model(model_name, device, dtype, optimize):
     if config.model_type != modeling_cliptt5.CLIPT5Config.model_type:
         raise SystemExit(f"{model_name} holds a {config.model_type!r} model, not a CLIP-T5 release")
     processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=False)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name, dtype=getattr(torch, dtype),
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name, config=config, dtype=getattr(torch, dtype),
                                                   trust_remote_code=False).eval()
     if optimize:
         if device != "cpu":

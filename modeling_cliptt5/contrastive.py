@@ -16,7 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .processing_cliptt5 import to_rgb_image
-from .training import better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, start_run
+from .training import (
+    better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, samples_per_second, start_run,
+)
 from .training_data import (
     BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches, take_first, total_steps,
     training_loader, validation_loader,
@@ -256,10 +258,9 @@ def train_contrastive(config):
         progress.update(1)
         if step % config.log_every_steps == 0 or step == num_steps:
             mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
-            elapsed = time.perf_counter() - window_start
             log_metrics(accelerator, metrics_log, {
                 "step": step, "epoch": epoch, "train/loss": mean_loss, "train/logit_scale": output["logit_scale"].item(),
-                "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                "train/samples_per_second": samples_per_second(accelerator, window_samples, window_start),
                 "lr/clip": optimizer.param_groups[0]["lr"]})
             progress.set_postfix(loss=f"{mean_loss:.3f}")
             window_losses, window_start, window_samples = [], time.perf_counter(), 0

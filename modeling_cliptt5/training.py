@@ -93,6 +93,11 @@ def better(value, best, metric):
     return value < best if metric == "loss" else value > best
 
 
+def samples_per_second(accelerator, samples, since):
+    """Studies per second over all ranks from this rank's count since time.perf_counter() gave `since`."""
+    return samples * accelerator.num_processes / max(time.perf_counter() - since, 1e-9)
+
+
 def log_metrics(accelerator, metrics_log, record):
     metrics_log.write(record)
     accelerator.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
@@ -344,9 +349,8 @@ def train_generation(config):
 
         if step % config.log_every_steps == 0 or step == num_steps:
             mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
-            elapsed = time.perf_counter() - window_start
             record = {"step": step, "epoch": epoch, "train/loss": mean_loss,
-                      "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                      "train/samples_per_second": samples_per_second(accelerator, window_samples, window_start),
                       **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
             log_metrics(accelerator, metrics_log, record)
             progress.set_postfix(loss=f"{mean_loss:.3f}")
