@@ -61,7 +61,7 @@ def parse_args(argv=None):
 def make_data(folder, studies, image_size, seed):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
     from modeling_cliptt5.data import save_dataset_atomically
-    from modeling_cliptt5.phantom import make_phantom_dataset
+    from modeling_cliptt5.phantom import default_num_proc, make_phantom_dataset
 
     settings = {"studies": studies, "image_size": image_size, "seed": seed}
     stamp = folder / "demo_settings.json"
@@ -70,7 +70,7 @@ def make_data(folder, studies, image_size, seed):
         return
     print(f"[1/6] drawing {studies} synthetic phantom studies ({image_size} px) into {folder}")
     dataset = make_phantom_dataset(studies, seed=seed, image_size=image_size, progress=True,
-                                   num_proc=os.cpu_count() or 1)
+                                   num_proc=default_num_proc(studies))
     save_dataset_atomically(dataset, str(folder))
     stamp.write_text(json.dumps(settings))
 

@@ -6,7 +6,6 @@ Example:
 
 import argparse
 import collections
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,15 @@ def parse_args(argv=None):
                         metavar=("TRAIN", "VALIDATION", "TEST"), help="fractions per split (default: 0.8 0.1 0.1)")
     parser.add_argument("--report-target", choices=REPORT_TARGETS, default="both",
                         help="what the `report` column holds: both sections with headers (default), or one section")
-    parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1,
-                        help="processes drawing studies in parallel; the same bytes with any number "
-                             "(default: the CPU count, %(default)s)")
+    parser.add_argument("--num-proc", type=int,
+                        help="processes drawing studies in parallel; the same bytes with any number (default: the "
+                             "CPU count for a few thousand studies or more, else 1: starting workers costs seconds)")
     parser.add_argument("--output", default="data/demo",
                         help="dataset folder to write (replaced atomically if it exists; default: data/demo)")
     args = parser.parse_args(argv)
     if args.num_studies < 1:
         parser.error(f"--num-studies must be at least 1, got {args.num_studies}")
-    if args.num_proc < 1:
+    if args.num_proc is not None and args.num_proc < 1:
         parser.error(f"--num-proc must be at least 1, got {args.num_proc}")
     if args.image_size < 32:
         parser.error(f"--image-size must be at least 32 px, got {args.image_size}")
@@ -67,12 +66,13 @@ def summary(dataset_dict):
 def main(argv=None):
     args = parse_args(argv)
     from modeling_cliptt5.data import ConversionLog, save_dataset_atomically
-    from modeling_cliptt5.phantom import make_phantom_dataset
+    from modeling_cliptt5.phantom import default_num_proc, make_phantom_dataset
 
     start = time.perf_counter()
     dataset_dict = make_phantom_dataset(args.num_studies, seed=args.seed, image_size=args.image_size,
                                         split_fractions=tuple(args.split_fractions),
-                                        report_target=args.report_target, progress=True, num_proc=args.num_proc)
+                                        report_target=args.report_target, progress=True,
+                                        num_proc=args.num_proc or default_num_proc(args.num_studies))
     log = ConversionLog()
     for _ in range(args.num_studies):  # every drawn study is converted; nothing is ever skipped
         log.row_read()
