@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from modeling_cliptt5.fast_inference import fast_path_name
 from modeling_cliptt5.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference import STUDY_GROUPINGS, collect_inputs, draft_reports, finding_labels, group_studies
 
@@ -58,7 +59,9 @@ def parse_args(argv=None):
                         help="weights' precision (default: float32; bfloat16 halves memory on a GPU)")
     parser.add_argument("--prompt", help="text prompt after the image tokens (default: the model's own, if any)")
     parser.add_argument("--optimize", action="store_true",
-                        help="CPU fast path: int8 weights for the Linear layers (see modeling_cliptt5/fast_inference.py)")
+                        help="CPU fast path, int8 weights: greedy drafts run on ONNX Runtime (the 'fast' extra; exported "
+                             "once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE), beam search on "
+                             "PyTorch (modeling_cliptt5/fast_inference.py)")
     parser.add_argument("--labels", action="store_true", help="add CheXpert observations found in each draft")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (decompression-bomb guard; default: {DEFAULT_MAX_PIXELS:,})")
@@ -79,12 +82,14 @@ def resolve_device(name, optimize=False):
     return name
 
 
-def load_model(model_name, device, dtype, optimize):
+def load_model(model_name, device, dtype, optimize, generate_kwargs=None):
     """The release's model and processor through AutoConfig / AutoModelForSeq2SeqLM / AutoProcessor. Importing this
     package registers CLIP-T5 with the Auto classes, so they build its own classes and no code saved in the release
     runs. (transformers 5 prefers such registered classes even with trust_remote_code=True, 4.x would run the
     release's files: passing False keeps the two alike. Without the package, a release loads from its own code
-    files with trust_remote_code=True: tests/test_remote_code.py.)"""
+    files with trust_remote_code=True: tests/test_remote_code.py.)
+
+    `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu)."""
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
 
@@ -94,14 +99,15 @@ def load_model(model_name, device, dtype, optimize):
     if config.model_type != modeling_cliptt5.CLIPT5Config.model_type:
         raise SystemExit(f"{model_name} holds a {config.model_type!r} model, not a CLIP-T5 release")
     processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=False)
+    if optimize:
+        if device != "cpu" or dtype != "float32":
+            raise SystemExit(f"--optimize is a CPU path with int8 weights; drop it, or use --device cpu and "
+                             f"--dtype float32 (got {device}, {dtype})")
+        from modeling_cliptt5.fast_inference import load_for_cpu
+
+        return load_for_cpu(model_name, generate_kwargs), processor
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name, config=config, dtype=getattr(torch, dtype),
                                                   trust_remote_code=False).eval()
-    if optimize:
-        if device != "cpu":
-            raise SystemExit(f"--optimize is a CPU path (int8 weights); drop it or use --device cpu (got {device})")
-        from modeling_cliptt5.fast_inference import optimize_for_cpu
-
-        model = optimize_for_cpu(model)
     return model.to(device), processor
 
 
@@ -185,7 +191,7 @@ def main(argv=None):
         return 1
 
     device = resolve_device(args.device, args.optimize)
-    model, processor = load_model(args.model, device, args.dtype, args.optimize)
+    model, processor = load_model(args.model, device, args.dtype, args.optimize, generate_kwargs(args))
     num_views = model.config.num_views
     study_by = args.study_by if args.study_by != "auto" else ("none" if num_views == 1 else "folder")
     studies = group_studies(files, study_by)
@@ -221,7 +227,8 @@ def main(argv=None):
     print(
         f"{len(rows)} of {len(studies)} studies drafted from {len(files)} files in {elapsed:.1f} s "
         f"({num_views} view(s) per study, grouped by {study_by}, device {device}"
-        f"{', optimized' if args.optimize else ''}){where}; {failed} studies failed, {len(problems)} problems",
+        f"{', ' + fast_path_name(model) if args.optimize else ''}){where}; "
+        f"{failed} studies failed, {len(problems)} problems",
         file=sys.stderr,
     )
     return 1 if problems or failed else 0

@@ -1,5 +1,9 @@
 """The CPU fast path behind `generate.py --optimize`: int8 weights for the Linear layers, same image tokens.
 
+`load_for_cpu` picks the engine. Greedy drafting (the releases' default) runs on ONNX Runtime
+(onnx_inference.py: the same int8 weights, each decoding step one graph call instead of ~100 eager operations);
+what its greedy loop does not implement (beam search, sampling, penalties) runs here, on PyTorch.
+
 Drafting on a CPU is bound by reading weights from memory: each decoding step reads the whole T5 decoder and
 its 32k-word output layer. Dynamic int8 quantization (weights stored as int8 per output channel, activations
 quantized per call; torch.ao.nn.quantized.dynamic.Linear, the layer of PyTorch's BERT dynamic-quantization
@@ -59,6 +63,39 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
     for tensor in [*model.parameters(), *model.buffers()]:  # embeddings, norms, kept layers
         mapped.copy_out(tensor)
     return model
+
+
+def load_for_cpu(path_or_id, generate_kwargs=None, trust_remote_code=False):
+    """The model `--optimize` drafts with: an OnnxCLIPT5 for greedy decoding, else the PyTorch model with int8
+    Linear layers (also when onnxruntime is not installed, with a warning saying so). Both have `config`,
+    `generation_config`, `device` and `generate()`."""
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    from .onnx_inference import OnnxCLIPT5, refused_settings
+
+    if not refused_settings(GenerationConfig.from_pretrained(path_or_id), generate_kwargs):
+        try:
+            return OnnxCLIPT5.from_pretrained(local_release_folder(path_or_id))
+        except ImportError as error:
+            warnings.warn(f"{error}; drafting with PyTorch int8 weights instead (about 2.5x slower)", stacklevel=2)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    return optimize_for_cpu(model)
+
+
+def local_release_folder(path_or_id):
+    """A release folder on disk: the folder itself, or the Hub snapshot in the local cache (downloaded if missing)."""
+    if Path(path_or_id).is_dir():
+        return Path(path_or_id)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path_or_id)))
+
+
+def fast_path_name(model) -> str:
+    """How `model` drafts, for logs: "ONNX Runtime int8", "PyTorch int8" or "PyTorch"."""
+    if type(model).__name__ == "OnnxCLIPT5":
+        return f"ONNX Runtime {model.weights}"
+    return "PyTorch int8" if is_optimized(model) else "PyTorch"
 
 
 def use_eager_t5_attention(model: nn.Module) -> None:

@@ -11,7 +11,7 @@ class ReportDrafter:
     """Drafts {"text", "findings", "impression"} for one study with the release's generation settings."""
 
     def __init__(self, model, processor, name="model"):
-        self.model = model.eval()
+        self.model = model
         self.processor = processor
         self.name = name
         self.drafts_made = 0
@@ -20,15 +20,16 @@ class ReportDrafter:
     def from_pretrained(cls, path_or_id, optimize=False):
         """Load a release folder or Hub id (its code comes with it: trust_remote_code).
 
-        `optimize`: int8 weights for every Linear on CPU, as `generate.py --optimize` (fast_inference.py).
+        `optimize`: the CPU fast path of `generate.py --optimize` (fast_inference.load_for_cpu).
         """
-        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=True)
         if optimize:
-            from .fast_inference import optimize_for_cpu
+            from .fast_inference import fast_path_name, load_for_cpu
 
-            model = optimize_for_cpu(model)
-        return cls(model, processor, name=f"{path_or_id}{' (int8)' if optimize else ''}")
+            model = load_for_cpu(path_or_id, trust_remote_code=True)
+            return cls(model, processor, name=f"{path_or_id} ({fast_path_name(model)})")
+        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=True).eval()
+        return cls(model, processor, name=str(path_or_id))
 
     @property
     def num_views(self):

@@ -4,8 +4,10 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -15,6 +17,8 @@ from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT
 from modeling_cliptt5.tokenization import train_report_tokenizer  # noqa: E402
 
 TINY_IMAGE_SIZE = 32
+MAX_NEW_TOKENS = 40  # drafts of the trained tiny release below
+TRAINED_IMAGES = 10
 
 TINY_REPORTS = [
     "FINDINGS: The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax. "
@@ -68,6 +72,58 @@ def tiny_release_dir(tmp_path_factory, tiny_model, tiny_processor_fixture):
     tiny_model.save_pretrained(release)
     tiny_processor_fixture.save_pretrained(release)
     return release
+
+
+def noise_image(seed, size=(40, 36)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, size[::-1], dtype=np.uint8))
+
+
+def rerandomized(model, seed=1, gain=3.0):
+    """Random weights 3x larger than T5's init: greedy tokens then differ from image to image."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, gain / parameter.shape[1] ** 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_release_dir(tmp_path_factory, tiny_release_dir):
+    """The tiny model trained for a few seconds to write TINY_REPORTS[i % 5] for noise image i: its drafts are
+    real, different reports with confident tokens, as a trained release's are (the untrained fixture model
+    only writes <pad>, which would make every comparison of drafts pass vacuously)."""
+    release = tmp_path_factory.mktemp("trained_release")
+    processor = CLIPT5Processor.from_pretrained(tiny_release_dir)
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration.from_pretrained(tiny_release_dir).train()
+    batch = processor(images=[noise_image(seed) for seed in range(TRAINED_IMAGES)],
+                      reports=[TINY_REPORTS[seed % 5] for seed in range(TRAINED_IMAGES)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation (3-8x slower here)
+    try:
+        for _ in range(120):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval().save_pretrained(release)
+    processor.save_pretrained(release)
+    return release
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_exports_in_a_temporary_cache(tmp_path_factory):
+    """generate.py --optimize caches ONNX exports in ~/.cache/cliptt5/onnx: the tests use a folder of their own."""
+    previous = os.environ.get("CLIPT5_ONNX_CACHE")
+    os.environ["CLIPT5_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CLIPT5_ONNX_CACHE")
+    else:
+        os.environ["CLIPT5_ONNX_CACHE"] = previous
 
 
 def subprocess_env():

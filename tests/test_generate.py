@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_REPORTS, tiny_config
+from conftest import MAX_NEW_TOKENS, REPO_ROOT, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
 from dicom_files import block_image, grayscale_dicom
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.fast_inference import is_optimized, optimize_for_cpu
@@ -20,48 +20,6 @@ from modeling_cliptt5.inference import collect_inputs, fit_views, group_studies
 sys.path.insert(0, str(REPO_ROOT))
 import generate  # noqa: E402
 
-MAX_NEW_TOKENS = 40
-TRAINED_IMAGES = 10
-
-
-def noise_image(seed, size=(40, 36)):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, size[::-1], dtype=np.uint8))
-
-
-def rerandomized(model, seed=1, gain=3.0):
-    """Random weights 3x larger than T5's init: greedy tokens then differ from image to image."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, gain / parameter.shape[1] ** 0.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def trained_release_dir(tmp_path_factory, tiny_release_dir):
-    """The tiny model trained for a few seconds to write TINY_REPORTS[i % 5] for noise image i: its drafts are
-    real, different reports with confident tokens, as a trained release's are (the untrained fixture model
-    only writes <pad>, which would make every comparison below pass vacuously)."""
-    release = tmp_path_factory.mktemp("trained_release")
-    processor = CLIPT5Processor.from_pretrained(tiny_release_dir)
-    torch.manual_seed(0)
-    model = CLIPT5ForConditionalGeneration.from_pretrained(tiny_release_dir).train()
-    batch = processor(images=[noise_image(seed) for seed in range(TRAINED_IMAGES)],
-                      reports=[TINY_REPORTS[seed % 5] for seed in range(TRAINED_IMAGES)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation (3-8x slower here)
-    try:
-        for _ in range(120):
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval().save_pretrained(release)
-    processor.save_pretrained(release)
-    return release
 
 
 @pytest.fixture(scope="module")
