@@ -56,6 +56,22 @@ def test_float32_graphs_decode_the_same_tokens_as_generate(random_model, float32
     assert torch.equal(tokens, expected)
 
 
+@pytest.mark.parametrize("settings", [dict(num_views=2, projector_type="mlp"),
+                                      dict(image_tokens="pooled"),
+                                      dict(image_token_pooling=2)], ids=["two_views_mlp", "pooled", "pooled_grid"])
+def test_other_image_token_settings_export_exactly(settings, tmp_path):
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(**settings)).eval())
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    views = (2,) if settings.get("num_views") == 2 else ()
+    pixel_values = torch.randn(3, *views, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    expected = torch_greedy(model, pixel_values, PROMPTS, max_new_tokens=12)
+    tokens = engine.generate(pixel_values=pixel_values, input_ids=PROMPTS, attention_mask=(PROMPTS != 0).long(),
+                             max_new_tokens=12)
+    assert len({tuple(row.tolist()) for row in expected}) > 1 and torch.equal(tokens, expected)
+
+
 def test_draft_length_defaults_follow_generate(random_model, float32_graphs):
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     config = float32_graphs.generation_config
