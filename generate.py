@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 
 from modeling_cliptt5.fast_inference import fast_path_name
 from modeling_cliptt5.image_io import DEFAULT_MAX_PIXELS
-from modeling_cliptt5.inference import STUDY_GROUPINGS, collect_inputs, draft_reports, finding_labels, group_studies
+from modeling_cliptt5.inference import (
+    STUDY_GROUPINGS, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
+)
 
 OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "seconds")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
@@ -83,32 +85,11 @@ def resolve_device(name, optimize=False):
 
 
 def load_model(model_name, device, dtype, optimize, generate_kwargs=None):
-    """The release's model and processor through AutoConfig / AutoModelForSeq2SeqLM / AutoProcessor. Importing this
-    package registers CLIP-T5 with the Auto classes, so they build its own classes and no code saved in the release
-    runs. (transformers 5 prefers such registered classes even with trust_remote_code=True, 4.x would run the
-    release's files: passing False keeps the two alike. Without the package, a release loads from its own code
-    files with trust_remote_code=True: tests/test_remote_code.py.)
-
-    `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
-
-    import modeling_cliptt5  # noqa: F401 - registers CLIP-T5 with the Auto classes
-
-    config = AutoConfig.from_pretrained(model_name, trust_remote_code=False)
-    if config.model_type != modeling_cliptt5.CLIPT5Config.model_type:
-        raise SystemExit(f"{model_name} holds a {config.model_type!r} model, not a CLIP-T5 release")
-    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=False)
-    if optimize:
-        if device != "cpu" or dtype != "float32":
-            raise SystemExit(f"--optimize is a CPU path with int8 weights; drop it, or use --device cpu and "
-                             f"--dtype float32 (got {device}, {dtype})")
-        from modeling_cliptt5.fast_inference import load_for_cpu
-
-        return load_for_cpu(model_name, generate_kwargs), processor
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_name, config=config, dtype=getattr(torch, dtype),
-                                                  trust_remote_code=False).eval()
-    return model.to(device), processor
+    """inference.load_release, its refusals (not a CLIP-T5 release, --optimize off the CPU) as a one-line exit."""
+    try:
+        return load_release(model_name, device, dtype, optimize, generate_kwargs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def generate_kwargs(args):

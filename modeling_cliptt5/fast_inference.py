@@ -65,7 +65,7 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
     return model
 
 
-def load_for_cpu(path_or_id, generate_kwargs=None, trust_remote_code=False):
+def load_for_cpu(path_or_id, generate_kwargs=None):
     """The model `--optimize` drafts with: an OnnxCLIPT5 for greedy decoding, else the PyTorch model with int8
     Linear layers (also when onnxruntime is not installed, with a warning saying so). Both have `config`,
     `generation_config`, `device` and `generate()`."""
@@ -78,7 +78,7 @@ def load_for_cpu(path_or_id, generate_kwargs=None, trust_remote_code=False):
             return OnnxCLIPT5.from_pretrained(local_release_folder(path_or_id))
         except ImportError as error:
             warnings.warn(f"{error}; drafting with PyTorch int8 weights instead (about 2.5x slower)", stacklevel=2)
-    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=False)  # see load_release
     return optimize_for_cpu(model)
 
 

@@ -1,6 +1,7 @@
 """Draft reports for image files: collect the inputs, group views into studies, run the model batch by batch.
 
-generate.py is the command line over these functions; a notebook or a service can call them directly.
+generate.py is the command line over these functions; a notebook or a service can call them directly
+(`load_release`, then `draft_reports`).
 
 Studies and views
 - `group_studies(files, study_by)`:
@@ -157,6 +158,35 @@ def read_study_images(study: Study, num_views: int, max_pixels: int) -> tuple[li
         study.warnings.append(warning)
     study.files = used
     return images, errors
+
+
+def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, generate_kwargs=None):
+    """(model, processor) of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM /
+    AutoProcessor. This package registers CLIP-T5 with the Auto classes, so they build its own classes and no
+    code saved in the release runs. (transformers 5 prefers such registered classes even with
+    trust_remote_code=True, 4.x would run the release's files: passing False keeps the two alike. Without the
+    package, a release loads from its own code files with trust_remote_code=True: tests/test_remote_code.py.)
+
+    `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu). Raises ValueError
+    for a folder of another model type, or `optimize` with another device or dtype."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
+
+    from .configuration_cliptt5 import CLIPT5Config
+
+    config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=False)
+    if config.model_type != CLIPT5Config.model_type:
+        raise ValueError(f"{path_or_id} holds a {config.model_type!r} model, not a CLIP-T5 release")
+    if optimize and (device != "cpu" or dtype != "float32"):
+        raise ValueError(f"--optimize is a CPU path with int8 weights; drop it, or use --device cpu and "
+                         f"--dtype float32 (got {device}, {dtype})")
+    processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
+    if optimize:
+        from .fast_inference import load_for_cpu
+
+        return load_for_cpu(path_or_id, generate_kwargs), processor
+    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
+                                                  trust_remote_code=False).eval()
+    return model.to(device), processor
 
 
 def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict) -> list[dict]:

@@ -1,8 +1,6 @@
 """A released CLIP-T5 and its processor, drafting the report of the one study shown on the page."""
 
-from transformers import AutoModelForSeq2SeqLM, AutoProcessor
-
-from .inference import draft_batch, fit_views
+from .inference import draft_batch, fit_views, load_release
 
 STUDY_ID = "this study"  # how view warnings name the study on the page
 
@@ -18,18 +16,12 @@ class ReportDrafter:
 
     @classmethod
     def from_pretrained(cls, path_or_id, optimize=False):
-        """Load a release folder or Hub id (its code comes with it: trust_remote_code).
+        """Load a release folder or Hub id as generate.py does (inference.load_release); `optimize`: its CPU
+        fast path (`generate.py --optimize`)."""
+        from .fast_inference import fast_path_name
 
-        `optimize`: the CPU fast path of `generate.py --optimize` (fast_inference.load_for_cpu).
-        """
-        processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=True)
-        if optimize:
-            from .fast_inference import fast_path_name, load_for_cpu
-
-            model = load_for_cpu(path_or_id, trust_remote_code=True)
-            return cls(model, processor, name=f"{path_or_id} ({fast_path_name(model)})")
-        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=True).eval()
-        return cls(model, processor, name=str(path_or_id))
+        model, processor = load_release(path_or_id, optimize=optimize)
+        return cls(model, processor, name=f"{path_or_id}{f' ({fast_path_name(model)})' if optimize else ''}")
 
     @property
     def num_views(self):
