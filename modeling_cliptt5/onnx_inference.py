@@ -251,10 +251,11 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
         if completed.returncode != 0:
             raise RuntimeError(f"ONNX export of {release_folder} failed:\n{completed.stderr[-3000:]}")
         (building / "done.json").write_text(json.dumps({"release": str(release_folder.resolve()), "weights": weights}))
-        if target.exists():  # another process finished first: keep theirs
-            shutil.rmtree(building)
-        else:
+        try:
             os.replace(building, target)
+        except OSError:  # another process finished the same export first: keep theirs
+            if not (target / "done.json").is_file():
+                raise
     finally:
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)

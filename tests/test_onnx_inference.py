@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 
@@ -72,6 +73,7 @@ def test_other_image_token_settings_export_exactly(settings, tmp_path):
     assert len({tuple(row.tolist()) for row in expected}) > 1 and torch.equal(tokens, expected)
 
 
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")  # the default is what is tested
 def test_draft_length_defaults_follow_generate(random_model, float32_graphs):
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     config = float32_graphs.generation_config
@@ -177,6 +179,21 @@ def test_a_failed_export_names_the_release_and_leaves_nothing_behind(tmp_path):
     assert list(cache.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         exported_folder(tmp_path, "int8", cache)
+
+
+def test_an_export_finished_meanwhile_by_another_process_is_kept(trained_release_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    target = cache / export_key(trained_release_dir, "int8")
+
+    def other_process_finishes_first(command, **kwargs):
+        target.mkdir(parents=True)
+        (target / "done.json").write_text('{"by": "the other process"}')
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", other_process_finishes_first)
+    assert exported_folder(trained_release_dir, "int8", cache) == target
+    assert json.loads((target / "done.json").read_text()) == {"by": "the other process"}
+    assert list(cache.iterdir()) == [target]  # this process's half of the work is gone
 
 
 def test_optimize_picks_onnx_for_greedy_and_pytorch_int8_for_beams(trained_release_dir, onnx_cache, monkeypatch):
