@@ -93,7 +93,9 @@ def local_release_folder(path_or_id):
 
 def fast_path_name(model) -> str:
     """How `model` drafts, for logs: "ONNX Runtime int8", "PyTorch int8" or "PyTorch"."""
-    if type(model).__name__ == "OnnxCLIPT5":
+    from .onnx_inference import OnnxCLIPT5
+
+    if isinstance(model, OnnxCLIPT5):
         return f"ONNX Runtime {model.weights}"
     return "PyTorch int8" if is_optimized(model) else "PyTorch"
 

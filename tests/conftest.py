@@ -117,13 +117,9 @@ def trained_release_dir(tmp_path_factory, tiny_release_dir):
 @pytest.fixture(scope="session", autouse=True)
 def onnx_exports_in_a_temporary_cache(tmp_path_factory):
     """generate.py --optimize caches ONNX exports in ~/.cache/cliptt5/onnx: the tests use a folder of their own."""
-    previous = os.environ.get("CLIPT5_ONNX_CACHE")
-    os.environ["CLIPT5_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("CLIPT5_ONNX_CACHE")
-    else:
-        os.environ["CLIPT5_ONNX_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPT5_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx_cache")))
+        yield
 
 
 def subprocess_env():
