@@ -4,6 +4,7 @@
 """
 
 import argparse
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,9 @@ from .training_state import atomic_folder
 
 RELEASE_INFO_FILE = "release_info.json"
 TRAINING_CONFIG_FILE = "training_config.yaml"
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# Package data (setup.cfg: package_data), so an installed package finds it as the source tree does; the
+# repository's top-level model_card.md is a link to it.
+MODEL_CARD_TEMPLATE = importlib.resources.files(__package__) / "model_card.md"
 
 
 def save_release(accelerator, model, processor, release_dir, info, training_config=None):
@@ -65,7 +68,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
     from huggingface_hub import ModelCard, ModelCardData
 
     release_dir = Path(release_dir)
-    if not Path(template_path).is_file():
+    if not template_path.is_file():
         raise FileNotFoundError(f"{template_path}: model card template not found")
     info_path = release_dir / RELEASE_INFO_FILE
     if not info_path.is_file():
@@ -93,7 +96,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         1 + (vision.get("image_size", 224) // vision.get("patch_size", 16) // config.get("image_token_pooling", 1)) ** 2)
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template_path),
+        template_str=template_path.read_text(encoding="utf-8"),
         repo_id=repo_id or info.get("repo_id") or "path/to/this/folder",
         model_name=info.get("model_name", release_dir.name),
         synthetic_data=info.get("synthetic_data", False),
@@ -118,6 +121,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         best_metric=info.get("best_metric", "loss"),
         validation_studies=info.get("validation_studies", "?"),
         metrics=metrics,
+        finding_head=info.get("finding_head"),
         training_config=training_config.strip(),
     )
     return str(card)

@@ -1,0 +1,97 @@
+"""The package as a user gets it from `pip install` (a wheel, not the source tree): a training run writes its release
+with the model card, resumes, and drafts from another folder.
+
+The wheel is built here and installed into a fresh virtual environment whose only other packages are the
+dependencies of the test environment (made visible through a .pth path line, which does not run this checkout's
+editable-install hook), so `import modeling_cliptt5` can only find the installed copy."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env
+from training_helpers import make_tiny_dataset, tiny_settings
+
+
+@pytest.fixture(scope="module")
+def installed_python(tmp_path_factory):
+    """A fresh venv's python with the built wheel installed (and nothing of the source tree)."""
+    root = tmp_path_factory.mktemp("installed")
+    # Built from a copy of the tracked sources: an in-tree build would leave build/ behind and could pick up its
+    # stale files.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, check=True, capture_output=True,
+                             text=True).stdout.splitlines()
+    source = root / "source"
+    for name in tracked:
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO_ROOT / name).is_symlink():
+            target.symlink_to(os.readlink(REPO_ROOT / name))
+        elif (REPO_ROOT / name).is_file():
+            shutil.copy2(REPO_ROOT / name, target)
+    wheels = root / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(wheels), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("cliptt5-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "modeling_cliptt5/model_card.md" in archive.namelist()
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site_packages) / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site_packages,
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    return python
+
+
+def run_installed(python, script, cwd):
+    env = subprocess_env()
+    env.pop("PYTHONPATH", None)
+    finished = subprocess.run([str(python), "-c", textwrap.dedent(script)], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    return finished.stdout
+
+
+def test_an_installed_package_trains_writes_its_release_with_a_card_resumes_and_drafts(installed_python, tmp_path):
+    dataset = make_tiny_dataset(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    settings = tiny_settings(dataset, tmp_path / "run", max_steps=4, eval_every_steps=2, save_every_steps=2)
+    script = f"""
+        import json
+        from pathlib import Path
+
+        from PIL import Image
+
+        import modeling_cliptt5
+        from modeling_cliptt5.training import train_generation
+        from modeling_cliptt5.training_config import config_from_dict
+        from modeling_cliptt5.inference import draft_reports, group_studies, load_release
+
+        settings = json.loads({json.dumps(json.dumps(settings))})
+        train_generation(config_from_dict(settings))
+        resumed = train_generation(config_from_dict({{**settings, "max_steps": 6, "resume": True}}))
+        model, processor = load_release(resumed.release_dir)
+        Image.new("L", (40, 40), 90).save("study.png")
+        (draft,) = draft_reports(model, processor, group_studies([Path("study.png")], "none"),
+                                 generate_kwargs={{"max_new_tokens": 8}})
+        print(json.dumps({{"package": modeling_cliptt5.__file__, "step": resumed.step, "error": draft.error}}))
+    """
+    result = json.loads(run_installed(installed_python, script, elsewhere).strip().splitlines()[-1])
+    assert "site-packages" in result["package"] and str(REPO_ROOT) not in result["package"]
+    assert result["step"] == 6 and result["error"] is None
+    release = tmp_path / "run" / "best"
+    card = (release / "README.md").read_text()
+    assert "NOT a medical device" in card and card.startswith("---\n")
+    assert {path.name for path in (tmp_path / "run" / "states").iterdir()}
