@@ -32,6 +32,7 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 CONTRASTIVE_CONFIG = REPO_ROOT / "configs" / "demo_contrastive.yaml"
 CPU_TWO_PROCESSES = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 SYSTEMS = ("model", "constant report", "nearest-neighbour image")
+GUIDED_BY_TRUTH = "model, true findings"  # the model's decoder guided by the true findings instead of its head
 NEAREST_NEIGHBOUR_SIZE = 32  # px: images are compared as 32x32 grey levels
 
 
@@ -53,6 +54,9 @@ def parse_args(argv=None):
                              "benchmarks/bench_demo_processes.py)")
     parser.add_argument("--examples", type=int, default=4, help="test studies shown in the figure (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
+    parser.add_argument("--finding-labels", default=None,
+                        help="the finding head's label set for both stages (default: the configs', phantom); "
+                             "'none' trains without the head (the ablation in the README)")
     return parser.parse_args(argv)
 
 
@@ -155,17 +159,39 @@ def first_views(rows):
     return [images[0] for images in rows["images"]]
 
 
-def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128):
+def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128, findings=None, desc="drafting the test split"):
+    """Drafts of the rows' first views (dicts of inference.draft_batch); `findings`, one label list per row, guide
+    the drafts instead of the finding head."""
     from tqdm.auto import tqdm
 
     from modeling_cliptt5.inference import draft_batch
 
-    reports = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="drafting the test split", unit="batch"):
+    drafts = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         images = first_views(rows[start:start + batch_size])
-        drafts = draft_batch(model, processor, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1})
-        reports += [draft["text"] for draft in drafts]
-    return reports
+        given = None if findings is None else findings[start:start + batch_size]
+        drafts += draft_batch(model, processor, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1},
+                              given)
+    return drafts
+
+
+def head_scores(drafts, truth_labels, names, thresholds):
+    """The finding head alone on the test split: AUROC and F1 at the release's thresholds per finding."""
+    import numpy as np
+
+    from modeling_cliptt5.findings import score_head
+
+    probabilities = np.array([[draft["finding_probabilities"][name] for name in names] for draft in drafts])
+    truth = np.array([[float(name in labels) for name in names] for labels in truth_labels])
+    return score_head(probabilities, truth, names, thresholds)
+
+
+def guidance_followed(drafts):
+    """Share of drafts whose text states exactly the findings they were guided by (read back by the phantom reader):
+    how faithfully the decoder writes what the guidance says."""
+    from modeling_cliptt5.phantom import labels_from_report
+
+    return sum(set(labels_from_report(draft["text"])) == set(draft["guidance"]) for draft in drafts) / len(drafts)
 
 
 def write_example_files(rows, folder):
@@ -284,15 +310,19 @@ def finding_cell(scores):
     return f"{scores['accuracy']:.3f} / {f1:>4}"
 
 
-def results_table(results, test_count):
+def results_table(results, test_count, head=None):
     from modeling_cliptt5.phantom import PHANTOM_LABELS
 
     columns = "  ".join(f"{name[:23]:>23}" for name in results)
+    head_column = f"  {'finding head F1 / AUROC':>23}" if head else ""
     lines = [f"Findings on the {test_count} test studies against the phantom generator's truth (accuracy / F1)",
-             f"{'finding':<24}{'positives':>9}  {columns}"]
+             f"{'finding':<24}{'positives':>9}  {columns}{head_column}"]
     for label in PHANTOM_LABELS:
         support = results["model"]["findings"]["per_observation"][label]["support"]
         cells = "  ".join(f"{finding_cell(s['findings']['per_observation'][label]):>23}" for s in results.values())
+        if head:
+            scores = head["per_finding"][label]
+            cells += f"  {scores['f1']:>14.2f} / {scores['auroc'] or float('nan'):.3f}"
         lines.append(f"{label:<24}{support:>9}  {cells}")
     lines.append("")
     lines.append(f"{'':<33}  {columns}")
@@ -303,6 +333,9 @@ def results_table(results, test_count):
             ("BLEU-4", lambda s: s["BLEU-4"]), ("ROUGE-L", lambda s: s["ROUGE-L"])]
     for title, value in rows:
         lines.append(f"{title:<33}  " + "  ".join(f"{value(s):>23.3f}" for s in results.values()))
+    if head:
+        lines.append(f"{'finding head alone':<33}  macro F1 {head['macro_f1']:.3f}, macro AUROC "
+                     f"{head['macro_auroc']:.3f} (the release's thresholds, fitted on validation)")
     lines.append("macro F1: mean over the findings present in the truth or the reports; labeler = "
                  "modeling_cliptt5.labeler (rule-based CheXpert observations, approximate)")
     return "\n".join(lines)
@@ -310,7 +343,9 @@ def results_table(results, test_count):
 
 # --- 6. figure ------------------------------------------------------------------------------------------------------
 
-def write_figure(path, metrics_records, example_images, drafted, references):
+def write_figure(path, metrics_records, example_images, drafted, references, heads=None):
+    """Loss curves, then per example: the image (with the finding head's heatmap of its most probable finding, when
+    there is a head), the draft and the true report. `heads`: per example (finding name, probability, map)."""
     import textwrap
 
     import matplotlib
@@ -330,7 +365,15 @@ def write_figure(path, metrics_records, example_images, drafted, references):
     curves.set_title("CLIP-T5 demo training on synthetic phantoms")
     for row, (image, draft, truth) in enumerate(zip(example_images, drafted, references), start=1):
         axis = figure.add_subplot(grid[row, 0])
-        axis.imshow(image.convert("L"), cmap="gray")
+        gray = image.convert("L")
+        axis.imshow(gray, cmap="gray")
+        if heads:
+            name, probability, finding_map = heads[row - 1]
+            side = min(gray.size)  # the model read the centre square of the shortest side
+            left, top = (gray.size[0] - side) / 2, (gray.size[1] - side) / 2
+            axis.imshow(finding_map, cmap="inferno", alpha=0.45, interpolation="bilinear", vmin=0, vmax=1,
+                        extent=(left, left + side, top + side, top))
+            axis.set_title(f"heatmap: {name} ({probability:.2f})", fontsize=8)
         axis.set_axis_off()
         for column, (title, text) in enumerate((("drafted", draft), ("true", truth)), start=1):
             axis = figure.add_subplot(grid[row, column])
@@ -356,10 +399,12 @@ def main(argv=None):
               args.seed)
     data_seconds = time.perf_counter() - started
     stage2_extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    head_extra = ["--finding_labels", args.finding_labels] if args.finding_labels else []
+    stage2_extra += head_extra
     contrastive_seconds = 0.0
     if args.contrastive_steps != 0:
         stage1_dir = output_dir / "contrastive"
-        stage1_extra = ["--clip_model_config_dir", str(prepare_stage1(data_dir, output_dir, config))]
+        stage1_extra = ["--clip_model_config_dir", str(prepare_stage1(data_dir, output_dir, config)), *head_extra]
         if args.contrastive_steps:
             stage1_extra += ["--max_steps", str(args.contrastive_steps)]
         contrastive_seconds = train(args, args.contrastive_config, data_dir, stage1_dir, *stage1_extra,
@@ -380,7 +425,15 @@ def main(argv=None):
     model, processor = load_release(release_dir)
     dataset = load_report_dataset(str(data_dir))
     train_rows, test_rows = dataset["train"], dataset["test"]
-    drafted = draft_split(model, processor, test_rows)
+    drafts = draft_split(model, processor, test_rows)
+    drafted = [draft["text"] for draft in drafts]
+    truth_labels = list(test_rows["labels"])
+    head, guided_by_truth = None, None
+    if model.finding_head is not None:
+        head = head_scores(drafts, truth_labels, model.config.finding_labels, model.config.finding_thresholds)
+        # the same model guided by the true findings: what the text side writes when the head is right
+        guided_by_truth = draft_split(model, processor, test_rows, findings=truth_labels,
+                                      desc="drafting guided by the true findings")
     example_rows = test_rows[:args.examples]
     example_drafts = draft_files(model, processor, write_example_files(example_rows, output_dir / "examples"))
     for name, report in example_drafts.items():
@@ -390,8 +443,14 @@ def main(argv=None):
     references = list(test_rows["report"])
     systems = dict(zip(SYSTEMS, (drafted, [constant_report(train_rows)] * len(references),
                                  nearest_neighbour_reports(train_rows, test_rows))))
-    results = score_systems(systems, references, list(test_rows["labels"]))
-    table = results_table(results, len(references))
+    if guided_by_truth is not None:
+        systems[GUIDED_BY_TRUTH] = [draft["text"] for draft in guided_by_truth]
+    results = score_systems(systems, references, truth_labels)
+    table = results_table(results, len(references), head)
+    if head is not None:
+        followed = {"head's findings": guidance_followed(drafts), "true findings": guidance_followed(guided_by_truth)}
+        table += "\ndrafts stating exactly the findings they were guided by: " + ", ".join(
+            f"{share:.1%} with the {name}" for name, share in followed.items())
     total_seconds = time.perf_counter() - started
     timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s (stage 1 {contrastive_seconds:.0f} s; "
               f"{args.processes} process(es)), "
@@ -402,18 +461,27 @@ def main(argv=None):
                                                "stage1": contrastive_seconds,
                                                "total": total_seconds}, "processes": args.processes,
                "test_studies": len(references), "example_drafts": example_drafts,
-               "target": {"macro_f1": 0.80, "above_constant": 0.30}}
+               "finding_head": head, "guidance_followed": followed if head is not None else None,
+               "target": {"macro_f1": 0.80, "every_finding_f1": 0.50}}
     (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
 
     figure_path = output_dir / "demo_results.png"
+    heads = None
+    if model.finding_head is not None:
+        heads = []
+        for draft in drafts[:args.examples]:
+            probabilities = draft["finding_probabilities"]
+            name = max(probabilities, key=probabilities.get)
+            index = model.config.finding_labels.index(name)
+            heads.append((name, probabilities[name], draft["finding_maps"][0, index].numpy()))
     write_figure(figure_path, MetricsLog(str(output_dir)).read(), first_views(example_rows),
-                 drafted[:args.examples], references[:args.examples])
+                 drafted[:args.examples], references[:args.examples], heads)
     print(f"[6/6] figure: {figure_path}")
     model_f1 = results["model"]["findings"]["macro"]["f1"]
-    constant_f1 = results["constant report"]["findings"]["macro"]["f1"]
-    met = model_f1 >= 0.80 and model_f1 - constant_f1 >= 0.30
-    print(f"findings macro F1 {model_f1:.3f} (constant report {constant_f1:.3f}): "
-          f"target >= 0.80 and >= 0.30 above the constant report {'met' if met else 'NOT met'}")
+    lowest = min(results["model"]["findings"]["per_observation"].items(), key=lambda item: item[1]["f1"])
+    met = model_f1 >= 0.80 and lowest[1]["f1"] >= 0.50
+    print(f"findings macro F1 {model_f1:.3f}, lowest {lowest[0]} {lowest[1]['f1']:.2f}: target macro >= 0.80 with "
+          f"every finding >= 0.50 {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

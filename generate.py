@@ -15,9 +15,12 @@ name; both are reported as warnings. A file that cannot be read is reported on o
 skipped; the other studies are still drafted and written, and the exit code is 1.
 
 Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
-.csv, with id, input_files, report, findings, impression, seconds (the study's share of its batch's wall time)
-and, with --labels, labels / uncertain_labels (approximate CheXpert observations from the rule labeler).
-These are drafts for a radiologist to check, not diagnoses.
+.csv, with id, input_files, report, findings (the FINDINGS section's text), impression, seconds (the study's
+share of its batch's wall time) and, with --labels, labels / uncertain_labels (approximate CheXpert observations
+from the rule labeler). A release with a finding head adds finding_probabilities (each finding's probability),
+predicted_findings (those at or above the release's threshold, which the draft follows) and disagreements
+(findings the head calls present that the draft text does not state, or the reverse, read by the rule reader of
+the label set). These are drafts for a radiologist to check, not diagnoses.
 """
 
 import argparse
@@ -40,6 +43,7 @@ from modeling_cliptt5.inference import (
 
 OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "seconds")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
+FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
 PROGRESS_AFTER = 5  # a bar is noise for a handful of studies
 
 
@@ -110,7 +114,24 @@ def record(draft, with_labels):
     }
     if with_labels:
         row.update(finding_labels(draft.report))
+    if draft.finding_probabilities is not None:
+        row.update(finding_probabilities=draft.finding_probabilities, predicted_findings=draft.predicted_findings,
+                   disagreements=draft.disagreements)
     return row
+
+
+def disagreement_text(disagreement):
+    """"Cardiomegaly: head present, draft does not state it" for a CSV cell or the terminal."""
+    return f"{disagreement['finding']}: head {disagreement['head']}, draft {disagreement['draft']}"
+
+
+def csv_cell(value):
+    """Lists become "a; b", mappings JSON, None an empty cell."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "; ".join(disagreement_text(item) if isinstance(item, dict) else str(item) for item in value)
+    return value
 
 
 def write_atomically(path, write):
@@ -128,6 +149,8 @@ def write_atomically(path, write):
 
 def write_outputs(path, rows, with_labels):
     columns = OUTPUT_COLUMNS + (LABEL_COLUMNS if with_labels else ())
+    if any("finding_probabilities" in row for row in rows):
+        columns += FINDING_COLUMNS
     if path.suffix.lower() == ".jsonl":
         write_atomically(path, lambda stream: stream.writelines(json.dumps(row) + "\n" for row in rows))
         return
@@ -136,8 +159,7 @@ def write_outputs(path, rows, with_labels):
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            # Lists become "a; b" in a CSV cell; None becomes an empty cell.
-            writer.writerow({key: "; ".join(value) if isinstance(value, list) else value for key, value in row.items()})
+            writer.writerow({key: csv_cell(value) for key, value in row.items()})
 
     write_atomically(path, write_csv)
 
@@ -152,6 +174,11 @@ def print_draft(row, out):
     if "labels" in row:
         out(f"LABELS: {', '.join(row['labels']) or 'none'}"
             + (f" (uncertain: {', '.join(row['uncertain_labels'])})" if row["uncertain_labels"] else ""))
+    if "predicted_findings" in row:
+        probabilities = row["finding_probabilities"]
+        out("HEAD: " + (", ".join(f"{name} {probabilities[name]:.2f}" for name in row["predicted_findings"]) or "none"))
+        if row["disagreements"]:
+            out("DISAGREES: " + "; ".join(disagreement_text(item) for item in row["disagreements"]))
     out("")
 
 

@@ -152,7 +152,8 @@ def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, **co
     clip_model: an open_clip model object, or a name for `load_open_clip_model`.
     t5_model: a hub id or local folder of a T5 checkpoint.
     config_overrides: CLIP-T5 settings (image_tokens, image_token_pooling, projector_type, num_views, prompt...).
-    `clip_projection` (and view embeddings) are new and start from random initialisation.
+    `clip_projection` (and view embeddings, and a finding head with its guidance tokens) are new and start from
+    random initialisation.
     """
     if isinstance(clip_model, str):
         clip_model = load_open_clip_model(clip_model)
@@ -180,7 +181,9 @@ def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, **co
         save_file({**t5_state, **vision_state}, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         model, info = CLIPT5ForConditionalGeneration.from_pretrained(staging, output_loading_info=True)
     unexpected = sorted(info["unexpected_keys"])
-    missing = sorted(name for name in info["missing_keys"] if not name.startswith("clip_projection"))
+    # new layers start from their initialisation: the projection, and the finding head with its guidance tokens
+    missing = sorted(name for name in info["missing_keys"]
+                     if not name.startswith(("clip_projection", "finding_head", "finding_embeddings")))
     if unexpected or missing:
         raise ConversionError(f"weights did not map onto CLIP-T5: missing {missing[:10]}, unexpected {unexpected[:10]}")
     return model.eval()

@@ -2,11 +2,16 @@
 
 Reads `df_train.csv` / `df_val.csv` (columns id,text,path) with images under mimic_dset/re_512_3ch/{Train,Valid,Test}/,
 or the dataset's TFRecords (--tfrecords), whose feature keys are not published: they are read off the first record.
+
+CheXpert labels, where the source carries them, fill the `labels` column (what the finding head trains on): a `label`
+column in the CSV, or --labels FILE, MedViLL's JSONL files ({"id", "label", ...} per line) whose label is a string
+such as "'Cardiomegaly', 'Edema'".
 """
 
 import argparse
 import base64
 import csv
+import dataclasses
 import gzip
 import io
 import itertools
@@ -82,6 +87,27 @@ def resolve_image(root, csv_split, study_id, path_value):
     return (from_path if from_path.is_file() or not by_id.is_file() else by_id), None
 
 
+def parse_label_string(value):
+    """MedViLL's label string "'Cardiomegaly', 'Edema'" (or "Cardiomegaly, Edema") -> ("Cardiomegaly", "Edema")."""
+    names = [part.strip().strip("'\"[] ").strip() for part in (value or "").split(",")]
+    return tuple(name for name in names if name)
+
+
+def read_label_file(path):
+    """{study id: labels} from a MedViLL-style JSONL file (one {"id", "label"} object per line)."""
+    labels = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                labels[str(entry["id"]).strip()] = parse_label_string(entry.get("label", ""))
+            except (ValueError, KeyError, TypeError) as error:
+                raise ConversionError(f"{path} line {number}: not a {{\"id\", \"label\"}} JSON object ({error})")
+    return labels
+
+
 def read_csv_records(root, csv_path, csv_split, split_of):
     """StudyRecords of one CSV; malformed rows come back marked with their problem."""
     text = csv_path.read_bytes().decode("utf-8", errors="surrogateescape")
@@ -89,7 +115,7 @@ def read_csv_records(root, csv_path, csv_split, split_of):
     header = [name.strip().lower() for name in next(reader, [])]
     if "id" not in header or "text" not in header:
         raise ConversionError(f"{csv_path}: expected columns id,text[,path]; the header has {header}")
-    columns = {name: header.index(name) for name in ("id", "text", "path") if name in header}
+    columns = {name: header.index(name) for name in ("id", "text", "path", "label") if name in header}
     records = []
     for row in reader:
         if not row:
@@ -115,8 +141,15 @@ def read_csv_records(root, csv_path, csv_split, split_of):
         records.append(StudyRecord(
             study_id, where, views=[View(f"{study_id}.jpg", path=image)] if image else [],
             findings=sections["findings"], impression=sections["impression"], indication=sections["indication"],
-            split=split_of(study_id, csv_split), source=source_of(study_id)))
+            split=split_of(study_id, csv_split), source=source_of(study_id),
+            labels=parse_label_string(row[columns["label"]]) if "label" in columns else ()))
     return records
+
+
+def add_labels(records, labels):
+    """Records with the labels of their study id from a label file (a CSV's own label column stays where the file
+    has no entry)."""
+    return (dataclasses.replace(record, labels=labels.get(record.study_id, record.labels)) for record in records)
 
 
 def split_rule(present_splits, validation_fraction, test_fraction):
@@ -354,6 +387,9 @@ def build_parser():
                                                        "if present, else file-record number)")
     parser.add_argument("--compression", choices=("auto", "none", "gzip"), default="auto",
                         help="TFRecord compression; auto = GZIP for names ending in .gz (default: %(default)s)")
+    parser.add_argument("--labels", default=None, metavar="JSONL",
+                        help="MedViLL-style label file ({\"id\", \"label\": \"'Cardiomegaly', 'Edema'\"} per line): "
+                             "fills the labels column by study id")
     add_common_arguments(parser, default_output="outputs/datasets/kaggle_cxr")
     add_split_arguments(parser)
     return parser
@@ -368,6 +404,8 @@ def main(argv=None):
         else:
             records, notes = csv_records(args)
             records, total = sample_records(records, args.max_samples, args.seed), None
+        if args.labels:
+            records = add_labels(records, read_label_file(args.labels))
         run_conversion(records, args, notes=notes, total=total)
         return 0
 

@@ -21,6 +21,15 @@ BIOMEDCLIP_VISION_DEFAULTS = {
 
 IMAGE_TOKEN_CHOICES = ("patch", "pooled")
 PROJECTOR_CHOICES = ("linear", "mlp")
+FINDING_GUIDANCE_CHOICES = ("embeddings", "none")
+
+# The 14 observations of the CheXpert labeler (Irvin et al. 2019), in its order: the finding head's default label
+# set, and what modeling_cliptt5.labeler reads in report text.
+CHEXPERT_OBSERVATIONS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
 
 
 class CLIPT5Config(T5Config):
@@ -47,6 +56,29 @@ class CLIPT5Config(T5Config):
             Default text prompt placed after the image tokens; None means image only.
         max_prompt_tokens (`int`, *optional*, defaults to 128):
             Longest prompt the model accepts; the processor truncates longer prompts with a warning.
+        finding_head (`bool`, *optional*, defaults to `False`):
+            Add the finding head: per-patch logits of each finding over the image tokens, pooled per finding over
+            patches and views, so that one head gives each finding's probability and its heatmap. Releases made
+            without it load and draft as before.
+        finding_labels (`list[str]`, *optional*):
+            The head's findings, in order. Defaults to the 14 CheXpert observations (`CHEXPERT_OBSERVATIONS`).
+        finding_head_hidden (`int`, *optional*, defaults to 0):
+            Width of the head's hidden layer (0: one Linear per patch token).
+        finding_pooling_sharpness (`float`, *optional*, defaults to 5.0):
+            r of the log-sum-exp pooling over patches, (1/r) log mean exp(r * logit): small r tends to the mean
+            (findings that fill the image), large r to the maximum (a nodule in one patch).
+        finding_thresholds (`list[float]`, *optional*):
+            Probability at or above which a finding counts as present; fitted per finding on validation data by
+            training (0.5 each by default).
+        finding_guidance (`str`, *optional*, defaults to `"embeddings"`):
+            `"embeddings"`: each finding's status (present / absent) enters the T5 encoder after the image tokens as
+            a learned embedding, so the report follows the head (or findings the caller passes); `"none"`: the head
+            only scores, the report does not see it.
+        finding_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the head's binary cross-entropy beside the report loss when `finding_targets` are given.
+        finding_positive_weights (`list[float]`, *optional*):
+            Per-finding weight of positive examples in that loss (training sets it from label frequencies so that
+            rare findings count); 1.0 each by default.
     """
 
     model_type = "cliptt5"
@@ -62,6 +94,14 @@ class CLIPT5Config(T5Config):
         num_views=1,
         prompt=None,
         max_prompt_tokens=128,
+        finding_head=False,
+        finding_labels=None,
+        finding_head_hidden=0,
+        finding_pooling_sharpness=5.0,
+        finding_thresholds=None,
+        finding_guidance="embeddings",
+        finding_loss_weight=1.0,
+        finding_positive_weights=None,
         **kwargs,
     ):
         if vision_config is None:
@@ -79,6 +119,22 @@ class CLIPT5Config(T5Config):
             raise ValueError(
                 f"image_token_pooling must divide the {grid}x{grid} patch grid, got {image_token_pooling}"
             )
+        self.finding_head = bool(finding_head)
+        self.finding_labels = list(finding_labels) if finding_labels else (
+            list(CHEXPERT_OBSERVATIONS) if self.finding_head else [])
+        if self.finding_head:
+            _check_finding_settings(self.finding_labels, finding_thresholds, finding_positive_weights,
+                                    finding_guidance, image_tokens)
+        elif finding_labels:
+            raise ValueError("finding_labels are given but finding_head is False: set finding_head=True to add the head")
+        count = len(self.finding_labels)
+        self.finding_head_hidden = int(finding_head_hidden)
+        self.finding_pooling_sharpness = float(finding_pooling_sharpness)
+        self.finding_thresholds = [float(value) for value in finding_thresholds] if finding_thresholds else [0.5] * count
+        self.finding_guidance = finding_guidance
+        self.finding_loss_weight = float(finding_loss_weight)
+        self.finding_positive_weights = ([float(value) for value in finding_positive_weights]
+                                         if finding_positive_weights else [1.0] * count)
         self.vision_config = vision_config
         self.clip_projection_dim = int(clip_projection_dim)
         self.image_tokens = image_tokens
@@ -119,9 +175,30 @@ class CLIPT5Config(T5Config):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
+    def uses_finding_guidance(self):
+        """True when the head's findings (or the caller's) enter the T5 encoder."""
+        return self.finding_head and self.finding_guidance == "embeddings"
+
+    @property
     def num_image_tokens_per_view(self):
         """Tokens one image contributes to the T5 encoder input."""
         if self.image_tokens == "pooled":
             return 1
         grid = self.vision_config.image_size // self.vision_config.patch_size
         return 1 + (grid // self.image_token_pooling) ** 2
+
+
+def _check_finding_settings(labels, thresholds, positive_weights, guidance, image_tokens):
+    """ValueErrors naming the setting, for a finding head that could not work as configured."""
+    if len(set(labels)) != len(labels):
+        repeated = sorted({name for name in labels if labels.count(name) > 1})
+        raise ValueError(f"finding_labels must be distinct, {repeated} repeat")
+    for name, values in (("finding_thresholds", thresholds), ("finding_positive_weights", positive_weights)):
+        if values and len(values) != len(labels):
+            raise ValueError(f"{name} has {len(values)} values for {len(labels)} finding_labels")
+    if thresholds and not all(0.0 <= float(value) <= 1.0 for value in thresholds):
+        raise ValueError(f"finding_thresholds must be probabilities in [0, 1], got {thresholds}")
+    if guidance not in FINDING_GUIDANCE_CHOICES:
+        raise ValueError(f"finding_guidance must be one of {FINDING_GUIDANCE_CHOICES}, got {guidance!r}")
+    if image_tokens != "patch":
+        raise ValueError("the finding head reads the patch tokens: it needs image_tokens='patch'")

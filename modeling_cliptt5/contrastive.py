@@ -4,6 +4,10 @@ tower becomes CLIP-T5's (conversion/convert_biomedclip_t5.py reads the saved che
 Image-report pairs come from the report schema (the frontal view and the `report_column` text); training crops
 with RandomResizedCrop(scale=(crop_scale_min, 1)) and never flips (a flip would swap left and right findings);
 validation reports image->text and text->image recall@1/5/10.
+
+With `finding_labels` set, a finding head (CLIP-T5's own CLIPT5FindingHead) reads the image tower's tokens beside
+the contrastive loss, so the tower learns the findings from the labels too; the checkpoint keeps the head
+(FINDING_HEAD_FILE), and stage 2 starts its head from it.
 """
 
 import contextlib
@@ -15,6 +19,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .findings import FINDING_HEAD_FILE, FINDING_HEAD_INFO
+from .modeling_cliptt5 import finding_bce
 from .processing_cliptt5 import to_rgb_image
 from .training import (
     better, full_parameters, log_metrics, make_accelerator, make_scheduler, resume_if_asked, samples_per_second, start_run,
@@ -87,7 +93,10 @@ class ContrastiveCollator:
 
     def __call__(self, examples):
         reports = [example["report"] for example in examples]
+        targets = {"finding_targets": torch.stack([example["finding_targets"] for example in examples])} \
+            if "finding_targets" in examples[0] else {}
         return {
+            **targets,
             "image": torch.stack([example["image_input"] for example in examples]),
             "text": self.tokenizer(reports),
             "references": reports,
@@ -95,6 +104,39 @@ class ContrastiveCollator:
             "ids": [example["id"] for example in examples],
             "skipped": [entry for example in examples for entry in example["skipped"]],
         }
+
+
+class ContrastiveWithFindings(torch.nn.Module):
+    """An open_clip model and a finding head over its image tower's tokens (after the tower's final norm: what CLIP-T5
+    reads as vision features), trained together. forward(image, text) returns open_clip's output dict plus
+    "finding_logits"."""
+
+    def __init__(self, clip_model, num_findings, head_hidden=0, sharpness=5.0):
+        from .modeling_cliptt5 import CLIPT5FindingHead
+
+        super().__init__()
+        self.clip = clip_model
+        trunk = clip_model.visual.trunk
+        self.head = CLIPT5FindingHead(trunk.embed_dim, num_findings, head_hidden, sharpness)
+        self._tokens = None
+        trunk.norm.register_forward_hook(self._keep_tokens)
+
+    def _keep_tokens(self, _module, _inputs, output):
+        self._tokens = output
+
+    @property
+    def visual(self):
+        return self.clip.visual
+
+    @property
+    def logit_scale(self):
+        return self.clip.logit_scale
+
+    def forward(self, image, text):
+        output = self.clip(image, text)
+        logits, _ = self.head(self._tokens[:, None])  # one view
+        self._tokens = None
+        return {**output, "finding_logits": logits}
 
 
 def retrieval_recall(image_features, text_features, ks=RECALL_AT, groups=None):
@@ -144,13 +186,17 @@ def evaluate_retrieval(model, loader, config, accelerator):
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
-    rows = []
+    rows, head_rows = [], []
     with full_parameters(model, accelerator):
         for batch in tqdm(loader, desc="validation", leave=False, disable=not accelerator.is_local_main_process):
             with torch.no_grad(), accelerator.autocast():
                 output = unwrapped(batch["image"].to(accelerator.device), batch["text"].to(accelerator.device))
             batch_rows = list(zip(batch["indices"], output["image_features"].float().cpu(),
                                   output["text_features"].float().cpu(), batch["references"]))
+            if "finding_logits" in output:
+                head_rows += accelerator.gather_for_metrics(
+                    list(zip(batch["indices"], torch.sigmoid(output["finding_logits"].float()).cpu(),
+                             batch["finding_targets"])), use_gather_object=True)
             # per batch: gather_for_metrics knows the last one and drops the studies that pad it
             rows += accelerator.gather_for_metrics(batch_rows, use_gather_object=True)
         logit_scale = unwrapped.logit_scale.detach().exp().float().cpu()
@@ -162,13 +208,30 @@ def evaluate_retrieval(model, loader, config, accelerator):
         texts = torch.stack([text for _, text, _ in ordered])
         metrics["loss"] = contrastive_loss(images, texts, logit_scale).item()
         metrics.update(retrieval_recall(images, texts, groups=[report for _, _, report in ordered]))
+        if head_rows:
+            from .findings import fit_thresholds, score_head
+
+            by_index = {index: (probability, target) for index, probability, target in head_rows}
+            probabilities = torch.stack([by_index[index][0] for index in sorted(by_index)]).numpy()
+            targets = torch.stack([by_index[index][1] for index in sorted(by_index)]).numpy()
+            head = score_head(probabilities, targets, config_finding_names(config), fit_thresholds(probabilities, targets))
+            metrics["finding_macro_f1"] = head["macro_f1"]
+            if head["macro_auroc"] is not None:
+                metrics["finding_macro_auroc"] = head["macro_auroc"]
     unwrapped.train(was_training)
     return broadcast_object_list([metrics])[0]
 
 
-def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder, extra=None):
+def config_finding_names(config):
+    from .findings import resolve_finding_labels
+
+    return resolve_finding_labels(config.finding_labels)
+
+
+def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder, extra=None, finding_labels=None):
     """An open_clip checkpoint folder (open_clip_config.json + safetensors weights + tokenizer files) that
-    `open_clip.create_model("local-dir:FOLDER")` and conversion/convert_biomedclip_t5.py load."""
+    `open_clip.create_model("local-dir:FOLDER")` and conversion/convert_biomedclip_t5.py load; with a finding head
+    (`model` a ContrastiveWithFindings), also its weights and label names."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -176,6 +239,12 @@ def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder,
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        head_state = {}
+        if isinstance(unwrapped, ContrastiveWithFindings):
+            head_state = {name.removeprefix("head."): tensor for name, tensor in state_dict.items()
+                          if name.startswith("head.")}
+            state_dict = {name.removeprefix("clip."): tensor for name, tensor in state_dict.items()
+                          if name.startswith("clip.")}
         with atomic_folder(folder) as staging:
             model_config = open_clip.get_model_config(model_name)
             with open(os.path.join(staging, OPEN_CLIP_CONFIG_FILE), "w", encoding="utf-8") as handle:
@@ -188,12 +257,43 @@ def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder,
             if extra:
                 with open(os.path.join(staging, "training_info.json"), "w", encoding="utf-8") as handle:
                     json.dump(extra, handle, indent=1, default=str)
+            if head_state:
+                save_file({name: tensor.detach().cpu().contiguous() for name, tensor in head_state.items()},
+                          os.path.join(staging, FINDING_HEAD_FILE), metadata={"format": "pt"})
+                with open(os.path.join(staging, FINDING_HEAD_INFO), "w", encoding="utf-8") as handle:
+                    json.dump({"finding_labels": list(finding_labels), "sharpness": unwrapped.head.sharpness},
+                              handle, indent=1)
     accelerator.wait_for_everyone()
     return folder
 
 
+def _cached_images(config, splits, transform, model, accelerator):
+    """The splits without their image column and encoders that read each study's preprocessed frontal view from
+    an image cache (feature_cache.build_image_cache), computed once."""
+    from .feature_cache import build_image_cache, cached_encoder
+
+    cache_root = config.feature_cache_dir or os.path.join(config.output_dir, "feature_cache")
+    size = model.visual.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    cache, keys = build_image_cache(transform, size, splits, cache_root, accelerator)
+
+    def first_view(encode):
+        return lambda row, index: encode(row, index)[0].float()
+
+    encoders = [first_view(cached_encoder(cache, split_keys)) for split_keys in keys]
+    return [rows.remove_columns(["images"]) for rows in splits], encoders
+
+
+def _stage1_targets(config, rows, names, accelerator, split):
+    if not names:
+        return None
+    from .training import _finding_targets
+
+    return _finding_targets(config, rows, names, accelerator, split)[0]
+
+
 def train_contrastive(config):
-    """Runs stage 1; returns (unwrapped open_clip model, last validation metrics)."""
+    """Runs stage 1; returns (the unwrapped open_clip model, last validation metrics)."""
     import open_clip
     from accelerate.utils import set_seed
 
@@ -203,15 +303,25 @@ def train_contrastive(config):
     data = load_training_dataset(config, accelerator)
     model, tokenizer, model_name = load_open_clip(config)
     train_transform, eval_transform = image_transforms(model, config.crop_scale_min)
+    names = config_finding_names(config)
+    if names:
+        model = ContrastiveWithFindings(model, len(names))
     collate = ContrastiveCollator(tokenizer)
-    train_set = StudyDataset(take_first(data[config.train_split], config.max_train_samples),
-                             frontal_image_encoder(train_transform), config.report_column,
-                             max_bad_samples=config.max_bad_samples)
-    validation_set = None
+    splits = [take_first(data[config.train_split], config.max_train_samples)]
     if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
-        validation_set = StudyDataset(take_first(data[config.validation_split], config.eval_max_samples),
-                                      frontal_image_encoder(eval_transform), config.report_column,
-                                      max_bad_samples=config.max_bad_samples)
+        splits.append(take_first(data[config.validation_split], config.eval_max_samples))
+    encoders = [frontal_image_encoder(train_transform), frontal_image_encoder(eval_transform)]
+    if config.image_cache:
+        splits, encoders = _cached_images(config, splits, eval_transform, model, accelerator)
+    targets = [_stage1_targets(config, rows, names, accelerator, split)
+               for rows, split in zip(splits, ("train", "validation"))]
+    studies = [StudyDataset(rows, encoder, config.report_column, max_bad_samples=config.max_bad_samples,
+                            finding_targets=split_targets) for rows, encoder, split_targets in zip(splits, encoders, targets)]
+    train_set, validation_set = studies[0], (studies[1] if len(studies) > 1 else None)
+    if names and config.finding_balance:
+        from .findings import positive_weights
+
+        finding_weights = torch.tensor(positive_weights(targets[0]))
     num_steps = total_steps(config, len(train_set), accelerator.num_processes)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), betas=(0.9, 0.98), eps=1e-6)
     scheduler = make_scheduler(config, optimizer, num_steps)
@@ -244,6 +354,10 @@ def train_contrastive(config):
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 output = model(batch["image"].to(accelerator.device), batch["text"].to(accelerator.device))
                 loss = loss_fn(output["image_features"], output["text_features"], output["logit_scale"])
+                if names:
+                    loss = loss + config.finding_loss_weight * finding_bce(
+                        output["finding_logits"], batch["finding_targets"].to(accelerator.device),
+                        finding_weights if config.finding_balance else None)
                 accelerator.backward(loss / config.gradient_accumulation_steps)
             window_losses.append(loss.detach().float())
             window_samples += len(batch["ids"])
@@ -274,7 +388,7 @@ def train_contrastive(config):
             if better(last_metrics[config.best_metric], trainer_state["best_value"], config.best_metric):
                 trainer_state.update(best_value=last_metrics[config.best_metric], best_step=step)
                 save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, config.release_dir,
-                                          {"step": step, "metrics": last_metrics})
+                                          {"step": step, "metrics": last_metrics}, names)
             model.train()
         if step % config.save_every_steps == 0 or step == num_steps:
             trainer_state["bad_samples"] = bad_log.count
@@ -282,7 +396,7 @@ def train_contrastive(config):
     progress.close()
     if eval_loader is None:
         save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, config.release_dir,
-                                  {"step": trainer_state["step"]})
+                                  {"step": trainer_state["step"]}, names)
     if accelerator.is_main_process:
         plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
                     metric_names=[name for name in last_metrics if "recall@1" in name])
@@ -293,4 +407,4 @@ def train_contrastive(config):
               f"--clip-model {config.release_dir})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return unwrapped, last_metrics
+    return (unwrapped.clip if names else unwrapped), last_metrics

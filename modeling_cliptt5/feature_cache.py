@@ -5,6 +5,9 @@ stored in one memory-mapped .npy array [studies, views, tokens, channels] with a
 study's image bytes to its row. The folder is named by a fingerprint of the tower's weights, the image
 preprocessing and the storage type, so a changed tower never reads stale features. Ranks compute disjoint
 shares into the same file (output folders must be shared between ranks, as for checkpoints).
+
+The same store keeps preprocessed images (`build_image_cache`) for a tower that trains on un-augmented images
+(stage 1 with crop_scale_min=1): decoding a PNG and resizing it costs more than the small demo tower's step.
 """
 
 import hashlib
@@ -118,12 +121,43 @@ def _feature_shape(config):
 
 
 def build_feature_cache(model, image_processor, splits, cache_root, accelerator, batch_size=32, dtype="float16"):
-    """Returns (FeatureCache, keys per split). Reuses a complete cache with the same fingerprint that holds every
-    study; otherwise every rank computes its share of the studies into a hidden folder that the main process
-    renames into place once complete."""
-    num_views = model.config.num_views
+    """Returns (FeatureCache, keys per split) of the frozen tower's vision features (see build_cache)."""
+    def preprocess(views):
+        return image_processor(views, return_tensors="pt")["pixel_values"]
+
+    def encode(pixels):
+        with torch.no_grad():
+            return model.get_vision_features(pixels.to(next(model.parameters()).device)).float().cpu()
+
+    was_training = model.training
+    model.eval()
+    try:
+        return build_cache(splits, os.path.join(cache_root, cache_fingerprint(model, image_processor, dtype)),
+                           accelerator, preprocess, encode, _feature_shape(model.config), model.config.num_views,
+                           batch_size, dtype)
+    finally:
+        model.train(was_training)
+
+
+def build_image_cache(transform, image_size, splits, cache_root, accelerator, batch_size=64, dtype="float16"):
+    """Returns (FeatureCache, keys per split) of each study's first view through a deterministic `transform`
+    (PIL RGB image -> [3, image_size, image_size] tensor), stored as [studies, 1, 3, image_size, image_size]."""
+    from .processing_cliptt5 import to_rgb_image
+
+    def preprocess(views):
+        return transform(to_rgb_image(views[0]))[None]
+
+    fingerprint = hashlib.sha1(json.dumps({"transform": repr(transform), "dtype": dtype}).encode()).hexdigest()[:16]
+    return build_cache(splits, os.path.join(cache_root, f"images-{fingerprint}"), accelerator, preprocess,
+                       lambda pixels: pixels, (1, 3, image_size, image_size), 1, batch_size, dtype)
+
+
+def build_cache(splits, folder, accelerator, preprocess, encode, shape, num_views, batch_size, dtype):
+    """Returns (FeatureCache, keys per split): `encode(stacked preprocess(views))` for every study of `splits`.
+    Reuses a complete cache in `folder` that holds every study; otherwise every rank computes its share of the
+    studies into a hidden folder that the main process renames into place once complete."""
+    cache_root = os.path.dirname(folder)
     keys_per_split = [study_keys(rows, num_views) for rows in splits]
-    folder = os.path.join(cache_root, cache_fingerprint(model, image_processor, dtype))
     # The first row of each key is the one whose images are encoded.
     sources = {}
     for split_index, keys in enumerate(keys_per_split):
@@ -141,17 +175,13 @@ def build_feature_cache(model, image_processor, splits, cache_root, accelerator,
     if accelerator.is_main_process:
         shutil.rmtree(temp_dir, ignore_errors=True)
         os.makedirs(temp_dir)
-        np.lib.format.open_memmap(features_path, mode="w+", dtype=dtype,
-                                  shape=(len(ordered_keys), *_feature_shape(model.config)))
+        np.lib.format.open_memmap(features_path, mode="w+", dtype=dtype, shape=(len(ordered_keys), *shape))
     accelerator.wait_for_everyone()
 
     features = np.load(features_path, mmap_mode="r+")
     mine = list(range(accelerator.process_index, len(ordered_keys), accelerator.num_processes))
     image_rows = [rows.select_columns(["id", "images"]) for rows in splits]
     unreadable = []
-    device = next(model.parameters()).device  # where the tower is, whatever the accelerator's default
-    was_training = model.training
-    model.eval()
     with tqdm(total=len(mine), desc="caching image features", unit="study",
               disable=not accelerator.is_local_main_process) as progress:
         for start in range(0, len(mine), batch_size):
@@ -161,17 +191,13 @@ def build_feature_cache(model, image_processor, splits, cache_root, accelerator,
                 try:
                     row = image_rows[split_index][row_index]
                     views = choose_views(row["images"], num_views, row["id"])
-                    pixels.append(image_processor(views, return_tensors="pt")["pixel_values"])
+                    pixels.append(preprocess(views))
                     positions.append(position)
                 except Exception:  # noqa: BLE001 - an unreadable study is left out; training skips and logs it
                     unreadable.append(ordered_keys[position])
             if positions:
-                with torch.no_grad():
-                    batch = torch.stack(pixels).to(device)
-                    computed = model.get_vision_features(batch).float().cpu().numpy()
-                features[positions] = computed.astype(dtype)
+                features[positions] = encode(torch.stack(pixels)).numpy().astype(dtype)
             progress.update(len(mine[start:start + batch_size]))
-    model.train(was_training)
     features.flush()
     del features
     unreadable = set(gather_object(unreadable))  # every rank's unreadable studies
@@ -183,8 +209,8 @@ def build_feature_cache(model, image_processor, splits, cache_root, accelerator,
         with open(os.path.join(temp_dir, UNREADABLE_FILE), "w", encoding="utf-8") as handle:
             json.dump(sorted(unreadable), handle)
         with open(os.path.join(temp_dir, INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump({"studies": len(index), "unreadable": len(unreadable), "dtype": dtype,
-                       "shape": list(_feature_shape(model.config))}, handle)
+            json.dump({"studies": len(index), "unreadable": len(unreadable), "dtype": dtype, "shape": list(shape)},
+                      handle)
         os.makedirs(cache_root, exist_ok=True)
         replace_folder(temp_dir, folder)
     accelerator.wait_for_everyone()

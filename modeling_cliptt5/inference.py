@@ -52,6 +52,13 @@ class DraftedReport:
     seconds: float = 0.0
     labels: dict | None = None
     error: str | None = None
+    # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
+    # was guided by, and where the head and the text disagree (None when no rule reader knows the label set)
+    finding_probabilities: dict | None = None
+    predicted_findings: list | None = None
+    guidance: list | None = None
+    disagreements: list | None = None
+    finding_maps: object = None  # [views, findings, grid, grid] tensor, for the page's heatmaps
 
 
 def looks_like_image(path: Path) -> bool:
@@ -189,13 +196,60 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, gene
     return model.to(device), processor
 
 
-def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict) -> list[dict]:
-    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}]."""
+def generate_with_findings(model, inputs: dict, generate_kwargs: dict, findings=None):
+    """(sequences, CLIPT5FindingOutput or None): the drafts and, with a finding head, what the head says, from one
+    pass of the image tower. `findings` (one entry per study, see CLIPT5ForConditionalGeneration.findings_tensor)
+    replace the head's decisions in the guidance."""
+    if hasattr(model, "generate_with_findings"):  # the ONNX fast path computes both in its encoder graph
+        return model.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
+    if getattr(model, "finding_head", None) is None:
+        if findings is not None:
+            raise ValueError("this model has no finding head: it cannot take findings")
+        return model.generate(**inputs, **generate_kwargs), None
+    inputs = dict(inputs)
+    vision_features = model.get_vision_features(inputs.pop("pixel_values"))
+    head = model.predict_findings(vision_features=vision_features)
+    sequences = model.generate(vision_features=vision_features, findings=findings, **inputs, **generate_kwargs)
+    return sequences, head
+
+
+def guidance_names(names, present, given):
+    """The findings a draft was guided by: the head's decisions, with a caller's `given` entry (a list of names or a
+    {name: bool} dict, as generate() takes) where it says something."""
+    if given is None:
+        return [name for name, flag in zip(names, present) if flag]
+    if isinstance(given, dict):
+        return [name for name, flag in zip(names, present) if given.get(name, bool(flag))]
+    return [name for name in names if name in given]
+
+
+def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict,
+                findings: list | None = None) -> list[dict]:
+    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}], plus, with a
+    finding head, "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance"
+    (what the draft followed: the head's findings, or `findings` where given), "disagreements" and
+    "finding_maps"."""
+    from .findings import disagreements, text_reader
+
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     with torch.inference_mode():
-        sequences = model.generate(**inputs, **generate_kwargs)
-    return processor.batch_decode_reports(sequences)
+        sequences, head = generate_with_findings(model, inputs, generate_kwargs, findings)
+    reports = processor.batch_decode_reports(sequences)
+    if head is None:
+        return reports
+    names = list(model.config.finding_labels)
+    reader = text_reader(names)
+    for study, report in enumerate(reports):
+        present = head.present[study].tolist()
+        guided = guidance_names(names, present, None if findings is None else findings[study])
+        report.update(
+            finding_probabilities={name: round(float(p), 4) for name, p in zip(names, head.probabilities[study])},
+            predicted_findings=[name for name, flag in zip(names, present) if flag],
+            guidance=guided,
+            disagreements=disagreements([name in guided for name in names], report["text"], names, reader),
+            finding_maps=head.maps[study].cpu())
+    return reports
 
 
 def draft_reports(
@@ -253,6 +307,11 @@ def draft_reports(
                 findings=draft["findings"],
                 impression=draft["impression"],
                 seconds=seconds,
+                finding_probabilities=draft.get("finding_probabilities"),
+                predicted_findings=draft.get("predicted_findings"),
+                guidance=draft.get("guidance"),
+                disagreements=draft.get("disagreements"),
+                finding_maps=draft.get("finding_maps"),
             )
 
 

@@ -6,9 +6,15 @@ language model as in transformers' LLaVA / BLIP-2: they are projected (`clip_pro
 encoder through `inputs_embeds`, followed by the token embeddings of an optional text prompt.
 """
 
+import math
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
 from transformers import T5ForConditionalGeneration, ViTModel
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils import ModelOutput
 
 from .configuration_cliptt5 import CLIPT5Config
 
@@ -41,6 +47,90 @@ class CLIPT5Projector(nn.Module):
         return image_embeds.flatten(1, 2)
 
 
+class CLIPT5FindingHead(nn.Module):
+    """Finding logits per patch token, pooled per finding over the patches of every view by log-sum-exp.
+
+    The per-patch logits are the finding's heatmap; the pooled logit is the study's. Log-sum-exp pooling with
+    sharpness r, (1/r) log mean exp(r * logit), lies between the mean (a large heart fills many patches) and the
+    maximum (a nodule sits in one), as in multiple-instance learning on radiographs."""
+
+    def __init__(self, in_features, num_findings, hidden=0, sharpness=5.0):
+        super().__init__()
+        if hidden:
+            self.layers = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, num_findings))
+        else:
+            self.layers = nn.Sequential(nn.Linear(in_features, num_findings))
+        self.sharpness = sharpness
+
+    def forward(self, vision_features):
+        """[batch, views, 1 + patches, channels] (CLS first) -> (logits [batch, findings],
+        patch logits [batch, views, patches, findings])."""
+        patch_logits = self.layers(vision_features[:, :, 1:])
+        flat = patch_logits.flatten(1, 2).float()
+        pooled = (torch.logsumexp(self.sharpness * flat, dim=1) - math.log(flat.shape[1])) / self.sharpness
+        return pooled.to(patch_logits.dtype), patch_logits
+
+
+def findings_to_tensor(findings, names, batch):
+    """Findings given by a caller -> [batch, findings] long: 1 present, 0 absent, -1 for the head to decide.
+
+    `findings`: a tensor of that shape, or one entry per study: a list of the names present (every other finding
+    absent), or a dict {name: True / False} (findings not named are left to the head). Unknown names are a
+    ValueError naming them."""
+    if torch.is_tensor(findings):
+        if tuple(findings.shape) != (batch, len(names)):
+            raise ValueError(f"findings must have shape [{batch}, {len(names)}] (studies, findings), "
+                             f"got {tuple(findings.shape)}")
+        if not torch.isin(findings, torch.tensor([-1, 0, 1], device=findings.device)).all():
+            raise ValueError("findings must hold 1 (present), 0 (absent) or -1 (the head decides)")
+        return findings.long()
+    if len(findings) != batch:
+        raise ValueError(f"{len(findings)} findings entries for {batch} studies: pass one per study")
+    unknown = sorted({name for study in findings for name in study} - set(names))
+    if unknown:
+        raise ValueError(f"unknown finding name(s) {unknown}; this model's findings are {list(names)}")
+    rows = []
+    for study in findings:
+        if isinstance(study, dict):
+            rows.append([int(bool(study[name])) if name in study else -1 for name in names])
+        else:
+            rows.append([int(name in study) for name in names])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def finding_bce(logits, targets, positive_weights=None):
+    """Binary cross-entropy of finding logits [batch, findings] against 1 / 0 targets, positives weighted per finding
+    (`positive_weights`, [findings]); targets of -100 (an uncertain label, say) do not count."""
+    targets = targets.to(logits.device).float()
+    counted = (targets != -100).float()
+    weights = None if positive_weights is None else positive_weights.to(logits.device)
+    losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.clamp(min=0), pos_weight=weights,
+                                                            reduction="none")
+    return (losses * counted).sum() / counted.sum().clamp(min=1)
+
+
+@dataclass
+class CLIPT5FindingOutput(ModelOutput):
+    """What the finding head says about each study.
+
+    logits / probabilities: [batch, findings]; present: [batch, findings] bool, probability >= the finding's
+    threshold; maps: [batch, views, findings, grid, grid], each patch's probability of the finding (its heatmap)."""
+
+    logits: Optional[torch.FloatTensor] = None
+    probabilities: Optional[torch.FloatTensor] = None
+    present: Optional[torch.BoolTensor] = None
+    maps: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class CLIPT5Seq2SeqLMOutput(Seq2SeqLMOutput):
+    """Seq2SeqLMOutput plus the finding head's logits, and its loss when `finding_targets` were given (`loss` is then
+    the report loss plus `finding_loss_weight` times it)."""
+
+    finding_logits: Optional[torch.FloatTensor] = None
+    finding_loss: Optional[torch.FloatTensor] = None
+
+
 class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     """T5ForConditionalGeneration whose encoder reads image tokens (and an optional prompt) instead of text alone.
 
@@ -61,6 +151,14 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             else None
         )
         self.clip_projection = CLIPT5Projector(config)
+        if config.finding_head:
+            self.finding_head = CLIPT5FindingHead(config.vision_config.hidden_size, len(config.finding_labels),
+                                                  config.finding_head_hidden, config.finding_pooling_sharpness)
+        else:
+            self.finding_head = None
+        # One learned token per finding and status (absent 0, present 1), read by the T5 encoder after the image.
+        self.finding_embeddings = (nn.Embedding(2 * len(config.finding_labels), config.d_model)
+                                   if config.uses_finding_guidance else None)
         self.post_init()
 
     def _init_weights(self, module):
@@ -74,13 +172,19 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         elif isinstance(module, nn.Embedding) and module is getattr(getattr(self, "clip_projection", None),
                                                                     "view_embeddings", None):
             init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.Embedding) and module is getattr(self, "finding_embeddings", None):
+            init.normal_(module.weight, mean=0.0, std=1.0)  # the scale of T5's own token embeddings
         else:
             super()._init_weights(module)
 
     def _projection_layers(self):
         # T5's __init__ already runs post_init(), before these modules exist
         projector, visual_projection = getattr(self, "clip_projection", None), getattr(self, "visual_projection", None)
-        layers = [layer for layer in projector.layers if isinstance(layer, nn.Linear)] if projector is not None else []
+        head = getattr(self, "finding_head", None)
+        layers = []
+        for module in (projector, head):
+            if module is not None:
+                layers += [layer for layer in module.layers if isinstance(layer, nn.Linear)]
         return layers + ([visual_projection] if visual_projection is not None else [])
 
     def _check_pixel_values(self, pixel_values):
@@ -136,14 +240,76 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         """Image tokens as T5 sees them: [batch, views * tokens, d_model]."""
         return self.clip_projection(self.get_vision_features(pixel_values))
 
-    def build_encoder_inputs(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None):
-        """Returns (inputs_embeds, attention_mask) for the T5 encoder: image tokens, then the prompt tokens."""
+    def predict_findings(self, pixel_values=None, vision_features=None):
+        """The finding head's probabilities, present/absent decisions (the release's thresholds) and heatmaps for a
+        batch of studies (a `CLIPT5FindingOutput`); pass pixel_values or cached vision_features."""
+        if self.finding_head is None:
+            raise ValueError("this model has no finding head (config.finding_head is False)")
+        if vision_features is None:
+            if pixel_values is None:
+                raise ValueError("predict_findings needs pixel_values (or cached vision_features)")
+            vision_features = self.get_vision_features(pixel_values)
+        return self.finding_output(*self.finding_head(vision_features.to(self.dtype)))
+
+    def finding_output(self, logits, patch_logits):
+        """The head's logits [batch, findings] and patch logits [batch, views, patches, findings] -> a
+        CLIPT5FindingOutput (probabilities, present at the config's thresholds, maps per view and finding)."""
+        probabilities = torch.sigmoid(logits.float())
+        vision = self.config.vision_config
+        grid = vision.image_size // vision.patch_size // self.config.image_token_pooling
+        maps = torch.sigmoid(patch_logits.float()).transpose(2, 3).unflatten(3, (grid, grid))
+        return CLIPT5FindingOutput(logits=logits, probabilities=probabilities,
+                                   present=probabilities >= self._thresholds(probabilities.device), maps=maps)
+
+    def _thresholds(self, device):
+        return torch.tensor(self.config.finding_thresholds, device=device)
+
+    def findings_tensor(self, findings, batch):
+        """Findings given by a caller -> [batch, findings] long: 1 present, 0 absent, -1 for the head to decide
+        (see `findings_to_tensor`)."""
+        if self.finding_embeddings is None:
+            raise ValueError("this model does not take findings: it has no finding head with guidance "
+                             "(config.finding_head / finding_guidance)")
+        return findings_to_tensor(findings, self.config.finding_labels, batch)
+
+    def finding_tokens(self, statuses):
+        """[batch, findings] 0/1 -> the guidance tokens [batch, findings, d_model]."""
+        offsets = torch.arange(statuses.shape[1], device=statuses.device) * 2
+        return self.finding_embeddings(offsets + statuses.long())
+
+    def guidance_statuses(self, finding_logits, given=None):
+        """Each finding's status for the guidance tokens: the head's decision (probability >= threshold), replaced
+        by `given` ([batch, findings] 1 / 0, -1 = keep the head's) where given."""
+        predicted = (torch.sigmoid(finding_logits.detach().float()) >= self._thresholds(finding_logits.device)).long()
+        return predicted if given is None else torch.where(given >= 0, given.to(predicted.device), predicted)
+
+    def build_encoder_inputs(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None,
+                             findings=None, finding_logits=None):
+        """Returns (inputs_embeds, attention_mask) for the T5 encoder: image tokens, then (with guidance) one token per
+        finding and its status, then the prompt tokens. `findings` (see `findings_tensor`) override the head's
+        decisions; `finding_logits`, when already computed, save running the head again."""
         if vision_features is None:
             if pixel_values is None:
                 raise ValueError("CLIP-T5 needs an image: pass pixel_values (or cached vision_features)")
             vision_features = self.get_vision_features(pixel_values)
+        batch = vision_features.shape[0]
+        statuses = None
+        if self.finding_embeddings is not None:
+            if finding_logits is None:
+                finding_logits, _ = self.finding_head(vision_features.to(self.dtype))
+            given = None if findings is None else self.findings_tensor(findings, batch)
+            statuses = self.guidance_statuses(finding_logits, given)
+        elif findings is not None:
+            self.findings_tensor(findings, batch)  # raises: this model takes no findings
+        return self.encoder_inputs(vision_features, statuses, input_ids, attention_mask)
+
+    def encoder_inputs(self, vision_features, statuses=None, input_ids=None, attention_mask=None):
+        """(inputs_embeds, attention_mask) from vision features, the guidance statuses (with guidance) and the
+        prompt."""
         image_embeds = self.clip_projection(vision_features.to(self.dtype))
         batch = image_embeds.shape[0]
+        if statuses is not None:
+            image_embeds = torch.cat([image_embeds, self.finding_tokens(statuses).to(image_embeds.dtype)], dim=1)
         image_mask = torch.ones(batch, image_embeds.shape[1], dtype=torch.long, device=image_embeds.device)
         if input_ids is None:
             return image_embeds, image_mask
@@ -168,6 +334,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         vision_features=None,
         encoder_outputs=None,
         inputs_embeds=None,
+        findings=None,
+        finding_targets=None,
         **kwargs,
     ):
         r"""
@@ -176,35 +344,64 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             its first step) or when `vision_features` (cached `get_vision_features` output) are given.
         input_ids, attention_mask:
             The optional text prompt that follows the image tokens (padded prompts need their mask).
+        findings (models with a finding head and guidance):
+            The findings the report should follow, instead of the head's decisions (see `findings_tensor`;
+            -1 leaves a finding to the head). Training passes the true findings here for some studies.
+        finding_targets (`torch.FloatTensor` of shape `[batch, findings]`):
+            1 / 0 per finding for the head's loss; -100 leaves a finding out of it (an uncertain label, say).
         Other arguments (labels, decoder_input_ids, ...) are T5ForConditionalGeneration's.
         """
+        finding_logits = None
         if encoder_outputs is None and inputs_embeds is None:
+            if self.finding_head is not None:
+                if vision_features is None:
+                    if pixel_values is None:
+                        raise ValueError("CLIP-T5 needs an image: pass pixel_values (or cached vision_features)")
+                    vision_features = self.get_vision_features(pixel_values)
+                finding_logits, _ = self.finding_head(vision_features.to(self.dtype))
             inputs_embeds, attention_mask = self.build_encoder_inputs(
-                pixel_values, input_ids, attention_mask, vision_features
+                pixel_values, input_ids, attention_mask, vision_features, findings, finding_logits
             )
-        return super().forward(
+        outputs = super().forward(
             input_ids=None,
             attention_mask=attention_mask,
             encoder_outputs=encoder_outputs,
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
+        if finding_logits is None:
+            return outputs
+        finding_loss = None if finding_targets is None else self.finding_loss(finding_logits, finding_targets)
+        fields = {name: value for name, value in outputs.items()}
+        if finding_loss is not None:
+            weighted = self.config.finding_loss_weight * finding_loss
+            fields["loss"] = weighted if outputs.loss is None else outputs.loss + weighted
+        return CLIPT5Seq2SeqLMOutput(**fields, finding_logits=finding_logits, finding_loss=finding_loss)
+
+    def finding_loss(self, finding_logits, finding_targets):
+        """The head's loss (finding_bce), positives weighted per finding by config.finding_positive_weights."""
+        return finding_bce(finding_logits, finding_targets, torch.tensor(self.config.finding_positive_weights))
 
     @torch.no_grad()
-    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None, **kwargs):
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None, findings=None,
+                 **kwargs):
         """Drafts reports. `generate(pixel_values=...)` needs no text; a prompt (input_ids) is optional.
 
-        All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample, max_new_tokens,
-        no_repeat_ngram_size, generation_config, ...) work as usual.
+        With a finding head and guidance, the report follows the head's findings, or `findings` where the caller
+        gives them (a list of the names present per study, a {name: bool} dict per study, or a [batch, findings]
+        tensor of 1 / 0 / -1; see `findings_tensor`): a reader who corrects a finding gets a report that follows
+        the correction. All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
+        max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
         """
         if pixel_values is None and vision_features is None:
             if "inputs_embeds" in kwargs or "encoder_outputs" in kwargs:
                 return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values (or vision_features)")
         inputs_embeds, attention_mask = self.build_encoder_inputs(
-            pixel_values, input_ids, attention_mask, vision_features
+            pixel_values, input_ids, attention_mask, vision_features, findings
         )
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
-__all__ = ["CLIPT5ForConditionalGeneration", "CLIPT5Projector"]
+__all__ = ["CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5Projector",
+           "CLIPT5Seq2SeqLMOutput"]

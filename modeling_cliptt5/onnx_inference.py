@@ -6,7 +6,9 @@ a step. ONNX Runtime runs the same step as one graph call (benchmarks/bench_cpu_
 threads, 100 greedy tokens: PyTorch int8 0.82 s, ONNX Runtime int8 0.42 s, eager float32 2.41 s). Two graphs
 are exported from the loaded model, with its own modules:
 - the encoder: pixels (and an optional prompt) -> image tokens -> T5 encoder, plus every decoder layer's
-  cross-attention keys and values, which stay the same for the whole draft;
+  cross-attention keys and values, which stay the same for the whole draft; with a finding head, the graph also
+  gives the head's probabilities and heatmaps, and takes the findings a caller sets (-1: the head decides), so
+  that the guidance tokens follow a reader's correction;
 - one decoding step: the last token and the self-attention cache -> next-token logits and the grown cache.
 Weights are then int8-quantized per output channel (onnxruntime.quantization.quantize_dynamic), or kept float32
 with `weights="float32"`.
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-EXPORT_FORMAT = 1  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 2  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
 # GenerationConfig fields whose non-default values greedy decoding here does not implement.
@@ -86,30 +88,38 @@ def _cross_attentions(model):
 
 
 class EncoderGraph(nn.Module):
-    """pixel_values, prompt ids and mask -> encoder hidden states' mask and each decoder layer's cross keys/values.
-
-    A zero-length prompt ([batch, 0]) means no prompt: one graph serves both.
-    """
+    """pixel_values, prompt ids and mask (and, with a finding head, the caller's findings: 1 / 0, -1 for the head's
+    decision) -> encoder hidden states' mask, each decoder layer's cross keys/values (and the head's probabilities
+    and heatmaps). A zero-length prompt ([batch, 0]) means no prompt: one graph serves both."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values, prompt_ids, prompt_mask):
-        inputs_embeds, _ = self.model.build_encoder_inputs(pixel_values, prompt_ids, prompt_mask)
-        # The same mask as build_encoder_inputs', made so that the exporter keeps the batch size an input dimension
+    def forward(self, pixel_values, prompt_ids, prompt_mask, findings=None):
+        model = self.model
+        vision_features = model.get_vision_features(pixel_values)
+        head_outputs, statuses = (), None
+        if model.finding_head is not None:
+            logits, patch_logits = model.finding_head(vision_features)
+            head = model.finding_output(logits, patch_logits)
+            head_outputs = (head.probabilities, head.maps)
+            if model.finding_embeddings is not None:
+                statuses = model.guidance_statuses(logits, findings)
+        inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask)
+        # The same mask as encoder_inputs', made so that the exporter keeps the batch size an input dimension
         # (it turns torch.ones(batch, ...) into a constant of the traced batch size).
         image_tokens = inputs_embeds.shape[1] - prompt_ids.shape[1]
         image_mask = torch.ones(1, image_tokens, dtype=torch.long).expand(prompt_mask.shape[0], -1)
         attention_mask = torch.cat([image_mask, prompt_mask], dim=1)
-        hidden = self.model.get_encoder()(inputs_embeds=inputs_embeds,
-                                          attention_mask=additive_mask(attention_mask)).last_hidden_state
-        heads_first = (hidden.shape[0], hidden.shape[1], -1, self.model.config.d_kv)
+        hidden = model.get_encoder()(inputs_embeds=inputs_embeds,
+                                     attention_mask=additive_mask(attention_mask)).last_hidden_state
+        heads_first = (hidden.shape[0], hidden.shape[1], -1, model.config.d_kv)
         cross = []
-        for attention in _cross_attentions(self.model):
+        for attention in _cross_attentions(model):
             cross += [attention.k(hidden).view(heads_first).transpose(1, 2),
                       attention.v(hidden).view(heads_first).transpose(1, 2)]
-        return (attention_mask, *cross)
+        return (attention_mask, *cross, *head_outputs)
 
 
 class DecoderStepGraph(nn.Module):
@@ -166,19 +176,29 @@ def export_graphs(model, folder, weights="int8"):
     pixel_values = torch.zeros(2, *views, 3, size, size)
     prompt_ids = torch.ones(2, 3, dtype=torch.long)
     prompt_mask = torch.ones(2, 3, dtype=torch.long)
+    encoder_inputs, encoder_input_names = (pixel_values, prompt_ids, prompt_mask), ["pixel_values", "prompt_ids",
+                                                                                    "prompt_mask"]
+    encoder_axes = {"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
+                    "prompt_mask": {0: "batch", 1: "prompt"}}
+    head_names = []
+    if model.finding_embeddings is not None:
+        encoder_inputs += (torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),)
+        encoder_input_names.append("findings")
+        encoder_axes["findings"] = {0: "batch"}
+    if model.finding_head is not None:
+        head_names = ["finding_probabilities", "finding_maps"]
+        encoder_axes.update({name: {0: "batch"} for name in head_names})
     cross_names = [name for name in _cache_names(layers) if name.startswith("cross")]
     float_folder = folder / "float32" if weights == "int8" else folder
     float_folder.mkdir(exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's and T5's deprecation notices
-        encoder_outputs = EncoderGraph(model)(pixel_values, prompt_ids, prompt_mask)
+        encoder_outputs = EncoderGraph(model)(*encoder_inputs)
         torch.onnx.export(
-            EncoderGraph(model), (pixel_values, prompt_ids, prompt_mask), str(float_folder / ENCODER_FILE),
-            input_names=["pixel_values", "prompt_ids", "prompt_mask"],
-            output_names=["encoder_attention_mask", *cross_names],
-            dynamic_axes={"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
-                          "prompt_mask": {0: "batch", 1: "prompt"},
-                          "encoder_attention_mask": {0: "batch", 1: "encoder"},
+            EncoderGraph(model), encoder_inputs, str(float_folder / ENCODER_FILE),
+            input_names=encoder_input_names,
+            output_names=["encoder_attention_mask", *cross_names, *head_names],
+            dynamic_axes={**encoder_axes, "encoder_attention_mask": {0: "batch", 1: "encoder"},
                           **{name: {0: "batch", 2: "encoder"} for name in cross_names}},
             opset_version=17, dynamo=False,
         )
@@ -303,24 +323,42 @@ class OnnxCLIPT5:
         return cls(folder, CLIPT5Config.from_pretrained(release_folder),
                    GenerationConfig.from_pretrained(release_folder), threads, weights)
 
-    def start(self, pixel_values, input_ids=None, attention_mask=None):
-        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches)."""
+    def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None):
+        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches) and, with a
+        finding head, its CLIPT5FindingOutput (else None)."""
+        from .modeling_cliptt5 import CLIPT5FindingOutput, findings_to_tensor
+
         batch = pixel_values.shape[0]
         if input_ids is None:  # no prompt: a zero-length one
             input_ids = torch.zeros(batch, 0, dtype=torch.long)
             attention_mask = torch.zeros(batch, 0, dtype=torch.long)
         elif attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        encoder_mask, *cross = self.encoder_session.run(None, {
-            "pixel_values": pixel_values.float().numpy(), "prompt_ids": input_ids.numpy().astype(np.int64),
-            "prompt_mask": attention_mask.numpy().astype(np.int64)})
         config = self.config
+        feeds = {"pixel_values": pixel_values.float().numpy(), "prompt_ids": input_ids.numpy().astype(np.int64),
+                 "prompt_mask": attention_mask.numpy().astype(np.int64)}
+        if config.uses_finding_guidance:
+            given = (torch.full((batch, len(config.finding_labels)), -1, dtype=torch.long) if findings is None
+                     else findings_to_tensor(findings, config.finding_labels, batch))
+            feeds["findings"] = given.numpy().astype(np.int64)
+        elif findings is not None:
+            raise ValueError("this model does not take findings: it has no finding head with guidance")
+        encoder_mask, *outputs = self.encoder_session.run(None, feeds)
+        head = None
+        if config.finding_head:
+            *cross, probabilities, maps = outputs
+            probabilities = torch.from_numpy(probabilities)
+            thresholds = torch.tensor(config.finding_thresholds)
+            head = CLIPT5FindingOutput(logits=torch.logit(probabilities), probabilities=probabilities,
+                                       present=probabilities >= thresholds, maps=torch.from_numpy(maps))
+        else:
+            cross = outputs
         empty = np.zeros((batch, config.num_heads, 0, config.d_kv), np.float32)
         feeds = {"encoder_attention_mask": encoder_mask}
         for layer in range(config.num_decoder_layers):
             feeds.update({f"self_keys.{layer}": empty, f"self_values.{layer}": empty,
                           f"cross_keys.{layer}": cross[2 * layer], f"cross_values.{layer}": cross[2 * layer + 1]})
-        return feeds
+        return feeds, head
 
     def step(self, feeds, tokens):
         """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
@@ -329,7 +367,19 @@ class OnnxCLIPT5:
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
         return logits
 
-    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, **settings):
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **settings):
+        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **settings)[0]
+
+    def predict_findings(self, pixel_values):
+        """The finding head's CLIPT5FindingOutput for these images (the encoder graph computes it)."""
+        if not self.config.finding_head:
+            raise ValueError("this model has no finding head (config.finding_head is False)")
+        return self.start(pixel_values)[1]
+
+    def generate_with_findings(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None,
+                               **settings):
+        """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None) from one encoder
+        graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
         refused = refused_settings(self.generation_config, settings)
         if refused:
             raise ValueError(f"the ONNX fast path decodes greedily and does not implement {', '.join(refused)}; "
@@ -337,7 +387,7 @@ class OnnxCLIPT5:
         if pixel_values is None:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
         max_new_tokens, min_new_tokens = self._draft_length(settings)
-        feeds = self.start(pixel_values, input_ids, attention_mask)
+        feeds, head = self.start(pixel_values, input_ids, attention_mask, findings)
         eos = self.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         pad = self.generation_config.pad_token_id
@@ -353,7 +403,7 @@ class OnnxCLIPT5:
             finished |= np.isin(next_tokens, eos)
             if finished.all():
                 break
-        return torch.from_numpy(tokens)
+        return torch.from_numpy(tokens), head
 
     def _draft_length(self, settings):
         """(max_new_tokens, min_new_tokens) as transformers' generate() resolves them for an encoder-decoder."""
@@ -366,7 +416,7 @@ class OnnxCLIPT5:
 
     def teacher_forced_logits(self, pixel_values, decoder_input_ids):
         """Logits [batch, length, vocab] for given decoder inputs, as the model's forward gives them."""
-        feeds = self.start(pixel_values)
+        feeds, _ = self.start(pixel_values)
         ids = decoder_input_ids.numpy()
         return torch.from_numpy(np.stack([self.step(feeds, ids[:, position]) for position in range(ids.shape[1])], 1))
 

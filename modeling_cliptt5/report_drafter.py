@@ -33,14 +33,27 @@ class ReportDrafter:
         """The prompt the model was trained with, or None for image-only training."""
         return self.model.config.prompt
 
-    def draft(self, images, prompt=None):
-        """(report, warning or None) for one study: `images` are its views in order (PIL), `prompt` optional.
+    @property
+    def finding_labels(self):
+        """The finding head's labels ([] without a head)."""
+        return list(self.model.config.finding_labels) if self.model.config.finding_head else []
+
+    @property
+    def takes_findings(self):
+        """True when the draft follows findings (the head's, or a reader's correction of them)."""
+        return self.model.config.uses_finding_guidance
+
+    def draft(self, images, prompt=None, findings=None):
+        """(report, warning or None) for one study: `images` are its views in order (PIL), `prompt` optional,
+        `findings` (the names the reader marks present) replace the finding head's in the guidance.
 
         Views are fitted to the model as generate.py does (inference.fit_views): too few are repeated in
-        order, extra ones are left out; the warning says which.
+        order, extra ones are left out; the warning says which. With a finding head the report carries its
+        probabilities, the findings the draft followed, the disagreements and the heatmaps (draft_batch).
         """
         views, warning = fit_views(list(images), self.num_views, STUDY_ID)
         study = views if self.num_views > 1 else views[0]
-        report = draft_batch(self.model, self.processor, [study], (prompt or "").strip() or None, {})[0]
+        given = None if findings is None or not self.takes_findings else [list(findings)]
+        report = draft_batch(self.model, self.processor, [study], (prompt or "").strip() or None, {}, given)[0]
         self.drafts_made += 1
         return report, warning

@@ -14,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .training_data import (
-    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, load_training_dataset, micro_batches, model_inputs,
-    pixel_encoder, prompt_generator, take_first, total_steps, training_loader, validation_loader,
+    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, guidance_findings, guidance_truth_share,
+    load_training_dataset, micro_batches, model_inputs, pixel_encoder, prompt_generator, take_first, total_steps,
+    training_loader, validation_loader,
 )
 from .training_model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
@@ -172,7 +173,8 @@ def _evaluate(model, loader, processor, config, accelerator, bad_log, step):
             # gather_for_metrics (per batch: it knows the last one) drops the studies that pad the last batch
             losses.append(accelerator.gather_for_metrics(study_losses(logits, inputs["labels"])).cpu())
             if config.eval_metrics != "none":
-                prompt_inputs = {name: value for name, value in inputs.items() if name != "labels"}
+                prompt_inputs = {name: value for name, value in inputs.items()
+                                 if name not in ("labels", "finding_targets")}
                 generated = unwrapped.generate(**prompt_inputs, max_new_tokens=config.generation_max_new_tokens,
                                                num_beams=config.generation_num_beams)
                 texts = [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
@@ -189,6 +191,40 @@ def _evaluate(model, loader, processor, config, accelerator, bad_log, step):
     metrics, samples = broadcast_object_list([metrics, samples])
     unwrapped.train(was_training)
     return metrics, samples
+
+
+def evaluate_finding_head(model, loader, accelerator):
+    """The head's probabilities over a validation_loader's studies (each counted once), thresholds fitted on them
+    (best F1 per finding) and its scores at those thresholds; every rank gets the result.
+
+    Thresholds fitted and scored on the same studies flatter the F1 a little; the test split (demo.py) is the
+    honest measure."""
+    from accelerate.utils import broadcast_object_list
+
+    from .findings import fit_thresholds, score_head
+
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    rows = []
+    with full_parameters(model, accelerator):
+        for batch in tqdm(loader, desc="finding head", leave=False, disable=not accelerator.is_local_main_process):
+            image_input = {name: batch[name].to(accelerator.device) for name in ("pixel_values", "vision_features")
+                           if name in batch}
+            with torch.no_grad(), accelerator.autocast():
+                probabilities = unwrapped.predict_findings(**image_input).probabilities.float().cpu()
+            rows += accelerator.gather_for_metrics(list(zip(batch["indices"], probabilities,
+                                                            batch["finding_targets"])), use_gather_object=True)
+    result = None
+    if accelerator.is_main_process:
+        by_index = {index: (probability, target) for index, probability, target in rows}  # replaced rows repeat
+        probabilities = torch.stack([by_index[index][0] for index in sorted(by_index)]).numpy()
+        targets = torch.stack([by_index[index][1] for index in sorted(by_index)]).numpy()
+        thresholds = fit_thresholds(probabilities, targets)
+        result = {"thresholds": thresholds, "studies": len(by_index),
+                  **score_head(probabilities, targets, unwrapped.config.finding_labels, thresholds)}
+    unwrapped.train(was_training)
+    return broadcast_object_list([result])[0]
 
 
 # --- stage 2 ---------------------------------------------------------------------------------------------------
@@ -218,7 +254,7 @@ def _data_summary(config, data, validation_rows):
     }
 
 
-def _release_info(config, data_summary, trainer_state, metrics):
+def _release_info(config, data_summary, trainer_state, metrics, head_scores=None):
     base_models = []
     if config.init == "pretrained":
         base_models = [config.clip_model.removeprefix("hf-hub:"), config.t5_model]
@@ -226,20 +262,55 @@ def _release_info(config, data_summary, trainer_state, metrics):
                       "pretrained": f"{config.clip_model} + {config.t5_model}"}[config.init]
     return {**data_summary, "model_name": os.path.basename(os.path.normpath(config.output_dir)),
             "step": trainer_state["step"], "metrics": metrics, "best_metric": config.best_metric,
-            "license": config.model_license, "base_models": base_models, "initialisation": initialisation}
+            "license": config.model_license, "base_models": base_models, "initialisation": initialisation,
+            **({"finding_head": head_scores} if head_scores else {})}
+
+
+@dataclasses.dataclass
+class StudySets:
+    train: StudyDataset
+    validation: StudyDataset = None  # the first eval_max_samples studies: report loss and metrics
+    head: StudyDataset = None  # the first finding_eval_max_samples studies: the finding head's scores and thresholds
+    validation_rows: object = None
+    collate: object = None
+    label_source: str = None
+
+
+def _finding_targets(config, rows, names, accelerator, split):
+    """[rows, findings] targets of the finding head for one split (findings.label_lists_for); the main process
+    runs the rule labeler once and caches it for the other ranks."""
+    from .findings import label_lists_for, targets_from_label_lists
+
+    cache_dir = os.path.join(config.output_dir, "finding_labels")
+    if accelerator.is_main_process:
+        lists, source = label_lists_for(rows, names, config.finding_label_source, config.report_column, cache_dir)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        lists, source = label_lists_for(rows, names, config.finding_label_source, config.report_column, cache_dir)
+    targets = targets_from_label_lists(lists, names, config.finding_uncertain,
+                                       source=f"{config.dataset} ({split} split, {source})")
+    return targets, source
 
 
 def _datasets_for(config, data, model, processor, accelerator):
-    """Training and validation StudyDatasets, reading pixels or (feature_cache) cached vision features."""
+    """Training and validation StudyDatasets, reading pixels or (feature_cache) cached vision features; with a
+    finding head, each carries its studies' finding targets."""
     train_rows = take_first(data[config.train_split], config.max_train_samples)
-    validation_rows = None
+    validation_rows = head_rows = None
     if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
         validation_rows = take_first(data[config.validation_split], config.eval_max_samples)
+        if model.finding_head is not None:
+            head_rows = take_first(data[config.validation_split], config.finding_eval_max_samples)
+    splits = [rows for rows in (train_rows, validation_rows, head_rows) if rows is not None]
+    targets, label_source = [None] * len(splits), None
+    if model.finding_head is not None:
+        names = model.config.finding_labels
+        for index, (rows, split) in enumerate(zip(splits, ("train", "validation", "validation"))):
+            targets[index], label_source = _finding_targets(config, rows, names, accelerator, split)
     num_views = model.config.num_views
     if config.feature_cache:
         from .feature_cache import build_feature_cache, cached_encoder
 
-        splits = [train_rows] + ([validation_rows] if validation_rows is not None else [])
         cache_root = config.feature_cache_dir or os.path.join(config.output_dir, "feature_cache")
         cache, keys = build_feature_cache(model.to(accelerator.device), processor.image_processor, splits, cache_root,
                                           accelerator, batch_size=config.eval_batch_size,
@@ -249,13 +320,14 @@ def _datasets_for(config, data, model, processor, accelerator):
         splits = [rows.remove_columns(["images"]) for rows in splits]
         input_name = "vision_features"
     else:
-        splits = [train_rows] + ([validation_rows] if validation_rows is not None else [])
         encoders = [pixel_encoder(processor.image_processor, num_views)] * len(splits)
         input_name = "pixel_values"
     studies = [StudyDataset(rows, encoder, config.report_column, config.prompt, config.use_indication,
-                            config.max_bad_samples) for rows, encoder in zip(splits, encoders)]
-    collate = GenerationCollator(processor, input_name)
-    return studies[0], (studies[1] if len(studies) > 1 else None), validation_rows, collate
+                            config.max_bad_samples, split_targets)
+               for rows, encoder, split_targets in zip(splits, encoders, targets)]
+    return StudySets(train=studies[0], validation=studies[1] if len(studies) > 1 else None,
+                     head=studies[2] if len(studies) > 2 else None, validation_rows=validation_rows,
+                     collate=GenerationCollator(processor, input_name), label_source=label_source)
 
 
 def train_generation(config):
@@ -273,7 +345,15 @@ def train_generation(config):
     set_trainable_parts(model, config)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    train_set, validation_set, validation_rows, collate = _datasets_for(config, data, model, processor, accelerator)
+    sets = _datasets_for(config, data, model, processor, accelerator)
+    train_set, validation_set, validation_rows, collate = sets.train, sets.validation, sets.validation_rows, sets.collate
+    if model.finding_head is not None:
+        if config.finding_balance:
+            from .findings import positive_weights
+
+            model.config.finding_positive_weights = positive_weights(train_set.finding_targets)
+        accelerator.print(f"finding head over {len(model.config.finding_labels)} findings, labels from "
+                          f"{sets.label_source}; positive weights {model.config.finding_positive_weights}")
     num_steps = total_steps(config, len(train_set), accelerator.num_processes)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(config, optimizer, num_steps)
@@ -283,10 +363,12 @@ def train_generation(config):
     train_loader = training_loader(train_set, collate, config, accelerator)
     eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config,
                                                                        accelerator)
+    head_loader = None if sets.head is None else validation_loader(sets.head, collate, config, accelerator)
     trainer_state = resume_if_asked(config, accelerator, metrics_log)
     bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
                            trainer_state["bad_samples"])
     data_summary = _data_summary(config, data, validation_rows)
+    head_scores = {}
     total, trainable = count_parameters(model)
     accelerator.print(f"CLIP-T5 {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
                       f"{len(train_set)} training studies, {num_steps} steps on {accelerator.num_processes} "
@@ -294,6 +376,16 @@ def train_generation(config):
 
     def validate_and_release():
         metrics, samples = evaluate(model, eval_loader, processor, config, accelerator, bad_log, trainer_state["step"])
+        if head_loader is not None:
+            scores = evaluate_finding_head(model, head_loader, accelerator)
+            metrics["finding_macro_f1"] = scores["macro_f1"]
+            if scores["macro_auroc"] is not None:
+                metrics["finding_macro_auroc"] = scores["macro_auroc"]
+            head_scores.clear()
+            head_scores.update(scores)
+            # the release decides "present" at the thresholds fitted now (the loop reads them too, for the
+            # studies whose guidance is the head's)
+            accelerator.unwrap_model(model).config.finding_thresholds = scores["thresholds"]
         record = {"step": trainer_state["step"], **{f"validation/{name}": value for name, value in metrics.items()}}
         log_metrics(accelerator, metrics_log, record)
         if samples:
@@ -309,7 +401,8 @@ def train_generation(config):
     def _save_release(record):
         from .release import save_release
 
-        info = _release_info(config, data_summary, trainer_state, {k: v for k, v in record.items() if k != "step"})
+        info = _release_info(config, data_summary, trainer_state, {k: v for k, v in record.items() if k != "step"},
+                             head_scores)
         save_release(accelerator, model, processor, config.release_dir, info, config.to_dict())
 
     def save_state():
@@ -318,26 +411,35 @@ def train_generation(config):
 
     batches = micro_batches(train_loader, accelerator, config, trainer_state["step"])
     accumulation = config.gradient_accumulation_steps
-    window_losses, window_start, window_samples = [], time.perf_counter(), 0
+    window_losses, window_finding_losses, window_start, window_samples = [], [], time.perf_counter(), 0
     started, start_step = time.perf_counter(), trainer_state["step"]
     last_metrics = {}
     progress = tqdm(total=num_steps, initial=trainer_state["step"], desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)
+    guided = accelerator.unwrap_model(model).config.uses_finding_guidance
     set_train_mode(model, config)
     while trainer_state["step"] < num_steps:
         step = trainer_state["step"]
+        truth_share = guidance_truth_share(config, step, num_steps)
         for micro_step in range(accumulation):
             epoch, batch = next(batches)
             bad_log.record(batch["skipped"], step)
             batch = drop_prompts(batch, config.prompt_dropout,
                                  prompt_generator(config.seed, step, micro_step, accelerator.process_index))
+            if guided:
+                batch["findings"] = guidance_findings(
+                    batch["finding_targets"], truth_share,
+                    prompt_generator(config.seed + 1, step, micro_step, accelerator.process_index))
             inputs = model_inputs(batch, accelerator.device)
             # Gradients are all-reduced only on the last micro-batch of the step.
             sync = micro_step == accumulation - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss = model(**inputs).loss
+                outputs = model(**inputs)
+                loss = outputs.loss
                 accelerator.backward(loss / accumulation)
             window_losses.append(loss.detach().float())
+            if getattr(outputs, "finding_loss", None) is not None:
+                window_finding_losses.append(outputs.finding_loss.detach().float())
             window_samples += len(batch["ids"])
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -349,12 +451,17 @@ def train_generation(config):
 
         if step % config.log_every_steps == 0 or step == num_steps:
             mean_loss = accelerator.reduce(torch.stack(window_losses).mean(), reduction="mean").item()
+            finding_record = {}
+            if window_finding_losses:  # the head's share of train/loss (which is report + weight * head)
+                finding_record["train/finding_loss"] = accelerator.reduce(
+                    torch.stack(window_finding_losses).mean(), reduction="mean").item()
             record = {"step": step, "epoch": epoch, "train/loss": mean_loss,
+                      **finding_record, **({"train/guidance_truth_share": truth_share} if guided else {}),
                       "train/samples_per_second": samples_per_second(accelerator, window_samples, window_start),
                       **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
             log_metrics(accelerator, metrics_log, record)
             progress.set_postfix(loss=f"{mean_loss:.3f}")
-            window_losses, window_start, window_samples = [], time.perf_counter(), 0
+            window_losses, window_finding_losses, window_start, window_samples = [], [], time.perf_counter(), 0
         if eval_loader is not None and (step % config.eval_every_steps == 0 or step == num_steps):
             last_metrics = validate_and_release()
             set_train_mode(model, config)

@@ -119,7 +119,8 @@ class BadSampleLog:
 
 
 class StudyDataset(torch.utils.data.Dataset):
-    """Rows of one split as {"image_input", "report", "prompt", "id", "index", "skipped"}.
+    """Rows of one split as {"image_input", "report", "prompt", "id", "index", "skipped"} (and "finding_targets",
+    row i of the `finding_targets` tensor, when given).
 
     `encode_images(row, index)` turns a row into the model's image input (pixels, or cached features). A row
     that cannot be read or encoded is replaced by the next readable one, and reported in "skipped", so one bad
@@ -127,8 +128,9 @@ class StudyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, encode_images, report_column="report", prompt=None, use_indication=False,
-                 max_bad_samples=100):
+                 max_bad_samples=100, finding_targets=None):
         self.rows = rows
+        self.finding_targets = finding_targets
         self.study_ids = rows.select_columns(["id"])  # readable even when a row's images are not
         self.encode_images = encode_images
         self.report_column = report_column
@@ -166,8 +168,11 @@ class StudyDataset(torch.utils.data.Dataset):
         prompt = self.prompt
         if self.use_indication and row.get("indication"):
             prompt = row["indication"]
-        return {"image_input": self.encode_images(row, row_index), "report": report, "prompt": prompt,
-                "id": row["id"], "index": row_index}
+        example = {"image_input": self.encode_images(row, row_index), "report": report, "prompt": prompt,
+                   "id": row["id"], "index": row_index}
+        if self.finding_targets is not None:
+            example["finding_targets"] = self.finding_targets[row_index]
+        return example
 
 
 def choose_views(images, num_views, study_id=None):
@@ -204,6 +209,8 @@ class GenerationCollator:
             has_prompt = torch.tensor([bool(prompt) for prompt in prompts])
             batch["input_ids"] = encoded["input_ids"]
             batch["attention_mask"] = encoded["attention_mask"] * has_prompt[:, None]
+        if "finding_targets" in examples[0]:
+            batch["finding_targets"] = torch.stack([example["finding_targets"] for example in examples])
         batch["ids"] = [example["id"] for example in examples]
         batch["indices"] = [example["index"] for example in examples]
         batch["references"] = [example["report"] for example in examples]
@@ -226,8 +233,26 @@ def drop_prompts(batch, probability, generator):
 
 def model_inputs(batch, device):
     """The tensors the model's forward takes, on `device`."""
-    names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels")
+    names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels", "finding_targets",
+             "findings")
     return {name: batch[name].to(device) for name in names if name in batch}
+
+
+def guidance_findings(finding_targets, truth_share, generator):
+    """The findings the guidance tokens show during training: each study's true findings with probability
+    `truth_share`, else -1 (the head's own decisions, as at inference). An IGNORE (uncertain) target is left to
+    the head too."""
+    from .findings import IGNORE
+
+    truth = torch.rand(finding_targets.shape[0], generator=generator) < truth_share
+    known = finding_targets != IGNORE
+    return torch.where(truth[:, None] & known, finding_targets.long(), torch.full_like(finding_targets, -1).long())
+
+
+def guidance_truth_share(config, step, num_steps):
+    """Linear from guidance_truth_start at step 0 to guidance_truth_end at the last step."""
+    progress = step / max(num_steps - 1, 1)
+    return config.guidance_truth_start + (config.guidance_truth_end - config.guidance_truth_start) * progress
 
 
 def prompt_generator(seed, step, micro_step, rank):

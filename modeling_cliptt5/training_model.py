@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import warnings
 
 import torch
 
@@ -12,17 +13,34 @@ from .tokenization import train_report_tokenizer
 from .training_state import atomic_folder
 
 
+def finding_overrides(config):
+    """CLIP-T5 config fields for the finding head that `config.finding_labels` asks for ({} for none)."""
+    from .findings import resolve_finding_labels
+
+    names = resolve_finding_labels(config.finding_labels)
+    if not names:
+        return {}
+    return {"finding_head": True, "finding_labels": names, "finding_loss_weight": config.finding_loss_weight}
+
+
 def build_model_and_processor(config, train_rows, accelerator):
     """(model, processor) for `config.init`: "config" (random weights, tokenizer trained on the training reports
     or loaded), "release" (a CLIP-T5 folder) or "pretrained" (BiomedCLIP + T5 through the converter)."""
-    overrides = dict(config.model or {})
+    overrides = {**finding_overrides(config), **dict(config.model or {})}
     if config.init == "release":
-        model = CLIPT5ForConditionalGeneration.from_pretrained(config.init_from)
+        release_config = CLIPT5Config.from_pretrained(config.init_from)
+        head = finding_overrides(config)
+        if release_config.finding_head and head and release_config.finding_labels != head["finding_labels"]:
+            raise ValueError(f"init_from {config.init_from!r} has a finding head over {release_config.finding_labels}, "
+                             f"but finding_labels={config.finding_labels!r} asks for {head['finding_labels']}")
+        model = CLIPT5ForConditionalGeneration.from_pretrained(config.init_from, **head)
         processor = CLIPT5Processor.from_pretrained(config.init_from)
     elif config.init == "pretrained":
         from conversion.convert_biomedclip_t5 import build_clip_t5, build_processor  # needs open_clip
 
         model = build_clip_t5(config.clip_model, config.t5_model, **overrides)
+        if os.path.isdir(config.clip_model):  # a stage-1 checkpoint: its finding head too
+            _load_finding_head(model, config.clip_model)
         processor = build_processor(config.t5_model, image_size=model.config.vision_config.image_size,
                                     max_prompt_tokens=model.config.max_prompt_tokens)
     else:
@@ -40,6 +58,7 @@ def build_model_and_processor(config, train_rows, accelerator):
         model = CLIPT5ForConditionalGeneration(model_config)
         if vision_state:
             _load_image_tower(model, vision_state, config.init_vision_from)
+            _load_finding_head(model, config.init_vision_from)
         size = model_config.vision_config.image_size
         image_processor = CLIPT5ImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         processor = CLIPT5Processor(image_processor=image_processor, tokenizer=tokenizer,
@@ -84,6 +103,30 @@ def _load_image_tower(model, vision_state, source):
         model.visual_projection.load_state_dict({"weight": vision_state["visual_projection.weight"]})
 
 
+def _load_finding_head(model, source):
+    """The finding head trained beside the image tower in stage 1, when the checkpoint has one for the same
+    findings and sizes (findings.FINDING_HEAD_FILE); otherwise the head keeps its fresh initialisation."""
+    from .findings import load_finding_head
+
+    if model.finding_head is None or not os.path.isdir(source):
+        return False
+    loaded = load_finding_head(source)
+    if loaded is None:
+        return False
+    names, state = loaded
+    own = model.finding_head.state_dict()
+    problem = None
+    if names != model.config.finding_labels:
+        problem = f"its finding head scores {names}, this model's {model.config.finding_labels}"
+    elif set(state) != set(own) or any(state[name].shape != own[name].shape for name in own):
+        problem = "its finding head has other sizes (finding_head_hidden)"
+    if problem:
+        warnings.warn(f"init_vision_from {source!r}: {problem}; the head starts from random weights")
+        return False
+    model.finding_head.load_state_dict(state)
+    return True
+
+
 def _tokenizer_for(config, train_rows, accelerator):
     """A tokenizer folder or hub id, or (tokenizer=train) one trained on the training reports. Training is not
     deterministic, so the main process trains it once per run into <output_dir>/tokenizer and every rank, and a
@@ -115,8 +158,9 @@ def vision_blocks(model):
 
 
 def set_trainable_parts(model, config):
-    """requires_grad per part: T5 (train_t5), clip_projection (train_projection), image tower (train_vision:
-    frozen, the last vision_last_blocks blocks with the final norm, or all)."""
+    """requires_grad per part: T5 (train_t5), clip_projection with the finding head and guidance tokens
+    (train_projection), image tower (train_vision: frozen, the last vision_last_blocks blocks with the final norm,
+    or all)."""
     model.requires_grad_(config.train_t5)
     for module in vision_modules(model):
         module.requires_grad_(config.train_vision == "all")
@@ -129,7 +173,9 @@ def set_trainable_parts(model, config):
         model.vision_model.layernorm.requires_grad_(True)
         if model.visual_projection is not None:
             model.visual_projection.requires_grad_(True)
-    model.clip_projection.requires_grad_(config.train_projection)
+    for module in (model.clip_projection, model.finding_head, model.finding_embeddings):
+        if module is not None:
+            module.requires_grad_(config.train_projection)
     return model
 
 
@@ -144,9 +190,11 @@ def set_train_mode(model, config):
 
 
 def part_of(name):
+    """Learning-rate group of a parameter: the image tower, the new layers between it and T5 (projection, finding
+    head and guidance tokens), or T5."""
     if name.startswith(("vision_model.", "visual_projection.")):
         return "vision"
-    if name.startswith("clip_projection."):
+    if name.startswith(("clip_projection.", "finding_head.", "finding_embeddings.")):
         return "projection"
     return "t5"
 

@@ -1,4 +1,6 @@
-"""The clinician-facing page: drop a study, read the draft with the labeler's tags, edit it, export it (Gradio)."""
+"""The clinician-facing page: drop a study, read the draft with the labeler's tags and, with a finding head, its
+findings checklist (probabilities, heatmaps over the image, where the text and the findings disagree), correct a
+finding and redraft, edit, export it (Gradio)."""
 
 import os
 
@@ -17,7 +19,9 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
+from .findings import text_reader  # noqa: E402
 from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from .labeler import split_sentences  # noqa: E402
 from .report_drafter import ReportDrafter  # noqa: E402
 from .report_review import (  # noqa: E402
     NOTICE,
@@ -39,6 +43,8 @@ PAGE_CSS = VIEWER_CSS + """
 #critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
                             border-radius: 6px; font-size: 1.15em; font-weight: 700; }
 #study-messages .problem { color: #b91c1c; }
+#draft-check mark.disagree { background: #fde68a; border-bottom: 2px solid #d97706; padding: 0 2px; }
+#draft-check .missing { color: #92400e; font-weight: 600; }
 """
 
 
@@ -72,29 +78,40 @@ def messages_html(problems, note=None):
     return "".join(lines)
 
 
+def captions_of(images):
+    return [(f"Image {index}: {name}", image) for index, (name, image) in enumerate(images, start=1)]
+
+
 def show_study(files, max_pixels=DEFAULT_MAX_PIXELS):
     """Files dropped -> (viewer HTML, messages HTML)."""
     images, problems = read_study(files, max_pixels)
-    captions = [(f"Image {index}: {name}", image) for index, (name, image) in enumerate(images, start=1)]
     note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
-    return (viewer_html(captions) if images else EMPTY_VIEWER), messages_html(problems, note)
+    return (viewer_html(captions_of(images)) if images else EMPTY_VIEWER), messages_html(problems, note)
 
 
-def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS):
-    """Files + indication -> (findings, impression, draft info, messages HTML, the draft as drafted).
+def checklist_choices(names, probabilities):
+    """(label, value) pairs for the findings checklist: "Pleural Effusion  0.93"."""
+    return [(f"{name}  {probabilities[name]:.2f}", name) for name in names]
+
+
+def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None):
+    """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
+    messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps).
 
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
     images, problems = read_study(files, max_pixels)
+    no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
         note = "Drop at least one readable PNG, JPEG or DICOM image of the study, then draft."
-        return "", "", "", messages_html(problems, note), {}
+        return "", "", "", messages_html(problems, note), {}, no_checklist, EMPTY_VIEWER
+    viewer = viewer_html(captions_of(images))
     try:
-        report, view_warning = drafter.draft([image for _, image in images], indication)
+        report, view_warning = drafter.draft([image for _, image in images], indication, findings)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
         return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
-                                                   f"{error})."), {}
+                                                   f"{error})."), {}, no_checklist, viewer
     seconds = time.perf_counter() - start
     used = min(len(images), drafter.num_views)
     if view_warning and len(images) > drafter.num_views:
@@ -102,11 +119,56 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS):
         view_warning = (f"This model reads {drafter.num_views} image(s) per study: drafted from "
                         f"{', '.join(name for name, _ in images[:used])}; shown for review only, not read by "
                         f"the model: {', '.join(name for name, _ in images[used:])}.")
-    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`. "
-            "Review every sentence before use.")
+    source = "the findings you checked" if findings is not None else "its findings"
+    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
+            f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
     draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
              "seconds": round(seconds, 3), "images": used}
-    return draft["findings"], draft["impression"], info, messages_html(problems, view_warning), draft
+    checklist = no_checklist
+    if "finding_probabilities" in report:
+        names = drafter.finding_labels
+        draft.update(finding_probabilities=report["finding_probabilities"], guidance=report["guidance"],
+                     predicted_findings=report["predicted_findings"])
+        maps = report["finding_maps"]  # [views, findings, grid, grid]
+        heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
+        viewer = viewer_html(captions_of(images), heatmaps)
+        checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
+                              value=report["guidance"])
+    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning), draft, checklist,
+            viewer)
+
+
+def check_draft(names, findings, impression, checked, draft):
+    """HTML comparing the report's text with the findings checklist: sentences that state a finding the checklist
+    does not hold are marked, and checked findings the text does not state are listed. Empty without a draft or
+    without a rule reader for the label set."""
+    reader = text_reader(names) if names else None
+    if reader is None or not draft:
+        return ""
+    checked = set(checked or [])
+    stated_anywhere, parts = set(), []
+    for header, text in (("FINDINGS:", findings), ("IMPRESSION:", impression)):
+        sentences = split_sentences((text or "").strip())
+        if not sentences:
+            continue
+        pieces = []
+        for sentence in sentences:
+            stated = reader(sentence)
+            stated_anywhere |= stated
+            extra = sorted(stated - checked)
+            if extra:
+                pieces.append(f'<mark class="disagree" title="not in the findings checklist: '
+                              f'{html.escape(", ".join(extra))}">{html.escape(sentence)}</mark>')
+            else:
+                pieces.append(html.escape(sentence))
+        parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
+    missing = [name for name in names if name in checked and name not in stated_anywhere]
+    notes = [f'<p class="missing">Checked but not stated in the text: {html.escape(", ".join(missing))}</p>'] \
+        if missing else []
+    if not missing and "<mark" not in "".join(parts):
+        return "<div><p>The text and the findings checklist agree.</p></div>"
+    summary = "The text and the findings checklist disagree: check the marked sentences and the list below."
+    return f"<div><p>{summary}</p>{''.join(parts)}{''.join(notes)}</div>"
 
 
 def review_report(findings, impression):
@@ -128,14 +190,19 @@ def write_atomically(path, text):
     temporary.replace(path)
 
 
-def export_report(drafter_name, findings, impression, indication, draft):
-    """The EDITED text as report .txt and .json (with the labeler's reading of the edited text), in a fresh folder."""
+def export_report(drafter_name, findings, impression, indication, draft, checked=None):
+    """The EDITED text as report .txt and .json (with the labeler's reading of the edited text and, with a finding
+    head, the reader's findings checklist beside the model's probabilities), in a fresh folder."""
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=os.environ.get("GRADIO_TEMP_DIR")))
     draft = draft or {}
     record = export_record(findings, impression, indication,
                            model_draft={k: draft[k] for k in ("findings", "impression") if k in draft},
                            model_name=drafter_name, images=draft.get("images", 0),
                            draft_seconds=draft.get("seconds"))
+    if "finding_probabilities" in draft:
+        record["findings_checklist"] = {"checked_by_reader": list(checked or []),
+                                        "model_findings": draft["predicted_findings"],
+                                        "model_probabilities": draft["finding_probabilities"]}
     text_path, json_path = folder / f"{EXPORT_NAME}.txt", folder / f"{EXPORT_NAME}.json"
     write_atomically(text_path, record["report"] + "\n")
     write_atomically(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
@@ -164,6 +231,15 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS):
                 )
                 draft_button = gr.Button("Draft report", variant="primary", elem_id="draft-button")
                 draft_info = gr.Markdown(elem_id="draft-info")
+                with gr.Group(visible=bool(drafter.finding_labels)):
+                    checklist = gr.CheckboxGroup(
+                        label="Findings checklist (the model's probability of each; the draft follows the checked "
+                              "ones)", elem_id="finding-checklist",
+                        info="Correct a finding, then redraft. The heatmap of each finding can be shown over the "
+                             "image (viewer controls).")
+                    redraft_button = gr.Button("Redraft from the checked findings", elem_id="redraft-button",
+                                               visible=drafter.takes_findings)
+                draft_check = gr.HTML(elem_id="draft-check")
                 critical = gr.HTML(elem_id="critical")
                 findings = gr.Textbox(label="FINDINGS (editable)", lines=6, buttons=["copy"], elem_id="findings")
                 impression = gr.Textbox(label="IMPRESSION (editable)", lines=3, buttons=["copy"],
@@ -187,15 +263,23 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS):
         files.change(lambda paths: show_study(paths, max_pixels), inputs=files, outputs=[viewer, messages],
                      api_name="show_study")
         # The old timing line goes at once, so nobody reads it as the new draft's while the model works.
+        draft_outputs = [findings, impression, draft_info, messages, draft, checklist, viewer]
         draft_button.click(lambda: "Drafting...", outputs=draft_info, queue=False, api_visibility="private").then(
             lambda paths, text: draft_report(drafter, paths, text, max_pixels),
-            inputs=[files, indication], outputs=[findings, impression, draft_info, messages, draft],
-            api_name="draft_report", concurrency_limit=1)
+            inputs=[files, indication], outputs=draft_outputs, api_name="draft_report", concurrency_limit=1)
+        redraft_button.click(lambda: "Drafting...", outputs=draft_info, queue=False, api_visibility="private").then(
+            lambda paths, text, checked: draft_report(drafter, paths, text, max_pixels, list(checked or [])),
+            inputs=[files, indication, checklist], outputs=draft_outputs, api_name="redraft_report",
+            concurrency_limit=1)
+        gr.on([findings.change, impression.change, checklist.change],
+              lambda *values: check_draft(drafter.finding_labels, *values),
+              inputs=[findings, impression, checklist, draft], outputs=draft_check, api_name="check_draft",
+              show_progress="hidden", trigger_mode="always_last")
         gr.on([findings.change, impression.change], review_report, inputs=[findings, impression],
               outputs=[tags, claims, critical, report], api_name="review_report", show_progress="hidden",
               trigger_mode="always_last")
         export_button.click(lambda *values: export_report(drafter.name, *values),
-                            inputs=[findings, impression, indication, draft], outputs=exported,
+                            inputs=[findings, impression, indication, draft, checklist], outputs=exported,
                             api_name="export_report")
     return app.queue(default_concurrency_limit=1, max_size=32)
 
@@ -213,5 +297,5 @@ def launch(app, host="127.0.0.1", port=7860, **kwargs):
                       **kwargs)
 
 
-__all__ = ["ReportDrafter", "build_app", "draft_report", "export_report", "launch", "review_report",
+__all__ = ["ReportDrafter", "build_app", "check_draft", "draft_report", "export_report", "launch", "review_report",
            "serve_options", "show_study"]

@@ -114,6 +114,41 @@ def trained_release_dir(tmp_path_factory, tiny_release_dir):
     return release
 
 
+HEAD_FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Lung Lesion"]
+
+
+@pytest.fixture(scope="session")
+def head_release_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny release with a finding head over HEAD_FINDINGS, trained for a few seconds on noise images: the head
+    calls Cardiomegaly on the odd images, and the report says what the guidance tokens say (the heart enlarged
+    when Cardiomegaly is present, normal when not: each image is trained with both), so a draft follows the head
+    or a reader's correction."""
+    processor = tiny_processor(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer), finding_head=True,
+                                                       finding_labels=HEAD_FINDINGS)).train()
+    seeds = list(range(TRAINED_IMAGES)) * 2
+    guided = [index // TRAINED_IMAGES for index in range(len(seeds))]  # each image with Cardiomegaly 0, then 1
+    batch = processor(images=[noise_image(seed) for seed in seeds],
+                      reports=[TINY_REPORTS[1] if status else TINY_REPORTS[0] for status in guided])
+    findings = torch.tensor([[status, 0, 0] for status in guided])
+    targets = torch.tensor([[float(seed % 2), 0.0, 0.0] for seed in seeds])  # what the head learns: the image
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(150):
+            model(**batch, findings=findings, finding_targets=targets).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    release = tmp_path_factory.mktemp("head_release")
+    model.eval().save_pretrained(release)
+    processor.save_pretrained(release)
+    return release
+
+
 @pytest.fixture(scope="session", autouse=True)
 def onnx_exports_in_a_temporary_cache(tmp_path_factory):
     """generate.py --optimize caches ONNX exports in ~/.cache/cliptt5/onnx: the tests use a folder of their own."""

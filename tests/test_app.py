@@ -92,7 +92,7 @@ def png_path(tmp_path_factory):
 
 
 def test_png_draft_is_the_models_draft_of_that_image(client, drafter, png_path):
-    findings, impression, info, messages, _ = call(client, "draft_report", [upload(client, png_path)], "")
+    findings, impression, info, messages, *_ = call(client, "draft_report", [upload(client, png_path)], "")
     expected = model_draft(drafter, Image.open(png_path))
     assert expected["findings"], "the speaking release should write text"
     assert (findings, impression or None) == (expected["findings"], expected["impression"])
@@ -132,7 +132,7 @@ def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, 
     for name, reason in (("corrupt.png", "corrupt"), ("report.dcm", "no pixel data"), ("huge.png", "too large")):
         assert re.search(rf"{re.escape(name)}: [^<]*{reason}", messages), messages
 
-    findings, impression, info, messages, _ = call(client, "draft_report", bad, "")
+    findings, impression, info, messages, *_ = call(client, "draft_report", bad, "")
     assert (findings, impression, info) == ("", "", "")
     assert "Drop at least one readable" in messages and "huge.png" in messages
 
@@ -160,7 +160,7 @@ def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
 
 def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
     findings, impression = "Large right pneumothorax, edited by the reader.", "Right pneumothorax."
-    (text_file, json_file), = call(client, "export_report", findings, impression, "chest pain")
+    (text_file, json_file), = call(client, "export_report", findings, impression, "chest pain", [])
     text = client.get(f"/gradio_api/file={text_file['path']}").text
     record = client.get(f"/gradio_api/file={json_file['path']}").json()
     assert text == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n"
@@ -197,3 +197,82 @@ def test_cli_explains_itself_and_says_what_to_do_without_a_model(tmp_path):
     assert shown.returncode == 0 and "--model" in shown.stdout and "127.0.0.1" in shown.stdout
     missing = subprocess.run([sys.executable, app], capture_output=True, text=True, cwd=tmp_path)  # no demo here
     assert missing.returncode != 0 and "make demo" in missing.stderr
+
+
+# --- a release with a finding head: checklist, heatmaps, disagreements, redraft ----------------------------------
+
+@pytest.fixture(scope="module")
+def head_drafter(head_release_dir):
+    return ReportDrafter.from_pretrained(head_release_dir)
+
+
+@pytest.fixture(scope="module")
+def enlarged_heart_png(tmp_path_factory):
+    from conftest import noise_image
+
+    path = tmp_path_factory.mktemp("head_images") / "study.png"
+    noise_image(1).save(path)  # the head release calls Cardiomegaly on this image
+    return path
+
+
+def test_the_checklist_shows_each_findings_probability_and_a_corrected_finding_redrafts(head_drafter,
+                                                                                          enlarged_heart_png):
+    from conftest import HEAD_FINDINGS
+    from modeling_cliptt5.web_app import draft_report
+
+    findings, impression, info, _, draft, checklist, viewer = draft_report(head_drafter, [str(enlarged_heart_png)], "")
+    head = head_drafter.model.predict_findings(**head_drafter.processor(images=[Image.open(enlarged_heart_png)]))
+    assert checklist["choices"] == [(f"{name}  {float(p):.2f}", name)
+                                    for name, p in zip(HEAD_FINDINGS, head.probabilities[0])]
+    assert "Cardiomegaly" in checklist["value"] and "heart is enlarged" in findings
+    assert "following its findings" in info
+    assert draft["predicted_findings"] == checklist["value"]
+    # one heatmap per finding over the image, and the viewer's choice of which to show
+    assert viewer.count('class="cxr-heatmap"') == len(HEAD_FINDINGS)
+    assert all(f'<option value="{name}">' in viewer for name in HEAD_FINDINGS)
+    # the reader unchecks Cardiomegaly and redrafts: the draft follows the correction
+    findings, _, info, _, draft, checklist, _ = draft_report(head_drafter, [str(enlarged_heart_png)], "",
+                                                             findings=[])
+    assert "heart is normal" in findings and "following the findings you checked" in info
+    assert checklist["value"] == [] and draft["guidance"] == []
+
+
+def test_sentences_that_disagree_with_the_checklist_are_marked_and_missing_findings_listed(head_drafter):
+    from conftest import HEAD_FINDINGS
+    from modeling_cliptt5.web_app import check_draft
+
+    draft = {"findings": "x"}
+    text = "The heart is enlarged. Small left pleural effusion."
+    agreed = check_draft(HEAD_FINDINGS, text, "", ["Cardiomegaly", "Pleural Effusion"], draft)
+    assert "agree" in agreed and "<mark" not in agreed
+    marked = check_draft(HEAD_FINDINGS, text, "", ["Pleural Effusion", "Lung Lesion"], draft)
+    assert '<mark class="disagree" title="not in the findings checklist: Cardiomegaly">The heart is enlarged.</mark>' \
+        in marked
+    assert "Checked but not stated in the text: Lung Lesion" in marked
+    assert check_draft(HEAD_FINDINGS, text, "", [], {}) == ""  # nothing drafted yet
+
+
+def test_a_heatmap_covers_the_square_the_model_read_and_is_strongest_where_the_map_is():
+    from modeling_cliptt5.study_viewer import heatmap_data_uri
+
+    image = Image.new("L", (200, 100))  # wide: the model read the centre 100 x 100 square
+    finding_map = np.zeros((4, 4))
+    finding_map[0, 3] = 1.0  # top-right patch
+    uri = heatmap_data_uri(image, finding_map)
+    overlay = np.array(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    alpha = overlay[..., 3].astype(float)
+    assert overlay.shape[:2] == (100, 200)
+    assert alpha[:, :50].max() == 0 and alpha[:, 150:].max() == 0  # outside the square: transparent
+    row, column = np.unravel_index(alpha.argmax(), alpha.shape)
+    assert row < 25 and 125 <= column < 150  # the top-right quarter-cell of the square
+
+
+def test_the_export_keeps_the_readers_checklist_beside_the_models_probabilities(head_drafter, enlarged_heart_png):
+    from modeling_cliptt5.web_app import draft_report, export_report
+
+    findings, impression, _, _, draft, _, _ = draft_report(head_drafter, [str(enlarged_heart_png)], "")
+    _, json_path = export_report("model", findings, impression, "", draft, ["Lung Lesion"])
+    record = json.loads(Path(json_path).read_text())
+    assert record["findings_checklist"] == {"checked_by_reader": ["Lung Lesion"],
+                                            "model_findings": draft["predicted_findings"],
+                                            "model_probabilities": draft["finding_probabilities"]}

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_harness import browser_missing_reason, draft, open_browser, serve_app, speaking_release, upload_study
+from app_harness import (
+    WATCH_DRAFT_INFO, browser_missing_reason, draft, open_browser, serve_app, speaking_release, upload_study,
+)
 from dicom_files import block_image, grayscale_dicom
 
 MISSING = browser_missing_reason()
@@ -127,3 +129,52 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
     assert not Path(folder).exists()
     assert "Stopped after 1 draft(s)" in log
     assert "frontal.png" not in log and "lateral.dcm" not in log and edited not in log
+
+
+def test_the_findings_checklist_heatmaps_and_a_redraft_in_the_browser(head_release_dir, tmp_path):
+    """With a finding head: the checklist shows each finding's probability, a finding's heatmap is laid over the
+    image at the chosen opacity, an unchecked finding redrafts the report, and an edit that contradicts the
+    checklist is marked."""
+    if MISSING:
+        pytest.fail(f"the browser test must run in CI: {MISSING}", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    from conftest import noise_image
+
+    png = tmp_path / "study.png"
+    noise_image(1).save(png)  # the head release calls Cardiomegaly on it
+    with (serve_app(head_release_dir, threads=1) as url, sync_playwright() as playwright,
+          open_browser(playwright) as browser):
+        page = browser.new_page()
+        page.goto(url)
+        upload_study(page, [png])
+        findings = draft(page)
+        assert "heart is enlarged" in findings
+        checklist = page.locator("#finding-checklist")
+        assert re.search(r"Cardiomegaly\s+[01]\.\d\d", checklist.inner_text())
+        assert checklist.locator("input[type=checkbox]").nth(0).is_checked()  # Cardiomegaly, as the draft says
+
+        # the heatmap: hidden until chosen, then shown over the image at the slider's opacity
+        overlay = page.locator('#study-viewer img.cxr-heatmap[data-finding="Cardiomegaly"]')
+        assert overlay.is_hidden()
+        page.locator("#study-viewer [data-control=heatmap]").select_option("Cardiomegaly")
+        overlay.wait_for(state="visible")
+        page.locator("#study-viewer [data-control=opacity]").fill("25")
+        assert float(overlay.evaluate("img => getComputedStyle(img).opacity")) == pytest.approx(0.25)
+        image_box = page.locator("#study-viewer img.cxr-image").first.bounding_box()
+        assert overlay.bounding_box() == pytest.approx(image_box)  # laid exactly over the image
+
+        # an edit the checklist does not hold is marked
+        page.locator("#findings textarea").fill("The heart is enlarged. Small left pleural effusion.")
+        marked = page.locator("#draft-check mark.disagree", has_text="Small left pleural effusion.")
+        marked.wait_for()
+        assert "Pleural Effusion" in marked.get_attribute("title")
+
+        # the reader unchecks Cardiomegaly and redrafts: the report follows the checklist
+        checklist.locator("input[type=checkbox]").nth(0).uncheck()
+        page.evaluate(WATCH_DRAFT_INFO)
+        page.click("#redraft-button")
+        page.wait_for_function("window.cliptt5DraftDone === true", timeout=120_000)
+        assert "heart is normal" in page.locator("#findings textarea").input_value()
+        assert "following the findings you checked" in page.locator("#draft-info").inner_text()
+        page.screenshot(path=tmp_path / "checklist.png", full_page=True)

@@ -66,10 +66,10 @@ def tiny_clip(tmp_path_factory):
 
 def stage1_settings(tiny_clip, output_dir, **overrides):
     model_name, config_dir, data = tiny_clip
-    return config_from_dict(tiny_settings(
-        data, output_dir, stage="contrastive", clip_model=model_name, clip_pretrained=False,
-        clip_model_config_dir=config_dir, batch_size=8, learning_rate=1e-2, warmup_steps=0, max_steps=100,
-        eval_every_steps=50, save_every_steps=50, log_every_steps=10, best_metric="mean_recall", **overrides))
+    settings = dict(stage="contrastive", clip_model=model_name, clip_pretrained=False, clip_model_config_dir=config_dir,
+                    batch_size=8, learning_rate=1e-2, warmup_steps=0, max_steps=100, eval_every_steps=50,
+                    save_every_steps=50, log_every_steps=10, best_metric="mean_recall")
+    return config_from_dict(tiny_settings(data, output_dir, **{**settings, **overrides}))
 
 
 def test_training_crops_but_never_flips(tiny_clip, tmp_path):
@@ -161,3 +161,52 @@ def test_init_vision_from_is_refused_where_the_model_brings_its_own_tower(tiny_c
     with pytest.raises(ValueError, match="init_vision_from is for init=config"):
         config_from_dict(tiny_settings(tiny_clip[2], tmp_path, init="release", init_from=str(tmp_path),
                                        init_vision_from=str(tmp_path)))
+
+
+def test_stage_one_trains_a_finding_head_from_cached_images_and_stage_two_starts_from_it(tiny_clip, tmp_path):
+    """With finding_labels, stage 1 trains the head beside the contrastive loss (labels from the rule labeler: the
+    tiny dataset has no labels column), reading each image once from the image cache; its checkpoint keeps the
+    head, and stage 2's head starts as that head."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from modeling_cliptt5.contrastive import train_contrastive
+    from modeling_cliptt5.findings import FINDING_HEAD_FILE
+    from modeling_cliptt5.feature_cache import FeatureCache, study_keys
+    from modeling_cliptt5.training_model import build_model_and_processor
+    from training_helpers import TINY_MODEL
+
+    config = stage1_settings(tiny_clip, tmp_path / "stage1", finding_labels="chexpert", image_cache=True,
+                             crop_scale_min=1.0, max_steps=40, eval_every_steps=20, save_every_steps=20)
+    trained, metrics = train_contrastive(config)
+    assert "finding_macro_f1" in metrics and "finding_macro_auroc" in metrics
+    records = [json.loads(line) for line in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["train/loss"] for record in records if "train/loss" in record]
+    assert losses[-1] < losses[0]
+
+    # the cache holds exactly the eval preprocessing of each study's image
+    (folder,) = (tmp_path / "stage1" / "feature_cache").glob("images-*")
+    cache = FeatureCache(str(folder))
+    _, evaluation = image_transforms(trained, 1.0)
+    rows = load_report_dataset(tiny_clip[2])["train"]
+    key = study_keys(rows.select([0]), 1)[0]
+    torch.testing.assert_close(cache[key][0].float(), evaluation(rows[0]["images"][0].convert("RGB")),
+                               atol=2e-3, rtol=0)  # stored as float16
+
+    checkpoint = tmp_path / "stage1" / "best"
+    head = load_file(str(checkpoint / FINDING_HEAD_FILE))
+    stage2 = config_from_dict(tiny_settings(tiny_clip[2], tmp_path / "stage2", init_vision_from=str(checkpoint),
+                                            model=TINY_MODEL, finding_labels="chexpert"))
+    model, _ = build_model_and_processor(stage2, rows, Accelerator(cpu=True))
+    torch.testing.assert_close(model.finding_head.layers[0].weight, head["layers.0.weight"])
+    # another label set starts a fresh head, with a warning saying why
+    other = config_from_dict(tiny_settings(tiny_clip[2], tmp_path / "stage2b", init_vision_from=str(checkpoint),
+                                           model=TINY_MODEL, finding_labels="Cardiomegaly,Edema"))
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        fresh, _ = build_model_and_processor(other, rows, Accelerator(cpu=True))
+    assert fresh.finding_head.layers[0].weight.shape[0] == 2
+
+
+def test_the_image_cache_needs_stage_one_without_random_crops(tiny_clip, tmp_path):
+    with pytest.raises(ValueError, match="image_cache stores each image preprocessed once"):
+        stage1_settings(tiny_clip, tmp_path, image_cache=True, crop_scale_min=0.9)

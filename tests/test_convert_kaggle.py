@@ -190,6 +190,24 @@ def test_failure_mid_way_leaves_no_output(kaggle_root, tmp_path, monkeypatch):
     assert not fresh.exists()
 
 
+def test_medvill_label_strings_fill_the_labels_column(kaggle_root, tmp_path, capsys):
+    """MedViLL's JSONL label strings ("'Cardiomegaly', 'Edema'") become the labels the finding head trains on."""
+    labels = tmp_path / "Train.jsonl"
+    labels.write_text(json.dumps({"id": "s50000013", "split": "train", "label": "'Cardiomegaly', 'Edema'",
+                                  "text": "...", "img": "s50000013.jpg"}) + "\n"
+                      + json.dumps({"id": "2002", "label": ""}) + "\n")
+    output = tmp_path / "out"
+    assert convert_kaggle_cxr.main([str(kaggle_root), "--output", str(output), "--labels", str(labels)]) == 0
+    rows = all_rows(load_report_dataset(str(output)))
+    assert rows["s50000013"]["labels"] == ["Cardiomegaly", "Edema"]
+    assert rows["2002"]["labels"] == [] and rows["s50000001"]["labels"] == []
+    assert convert_kaggle_cxr.parse_label_string("Pleural Effusion, No Finding") == ("Pleural Effusion", "No Finding")
+    labels.write_text("not json\n")
+    assert convert_kaggle_cxr.main([str(kaggle_root), "--output", str(tmp_path / "bad"), "--labels", str(labels)]) == 1
+    assert f"{labels} line 1: not a" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_missing_csv_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert convert_kaggle_cxr.main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 1

@@ -54,10 +54,17 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
         path.name for path in release.iterdir()}
     assert "not a medical device" in (release / "README.md").read_text().lower()
     results = json.loads((output / "results.json").read_text())
-    assert list(results["results"]) == list(demo.SYSTEMS)
+    assert list(results["results"]) == [*demo.SYSTEMS, demo.GUIDED_BY_TRUTH]  # the finding head guides the drafts
     for scores in results["results"].values():
         assert list(scores["findings"]["per_observation"]) == list(PHANTOM_LABELS)
-        assert 0.0 <= scores["findings"]["macro"]["f1"] <= 1.0 and 0.0 <= scores["BLEU-4"] <= 1.0
+    assert results["results"]["constant report"]["findings"]["macro"]["f1"] == 0.0  # a normal report states nothing
+    release_config = json.loads((release / "config.json").read_text())
+    assert release_config["finding_labels"] == list(PHANTOM_LABELS)
+    head = results["finding_head"]
+    assert [head["per_finding"][name]["threshold"] for name in PHANTOM_LABELS] == release_config["finding_thresholds"]
+    assert (output / "contrastive" / "best" / "finding_head.safetensors").is_file()  # stage 1 trained the head too
+    table = (output / "results.txt").read_text()
+    assert "finding head alone" in table and "model, true findings" in table
     assert results["test_studies"] == 10
     # the drafts of the example files: one PNG and one DICOM, read through generate.py's functions
     assert sorted(path.suffix for path in (output / "examples").iterdir()) == [".dcm", ".png"]

@@ -243,3 +243,41 @@ def test_output_suffix_checked(tiny_release_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         generate.main(["--model", str(tiny_release_dir), str(tmp_path), "--output", str(tmp_path / "x.txt")])
     assert exit_info.value.code == 2
+
+
+def test_a_release_with_a_finding_head_writes_probabilities_findings_and_disagreements(head_release_dir, tmp_path):
+    from conftest import HEAD_FINDINGS
+    from modeling_cliptt5.labeler import label_report
+    from modeling_cliptt5.report_sections import split_report_sections
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for seed in range(4):  # images the head release was trained on: Cardiomegaly on the odd ones
+        noise_image(seed).save(folder / f"study{seed}.png")
+    output = tmp_path / "drafts.jsonl"
+    assert generate.main(["--model", str(head_release_dir), str(folder), "--output", str(output),
+                          "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    rows = read_jsonl(output)
+    model = CLIPT5ForConditionalGeneration.from_pretrained(head_release_dir).eval()
+    processor = CLIPT5Processor.from_pretrained(head_release_dir)
+    for row in rows:
+        assert row["findings"] == split_report_sections(row["report"])["findings"]  # still the section's text
+        head = model.predict_findings(**processor(images=[Image.open(row["input_files"][0])]))
+        expected = {name: float(p) for name, p in zip(HEAD_FINDINGS, head.probabilities[0])}
+        assert row["finding_probabilities"] == pytest.approx(expected, abs=1e-4)
+        assert row["predicted_findings"] == [name for name, flag in zip(HEAD_FINDINGS, head.present[0]) if flag]
+        # disagreements: what the rule labeler reads in the text against the head's findings
+        statuses = label_report(row["report"])
+        stated = {name for name in HEAD_FINDINGS if statuses.get(name) in (1, -1)}
+        expected_disagreements = {name for name in HEAD_FINDINGS if (name in stated) != (name in row["predicted_findings"])}
+        assert {item["finding"] for item in row["disagreements"]} == expected_disagreements
+    odd = [row for row in rows if row["id"] in ("study1", "study3")]
+    assert all("Cardiomegaly" in row["predicted_findings"] and "heart is enlarged" in row["report"] for row in odd)
+
+    csv_path = tmp_path / "drafts.csv"
+    assert generate.main(["--model", str(head_release_dir), str(folder), "--output", str(csv_path),
+                          "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    with open(csv_path, newline="") as handle:
+        first = next(csv.DictReader(handle))
+    assert set(json.loads(first["finding_probabilities"])) == set(HEAD_FINDINGS)
+    assert "disagreements" in first and "predicted_findings" in first

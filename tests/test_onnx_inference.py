@@ -243,3 +243,27 @@ def test_the_page_drafts_with_the_same_fast_path(trained_release_dir, onnx_cache
     processor = CLIPT5Processor.from_pretrained(trained_release_dir)
     tokens = drafter.model.generate(**processor(images=[noise_image(3)]))
     assert warning is None and report["text"] == processor.batch_decode_reports(tokens)[0]["text"]
+
+
+def test_float32_graphs_compute_the_finding_head_and_follow_given_findings(tmp_path):
+    """With a finding head the encoder graph also gives its probabilities and heatmaps (within 1e-4 of PyTorch) and
+    takes the caller's findings: the tokens equal generate()'s with the head's decisions and with given findings."""
+    names = ["Cardiomegaly", "Pleural Effusion", "Lung Lesion"]
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(
+        vocab_size=200, finding_head=True, finding_labels=names, finding_thresholds=[0.3, 0.5, 0.7]))).eval()
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    expected = model.predict_findings(pixel_values=pixels)
+    for findings in (None, [["Lung Lesion"], [], ["Cardiomegaly", "Pleural Effusion"]],
+                     [{"Cardiomegaly": False}, {}, {"Lung Lesion": True}]):
+        tokens, head = engine.generate_with_findings(pixel_values=pixels, max_new_tokens=10, findings=findings)
+        assert torch.equal(tokens, model.generate(pixel_values=pixels, max_new_tokens=10, findings=findings))
+        torch.testing.assert_close(head.probabilities, expected.probabilities, atol=1e-4, rtol=0)
+        torch.testing.assert_close(head.maps, expected.maps, atol=1e-4, rtol=0)
+        assert torch.equal(head.present, expected.present)
+    assert not torch.equal(*[engine.generate(pixel_values=pixels[:1], max_new_tokens=10, findings=given)
+                             for given in ([names], [[]])])  # the findings reach the decoder
+    with pytest.raises(ValueError, match=r"unknown finding name\(s\) \['Nodule'\]"):
+        engine.generate(pixel_values=pixels[:1], findings=[["Nodule"]])

@@ -31,6 +31,12 @@ for auto_class in (AutoModel, AutoModelForSeq2SeqLM):
     model = auto_class.from_pretrained(release, trust_remote_code=True).eval()
     result[auto_class.__name__] = [type(model).__name__, type(model).__module__]
     outputs[auto_class.__name__] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, num_beams=2)
+    if model.config.finding_head:
+        outputs["finding_probabilities"] = model.predict_findings(pixel_values=inputs["pixel_values"]).probabilities
+        outputs["finding_maps"] = model.predict_findings(pixel_values=inputs["pixel_values"]).maps
+        given = [[model.config.finding_labels[0]]] + [[]] * (inputs["pixel_values"].shape[0] - 1)
+        outputs["with_findings"] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12,
+                                                  findings=given)
 if with_processor:
     from PIL import Image
     from transformers import AutoProcessor
@@ -98,6 +104,27 @@ def test_release_runs_on_the_other_transformers_major(tiny_release_dir, tiny_mod
     for auto_class in ("AutoModel", "AutoModelForSeq2SeqLM"):
         assert result[auto_class][0] == "CLIPT5ForConditionalGeneration"
         assert torch.equal(outputs[auto_class], expected)
+
+
+@pytest.mark.parametrize("major", ["this", "other"])
+def test_a_release_with_a_finding_head_runs_without_the_package_on_both_majors(head_release_dir, tmp_path, major):
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+
+    python = Path(sys.executable) if major == "this" else MINIMAL_PYTHON
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
+        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    model = CLIPT5ForConditionalGeneration.from_pretrained(head_release_dir).eval()
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    _, outputs = run_in_fresh_process(python, head_release_dir, tmp_path, pixel_values)
+    head = model.predict_findings(pixel_values=pixel_values)
+    torch.testing.assert_close(outputs["finding_probabilities"], head.probabilities, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs["finding_maps"], head.maps, atol=1e-5, rtol=1e-5)
+    assert torch.equal(outputs["AutoModel"], model.generate(pixel_values=pixel_values, max_new_tokens=12, num_beams=2))
+    given = [[model.config.finding_labels[0]], []]
+    assert torch.equal(outputs["with_findings"],
+                       model.generate(pixel_values=pixel_values, max_new_tokens=12, findings=given))
 
 
 def test_loading_a_folder_that_is_not_a_release_fails_clearly(tmp_path):

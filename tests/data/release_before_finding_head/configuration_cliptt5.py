@@ -1,0 +1,127 @@
+"""CLIP-T5 configuration: a T5 config plus the vision tower and the image-token settings."""
+
+from transformers import T5Config, ViTConfig
+
+# BiomedCLIP's image tower (open_clip_config.json of microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224):
+# timm vit_base_patch16_224, whose final LayerNorm uses eps 1e-6.
+BIOMEDCLIP_VISION_DEFAULTS = {
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+
+IMAGE_TOKEN_CHOICES = ("patch", "pooled")
+PROJECTOR_CHOICES = ("linear", "mlp")
+
+
+class CLIPT5Config(T5Config):
+    r"""
+    Configuration of [`CLIPT5ForConditionalGeneration`]. All T5 arguments (d_model, num_layers, vocab_size, ...)
+    are accepted as in [`T5Config`]; the defaults are t5-small's.
+
+    Args:
+        vision_config (`dict` or `ViTConfig`, *optional*):
+            The image tower. Defaults to BiomedCLIP's ViT-B/16 (224 px, patch 16, hidden 768, 12 layers).
+        clip_projection_dim (`int`, *optional*, defaults to 512):
+            Output size of CLIP's image projection (768 -> 512, no bias, as in BiomedCLIP).
+        image_tokens (`str`, *optional*, defaults to `"patch"`):
+            `"patch"`: every token of the vision tower (CLS + patches) goes to T5.
+            `"pooled"`: one token, the CLIP image embedding (projected CLS), as the seed paper's wording suggests.
+        image_token_pooling (`int`, *optional*, defaults to 1):
+            Average-pool the patch grid by this factor per side before projection (2 -> 196 patches become 49,
+            plus CLS = 50 tokens). Only for `image_tokens="patch"`.
+        projector_type (`str`, *optional*, defaults to `"linear"`):
+            `clip_projection` as one Linear or a 2-layer MLP (Linear-GELU-Linear, as in LLaVA-1.5).
+        num_views (`int`, *optional*, defaults to 1):
+            Images per study (IU X-ray has a frontal and a lateral view). Views > 1 get learned view embeddings.
+        prompt (`str`, *optional*):
+            Default text prompt placed after the image tokens; None means image only.
+        max_prompt_tokens (`int`, *optional*, defaults to 128):
+            Longest prompt the model accepts; the processor truncates longer prompts with a warning.
+    """
+
+    model_type = "cliptt5"
+    sub_configs = {"vision_config": ViTConfig}
+
+    def __init__(
+        self,
+        vision_config=None,
+        clip_projection_dim=512,
+        image_tokens="patch",
+        image_token_pooling=1,
+        projector_type="linear",
+        num_views=1,
+        prompt=None,
+        max_prompt_tokens=128,
+        **kwargs,
+    ):
+        if vision_config is None:
+            vision_config = dict(BIOMEDCLIP_VISION_DEFAULTS)
+        if isinstance(vision_config, dict):
+            vision_config = ViTConfig(**{**BIOMEDCLIP_VISION_DEFAULTS, **vision_config})
+        if image_tokens not in IMAGE_TOKEN_CHOICES:
+            raise ValueError(f"image_tokens must be one of {IMAGE_TOKEN_CHOICES}, got {image_tokens!r}")
+        if projector_type not in PROJECTOR_CHOICES:
+            raise ValueError(f"projector_type must be one of {PROJECTOR_CHOICES}, got {projector_type!r}")
+        if int(num_views) < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        grid = vision_config.image_size // vision_config.patch_size
+        if int(image_token_pooling) < 1 or grid % int(image_token_pooling):
+            raise ValueError(
+                f"image_token_pooling must divide the {grid}x{grid} patch grid, got {image_token_pooling}"
+            )
+        self.vision_config = vision_config
+        self.clip_projection_dim = int(clip_projection_dim)
+        self.image_tokens = image_tokens
+        self.image_token_pooling = int(image_token_pooling)
+        self.projector_type = projector_type
+        self.num_views = int(num_views)
+        self.prompt = prompt
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        # T5Config() defaults leave decoder_start_token_id unset and generate() then refuses to run;
+        # T5 checkpoints start decoding with the pad token (id 0).
+        kwargs.setdefault("decoder_start_token_id", kwargs.get("pad_token_id", 0))
+        # transformers 5 records an untied T5 head as scale_decoder_outputs=False (and always writes
+        # tie_word_embeddings=True); transformers 4 only knows tie_word_embeddings.
+        if kwargs.get("scale_decoder_outputs") is False:
+            kwargs["tie_word_embeddings"] = False
+        # A model class registers for one auto class only; a release should answer AutoModel too.
+        model_entry = "modeling_cliptt5.CLIPT5ForConditionalGeneration"
+        kwargs["auto_map"] = {
+            "AutoConfig": "configuration_cliptt5.CLIPT5Config",
+            "AutoModel": model_entry,
+            "AutoModelForSeq2SeqLM": model_entry,
+            "AutoModelForImageTextToText": model_entry,
+            **(kwargs.get("auto_map") or {}),
+        }
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As PretrainedConfig.from_pretrained, but refuses a folder that is not a CLIP-T5 release, instead of
+        silently building a model whose image tower and projection would be random."""
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is not a CLIP-T5 release: its config.json has model_type "
+                f"{model_type!r}, expected {cls.model_type!r} (build one with conversion/convert_biomedclip_t5.py)"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @property
+    def num_image_tokens_per_view(self):
+        """Tokens one image contributes to the T5 encoder input."""
+        if self.image_tokens == "pooled":
+            return 1
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        return 1 + (grid // self.image_token_pooling) ** 2

@@ -1,0 +1,168 @@
+"""CLIP-T5 processor: BiomedCLIP's image preprocessing plus the T5 tokenizer, and report decoding by section."""
+
+import warnings
+
+import numpy as np
+from PIL import Image
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .report_sections import split_report_sections
+
+try:  # transformers 5: the PIL backend reproduces open_clip's eval transform exactly (torchvision's is off by 1/255)
+    from transformers import CLIPImageProcessorPil as _PilCLIPImageProcessor
+except ImportError:  # transformers 4: CLIPImageProcessor is the PIL implementation
+    from transformers import CLIPImageProcessor as _PilCLIPImageProcessor
+
+# BiomedCLIP's open_clip preprocess config: OpenAI CLIP mean/std, bicubic resize of the shortest side, center crop.
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def to_rgb_image(image):
+    """PIL image or numpy array (8/16-bit or float grayscale, RGB, RGBA) -> 8-bit RGB PIL image.
+
+    Radiographs often arrive as 16-bit or 12-bit grayscale: they are stretched linearly from their own
+    [min, max] to [0, 255] (a full-range window), since PIL's own 16-bit -> RGB conversion clips at 255.
+    Float arrays are taken to be in [0, 1]. Alpha is dropped.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGB", "L"):
+            return image.convert("RGB")
+        if image.mode in ("RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
+            return image.convert("RGB")
+        image = np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image must be HxW, HxWx3 or HxWx4, got an array of shape {array.shape}")
+    if array.ndim == 3:
+        array = array[..., :3]
+    if array.dtype == np.uint8:
+        pass
+    elif np.issubdtype(array.dtype, np.floating):
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        array = ((array.astype(np.float64) - low) * scale + 0.5).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image dtype {array.dtype}")
+    return Image.fromarray(array).convert("RGB")
+
+
+class CLIPT5ImageProcessor(_PilCLIPImageProcessor):
+    """CLIP's image processor with BiomedCLIP's settings, taking radiographs in any bit depth (see `to_rgb_image`)."""
+
+    def __init__(self, **kwargs):
+        defaults = {
+            "size": {"shortest_edge": 224},
+            "crop_size": {"height": 224, "width": 224},
+            "resample": Image.BICUBIC,
+            "image_mean": OPENAI_CLIP_MEAN,
+            "image_std": OPENAI_CLIP_STD,
+            "do_convert_rgb": True,
+        }
+        super().__init__(**{**defaults, **kwargs})
+
+    def preprocess(self, images, **kwargs):
+        if isinstance(images, (list, tuple)):
+            images = [to_rgb_image(image) for image in images]
+        else:
+            images = to_rgb_image(images)
+        return super().preprocess(images, **kwargs)
+
+
+class CLIPT5Processor(ProcessorMixin):
+    """Turns studies (one image or several views each), optional prompts and reports into model inputs.
+
+    - images: one image, a list with one image per study, or a list of lists (the views of each study);
+      PIL images or numpy arrays.
+    - text: the optional prompt (str or one per study), truncated to `max_prompt_tokens` with a warning.
+    - reports: target reports for training; become `labels` with padding set to -100.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256, **kwargs):
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_report_tokens = max_report_tokens
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(self, images=None, text=None, reports=None, return_tensors="pt", **kwargs):
+        encoding = {}
+        if images is not None:
+            encoding["pixel_values"] = self._preprocess_studies(images, return_tensors)
+        if text is not None:
+            prompts = self.tokenizer(
+                [text] if isinstance(text, str) else list(text),
+                padding=True,
+                truncation=True,
+                max_length=self.max_prompt_tokens,
+                return_overflowing_tokens=False,
+                return_tensors=return_tensors,
+            )
+            self._warn_if_truncated(text, prompts["input_ids"])
+            encoding["input_ids"] = prompts["input_ids"]
+            encoding["attention_mask"] = prompts["attention_mask"]
+        if reports is not None:
+            targets = self.tokenizer(
+                [reports] if isinstance(reports, str) else list(reports),
+                padding=True,
+                truncation=True,
+                max_length=self.max_report_tokens,
+                return_tensors=return_tensors,
+            )
+            labels = targets["input_ids"]
+            labels[targets["attention_mask"] == 0] = -100  # padding does not count in the loss
+            encoding["labels"] = labels
+        return BatchFeature(encoding, tensor_type=None)
+
+    def _preprocess_studies(self, images, return_tensors):
+        """Returns [batch, 3, H, W] for single images per study, [batch, views, 3, H, W] for lists of views."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        has_views = any(isinstance(study, (list, tuple)) for study in images)
+        if not has_views:
+            return self.image_processor(list(images), return_tensors=return_tensors)["pixel_values"]
+        views = {len(study) if isinstance(study, (list, tuple)) else 1 for study in images}
+        if len(views) != 1:
+            raise ValueError(f"every study must have the same number of views, got {sorted(views)}")
+        flat = [view for study in images for view in (study if isinstance(study, (list, tuple)) else [study])]
+        pixel_values = self.image_processor(flat, return_tensors=return_tensors)["pixel_values"]
+        return pixel_values.reshape(len(images), views.pop(), *pixel_values.shape[1:])
+
+    def _warn_if_truncated(self, text, input_ids):
+        texts = [text] if isinstance(text, str) else list(text)
+        for prompt, ids in zip(texts, input_ids):
+            full_length = len(self.tokenizer(prompt)["input_ids"])
+            if full_length > self.max_prompt_tokens:
+                warnings.warn(
+                    f"prompt of {full_length} tokens truncated to max_prompt_tokens={self.max_prompt_tokens}",
+                    stacklevel=3,
+                )
+
+    def batch_decode_reports(self, sequences):
+        """Generated ids -> [{"text", "findings", "impression"}] (sections are None when the report has none)."""
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [{"text": text.strip(), **split_report_sections(text)} for text in texts]
+
+    def decode_report(self, sequence):
+        """One generated sequence -> {"text", "findings", "impression"}."""
+        return self.batch_decode_reports([sequence])[0]
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["pixel_values", "input_ids", "attention_mask"]
+
+
+__all__ = ["CLIPT5Processor", "CLIPT5ImageProcessor", "to_rgb_image"]
