@@ -296,7 +296,7 @@ def score_systems(systems, references, truth_labels):
 
     results = {}
     for name, reports in systems.items():
-        language = score_reports(reports, references)
+        language = score_reports(reports, references, metrics=("BLEU-4", "ROUGE-L"))  # no METEOR: no Java start
         labeler = clinical_efficacy(reports, references)
         results[name] = {"findings": finding_scores(reports, truth_labels),
                          "labeler_micro_f1": labeler["micro"]["f1"], "labeler_macro_f1": labeler["macro"]["f1"],

@@ -149,15 +149,17 @@ def _meteor_scorer():
     return Meteor()
 
 
-def _score_prepared(systems, references, progress=False):
-    """{system: {metric: score}} for prepared texts; one METEOR (Java) process serves every system."""
+def _score_prepared(systems, references, progress=False, metrics=None):
+    """{system: {metric: score}} for prepared texts; one METEOR (Java) process serves every system. `metrics`
+    (names of NLG_METRICS) leaves out the scorers nobody asked for (METEOR starts a Java process)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
     from tqdm.auto import tqdm
 
+    wanted = set(metrics or NLG_METRICS)
     gts = {index: [reference] for index, reference in enumerate(references)}
-    meteor = _meteor_scorer()
+    meteor = _meteor_scorer() if "METEOR" in wanted else None
     results = {}
     steps = tqdm(total=len(systems) * 4, desc="scoring", disable=not progress)
     try:
@@ -173,11 +175,14 @@ def _score_prepared(systems, references, progress=False):
                     warnings.warn(f"METEOR failed ({error}); it is skipped", stacklevel=2)
                     meteor = None
             steps.update()
-            scores["ROUGE-L"], _ = Rouge().compute_score(gts, res)
+            if "ROUGE-L" in wanted:
+                scores["ROUGE-L"], _ = Rouge().compute_score(gts, res)
             steps.update()
-            scores["CIDEr"], _ = Cider().compute_score(gts, res)
+            if "CIDEr" in wanted:
+                scores["CIDEr"], _ = Cider().compute_score(gts, res)
             steps.update()
-            results[name] = {metric: float(scores[metric]) for metric in NLG_METRICS if metric in scores}
+            results[name] = {metric: float(scores[metric]) for metric in NLG_METRICS
+                             if metric in scores and metric in wanted}
     finally:
         steps.close()
         del meteor  # closes the Java process now rather than at interpreter exit
@@ -191,19 +196,20 @@ def _check_pairs(generated, references):
         raise ValueError("no reports to score")
 
 
-def score_reports(generated, references, r2gen_protocol=False, train_reports=None, clean_generated=False):
+def score_reports(generated, references, r2gen_protocol=False, train_reports=None, clean_generated=False,
+                  metrics=None):
     """Corpus-level BLEU-1..4, METEOR, ROUGE-L and CIDEr of generated reports, one reference per study.
 
     r2gen_protocol: False (texts compared as given, white space squeezed), True or "iu_xray", "mimic_cxr",
     or a built `R2GenProtocol`. train_reports give the protocol's `<unk>` vocabulary.
     clean_generated: also apply R2Gen's cleaning to generated text (for models writing cased text with
     punctuation; CvT2DistilGPT2's published numbers use the spacing fix alone).
-    Without Java, METEOR is missing from the result (with a warning).
+    Without Java, METEOR is missing from the result (with a warning). `metrics`: only these (default: all).
     """
     _check_pairs(generated, references)
     protocol = _resolve_protocol(r2gen_protocol, train_reports, clean_generated)
     prepared_references, prepared_generated = _prepare(protocol, references, {MODEL: generated})
-    return _score_prepared(prepared_generated, prepared_references)[MODEL]
+    return _score_prepared(prepared_generated, prepared_references, metrics=metrics)[MODEL]
 
 
 def _prepare(protocol, references, systems, cleaned_systems=()):

@@ -296,6 +296,9 @@ class OnnxCLIPT5:
 
     def __init__(self, folder, config, generation_config, threads=None, weights="int8"):
         onnxruntime = _import_onnxruntime()
+        # onnxruntime 1.32 looks up a Microsoft telemetry host when sessions start and while they run: off, before
+        # any session exists (the package sends nothing off this computer).
+        onnxruntime.disable_telemetry_events()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1

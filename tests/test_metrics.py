@@ -95,6 +95,20 @@ def test_missing_java_skips_meteor_only(monkeypatch, tmp_path):
     assert "METEOR skipped" in metrics.format_scores_table({"model": scores})
 
 
+def test_asking_for_some_metrics_gives_those_values_without_starting_java(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java: a METEOR asked for would warn
+    references = ["the heart is normal in size .", "small left pleural effusion .", "mild cardiomegaly ."]
+    generated = ["the heart is normal .", "small right pleural effusion .", "cardiomegaly ."]
+    with pytest.warns(UserWarning, match="java"):
+        everything = metrics.score_reports(generated, references)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # METEOR is not even tried
+        some = metrics.score_reports(generated, references, metrics=("BLEU-4", "ROUGE-L"))
+    assert some == {"BLEU-4": everything["BLEU-4"], "ROUGE-L": everything["ROUGE-L"]}
+
+
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="2 generated reports but 1 references"):
         metrics.score_reports(["a .", "b ."], ["a ."])
