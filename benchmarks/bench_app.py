@@ -50,12 +50,17 @@ def build_tiny_release(folder):
     return speaking_release(folder / "raw", folder / "tiny")
 
 
-def phantom_study(folder, seed=7, image_size=512):
-    """A synthetic frontal chest film (modeling_cliptt5.phantom) as PNG: what the demo model was trained on."""
-    from modeling_cliptt5.phantom import encode_png, generate_study
+SCREENSHOT_HEATMAP = "nodule:right"  # shown over the image in the screenshot, when the release has that finding
 
+
+def phantom_study(folder, seed=7, image_size=512):
+    """A synthetic frontal chest film (modeling_cliptt5.phantom) as PNG, of the kind the demo model was trained on:
+    an enlarged heart and a 2.4 cm right upper lobe nodule."""
+    from modeling_cliptt5.phantom import PhantomFindings, encode_png, generate_study
+
+    findings = PhantomFindings(cardiomegaly=True, lesion=(("nodule", "right", "upper lobe", 2.4),))
     path = folder / "phantom_frontal.png"
-    path.write_bytes(encode_png(generate_study(seed, image_size=image_size)["image"]))
+    path.write_bytes(encode_png(generate_study(seed, image_size=image_size, findings=findings)["image"]))
     return path
 
 
@@ -79,6 +84,9 @@ def measure(model, study, runs, screenshot=None, app_args=()):
             info = page.locator("#draft-info").inner_text()
             server_seconds.append(float(re.search(r"Drafted in ([\d.]+) s", info).group(1)))
         if screenshot:
+            heatmap = page.locator(f'#study-viewer [data-control=heatmap] option[value="{SCREENSHOT_HEATMAP}"]')
+            if heatmap.count():
+                page.locator("#study-viewer [data-control=heatmap]").select_option(SCREENSHOT_HEATMAP)
             save_screenshot(page, screenshot)
     return {"page_load_cold_s": loads[0],
             "page_load_warm_median_s": statistics.median(loads[1:] or loads),

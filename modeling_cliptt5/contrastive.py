@@ -284,12 +284,15 @@ def _cached_images(config, splits, transform, model, accelerator):
     return [rows.remove_columns(["images"]) for rows in splits], encoders
 
 
-def _stage1_targets(config, rows, names, accelerator, split):
+def _stage1_targets(config, rows, train_rows, names, accelerator, split):
+    """The finding head's targets for one split (None without a head); the label source is the training split's."""
     if not names:
         return None
+    from .findings import resolve_label_source
     from .training import _finding_targets
 
-    return _finding_targets(config, rows, names, accelerator, split)[0]
+    source = resolve_label_source(config.finding_label_source, train_rows)
+    return _finding_targets(config, rows, names, accelerator, split, source)[0]
 
 
 def train_contrastive(config):
@@ -313,7 +316,7 @@ def train_contrastive(config):
     encoders = [frontal_image_encoder(train_transform), frontal_image_encoder(eval_transform)]
     if config.image_cache:
         splits, encoders = _cached_images(config, splits, eval_transform, model, accelerator)
-    targets = [_stage1_targets(config, rows, names, accelerator, split)
+    targets = [_stage1_targets(config, rows, splits[0], names, accelerator, split)
                for rows, split in zip(splits, ("train", "validation"))]
     studies = [StudyDataset(rows, encoder, config.report_column, max_bad_samples=config.max_bad_samples,
                             finding_targets=split_targets) for rows, encoder, split_targets in zip(splits, encoders, targets)]

@@ -107,11 +107,16 @@ def has_label_column(rows):
     return "labels" in rows.column_names and any(rows["labels"])
 
 
+def resolve_label_source(source, train_rows):
+    """auto -> column when the training rows carry labels, else labeler (every split then uses the same source)."""
+    if source == "auto":
+        return "column" if has_label_column(train_rows) else "labeler"
+    return source
+
+
 def label_lists_for(rows, names, source, report_column, cache_dir):
     """The label lists the head trains on for these rows: the `labels` column or the rule labeler's reading of the
-    reports, as `source` (auto / column / labeler) says. Returns (lists, where they came from)."""
-    if source == "auto":
-        source = "column" if has_label_column(rows) else "labeler"
+    reports, as `source` (column / labeler) says. Returns (lists, where they came from)."""
     if source == "column":
         return list(rows["labels"]), "the dataset's labels column"
     if set(names) - set(CHEXPERT_OBSERVATIONS):

@@ -276,17 +276,17 @@ class StudySets:
     label_source: str = None
 
 
-def _finding_targets(config, rows, names, accelerator, split):
-    """[rows, findings] targets of the finding head for one split (findings.label_lists_for); the main process
-    runs the rule labeler once and caches it for the other ranks."""
+def _finding_targets(config, rows, names, accelerator, split, source):
+    """[rows, findings] targets of the finding head for one split from `source` (column / labeler:
+    findings.label_lists_for); the main process runs the rule labeler once and caches it for the other ranks."""
     from .findings import label_lists_for, targets_from_label_lists
 
     cache_dir = os.path.join(config.output_dir, "finding_labels")
     if accelerator.is_main_process:
-        lists, source = label_lists_for(rows, names, config.finding_label_source, config.report_column, cache_dir)
+        lists, source = label_lists_for(rows, names, source, config.report_column, cache_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        lists, source = label_lists_for(rows, names, config.finding_label_source, config.report_column, cache_dir)
+        lists, source = label_lists_for(rows, names, source, config.report_column, cache_dir)
     targets = targets_from_label_lists(lists, names, config.finding_uncertain,
                                        source=f"{config.dataset} ({split} split, {source})")
     return targets, source
@@ -304,9 +304,11 @@ def _datasets_for(config, data, model, processor, accelerator):
     splits = [rows for rows in (train_rows, validation_rows, head_rows) if rows is not None]
     targets, label_source = [None] * len(splits), None
     if model.finding_head is not None:
-        names = model.config.finding_labels
+        from .findings import resolve_label_source
+
+        names, source = model.config.finding_labels, resolve_label_source(config.finding_label_source, train_rows)
         for index, (rows, split) in enumerate(zip(splits, ("train", "validation", "validation"))):
-            targets[index], label_source = _finding_targets(config, rows, names, accelerator, split)
+            targets[index], label_source = _finding_targets(config, rows, names, accelerator, split, source)
     num_views = model.config.num_views
     if config.feature_cache:
         from .feature_cache import build_feature_cache, cached_encoder
