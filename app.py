@@ -30,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--optimize", action="store_true",
                         help="int8 weights on CPU, as generate.py --optimize: faster drafts, slightly different "
                              "numerics")
+    parser.add_argument("--any-modality", action="store_true",
+                        help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
+                             "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
     return parser.parse_args(argv)
 
 
@@ -50,7 +53,7 @@ def main(argv=None):
         sys.exit(f"{args.model}: cannot load a CLIP-T5 release ({error})")
     print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s "
           f"({drafter.num_views} image(s) per study, prompt: {drafter.default_prompt!r}).")
-    app = build_app(drafter)
+    app = build_app(drafter, any_modality=args.any_modality)
     # A plain `kill` stops the server like Ctrl+C does, so the exit handlers delete the uploaded images.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"Uploaded images and exports are kept in {os.environ['GRADIO_TEMP_DIR']} (this user only) until exit.")

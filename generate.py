@@ -12,7 +12,10 @@ or glob patterns. How files become studies when the model reads several views (-
   none    every file is its own study (study id: the file name)
 A study with fewer views than the model reads repeats its views; one with more keeps the first ones by file
 name; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
-skipped; the other studies are still drafted and written, and the exit code is 1.
+skipped; the other studies are still drafted and written, and the exit code is 1. A DICOM object that is not a
+projection radiograph (Modality other than CR, DX or RG, e.g. a CT slice; or several frames) is refused that way
+unless --any-modality; a secondary capture, a DICOM without Modality or of another body part is drafted with a
+warning.
 
 Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
 .csv, with id, input_files, report, findings (the FINDINGS section's text), impression, seconds (the study's
@@ -69,6 +72,9 @@ def parse_args(argv=None):
                              "once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE), beam search on "
                              "PyTorch (modeling_cliptt5/fast_inference.py)")
     parser.add_argument("--labels", action="store_true", help="add CheXpert observations found in each draft")
+    parser.add_argument("--any-modality", action="store_true",
+                        help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
+                             "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (decompression-bomb guard; default: {DEFAULT_MAX_PIXELS:,})")
     args = parser.parse_args(argv)
@@ -217,6 +223,7 @@ def main(argv=None):
                 model, processor, studies, batch_size=args.batch_size, prompt=prompt,
                 generate_kwargs=generate_kwargs(args), max_pixels=args.max_pixels,
                 on_error=report_problem, on_warning=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
+                any_modality=args.any_modality,
             )
             for draft in drafts:
                 bar.update(1)

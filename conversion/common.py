@@ -66,6 +66,9 @@ def add_common_arguments(parser, default_output, normalize_deid=True):
     parser.add_argument("--normalize-deid", action=argparse.BooleanOptionalAction, default=normalize_deid,
                         help="replace de-identification placeholders (XXXX, x-XXXX, ___) with the one token XXXX "
                              "(default: %(default)s)")
+    parser.add_argument("--any-modality", action="store_true",
+                        help="convert DICOM objects that are not a single projection radiograph (CT, MR, NM, "
+                             "multi-frame...) instead of skipping them as not a chest radiograph")
     return parser
 
 
@@ -149,7 +152,12 @@ def resolve_inside(root, relative_path):
     return Path(resolved)
 
 
-def read_view(view):
+def say_doubt(message):
+    """A file converted although its header leaves doubt that it is a chest radiograph: one line beside the bar."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def read_view(view, any_modality=False, on_doubt=say_doubt):
     """A checked view as {"bytes", "path"} for the dataset; raises image_io.ImageReadError naming the file.
 
     The image is fully decoded once (truncation, size limit, format). PNG and JPEG bytes are then stored unchanged
@@ -163,7 +171,7 @@ def read_view(view):
     if is_dicom(data, view.name):
         from modeling_cliptt5.dicom import read_dicom
 
-        image = read_dicom(data, name=name, bits=16)
+        image = read_dicom(data, name=name, bits=16, any_modality=any_modality, on_doubt=on_doubt)
     else:
         image = open_image(data, name=name)
         if data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC):
@@ -219,7 +227,7 @@ def convert_records(records, args, log, total=None):
                 failure = (view.path, "missing image file")
                 break
             try:
-                images.append(read_view(view))
+                images.append(read_view(view, getattr(args, "any_modality", False)))
             except ImageReadError as error:
                 failure = (view.path or view.name, error.reason)
                 break

@@ -13,6 +13,30 @@ from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_source_bytes
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
+# What the model was trained on: projection radiographs (Modality defined terms, DICOM PS3.3 C.7.3.1.1.1).
+# RG is a digitised film/screen radiograph. Mammography (MG) and fluoroscopy (RF, XA) are projection images too,
+# but not of the chest as a report is written for it: refused like CT and MR.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
+# Objects that may well hold a radiograph but do not say what they are: Modality OT (other; secondary captures such
+# as a scanned film or an exported screenshot mostly say that) and files without Modality. Accepted with a warning.
+UNSTATED_MODALITIES = ("", "OT", "SC")
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SOP classes 1.2.840.10008.5.1.4.1.1.7[.n]
+MODALITY_NAMES = {
+    "CT": "computed tomography", "MR": "magnetic resonance", "NM": "nuclear medicine", "PT": "PET",
+    "US": "ultrasound", "MG": "mammography", "XA": "X-ray angiography", "RF": "fluoroscopy",
+    "IO": "intra-oral radiography", "PX": "panoramic dental radiography", "DG": "diaphanography",
+    "ES": "endoscopy", "XC": "external camera photograph", "OP": "ophthalmic photograph", "SM": "slide microscopy",
+    "SEG": "segmentation", "RTDOSE": "radiotherapy dose", "RTPLAN": "radiotherapy plan", "RTSTRUCT": "radiotherapy "
+    "structure set", "RTIMAGE": "radiotherapy image", "SR": "structured report", "ECG": "electrocardiogram",
+    "KO": "key object selection", "PR": "presentation state", "DOC": "document",
+}
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
+ANY_MODALITY_HINT = "pass --any-modality (any_modality=True) to draft it anyway"
+
+
+class DicomWarning(UserWarning):
+    """A DICOM file that is read, but whose header says it may not be what the model was trained on."""
+
 
 def import_pydicom():
     """pydicom is the optional `dicom` extra: import it only when a DICOM file is read."""
@@ -31,6 +55,8 @@ def read_dicom(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     bits: int = 8,
+    any_modality: bool = False,
+    on_doubt=None,
 ) -> Image.Image:
     """Decode the first frame of a DICOM image as grayscale ("L" for bits=8, "I;16" for bits=16) or RGB.
 
@@ -38,7 +64,9 @@ def read_dicom(
     intercept) -> VOI LUT or window (first one in the header) -> MONOCHROME1 inverted so that bone is white.
     Without a VOI LUT or window, the image's own minimum and maximum span the output range.
     Raises `ImageReadError` for non-DICOM data, objects without pixels (e.g. a structured report), truncated
-    pixel data, and compressed transfer syntaxes that no installed pydicom plugin can decode.
+    pixel data, and compressed transfer syntaxes that no installed pydicom plugin can decode; also, unless
+    `any_modality`, for objects that are not a single projection radiograph (`check_radiograph`).
+    `on_doubt(message)` hears what is read but may not be a chest radiograph (default: a `DicomWarning`).
     """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
@@ -54,9 +82,7 @@ def read_dicom(
         raise ImageReadError(
             name, f"image too large: {columns} x {rows} = {rows * columns:,} pixels, over the limit of {max_pixels:,}"
         )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        warnings.warn(f"{name}: DICOM has {frames} frames; using the first one", stacklevel=2)
+    check_radiograph(dataset, name, any_modality, on_doubt or warn_doubt)
 
     pixels = decode_first_frame(pydicom, dataset, name)
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
@@ -88,6 +114,44 @@ def parse_dataset(pydicom, data: bytes, name: str):
     return dataset
 
 
+def warn_doubt(message: str) -> None:
+    warnings.warn(message, DicomWarning, stacklevel=4)
+
+
+def check_radiograph(dataset, name: str, any_modality: bool = False, on_doubt=warn_doubt) -> None:
+    """Refuse what is not one chest projection radiograph, naming the file and what it is; warn where unsure.
+
+    Refused: a Modality other than CR, DX or RG (a CT slice, an MR, a nuclear-medicine image...) and multi-frame
+    objects (a cine loop or volume). Warned: secondary captures and files without Modality, a body part other
+    than the chest (`on_doubt(message)`). `any_modality` turns the refusals into doubts (the first frame is then
+    read).
+    """
+    modality = str(dataset.get("Modality", "") or "").strip().upper()
+    sop_class = str(dataset.get("SOPClassUID", "") or "")
+    if modality in RADIOGRAPH_MODALITIES:
+        pass
+    elif modality in UNSTATED_MODALITIES:
+        # A secondary capture's Modality still says what was captured: an NM screenshot is refused below.
+        capture = " (a secondary capture)" if sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or modality == "SC" else ""
+        what = f"no Modality{capture}" if not modality else f"Modality {modality}{capture}"
+        on_doubt(f"{name}: DICOM with {what}: read as a chest radiograph; check that it is one")
+    else:
+        described = f"{modality} ({MODALITY_NAMES[modality]})" if modality in MODALITY_NAMES else modality
+        message = f"modality {described} is not a projection radiograph (the model reads CR, DX or RG)"
+        if not any_modality:
+            raise ImageReadError(name, f"{message}; {ANY_MODALITY_HINT}")
+        on_doubt(f"{name}: {message}; read anyway (--any-modality)")
+    body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part and not any(part in body_part for part in CHEST_BODY_PARTS):
+        on_doubt(f"{name}: body part examined is {body_part}, not the chest")
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        message = f"DICOM holds {frames} frames (a cine loop or a volume), not a single radiograph"
+        if not any_modality:
+            raise ImageReadError(name, f"{message}; {ANY_MODALITY_HINT} (its first frame is then read)")
+        on_doubt(f"{name}: {message}; using the first frame (--any-modality)")
+
+
 def check_has_pixels(dataset, name: str) -> None:
     """Refuse objects that hold no image, naming what they are (a structured report, a presentation state...)."""
     if any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -110,17 +174,30 @@ def decode_first_frame(pydicom, dataset, name: str) -> np.ndarray:
         if transfer_syntax is not None and transfer_syntax.is_compressed:
             decoder = pydicom.pixels.get_decoder(transfer_syntax)
             if not decoder.is_available:
-                missing = "; ".join(decoder.missing_dependencies)
                 raise ImageReadError(
                     name,
                     f"cannot decode transfer syntax {transfer_syntax.name} ({transfer_syntax}): no installed "
-                    f"pydicom plugin can ({missing})",
+                    f"pydicom plugin can; {decoder_hint(transfer_syntax)}",
                 ) from error
             reason = f"cannot decode {transfer_syntax.name} pixel data"
         else:
             reason = "truncated or corrupt DICOM pixel data"
         detail = " ".join(str(error).split())
         raise ImageReadError(name, f"{reason} ({detail})") from error
+
+
+def decoder_hint(transfer_syntax) -> str:
+    """Which packages decode this syntax: the `dicom` extra installs them (pylibjpeg and its plugins)."""
+    name = transfer_syntax.name
+    if "2000" in name:  # JPEG 2000 and High-Throughput JPEG 2000
+        packages = "pylibjpeg pylibjpeg-openjpeg"
+    elif "RLE" in name:
+        packages = "pylibjpeg pylibjpeg-rle"
+    elif "JPEG" in name:  # Baseline, Extended (12-bit), Lossless, JPEG-LS
+        packages = "pylibjpeg pylibjpeg-libjpeg"
+    else:
+        packages = "python-gdcm"
+    return f"pip install 'cliptt5[dicom]' (or: pip install {packages})"
 
 
 def grayscale_image(pydicom, dataset, pixels: np.ndarray, bits: int) -> Image.Image:

@@ -66,11 +66,15 @@ def open_image(
     source: str | os.PathLike | bytes | bytearray | memoryview,
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    any_modality: bool = False,
+    on_doubt=None,
 ) -> Image.Image:
     """Decode `source` (a path or the file's bytes) fully, without resizing; DICOM goes through `dicom.read_dicom`.
 
     Returns mode "L", "RGB", "I;16" or "I". Raises `ImageReadError` naming `name` (default: the path) and the
-    problem: empty, not an image, truncated or corrupt, larger than `max_pixels`, or an unsupported mode.
+    problem: empty, not an image, truncated or corrupt, larger than `max_pixels`, an unsupported mode, or a DICOM
+    object that is not a projection radiograph (unless `any_modality`: dicom.check_radiograph). `on_doubt(message)`
+    hears about a DICOM read that may not be a chest radiograph (default: a warning).
     """
     if name is None:
         name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
@@ -78,7 +82,8 @@ def open_image(
     if is_dicom(data, name):
         from .dicom import read_dicom  # pydicom is an optional extra: needed only when a DICOM file shows up
 
-        return read_dicom(data, name=name, max_pixels=max_pixels)
+        return read_dicom(data, name=name, max_pixels=max_pixels, any_modality=any_modality,
+                          on_doubt=on_doubt)
     return decode_pil(data, name, max_pixels)
 
 

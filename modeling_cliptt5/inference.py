@@ -149,12 +149,15 @@ def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | N
     )
 
 
-def read_study_images(study: Study, num_views: int, max_pixels: int) -> tuple[list, list[str]]:
-    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors)."""
+def read_study_images(study: Study, num_views: int, max_pixels: int, any_modality: bool = False) -> tuple[list, list[str]]:
+    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors).
+
+    The readers' doubts about a file (a DICOM without Modality, another body part...) join `study.warnings`."""
     images, used, errors = [], [], []
     for path in study.files:
         try:
-            images.append(open_image(path, max_pixels=max_pixels))
+            images.append(open_image(path, max_pixels=max_pixels, any_modality=any_modality,
+                                     on_doubt=study.warnings.append))
             used.append(path)
         except ImageReadError as error:
             errors.append(str(error))
@@ -262,12 +265,14 @@ def draft_reports(
     max_pixels: int | None = None,
     on_error=None,
     on_warning=None,
+    any_modality: bool = False,
 ):
     """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
 
     A study whose views are all unreadable, or a batch the model fails on, yields reports with `error` set;
     the other studies go on. `on_error(message)` hears about each unreadable view and failed batch ("FILE:
-    REASON"), `on_warning(message)` about each study whose views were repeated or trimmed.
+    REASON"), `on_warning(message)` about each study whose views were repeated or trimmed and each file the readers
+    doubt. `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph).
     """
     generate_kwargs = generate_kwargs or {}
     on_error = on_error or (lambda message: None)
@@ -278,7 +283,7 @@ def draft_reports(
         started = time.perf_counter()
         ready, batch_images = [], []
         for study in studies[start : start + batch_size]:
-            images, errors = read_study_images(study, num_views, max_pixels)
+            images, errors = read_study_images(study, num_views, max_pixels, any_modality)
             for message in errors:
                 on_error(message)
             for message in study.warnings:

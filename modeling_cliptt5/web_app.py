@@ -43,6 +43,7 @@ PAGE_CSS = VIEWER_CSS + """
 #critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
                             border-radius: 6px; font-size: 1.15em; font-weight: 700; }
 #study-messages .problem { color: #b91c1c; }
+#study-messages .doubt { color: #92400e; font-weight: 600; }
 #draft-check mark.disagree { background: #fde68a; border-bottom: 2px solid #d97706; padding: 0 2px; }
 #draft-check .missing { color: #92400e; font-weight: 600; }
 """
@@ -56,23 +57,26 @@ def make_private_upload_folder():
     return Path(folder)
 
 
-def read_study(files, max_pixels=DEFAULT_MAX_PIXELS):
-    """Decode the dropped files: [(name, image)] for the readable ones and one message per unreadable file."""
-    images, problems = [], []
+def read_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
+    """Decode the dropped files: [(name, image)] for the readable ones, one message per unreadable file, and the
+    readers' doubts about the files used (a DICOM without Modality, of another body part...)."""
+    images, problems, doubts = [], [], []
     for path in files or []:
         name = Path(path).name
         try:
-            images.append((name, open_image(path, name=name, max_pixels=max_pixels)))
+            images.append((name, open_image(path, name=name, max_pixels=max_pixels, any_modality=any_modality,
+                                            on_doubt=doubts.append)))
         except ImageReadError as error:
             problems.append(str(error))
         except Exception as error:  # a decoder bug on one file must not take the page down
             problems.append(f"{name}: cannot be read ({type(error).__name__})")
-    return images, problems
+    return images, problems, doubts
 
 
-def messages_html(problems, note=None):
-    """Messages under the drop zone: one line per unreadable file, then a note."""
+def messages_html(problems, note=None, doubts=()):
+    """Messages under the drop zone: one line per unreadable file, one per doubtful file used, then a note."""
     lines = [f'<p class="problem">Not used: {html.escape(problem)}</p>' for problem in problems]
+    lines += [f'<p class="doubt">Check: {html.escape(doubt)}</p>' for doubt in doubts]
     if note:
         lines.append(f"<p>{html.escape(note)}</p>")
     return "".join(lines)
@@ -82,11 +86,11 @@ def captions_of(images):
     return [(f"Image {index}: {name}", image) for index, (name, image) in enumerate(images, start=1)]
 
 
-def show_study(files, max_pixels=DEFAULT_MAX_PIXELS):
+def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
     """Files dropped -> (viewer HTML, messages HTML)."""
-    images, problems = read_study(files, max_pixels)
+    images, problems, doubts = read_study(files, max_pixels, any_modality)
     note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
-    return (viewer_html(captions_of(images)) if images else EMPTY_VIEWER), messages_html(problems, note)
+    return (viewer_html(captions_of(images)) if images else EMPTY_VIEWER), messages_html(problems, note, doubts)
 
 
 def checklist_choices(names, probabilities):
@@ -94,14 +98,14 @@ def checklist_choices(names, probabilities):
     return [(f"{name}  {probabilities[name]:.2f}", name) for name in names]
 
 
-def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None):
+def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False):
     """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
     messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps).
 
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
-    images, problems = read_study(files, max_pixels)
+    images, problems, doubts = read_study(files, max_pixels, any_modality)
     no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
         note = "Drop at least one readable PNG, JPEG or DICOM image of the study, then draft."
@@ -134,7 +138,7 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
         viewer = viewer_html(captions_of(images), heatmaps)
         checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
                               value=report["guidance"])
-    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning), draft, checklist,
+    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts), draft, checklist,
             viewer)
 
 
@@ -209,8 +213,9 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
     return [str(text_path), str(json_path)]
 
 
-def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS):
-    """The page for a loaded `ReportDrafter`, queued (one draft at a time; other users wait their turn)."""
+def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
+    """The page for a loaded `ReportDrafter`, queued (one draft at a time; other users wait their turn).
+    `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph)."""
     make_private_upload_folder()
     prompt = drafter.default_prompt
     with gr.Blocks(title="CLIP-T5 chest X-ray report draft", analytics_enabled=False,
@@ -260,15 +265,16 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS):
                                    elem_id="exported-files")
         draft = gr.State({})
 
-        files.change(lambda paths: show_study(paths, max_pixels), inputs=files, outputs=[viewer, messages],
+        files.change(lambda paths: show_study(paths, max_pixels, any_modality), inputs=files, outputs=[viewer, messages],
                      api_name="show_study")
         # The old timing line goes at once, so nobody reads it as the new draft's while the model works.
         draft_outputs = [findings, impression, draft_info, messages, draft, checklist, viewer]
         draft_button.click(lambda: "Drafting...", outputs=draft_info, queue=False, api_visibility="private").then(
-            lambda paths, text: draft_report(drafter, paths, text, max_pixels),
+            lambda paths, text: draft_report(drafter, paths, text, max_pixels, any_modality=any_modality),
             inputs=[files, indication], outputs=draft_outputs, api_name="draft_report", concurrency_limit=1)
         redraft_button.click(lambda: "Drafting...", outputs=draft_info, queue=False, api_visibility="private").then(
-            lambda paths, text, checked: draft_report(drafter, paths, text, max_pixels, list(checked or [])),
+            lambda paths, text, checked: draft_report(drafter, paths, text, max_pixels, list(checked or []),
+                                                          any_modality),
             inputs=[files, indication, checklist], outputs=draft_outputs, api_name="redraft_report",
             concurrency_limit=1)
         gr.on([findings.change, impression.change, checklist.change],

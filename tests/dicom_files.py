@@ -23,10 +23,17 @@ def dicom_dataset(sop_class=DIGITAL_XRAY, transfer_syntax=ExplicitVRLittleEndian
 
 
 def grayscale_dicom(pixels, path, photometric="MONOCHROME2", bits_stored=None, signed=False,
-                    window=None, rescale=None, frames=1):
-    """Write `pixels` (2-D, or 3-D frames first when frames > 1) as an uncompressed grayscale DICOM file."""
+                    window=None, rescale=None, frames=1, modality="DX", body_part=None):
+    """Write `pixels` (2-D, or 3-D frames first when frames > 1) as an uncompressed grayscale DICOM file
+    (`modality` None: no Modality attribute)."""
     pixels = np.asarray(pixels)
     dataset = dicom_dataset()
+    if modality is None:
+        del dataset.Modality
+    else:
+        dataset.Modality = modality
+    if body_part is not None:
+        dataset.BodyPartExamined = body_part
     dataset.Rows, dataset.Columns = pixels.shape[-2:]
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
@@ -72,7 +79,7 @@ def structured_report_dicom(path):
 
 
 def jpeg_ls_dicom(path):
-    """A grayscale file declaring JPEG-LS compression; this venv has no JPEG-LS plugin (checked in the test)."""
+    """A grayscale file declaring JPEG-LS compression whose codestream is damaged (a marker, then zeros)."""
     dataset = dicom_dataset(transfer_syntax=pydicom.uid.JPEGLSLossless)
     dataset.Rows = dataset.Columns = 8
     dataset.SamplesPerPixel = 1

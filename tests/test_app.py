@@ -140,6 +140,31 @@ def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, 
     assert findings == model_draft(drafter, Image.open(png_path))["findings"]
 
 
+def test_a_ct_slice_is_not_drafted_and_an_unlabelled_dicom_is_drafted_with_a_note_to_check(client, drafter,
+                                                                                             tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ct_slice = upload(client, get_testdata_file("CT_small.dcm"))  # pydicom's own CT test file
+    findings, impression, info, messages, *_ = call(client, "draft_report", [ct_slice], "")
+    assert (findings, impression, info) == ("", "", "")
+    assert re.search(r"Not used: CT_small\.dcm: modality CT \([^<]*not a projection radiograph", messages), messages
+
+    unlabelled = grayscale_dicom(block_image(), tmp_path / "unlabelled.dcm", modality=None)
+    findings, impression, info, messages, *_ = call(client, "draft_report", [upload(client, unlabelled)], "")
+    assert info.startswith("Drafted in")
+    assert re.search(r'class="doubt">Check: unlabelled\.dcm: DICOM with no Modality', messages), messages
+
+
+def test_any_modality_lets_the_page_draft_a_ct_slice(drafter):
+    from pydicom.data import get_testdata_file
+
+    from modeling_cliptt5.web_app import draft_report
+
+    findings, impression, info, messages, *_ = draft_report(drafter, [get_testdata_file("CT_small.dcm")], "",
+                                                           any_modality=True)
+    assert info.startswith("Drafted in") and "modality CT" in messages and "Not used" not in messages
+
+
 def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
     findings = "Large right pneumothorax. Small left pleural effusion. Heart size is normal."
     tags, claims, critical, report = call(client, "review_report", findings, "No pneumonia.")

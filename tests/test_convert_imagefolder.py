@@ -154,6 +154,29 @@ def test_dicom_is_stored_as_16_bit_png(tmp_path):
     assert np.array_equal(values, expected.astype(np.int64))
 
 
+def test_a_ct_slice_is_skipped_naming_its_modality_unless_any_modality(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "cxr"
+    folder.mkdir()
+    # The study folder needs the file beside its metadata: a copy made by the test, not one kept in the repo.
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(folder / "cxr.png")
+    write_jsonl(folder / "metadata.jsonl", [{"file_name": "ct.dcm", "study_id": "ct", "findings": "Clear."},
+                                            {"file_name": "cxr.png", "study_id": "cxr", "findings": "Clear."}])
+    split_options = ["--test-fraction", "0", "--validation-fraction", "0"]
+    output = tmp_path / "out"
+    assert convert_imagefolder.main([str(folder), "--output", str(output), *split_options]) == 0
+    assert sorted(rows_by_id(load_report_dataset(str(output)))) == ["cxr"]
+    (entry,) = skipped_entries(output)
+    assert "ct.dcm" in entry["file"] and "modality CT" in entry["reason"] and "--any-modality" in entry["reason"]
+
+    assert convert_imagefolder.main([str(folder), "--output", str(output), *split_options, "--any-modality"]) == 0
+    assert sorted(rows_by_id(load_report_dataset(str(output)))) == ["ct", "cxr"]
+
+
 def test_missing_metadata_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "cxr").mkdir()
     assert convert_imagefolder.main([str(tmp_path / "cxr"), "--output", str(tmp_path / "out")]) == 1

@@ -172,7 +172,7 @@ def test_failure_mid_way_leaves_no_output(kaggle_root, tmp_path, monkeypatch):
     (output / "previous.txt").write_text("an earlier conversion")
     calls = []
 
-    def failing_read_view(view):
+    def failing_read_view(view, any_modality=False):
         calls.append(view)
         if len(calls) == 3:
             raise RuntimeError("disk full")

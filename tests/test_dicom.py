@@ -1,13 +1,16 @@
 """read_dicom: orientation, intensity order, LUTs and windows applied as a viewer would; bad objects refused."""
 
-import warnings
+import subprocess
+import sys
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
+from conftest import subprocess_env
 from dicom_files import block_image, grayscale_dicom, jpeg_ls_dicom, rgb_dicom, structured_report_dicom
-from modeling_cliptt5.dicom import read_dicom
+from modeling_cliptt5.dicom import DicomWarning, read_dicom
 from modeling_cliptt5.image_io import ImageReadError, open_image
 
 
@@ -79,13 +82,14 @@ def test_rgb_dicom(tmp_path):
     assert image.mode == "RGB" and tuple(np.array(image)[0, 0]) == (250, 20, 30) and np.array(image)[-1, -1].sum() == 0
 
 
-def test_multiframe_takes_first_frame_with_warning(tmp_path):
+def test_multiframe_is_refused_naming_its_frames_unless_any_modality(tmp_path):
     frames = np.stack([block_image(), np.flipud(block_image()), block_image()])
     path = grayscale_dicom(frames, tmp_path / "multi.dcm", frames=3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        image = read_dicom(path)
-    assert any("3 frames" in str(w.message) and "first" in str(w.message) for w in caught)
+    error = reason_for(path)
+    assert error.file.endswith("multi.dcm") and "3 frames" in error.reason and "--any-modality" in error.reason
+    doubts = []
+    image = read_dicom(path, any_modality=True, on_doubt=doubts.append)
+    assert len(doubts) == 1 and "3 frames" in doubts[0] and "first frame" in doubts[0]
     assert corner_and_background(image) == (255, 0)  # frame 0 has the block top-left; frame 1 would not
 
 
@@ -132,9 +136,97 @@ def test_oversized_dicom_refused_before_decoding(tmp_path):
     assert "too large" in error.reason and "20 x 16" in error.reason
 
 
-def test_missing_decoder_names_transfer_syntax_and_plugins(tmp_path):
-    if pydicom.pixels.get_decoder(pydicom.uid.JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS plugin is installed here")
+def test_missing_decoder_names_the_syntax_and_the_package_that_decodes_it(tmp_path):
+    # The plugins are installed here (the dicom extra): a child process that cannot import them is a machine
+    # without them. (JPEG 2000 would still decode there: Pillow reads it.)
+    script = (
+        "import sys\n"
+        "for module in ('libjpeg', 'pylibjpeg', 'openjpeg', 'rle'): sys.modules[module] = None\n"
+        "from pydicom.data import get_testdata_file\n"
+        "from modeling_cliptt5.image_io import ImageReadError, open_image\n"
+        "try:\n"
+        "    open_image(get_testdata_file(sys.argv[1]), any_modality=True, on_doubt=lambda message: None)\n"
+        "except ImageReadError as error:\n"
+        "    print(error.reason)\n"
+    )
+    for name, syntax, packages in (("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless", "pylibjpeg-libjpeg"),
+                                   ("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless", "pylibjpeg-libjpeg")):
+        reason = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True,
+                                env=subprocess_env(), check=True).stdout
+        assert syntax in reason and "no installed pydicom plugin" in reason, reason
+        assert "cliptt5[dicom]" in reason and packages in reason, reason
+
+
+# pydicom's own test files, read from the installed package: a CT slice, an MR, a nuclear-medicine image.
+@pytest.mark.parametrize("name, modality", [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR"), ("JPEG2000.dcm", "NM")])
+def test_other_modalities_are_refused_naming_file_and_modality(name, modality):
+    path = get_testdata_file(name)
+    error = reason_for(path)
+    assert error.file == path and f"modality {modality} (" in error.reason and "not a projection radiograph" in error.reason
+    assert "--any-modality" in error.reason
+    doubts = []
+    image = open_image(path, any_modality=True, on_doubt=doubts.append)
+    assert image.size[0] > 0 and any(f"modality {modality}" in doubt for doubt in doubts)
+
+
+def test_radiographs_pass_secondary_captures_and_unlabelled_files_pass_with_a_doubt(tmp_path):
+    for modality in ("CR", "DX", "RG"):
+        path = grayscale_dicom(block_image(), tmp_path / f"{modality}.dcm", modality=modality)
+        doubts = []
+        open_image(path, on_doubt=doubts.append)
+        assert doubts == [], modality
+    doubts = []
+    open_image(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"), on_doubt=doubts.append)  # a secondary capture, OT
+    assert len(doubts) == 1 and "secondary capture" in doubts[0]
+    doubts = []
+    open_image(grayscale_dicom(block_image(), tmp_path / "none.dcm", modality=None), on_doubt=doubts.append)
+    assert len(doubts) == 1 and "none.dcm" in doubts[0] and "no Modality" in doubts[0]
+    doubts = []
+    open_image(grayscale_dicom(block_image(), tmp_path / "abdomen.dcm", body_part="ABDOMEN"), on_doubt=doubts.append)
+    assert len(doubts) == 1 and "ABDOMEN" in doubts[0]
+    doubts = []
+    open_image(grayscale_dicom(block_image(), tmp_path / "chest.dcm", body_part="CHEST"), on_doubt=doubts.append)
+    assert doubts == []
+
+
+def test_a_doubt_is_a_warning_when_nobody_listens(tmp_path):
+    with pytest.warns(DicomWarning, match="no Modality"):
+        open_image(grayscale_dicom(block_image(), tmp_path / "none.dcm", modality=None))
+
+
+def decoded(name, bits=8):
+    return np.asarray(read_dicom(get_testdata_file(name), bits=bits, any_modality=True,
+                                 on_doubt=lambda message: None)).astype(np.float64)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"])
+def test_lossless_syntaxes_give_the_uncompressed_pixels(name):
+    # JPEG-LS, JPEG 2000 and RLE copies of pydicom's uncompressed MR_small.dcm, through the whole display path.
+    assert np.array_equal(decoded(name, bits=16), decoded("MR_small.dcm", bits=16))
+
+
+def test_jpeg_lossless_process_14_gives_the_rle_copys_pixels():
+    assert np.array_equal(decoded("SC_rgb_jpeg_gdcm.dcm"), decoded("SC_rgb_rle.dcm"))
+
+
+def test_jpeg_baseline_is_within_a_few_grey_levels_of_the_lossless_copy():
+    difference = np.abs(decoded("SC_rgb_jpeg_dcmtk.dcm") - decoded("SC_rgb_rle.dcm"))
+    assert difference.mean() < 2 and difference.max() <= 16
+
+
+def test_12_bit_jpeg_extended_keeps_its_depth_and_shows_the_same_scan_as_its_jpeg_2000_copy():
+    dataset = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    stored = pydicom.pixels.pixel_array(dataset)
+    assert dataset.BitsStored == 12 and stored.max() > 255  # 12-bit values, not cut to 8
+    extended, jpeg_2000 = decoded("JPGExtended.dcm", bits=16), decoded("JPEG2000.dcm", bits=16)
+    assert np.corrcoef(extended.ravel(), jpeg_2000.ravel())[0, 1] > 0.9
+
+
+def test_jpeg_ls_near_lossless_decodes():
+    image = decoded("JPEGLSNearLossless_08.dcm")
+    assert image.shape == (45, 10) and image.std() > 10
+
+
+def test_damaged_compressed_data_names_the_syntax(tmp_path):
     error = reason_for(jpeg_ls_dicom(tmp_path / "ls.dcm"))
-    assert "JPEG-LS Lossless" in error.reason and "1.2.840.10008.1.2.4.80" in error.reason
-    assert "pylibjpeg" in error.reason
+    assert error.file.endswith("ls.dcm") and "cannot decode JPEG-LS Lossless" in error.reason

@@ -281,3 +281,27 @@ def test_a_release_with_a_finding_head_writes_probabilities_findings_and_disagre
         first = next(csv.DictReader(handle))
     assert set(json.loads(first["finding_probabilities"])) == set(HEAD_FINDINGS)
     assert "disagreements" in first and "predicted_findings" in first
+
+
+def test_a_ct_slice_is_refused_in_one_line_and_drafted_only_with_any_modality(tiny_release_dir, mixed_inputs,
+                                                                               tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    ct_slice, good = get_testdata_file("CT_small.dcm"), mixed_inputs / "a_png.png"
+    unlabelled = grayscale_dicom(block_image(), tmp_path / "unlabelled.dcm", modality=None)
+    output = tmp_path / "reports.jsonl"
+    code = generate.main(["--model", str(tiny_release_dir), ct_slice, str(good), str(unlabelled),
+                          "--output", str(output), "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(row["id"] for row in read_jsonl(output)) == ["a_png", "unlabelled"]
+    (refusal,) = [line for line in err.splitlines() if "CT_small.dcm" in line]
+    assert refusal.startswith("error: ") and "modality CT" in refusal and "--any-modality" in refusal
+    (doubt,) = [line for line in err.splitlines() if "unlabelled.dcm" in line]
+    assert doubt.startswith("warning: ") and "no Modality" in doubt
+
+    code = generate.main(["--model", str(tiny_release_dir), ct_slice, "--output", str(output),
+                          "--max-new-tokens", "4", "--any-modality"])
+    err = capsys.readouterr().err
+    assert code == 0 and [row["id"] for row in read_jsonl(output)] == ["CT_small"]
+    assert any(line.startswith("warning: ") and "modality CT" in line for line in err.splitlines())
