@@ -60,16 +60,23 @@ def refused_settings(generation_config, settings=None):
 
 
 def _import_onnxruntime():
-    """onnxruntime, or an ImportError saying what to install (load_for_cpu then falls back to PyTorch int8)."""
+    """onnxruntime with its telemetry off, or an ImportError saying what to install (load_for_cpu then falls back
+    to PyTorch int8). Every use of onnxruntime here (sessions, and the quantizer's in the export's child process)
+    goes through this, because the package sends nothing off this computer: onnxruntime >= 1.29 on Linux starts a
+    telemetry uploader when it is imported (DNS lookups of mobile.events.data.microsoft.com some seconds later,
+    with or without sessions). Only ORT_DISABLE_TELEMETRY=1, set before the import, stops it (measured with strace);
+    disable_telemetry_events() covers an onnxruntime somebody else imported first, for its later events."""
     import transformers
 
     if int(transformers.__version__.split(".")[0]) < 5:  # the export passes v5's cache classes and 4D masks
         raise ImportError(f"the ONNX fast path needs transformers >= 5, found {transformers.__version__}")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # inherited by the export's child process too
     try:
         import onnxruntime
     except ImportError as error:
         raise ImportError("--optimize runs the model with ONNX Runtime: pip install 'cliptt5[fast]' "
                           "(onnxruntime and onnx)") from error
+    onnxruntime.disable_telemetry_events()
     return onnxruntime
 
 
@@ -220,6 +227,7 @@ def export_graphs(model, folder, weights="int8"):
             opset_version=17, dynamo=False,
         )
     if weights == "int8":
+        _import_onnxruntime()  # telemetry off before the quantizer starts its sessions
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         logging.disable(logging.WARNING)  # its advice to run shape pre-processing, meant for static quantization
@@ -267,7 +275,8 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
         command = [sys.executable, "-m", "modeling_cliptt5.onnx_inference", str(release_folder), str(building),
                    "--weights", weights]
         completed = subprocess.run(command, capture_output=True, text=True,
-                                   cwd=Path(__file__).resolve().parents[1])
+                                   cwd=Path(__file__).resolve().parents[1],
+                                   env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"})  # before anything imports it
         if completed.returncode != 0:
             raise RuntimeError(f"ONNX export of {release_folder} failed:\n{completed.stderr[-3000:]}")
         (building / "done.json").write_text(json.dumps({"release": str(release_folder.resolve()), "weights": weights}))
@@ -296,9 +305,6 @@ class OnnxCLIPT5:
 
     def __init__(self, folder, config, generation_config, threads=None, weights="int8"):
         onnxruntime = _import_onnxruntime()
-        # onnxruntime 1.32 looks up a Microsoft telemetry host when sessions start and while they run: off, before
-        # any session exists (the package sends nothing off this computer).
-        onnxruntime.disable_telemetry_events()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1

@@ -72,13 +72,15 @@ def server_env(threads=None):
 
 
 @contextlib.contextmanager
-def serve_app(model, port=None, threads=None, log_path=None, app_args=()):
-    """Run `python app.py --model MODEL --port PORT [APP_ARGS]` and yield the page's URL once it answers; stop
-    it after. The server's output goes to `log_path` (kept) or to a temporary file."""
+def serve_app(model, port=None, threads=None, log_path=None, app_args=(), wrapper=()):
+    """Run `[WRAPPER] python app.py --model MODEL --port PORT [APP_ARGS]` and yield the page's URL once it
+    answers; stop it after. The server's output goes to `log_path` (kept) or to a temporary file. A `wrapper`
+    (e.g. strace) must run app.py as its child: app.py is then stopped, and the wrapper waited for."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "app.py", "--model", str(model), "--port", str(port), *app_args],
+    process = subprocess.Popen([*wrapper, sys.executable, "app.py", "--model", str(model), "--port", str(port),
+                                *app_args],
                                cwd=REPO_ROOT, env=server_env(threads), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
@@ -95,7 +97,13 @@ def serve_app(model, port=None, threads=None, log_path=None, app_args=()):
                 time.sleep(0.5)
         yield url
     finally:
-        process.terminate()  # app.py turns SIGTERM into Ctrl+C: the server closes and deletes its uploads
+        if wrapper:
+            import psutil
+
+            for child in psutil.Process(process.pid).children():
+                child.terminate()
+        else:
+            process.terminate()  # app.py turns SIGTERM into Ctrl+C: the server closes and deletes its uploads
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
