@@ -23,7 +23,9 @@ share of its batch's wall time) and, with --labels, labels / uncertain_labels (a
 from the rule labeler). A release with a finding head adds finding_probabilities (each finding's probability),
 predicted_findings (those at or above the release's threshold, which the draft follows) and disagreements
 (findings the head calls present that the draft text does not state, or the reverse, read by the rule reader of
-the label set). These are drafts for a radiologist to check, not diagnoses.
+the label set). A release with a summary of its training images adds ood_score (how unlike them the study is) and
+ood_flag (beyond the 99th percentile of its validation studies; --refuse-ood skips such studies). These are drafts
+for a radiologist to check, not diagnoses.
 """
 
 import argparse
@@ -47,6 +49,7 @@ from modeling_cliptt5.inference import (
 OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "seconds")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
 FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
+OOD_COLUMNS = ("ood_score", "ood_flag")
 PROGRESS_AFTER = 5  # a bar is noise for a handful of studies
 
 
@@ -75,6 +78,9 @@ def parse_args(argv=None):
     parser.add_argument("--any-modality", action="store_true",
                         help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
                              "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
+    parser.add_argument("--refuse-ood", action="store_true",
+                        help="do not draft studies the release flags as unlike its training images (ood_flag: "
+                             "beyond the 99th percentile of its validation studies); each is reported as a problem")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (decompression-bomb guard; default: {DEFAULT_MAX_PIXELS:,})")
     args = parser.parse_args(argv)
@@ -123,6 +129,8 @@ def record(draft, with_labels):
     if draft.finding_probabilities is not None:
         row.update(finding_probabilities=draft.finding_probabilities, predicted_findings=draft.predicted_findings,
                    disagreements=draft.disagreements)
+    if draft.ood_score is not None:
+        row.update(ood_score=draft.ood_score, ood_flag=draft.ood_flag)
     return row
 
 
@@ -157,6 +165,8 @@ def write_outputs(path, rows, with_labels):
     columns = OUTPUT_COLUMNS + (LABEL_COLUMNS if with_labels else ())
     if any("finding_probabilities" in row for row in rows):
         columns += FINDING_COLUMNS
+    if any("ood_score" in row for row in rows):
+        columns += OOD_COLUMNS
     if path.suffix.lower() == ".jsonl":
         write_atomically(path, lambda stream: stream.writelines(json.dumps(row) + "\n" for row in rows))
         return
@@ -172,6 +182,9 @@ def write_outputs(path, rows, with_labels):
 
 def print_draft(row, out):
     out(f"== {row['id']} ({', '.join(Path(name).name for name in row['input_files'])})")
+    if row.get("ood_flag"):
+        out(f"WARNING: unlike this model's training images (ood_score {row['ood_score']:.2f}): the draft may be "
+            "meaningless")
     if row["findings"] is None and row["impression"] is None:
         out(row["report"] or "(empty draft)")
     else:
@@ -207,6 +220,9 @@ def main(argv=None):
     device = resolve_device(args.device, args.optimize)
     model, processor = load_model(args.model, device, args.dtype, args.optimize, generate_kwargs(args))
     num_views = model.config.num_views
+    if model.ood_summary is None:
+        print("note: this release has no summary of its training images (ood_summary.safetensors): studies unlike "
+              "them cannot be flagged", file=sys.stderr)
     study_by = args.study_by if args.study_by != "auto" else ("none" if num_views == 1 else "folder")
     studies = group_studies(files, study_by)
     prompt = args.prompt if args.prompt is not None else model.config.prompt
@@ -223,7 +239,7 @@ def main(argv=None):
                 model, processor, studies, batch_size=args.batch_size, prompt=prompt,
                 generate_kwargs=generate_kwargs(args), max_pixels=args.max_pixels,
                 on_error=report_problem, on_warning=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
-                any_modality=args.any_modality,
+                any_modality=args.any_modality, refuse_ood=args.refuse_ood,
             )
             for draft in drafts:
                 bar.update(1)

@@ -204,9 +204,22 @@ def build_processor(t5_model=DEFAULT_T5_MODEL, image_size=224, max_prompt_tokens
     )
 
 
-def save_release(model, processor, output_dir):
-    """Writes model + processor to a temporary sibling folder, renamed into place only once complete."""
+def release_info(output_dir, clip_model, t5_model):
+    """release_info.json of a converted (untrained) release: what the model card and a push need."""
+    return {"model_name": os.path.basename(os.path.abspath(output_dir)), "dataset": "none (converted, not trained)",
+            "sources": {}, "split_sizes": {}, "validation_studies": 0, "step": 0, "metrics": {},
+            "best_metric": "loss", "license": "other", "base_models": [clip_model, t5_model],
+            "initialisation": f"{clip_model} (image tower) + {t5_model}; clip_projection untrained",
+            "synthetic_data": False}
+
+
+def save_release(model, processor, output_dir, info):
+    """Writes model + processor + release_info.json + model card to a temporary sibling folder, renamed into place
+    only once complete: a full release, as train.py writes (pushable with python -m modeling_cliptt5.release)."""
+    import json
     import shutil
+
+    from modeling_cliptt5.release import RELEASE_INFO_FILE, model_sizes, write_model_card
 
     output_dir = os.path.abspath(output_dir)
     os.makedirs(os.path.dirname(output_dir), exist_ok=True)
@@ -214,6 +227,9 @@ def save_release(model, processor, output_dir):
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        with open(os.path.join(staging, RELEASE_INFO_FILE), "w", encoding="utf-8") as handle:
+            json.dump({**info, **model_sizes(model, staging)}, handle, indent=1)
+        write_model_card(staging)
         if os.path.exists(output_dir):
             shutil.rmtree(output_dir)
         os.rename(staging, output_dir)
@@ -253,7 +269,7 @@ def main(argv=None):
     )
     processor = build_processor(args.t5_model, image_size=model.config.vision_config.image_size,
                                 max_prompt_tokens=model.config.max_prompt_tokens)
-    save_release(model, processor, args.output)
+    save_release(model, processor, args.output, release_info(args.output, args.clip_model, args.t5_model))
     parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"wrote {args.output}: {parameters / 1e6:.1f} M parameters")
 

@@ -59,6 +59,10 @@ class DraftedReport:
     guidance: list | None = None
     disagreements: list | None = None
     finding_maps: object = None  # [views, findings, grid, grid] tensor, for the page's heatmaps
+    # With the release's OOD summary: how unlike the training images the study is, and whether that is beyond the
+    # 99th percentile of its validation studies
+    ood_score: float | None = None
+    ood_flag: bool | None = None
 
 
 def looks_like_image(path: Path) -> bool:
@@ -178,7 +182,8 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, gene
     package, a release loads from its own code files with trust_remote_code=True: tests/test_remote_code.py.)
 
     `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu). Raises ValueError
-    for a folder of another model type, or `optimize` with another device or dtype."""
+    for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
+    OOD summary as `model.ood_summary` (None without one)."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
 
     from .configuration_cliptt5 import CLIPT5Config
@@ -193,27 +198,42 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, gene
     if optimize:
         from .fast_inference import load_for_cpu
 
-        return load_for_cpu(path_or_id, generate_kwargs), processor
-    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
-                                                  trust_remote_code=False).eval()
-    return model.to(device), processor
+        model = load_for_cpu(path_or_id, generate_kwargs)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
+                                                      trust_remote_code=False).eval().to(device)
+    model.ood_summary = release_ood_summary(path_or_id)
+    return model, processor
+
+
+def release_ood_summary(path_or_id):
+    """The release's OOD summary (ood.py), or None when it has none (releases written before it, or converted)."""
+    from transformers.utils import cached_file
+
+    from .ood import OOD_FILE, load_summary
+
+    path = cached_file(path_or_id, OOD_FILE, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    return None if path is None else load_summary(Path(path).parent)
 
 
 def generate_with_findings(model, inputs: dict, generate_kwargs: dict, findings=None):
-    """(sequences, CLIPT5FindingOutput or None): the drafts and, with a finding head, what the head says, from one
-    pass of the image tower. `findings` (one entry per study, see CLIPT5ForConditionalGeneration.findings_tensor)
-    replace the head's decisions in the guidance."""
-    if hasattr(model, "generate_with_findings"):  # the ONNX fast path computes both in its encoder graph
+    """(sequences, CLIPT5FindingOutput or None, image vectors [studies, views, dim] for the OOD summary): the drafts
+    and, with a finding head, what the head says, from one pass of the image tower. `findings` (one entry per
+    study, see CLIPT5ForConditionalGeneration.findings_tensor) replace the head's decisions in the guidance."""
+    from .ood import image_vectors
+
+    if hasattr(model, "generate_with_findings"):  # the ONNX fast path computes all three in its encoder graph
         return model.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
-    if getattr(model, "finding_head", None) is None:
-        if findings is not None:
-            raise ValueError("this model has no finding head: it cannot take findings")
-        return model.generate(**inputs, **generate_kwargs), None
+    has_head = getattr(model, "finding_head", None) is not None
+    if findings is not None and not has_head:
+        raise ValueError("this model has no finding head: it cannot take findings")
     inputs = dict(inputs)
     vision_features = model.get_vision_features(inputs.pop("pixel_values"))
-    head = model.predict_findings(vision_features=vision_features)
-    sequences = model.generate(vision_features=vision_features, findings=findings, **inputs, **generate_kwargs)
-    return sequences, head
+    head = model.predict_findings(vision_features=vision_features) if has_head else None
+    guidance = {"findings": findings} if has_head else {}
+    sequences = model.generate(vision_features=vision_features, **guidance, **inputs, **generate_kwargs)
+    return sequences, head, image_vectors(vision_features)
 
 
 def guidance_names(names, present, given):
@@ -231,14 +251,19 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
     """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}], plus, with a
     finding head, "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance"
     (what the draft followed: the head's findings, or `findings` where given), "disagreements" and
-    "finding_maps"."""
+    "finding_maps"; with the release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the
+    99th percentile of its validation studies: unlike the training images)."""
     from .findings import disagreements, text_reader
 
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     with torch.inference_mode():
-        sequences, head = generate_with_findings(model, inputs, generate_kwargs, findings)
+        sequences, head, vectors = generate_with_findings(model, inputs, generate_kwargs, findings)
     reports = processor.batch_decode_reports(sequences)
+    summary = getattr(model, "ood_summary", None)
+    if summary is not None:
+        for report, score in zip(reports, summary.study_scores(vectors).tolist()):
+            report.update(ood_score=round(score, 3), ood_flag=score > summary.threshold)
     if head is None:
         return reports
     names = list(model.config.finding_labels)
@@ -266,6 +291,7 @@ def draft_reports(
     on_error=None,
     on_warning=None,
     any_modality: bool = False,
+    refuse_ood: bool = False,
 ):
     """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
 
@@ -273,6 +299,7 @@ def draft_reports(
     the other studies go on. `on_error(message)` hears about each unreadable view and failed batch ("FILE:
     REASON"), `on_warning(message)` about each study whose views were repeated or trimmed and each file the readers
     doubt. `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph).
+    `refuse_ood`: a study the release's OOD summary flags gets `error` (and on_error) instead of its draft.
     """
     generate_kwargs = generate_kwargs or {}
     on_error = on_error or (lambda message: None)
@@ -305,6 +332,12 @@ def draft_reports(
             continue
         seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
         for study, draft in zip(ready, drafts):
+            if refuse_ood and draft.get("ood_flag"):
+                message = ood_refusal(draft["ood_score"], model.ood_summary.threshold)
+                on_error(f"{study.study_id}: {message}")
+                yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft["ood_score"],
+                                    ood_flag=True)
+                continue
             yield DraftedReport(
                 study.study_id,
                 study.files,
@@ -317,7 +350,19 @@ def draft_reports(
                 guidance=draft.get("guidance"),
                 disagreements=draft.get("disagreements"),
                 finding_maps=draft.get("finding_maps"),
+                ood_score=draft.get("ood_score"),
+                ood_flag=draft.get("ood_flag"),
             )
+
+
+def ood_refusal(score, threshold):
+    return (f"not drafted: unlike this model's training images (ood_score {score:.2f}, beyond {threshold:.2f}, the "
+            f"99th percentile of its validation studies; --refuse-ood)")
+
+
+def ood_warning(score, threshold):
+    return (f"This image looks unlike the images this model was trained on (ood_score {score:.2f}, beyond "
+            f"{threshold:.2f}, the 99th percentile of its validation studies): the draft may be meaningless.")
 
 
 def finding_labels(report: str) -> dict:

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-EXPORT_FORMAT = 2  # bump when the graphs' inputs or outputs change: cached exports are then made again
+from .ood import image_vectors
+
+EXPORT_FORMAT = 3  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
 # GenerationConfig fields whose non-default values greedy decoding here does not implement.
@@ -126,7 +128,7 @@ class EncoderGraph(nn.Module):
         for attention in _cross_attentions(model):
             cross += [attention.k(hidden).view(heads_first).transpose(1, 2),
                       attention.v(hidden).view(heads_first).transpose(1, 2)]
-        return (attention_mask, *cross, *head_outputs)
+        return (attention_mask, *cross, *head_outputs, image_vectors(vision_features))
 
 
 class DecoderStepGraph(nn.Module):
@@ -186,7 +188,7 @@ def export_graphs(model, folder, weights="int8"):
     encoder_inputs, encoder_input_names = (pixel_values, prompt_ids, prompt_mask), ["pixel_values", "prompt_ids",
                                                                                     "prompt_mask"]
     encoder_axes = {"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
-                    "prompt_mask": {0: "batch", 1: "prompt"}}
+                    "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}}
     head_names = []
     if model.finding_embeddings is not None:
         encoder_inputs += (torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),)
@@ -204,7 +206,7 @@ def export_graphs(model, folder, weights="int8"):
         torch.onnx.export(
             EncoderGraph(model), encoder_inputs, str(float_folder / ENCODER_FILE),
             input_names=encoder_input_names,
-            output_names=["encoder_attention_mask", *cross_names, *head_names],
+            output_names=["encoder_attention_mask", *cross_names, *head_names, "image_vectors"],
             dynamic_axes={**encoder_axes, "encoder_attention_mask": {0: "batch", 1: "encoder"},
                           **{name: {0: "batch", 2: "encoder"} for name in cross_names}},
             opset_version=17, dynamo=False,
@@ -333,8 +335,8 @@ class OnnxCLIPT5:
                    GenerationConfig.from_pretrained(release_folder), threads, weights)
 
     def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None):
-        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches) and, with a
-        finding head, its CLIPT5FindingOutput (else None)."""
+        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches), with a finding
+        head its CLIPT5FindingOutput (else None), and the images' vectors for the OOD summary (ood.image_vectors)."""
         from .modeling_cliptt5 import CLIPT5FindingOutput, findings_to_tensor
 
         batch = pixel_values.shape[0]
@@ -352,7 +354,7 @@ class OnnxCLIPT5:
             feeds["findings"] = given.numpy().astype(np.int64)
         elif findings is not None:
             raise ValueError("this model does not take findings: it has no finding head with guidance")
-        encoder_mask, *outputs = self.encoder_session.run(None, feeds)
+        encoder_mask, *outputs, vectors = self.encoder_session.run(None, feeds)
         head = None
         if config.finding_head:
             *cross, probabilities, maps = outputs
@@ -367,7 +369,7 @@ class OnnxCLIPT5:
         for layer in range(config.num_decoder_layers):
             feeds.update({f"self_keys.{layer}": empty, f"self_values.{layer}": empty,
                           f"cross_keys.{layer}": cross[2 * layer], f"cross_values.{layer}": cross[2 * layer + 1]})
-        return feeds, head
+        return feeds, head, torch.from_numpy(vectors)
 
     def step(self, feeds, tokens):
         """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
@@ -387,8 +389,8 @@ class OnnxCLIPT5:
 
     def generate_with_findings(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None,
                                **settings):
-        """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None) from one encoder
-        graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
+        """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None, the images' OOD
+        vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
         refused = refused_settings(self.generation_config, settings)
         if refused:
             raise ValueError(f"the ONNX fast path decodes greedily and does not implement {', '.join(refused)}; "
@@ -396,7 +398,7 @@ class OnnxCLIPT5:
         if pixel_values is None:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
         max_new_tokens, min_new_tokens = self._draft_length(settings)
-        feeds, head = self.start(pixel_values, input_ids, attention_mask, findings)
+        feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings)
         eos = self.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         pad = self.generation_config.pad_token_id
@@ -412,7 +414,7 @@ class OnnxCLIPT5:
             finished |= np.isin(next_tokens, eos)
             if finished.all():
                 break
-        return torch.from_numpy(tokens), head
+        return torch.from_numpy(tokens), head, vectors
 
     def _draft_length(self, settings):
         """(max_new_tokens, min_new_tokens) as transformers' generate() resolves them for an encoder-decoder."""
@@ -425,7 +427,7 @@ class OnnxCLIPT5:
 
     def teacher_forced_logits(self, pixel_values, decoder_input_ids):
         """Logits [batch, length, vocab] for given decoder inputs, as the model's forward gives them."""
-        feeds, _ = self.start(pixel_values)
+        feeds, *_ = self.start(pixel_values)
         ids = decoder_input_ids.numpy()
         return torch.from_numpy(np.stack([self.step(feeds, ids[:, position]) for position in range(ids.shape[1])], 1))
 

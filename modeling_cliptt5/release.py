@@ -138,22 +138,37 @@ def write_model_card(release_dir, repo_id=None):
     return path
 
 
+class HubPushError(RuntimeError):
+    """A push that did not happen (no network, offline mode, no permission); the release folder is as it was."""
+
+
 def push_release(release_dir, repo_id, private=False, commit_message=None):
     """Uploads a release folder to the Hub (the token comes from HF_TOKEN or `hf auth login`), refilling the
-    model card with the repo id first."""
+    model card with the repo id first. Raises HubPushError, one line, when the Hub cannot be reached or refuses:
+    the folder's model card is then put back as it was."""
     from huggingface_hub import HfApi
 
     if not (Path(release_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{release_dir}: not a release folder (no config.json)")
-    write_model_card(release_dir, repo_id=repo_id)
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = json.loads((Path(release_dir) / RELEASE_INFO_FILE).read_text(encoding="utf-8"))
     message = commit_message or f"CLIP-T5 release: step {info.get('step', '?')}, {info.get('best_metric', 'loss')} " \
         f"{info.get('metrics', {}).get('validation/' + info.get('best_metric', 'loss'), 'n/a')}"
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(release_dir), repo_type="model",
-                               commit_message=message)
-    return commit
+    api = HfApi()
+    card = Path(release_dir) / "README.md"
+    previous_card = card.read_bytes() if card.is_file() else None
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")  # reaches the Hub, or fails here
+        write_model_card(release_dir, repo_id=repo_id)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(release_dir), repo_type="model",
+                                 commit_message=message)
+    except Exception as error:  # network, offline mode, authentication: all end the push the same way
+        if previous_card is None:
+            card.unlink(missing_ok=True)
+        else:
+            card.write_bytes(previous_card)
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise HubPushError(f"could not upload {release_dir} to {repo_id} ({type(error).__name__}: {reason}); "
+                           "nothing was uploaded and the folder is unchanged") from None
 
 
 def main(argv=None):
@@ -162,11 +177,15 @@ def main(argv=None):
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Hub repo id to upload to")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     args = parser.parse_args(argv)
-    card = write_model_card(args.release_dir, repo_id=args.push_to_hub)
-    print(f"wrote {card}")
-    if args.push_to_hub:
+    if not args.push_to_hub:
+        print(f"wrote {write_model_card(args.release_dir)}")
+        return 0
+    try:
         commit = push_release(args.release_dir, args.push_to_hub, private=args.private)
-        print(f"uploaded {args.release_dir} to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
+    except HubPushError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"uploaded {args.release_dir} to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -473,6 +473,21 @@ def train_generation(config):
 
     if eval_loader is None:
         _save_release({"step": trainer_state["step"]})  # no validation split: the release is the last model
+    if (config.ood_summary and validation_rows is not None and accelerator.is_main_process
+            and os.path.isdir(config.release_dir)):
+        from .ood import write_release_summary
+
+        try:
+            summary = write_release_summary(
+                config.release_dir, take_first(data[config.train_split], config.ood_max_images),
+                take_first(data[config.validation_split], config.ood_max_images),
+                max_training_images=config.ood_max_images, device=accelerator.device)
+            print(f"summary of {summary.training_images} training images written to the release: a study is "
+                  f"flagged unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
+                  f"{summary.validation_studies} validation studies)")
+        except ValueError as error:  # too few readable images: the release is complete without it
+            print(f"note: no summary of the training images in the release ({error}): unfamiliar studies will "
+                  "not be flagged")
     if accelerator.is_main_process:
         curves = plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
                              metric_names=[name for name in last_metrics if name != "loss"])
@@ -484,10 +499,14 @@ def train_generation(config):
               f"{trainer_state['best_step']}; release {config.release_dir}; curves {curves}; "
               f"{bad_log.count} unreadable studies skipped")
         if config.push_to_hub:
-            from .release import push_release
+            from .release import HubPushError, push_release
 
-            push_release(config.release_dir, config.push_to_hub, private=config.hub_private)
-            print(f"uploaded {config.release_dir} to {config.push_to_hub}")
+            try:
+                push_release(config.release_dir, config.push_to_hub, private=config.hub_private)
+                print(f"uploaded {config.release_dir} to {config.push_to_hub}")
+            except HubPushError as error:  # the run and its release are complete: say so, do not crash
+                print(f"error: {error}; push later with python -m modeling_cliptt5.release {config.release_dir} "
+                      f"--push-to-hub {config.push_to_hub}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainingResult(model=accelerator.unwrap_model(model), processor=processor, step=trainer_state["step"],

@@ -119,6 +119,9 @@ class TrainingConfig:
     eval_every_steps: int = _setting(500, "validate every N optimizer steps (and at the end)")
     eval_max_samples: int = _setting(200, "validation studies used (the first N; 0: all)")
     eval_batch_size: int = _setting(16, "studies per device during validation")
+    ood_summary: bool = _setting(True, "stage 2: at the end, write a summary of the training images into the "
+                                 "release (ood.py: studies unlike them are flagged at inference); needs validation")
+    ood_max_images: int = _setting(2000, "training images (the first N) and validation studies the summary reads")
     eval_metrics: Literal["auto", "coco", "sacrebleu", "none"] = _setting(
         "auto", "generated-report metrics: coco (metrics.score_reports, Java), sacrebleu (BLEU-4), auto (coco when "
         "available), none (loss only)")

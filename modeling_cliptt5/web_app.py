@@ -21,6 +21,7 @@ import gradio as gr  # noqa: E402
 
 from .findings import text_reader  # noqa: E402
 from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from .inference import ood_warning  # noqa: E402
 from .labeler import split_sentences  # noqa: E402
 from .report_drafter import ReportDrafter  # noqa: E402
 from .report_review import (  # noqa: E402
@@ -126,8 +127,12 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     source = "the findings you checked" if findings is not None else "its findings"
     info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
+    if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
+        info = f"**WARNING: {ood_warning(report['ood_score'], drafter.model.ood_summary.threshold)}**\n\n{info}"
     draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
              "seconds": round(seconds, 3), "images": used}
+    if "ood_score" in report:
+        draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"])
     checklist = no_checklist
     if "finding_probabilities" in report:
         names = drafter.finding_labels

@@ -1,5 +1,7 @@
 """The converter turns an open_clip BiomedCLIP-shaped model + a T5 checkpoint into CLIP-T5, exactly."""
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,9 @@ def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_to
             "configuration_cliptt5.py", "processing_cliptt5.py", "tokenizer.json"} <= files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert not [path for path in tmp_path.iterdir() if ".tmp-" in path.name]
+    # A full release: its info and model card, as train.py writes them (so it can be pushed).
+    info = json.loads((tmp_path / "release" / "release_info.json").read_text())
+    assert info["base_models"] == ["local-dir:unused", str(tmp_path / "t5")] and info["step"] == 0
+    assert info["parameters"] > 0
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert "NOT a medical device" in card and "clip_projection untrained" in card

@@ -258,7 +258,7 @@ def test_float32_graphs_compute_the_finding_head_and_follow_given_findings(tmp_p
     expected = model.predict_findings(pixel_values=pixels)
     for findings in (None, [["Lung Lesion"], [], ["Cardiomegaly", "Pleural Effusion"]],
                      [{"Cardiomegaly": False}, {}, {"Lung Lesion": True}]):
-        tokens, head = engine.generate_with_findings(pixel_values=pixels, max_new_tokens=10, findings=findings)
+        tokens, head, _ = engine.generate_with_findings(pixel_values=pixels, max_new_tokens=10, findings=findings)
         assert torch.equal(tokens, model.generate(pixel_values=pixels, max_new_tokens=10, findings=findings))
         torch.testing.assert_close(head.probabilities, expected.probabilities, atol=1e-4, rtol=0)
         torch.testing.assert_close(head.maps, expected.maps, atol=1e-4, rtol=0)

@@ -2,11 +2,15 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from accelerate import Accelerator
 from huggingface_hub import HfApi, ModelCard
 
+from conftest import subprocess_env
 from modeling_cliptt5 import release
 from modeling_cliptt5.release import push_release, save_release
 
@@ -93,3 +97,23 @@ def test_the_release_command_refills_the_card_and_refuses_other_folders(release_
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="not a training release"):
         release.main([str(tmp_path)])
+
+
+def folder_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["hub-unreachable", "offline-mode"])
+def test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_and_changes_nothing(release_dir, offline):
+    before = folder_bytes(release_dir)
+    # Nothing listens on port 9 of this machine: the connection is refused at once.
+    env = dict(subprocess_env(), HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_not_a_real_token",
+               HF_HUB_OFFLINE="1" if offline else "0")
+    completed = subprocess.run([sys.executable, "-m", "modeling_cliptt5.release", release_dir,
+                                "--push-to-hub", "someone/cliptt5-tiny"], capture_output=True, text=True, env=env,
+                               timeout=300)
+    assert completed.returncode == 1
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not upload"), completed.stderr
+    assert "nothing was uploaded and the folder is unchanged" in lines[0]
+    assert folder_bytes(release_dir) == before
