@@ -82,6 +82,8 @@ def micro_batches(loader, accelerator, config, step=0):
     epoch, step_in_epoch = divmod(step, epoch_steps)
     while True:
         loader.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
         done = step_in_epoch * accumulation
         batches = accelerator.skip_first_batches(loader, done) if done else loader
         for position, batch in enumerate(batches, start=done):
@@ -140,6 +142,11 @@ class StudyDataset(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.rows)
+
+    def set_epoch(self, epoch):
+        """Tells an encoder whose random augmentation depends on the epoch (contrastive.SeededImageEncoder)."""
+        if hasattr(self.encode_images, "set_epoch"):
+            self.encode_images.set_epoch(epoch)
 
     def __getitem__(self, index):
         skipped = []

@@ -210,3 +210,27 @@ def test_stage_one_trains_a_finding_head_from_cached_images_and_stage_two_starts
 def test_the_image_cache_needs_stage_one_without_random_crops(tiny_clip, tmp_path):
     with pytest.raises(ValueError, match="image_cache stores each image preprocessed once"):
         stage1_settings(tiny_clip, tmp_path, image_cache=True, crop_scale_min=0.9)
+
+
+def test_a_resumed_stage_one_run_ends_with_the_uninterrupted_runs_weights(tiny_clip, tmp_path):
+    """Killed after its step-6 state and resumed, a cropping stage-1 run trains on the same crops: same weights."""
+    import shutil
+
+    from modeling_cliptt5.contrastive import train_contrastive
+
+    # 4 batches per epoch: Accelerate's loader has read the next batch ahead when a state is saved mid-epoch
+    settings = dict(max_steps=12, batch_size=2, save_every_steps=6, eval_every_steps=12, log_every_steps=3,
+                    keep_last_states=5, crop_scale_min=0.5)
+    whole = tmp_path / "whole"
+    train_contrastive(stage1_settings(tiny_clip, whole, **settings))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    states = sorted((resumed / "states").iterdir())
+    shutil.rmtree(states[-1])  # as if killed right after the step-6 state was written
+    assert states[0].name.endswith("00000006")
+    train_contrastive(stage1_settings(tiny_clip, resumed, resume=True, **settings))
+    expected = load_file(str(sorted((whole / "states").iterdir())[-1] / "model.safetensors"))
+    got = load_file(str(sorted((resumed / "states").iterdir())[-1] / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0, msg=name)

@@ -23,7 +23,7 @@ TRACE = ["-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg"]  # 
 ADDRESS = re.compile(r'sa_family=AF_INET6?, sin6?_port=htons\((\d+)\).*?(?:inet_addr\("([^"]+)"\)|'
                      r'inet_pton\(AF_INET6, "([^"]+)")')
 LIVES_PAST_SECONDS = 12
-STUDIES = 150
+STUDIES = 2000
 
 
 def is_loopback(address):

@@ -1,0 +1,123 @@
+"""The reliability table: every bad input, fault and load case the package handles, what happens, and the test that
+shows it, with that test's result from running it now (so the table stays true).
+
+    python benchmarks/reliability_table.py            # runs the tests, writes docs/reliability.md
+    python benchmarks/reliability_table.py --no-run   # the table without results (quick look)
+
+Cases not handled yet are listed with "open" instead of a test.
+"""
+
+import argparse
+import datetime
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = REPO_ROOT / "docs" / "reliability.md"
+
+# (area, case, what happens, test node id or None for a case still open)
+CASES = [
+    ("install", "pip-installed (non-editable) package trains, writes its release with card, resumes, drafts",
+     "the model card template ships as package data; nothing is read from the source tree",
+     "tests/test_installed_package.py"),
+    ("DICOM", "CT, MR, nuclear-medicine image (pydicom's own test files)",
+     "refused: one line naming the file and the modality; --any-modality reads it with a warning",
+     "tests/test_dicom.py::test_other_modalities_are_refused_naming_file_and_modality"),
+    ("DICOM", "multi-frame object", "refused naming the frame count; --any-modality reads the first frame",
+     "tests/test_dicom.py::test_multiframe_is_refused_naming_its_frames_unless_any_modality"),
+    ("DICOM", "secondary capture, no Modality, another body part", "read, with a warning naming the file",
+     "tests/test_dicom.py::test_radiographs_pass_secondary_captures_and_unlabelled_files_pass_with_a_doubt"),
+    ("DICOM", "JPEG-LS, JPEG 2000, RLE", "decoded pixel-exact (against the uncompressed copy)",
+     "tests/test_dicom.py::test_lossless_syntaxes_give_the_uncompressed_pixels"),
+    ("DICOM", "JPEG Lossless (Process 14)", "decoded pixel-exact",
+     "tests/test_dicom.py::test_jpeg_lossless_process_14_gives_the_rle_copys_pixels"),
+    ("DICOM", "JPEG Baseline", "decoded within a few grey levels of the lossless copy",
+     "tests/test_dicom.py::test_jpeg_baseline_is_within_a_few_grey_levels_of_the_lossless_copy"),
+    ("DICOM", "12-bit JPEG Extended", "decoded with its 12-bit depth",
+     "tests/test_dicom.py::test_12_bit_jpeg_extended_keeps_its_depth_and_shows_the_same_scan_as_its_jpeg_2000_copy"),
+    ("DICOM", "no decoder installed for the syntax", "named error saying which package decodes it",
+     "tests/test_dicom.py::test_missing_decoder_names_the_syntax_and_the_package_that_decodes_it"),
+    ("DICOM", "damaged compressed pixel data", "named error with the syntax",
+     "tests/test_dicom.py::test_damaged_compressed_data_names_the_syntax"),
+    ("DICOM", "structured report, zero bytes, truncated header or pixels, text named .dcm",
+     "named one-line errors", "tests/test_dicom.py"),
+    ("generate.py", "a CT slice among radiographs", "one error line, the others drafted, exit code 1",
+     "tests/test_generate.py::test_a_ct_slice_is_refused_in_one_line_and_drafted_only_with_any_modality"),
+    ("generate.py", "empty, truncated, corrupt, non-image, oversized, missing files",
+     "one line each, the rest drafted", "tests/test_generate.py::test_every_bad_input_reported_and_the_rest_written"),
+    ("page", "a CT slice dropped", "not drafted, the reason shown; unlabelled DICOM drafted with a note",
+     "tests/test_app.py::test_a_ct_slice_is_not_drafted_and_an_unlabelled_dicom_is_drafted_with_a_note_to_check"),
+    ("converters", "a CT slice in a folder dataset", "skipped with the reason in skipped.jsonl",
+     "tests/test_convert_imagefolder.py::test_a_ct_slice_is_skipped_naming_its_modality_unless_any_modality"),
+    ("OOD", "noise, textures, inverted / rotated radiographs, CT-like slice, blank frames",
+     "flagged (ood_flag) by a phantom-trained release; own test phantoms flagged ~1%",
+     "tests/test_ood.py::test_the_release_flags_foreign_images_and_few_of_its_own_test_phantoms"),
+    ("OOD", "--refuse-ood", "flagged studies are not drafted, each named with the reason",
+     "tests/test_ood.py::test_generate_writes_score_and_flag_and_refuse_ood_skips_the_foreign_study"),
+    ("OOD", "a foreign image on the page", "a warning above the draft",
+     "tests/test_ood.py::test_the_page_warns_above_a_draft_of_a_foreign_image"),
+    ("OOD", "a release without a summary", "drafts as before, with a note",
+     "tests/test_ood.py::test_a_release_without_a_summary_drafts_with_a_note"),
+    ("nothing lost", "stage-1 run killed and resumed (random crops)", "the uninterrupted run's weights, exactly",
+     "tests/test_contrastive.py::test_a_resumed_stage_one_run_ends_with_the_uninterrupted_runs_weights"),
+    ("nothing lost", "a release write that fails midway", "the previous release intact, no temporary folder",
+     "tests/test_release.py"),
+    ("nothing lost", "push without network or in offline mode", "one line; nothing uploaded; folder unchanged",
+     "tests/test_release.py::test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_and_changes_nothing"),
+    ("nothing lost", "converted release", "a full release (info, model card): pushable",
+     "tests/test_convert_biomedclip.py::test_cli_writes_a_complete_release"),
+    ("nothing lost", "a conversion that fails midway", "no output folder, the previous one kept",
+     "tests/test_convert_kaggle.py::test_failure_mid_way_leaves_no_output"),
+    ("nothing lost", "SIGKILL while writing a release; a full disk (ENOSPC) during conversion or release writing",
+     "not tested yet", None),
+    ("network", "generate.py --optimize (with its ONNX export), the page with and without --optimize",
+     "no connection or name lookup beyond this machine (strace)", "tests/test_no_network.py"),
+    ("page", "a new study after Clear; a second file without Clear; patient identity shown and exported; "
+     "Draft again over an edit; export names; empty export", "not handled yet", None),
+    ("page", "48 drafts at once (queue 32): refused ones say busy; binds 127.0.0.1; upload clean-up schedule",
+     "not handled yet", None),
+]
+
+
+def run_tests(node_ids):
+    """{node id or file: "passed" / "failed" / "skipped"} from one pytest run over every listed test."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "report.xml"
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                        *node_ids], cwd=REPO_ROOT)
+        results = {}
+        for case in ElementTree.parse(report).iter("testcase"):
+            file = case.get("classname").replace(".", "/") + ".py"
+            name = case.get("name")
+            outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else (
+                "skipped" if case.find("skipped") is not None else "passed")
+            for key in (f"{file}::{name.split('[')[0]}", file):
+                previous = results.get(key, "passed")
+                results[key] = outcome if previous == "passed" else previous
+        return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-run", action="store_true", help="write the table without running the tests")
+    args = parser.parse_args(argv)
+    tests = sorted({test for *_, test in CASES if test})
+    results = {} if args.no_run else run_tests(tests)
+    lines = ["# Reliability: bad inputs, faults, load", "",
+             f"Written by `python benchmarks/reliability_table.py` on {datetime.date.today()}"
+             + ("" if args.no_run else ", which ran every test named here") + ".", "",
+             "| area | case | what happens | test | result |", "|---|---|---|---|---|"]
+    for area, case, outcome, test in CASES:
+        result = "open" if test is None else results.get(test, "not run")
+        lines.append(f"| {area} | {case} | {outcome} | {f'`{test}`' if test else '-'} | {result} |")
+    OUTPUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    failed = [test for test in tests if results.get(test) == "failed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
