@@ -138,19 +138,3 @@ def vectors_of_rows(model, encode, rows, batch_size=64, max_rows=None) -> torch.
     if not vectors:
         raise ValueError("no readable study to summarise")
     return torch.cat(vectors)
-
-
-def write_release_summary(release_dir, training_rows, validation_rows, max_training_images=2000, device="cpu"):
-    """Fits the summary with the release's own weights on its training and validation rows and writes it there.
-    Returns the summary."""
-    from .inference import load_release
-    from .training_data import pixel_encoder
-
-    model, processor = load_release(release_dir, device=str(device))
-    encode = pixel_encoder(processor.image_processor, model.config.num_views)
-    views = model.config.num_views
-    training = vectors_of_rows(model, encode, training_rows, max_rows=max(1, max_training_images // views))
-    validation = vectors_of_rows(model, encode, validation_rows)
-    summary = fit_summary(training.flatten(0, 1), validation)
-    summary.save(release_dir)
-    return summary

@@ -332,6 +332,21 @@ def _datasets_for(config, data, model, processor, accelerator):
                      collate=GenerationCollator(processor, input_name), label_source=label_source)
 
 
+def write_release_summary(release_dir, training_rows, validation_rows, max_training_images=2000, device="cpu"):
+    """Fits the release's OOD summary (ood.py) with its own weights on training and validation rows and writes it
+    into the release. Returns the summary."""
+    from .inference import load_release
+    from .ood import fit_summary, vectors_of_rows
+
+    model, processor = load_release(release_dir, device=str(device))
+    encode = pixel_encoder(processor.image_processor, model.config.num_views)
+    views = model.config.num_views
+    training = vectors_of_rows(model, encode, training_rows, max_rows=max(1, max_training_images // views))
+    summary = fit_summary(training.flatten(0, 1), vectors_of_rows(model, encode, validation_rows))
+    summary.save(release_dir)
+    return summary
+
+
 def train_generation(config):
     """Runs stage 2 as `config` says; returns a TrainingResult (the model is the trained, unwrapped one)."""
     from accelerate.utils import set_seed
@@ -475,8 +490,6 @@ def train_generation(config):
         _save_release({"step": trainer_state["step"]})  # no validation split: the release is the last model
     if (config.ood_summary and validation_rows is not None and accelerator.is_main_process
             and os.path.isdir(config.release_dir)):
-        from .ood import write_release_summary
-
         try:
             summary = write_release_summary(
                 config.release_dir, take_first(data[config.train_split], config.ood_max_images),
