@@ -95,7 +95,10 @@ def test_contrastive_training_lowers_the_loss_and_saves_a_convertible_checkpoint
     from conversion.convert_biomedclip_t5 import build_clip_t5
     from modeling_cliptt5.contrastive import train_contrastive
 
-    config = stage1_settings(tiny_clip, tmp_path / "run")
+    # This tiny CLIP sits on a plateau (loss ln 8, every pair alike) for a random number of steps: 100 steps left
+    # it there for 5 of the 6 seeds tried, 400 steps got each of seeds 0, 1 and 2 off it.
+    config = stage1_settings(tiny_clip, tmp_path / "run", max_steps=400, eval_every_steps=200, save_every_steps=200,
+                             log_every_steps=40)
     rows = load_report_dataset(tiny_clip[2])["train"]
 
     def loss_on_the_training_studies(model, tokenizer):
@@ -116,7 +119,7 @@ def test_contrastive_training_lowers_the_loss_and_saves_a_convertible_checkpoint
     assert after < before - 0.3
     assert set(metrics) >= {"loss", "image_to_text_recall@1", "text_to_image_recall@10", "mean_recall"}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "validation/mean_recall" in r] == [50, 100]
+    assert [r["step"] for r in records if "validation/mean_recall" in r] == [200, 400]
 
     checkpoint = tmp_path / "run" / "best"
     assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {
