@@ -121,8 +121,9 @@ def fit_summary(training_vectors: torch.Tensor, validation_vectors: torch.Tensor
 
 
 @torch.inference_mode()
-def vectors_of_rows(model, encode, rows, batch_size=64, max_rows=None) -> torch.Tensor:
-    """[studies, views, dim] for dataset rows; `encode(row, index)` gives a study's pixel_values [views, 3, H, W]."""
+def vectors_of_rows(encode, rows, features_of, batch_size=64, max_rows=None) -> torch.Tensor:
+    """[studies, views, dim] for dataset rows: `encode(row, index)` gives a study's model input (pixel_values
+    [views, 3, H, W], or cached vision features), `features_of(batch)` the vision features of a stacked batch."""
     count = len(rows) if max_rows is None else min(len(rows), max_rows)
     vectors = []
     for start in range(0, count, batch_size):
@@ -133,8 +134,7 @@ def vectors_of_rows(model, encode, rows, batch_size=64, max_rows=None) -> torch.
             except Exception:  # an unreadable study (training skipped it too) has no place in the summary
                 continue
         if studies:
-            pixels = torch.stack(studies).to(model.device, model.dtype)
-            vectors.append(image_vectors(model.get_vision_features(pixels)).cpu())
+            vectors.append(image_vectors(features_of(torch.stack(studies))).cpu())
     if not vectors:
         raise ValueError("no readable study to summarise")
     return torch.cat(vectors)

@@ -332,17 +332,26 @@ def _datasets_for(config, data, model, processor, accelerator):
                      collate=GenerationCollator(processor, input_name), label_source=label_source)
 
 
-def write_release_summary(release_dir, training_rows, validation_rows, max_training_images=2000, device="cpu"):
-    """Fits the release's OOD summary (ood.py) with its own weights on training and validation rows and writes it
-    into the release. Returns the summary."""
+def write_release_summary(release_dir, training, validation, max_training_images=2000, device="cpu"):
+    """Fits the release's OOD summary (ood.py) with its own weights and writes it into the release; returns it.
+    `training` and `validation` are (rows, encode): `encode` None reads the rows' pixels, else it is the run's
+    feature-cache encoder (a frozen tower's features: the release's own)."""
     from .inference import load_release
     from .ood import fit_summary, vectors_of_rows
 
     model, processor = load_release(release_dir, device=str(device))
-    encode = pixel_encoder(processor.image_processor, model.config.num_views)
     views = model.config.num_views
-    training = vectors_of_rows(model, encode, training_rows, max_rows=max(1, max_training_images // views))
-    summary = fit_summary(training.flatten(0, 1), vectors_of_rows(model, encode, validation_rows))
+    pixels = pixel_encoder(processor.image_processor, views) if None in (training[1], validation[1]) else None
+
+    def vectors(rows, encode, max_rows=None):
+        if encode is None:
+            return vectors_of_rows(pixels, rows, lambda batch: model.get_vision_features(batch.to(model.device,
+                                                                                                 model.dtype)),
+                                   max_rows=max_rows)
+        return vectors_of_rows(encode, rows, lambda batch: batch, max_rows=max_rows)
+
+    summary = fit_summary(vectors(*training, max_rows=max(1, max_training_images // views)).flatten(0, 1),
+                          vectors(*validation, max_rows=max_training_images))
     summary.save(release_dir)
     return summary
 
@@ -490,11 +499,15 @@ def train_generation(config):
         _save_release({"step": trainer_state["step"]})  # no validation split: the release is the last model
     if (config.ood_summary and validation_rows is not None and accelerator.is_main_process
             and os.path.isdir(config.release_dir)):
+        if config.feature_cache:  # the cached features are the frozen tower's: no pixel is read again
+            validation_studies = sets.head or sets.validation
+            sources = ((sets.train.rows, sets.train.encode_images),
+                       (validation_studies.rows, validation_studies.encode_images))
+        else:
+            sources = ((data[config.train_split], None), (data[config.validation_split], None))
         try:
-            summary = write_release_summary(
-                config.release_dir, take_first(data[config.train_split], config.ood_max_images),
-                take_first(data[config.validation_split], config.ood_max_images),
-                max_training_images=config.ood_max_images, device=accelerator.device)
+            summary = write_release_summary(config.release_dir, *sources, max_training_images=config.ood_max_images,
+                                            device=accelerator.device)
             print(f"summary of {summary.training_images} training images written to the release: a study is "
                   f"flagged unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
                   f"{summary.validation_studies} validation studies)")

@@ -111,3 +111,5 @@ def test_training_from_the_cache_never_reads_pixels(tmp_path, data, monkeypatch)
     caches = list((tmp_path / "run" / "feature_cache").iterdir())
     assert len(caches) == 1 and json.loads((caches[0] / "cache_info.json").read_text())["unreadable"] == 1
     assert result.step == 3 and (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # the release's summary of its training images came from the cache too (no pixel reader was built)
+    assert (tmp_path / "run" / "best" / "ood_summary.safetensors").is_file()
