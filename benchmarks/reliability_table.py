@@ -71,8 +71,13 @@ CASES = [
      "tests/test_convert_biomedclip.py::test_cli_writes_a_complete_release"),
     ("nothing lost", "a conversion that fails midway", "no output folder, the previous one kept",
      "tests/test_convert_kaggle.py::test_failure_mid_way_leaves_no_output"),
-    ("nothing lost", "SIGKILL while writing a release; a full disk (ENOSPC) during conversion or release writing",
-     "not tested yet", None),
+    ("nothing lost", "SIGKILL while a release is written", "the previous release byte-identical; the next run "
+     "removes the hidden half-written one", "tests/test_release.py::"
+     "test_a_release_write_killed_midway_leaves_the_previous_release_whole"),
+    ("nothing lost", "killed between moving the old release aside and the new one in",
+     "the next run puts the previous release back",
+     "tests/test_release.py::test_a_kill_between_the_two_renames_puts_the_previous_release_back"),
+    ("nothing lost", "a full disk (ENOSPC) during conversion or release writing", "not simulated yet", None),
     ("network", "generate.py --optimize (with its ONNX export), the page with and without --optimize",
      "no connection or name lookup beyond this machine (strace)", "tests/test_no_network.py"),
     ("page", "a new study after Clear; a second file without Clear; patient identity shown and exported; "

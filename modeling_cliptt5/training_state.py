@@ -54,8 +54,14 @@ def write_json_atomically(path, value):
 
 
 def remove_leftovers(output_dir):
-    """Deletes the hidden temporary folders and files a killed run left behind (main process only)."""
+    """Deletes the hidden temporary folders and files a killed run left behind (main process only). A kill between
+    replace_folder's two renames leaves the old complete folder aside and none in place: it is put back first."""
     removed = []
+    for old_dir in glob.glob(os.path.join(output_dir, "**", f".*{TEMP_MARK}.old"), recursive=True):
+        parent, name = os.path.split(old_dir)
+        final_dir = os.path.join(parent, name[1:-len(f"{TEMP_MARK}.old")])
+        if os.path.isdir(old_dir) and not os.path.exists(final_dir):
+            os.rename(old_dir, final_dir)
     for path in glob.glob(os.path.join(output_dir, "**", f".*{TEMP_MARK}*"), recursive=True):
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)

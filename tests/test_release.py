@@ -117,3 +117,52 @@ def test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_and_changes_nothin
     assert len(lines) == 1 and lines[0].startswith("error: could not upload"), completed.stderr
     assert "nothing was uploaded and the folder is unchanged" in lines[0]
     assert folder_bytes(release_dir) == before
+
+
+KILLED_WRITER = """
+import sys, time
+from accelerate import Accelerator
+from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
+from modeling_cliptt5.release import save_release
+
+release_dir = sys.argv[1]
+model = CLIPT5ForConditionalGeneration.from_pretrained(release_dir)
+processor = CLIPT5Processor.from_pretrained(release_dir)
+
+class SlowProcessor:  # the weights are written; the processor takes its time: the parent kills us now
+    def save_pretrained(self, folder):
+        processor.save_pretrained(folder)
+        print("writing", flush=True)
+        time.sleep(60)
+
+info = {"model_name": "x", "step": 999, "metrics": {}, "best_metric": "loss"}
+save_release(Accelerator(), model, SlowProcessor(), release_dir, info)
+"""
+
+
+def test_a_release_write_killed_midway_leaves_the_previous_release_whole(release_dir):
+    from modeling_cliptt5.training_state import remove_leftovers
+
+    before = folder_bytes(release_dir)
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, release_dir], stdout=subprocess.PIPE, text=True,
+                              env=subprocess_env())
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()  # SIGKILL: no handler, no clean-up
+    writer.wait(timeout=30)
+    assert folder_bytes(release_dir) == before
+    parent = Path(release_dir).parent
+    assert (parent / ".best.tmp" / "model.safetensors").is_file()  # the half-written one, hidden
+    remove_leftovers(str(parent))  # what the next run does first
+    assert sorted(path.name for path in parent.iterdir()) == ["best"] and folder_bytes(release_dir) == before
+
+
+def test_a_kill_between_the_two_renames_puts_the_previous_release_back(release_dir):
+    from modeling_cliptt5.training_state import remove_leftovers
+
+    before = folder_bytes(release_dir)
+    parent = Path(release_dir).parent
+    # What replace_folder leaves when killed after moving the old release aside and before moving the new one in.
+    os.rename(release_dir, parent / ".best.tmp.old")
+    (parent / ".best.tmp").mkdir()
+    remove_leftovers(str(parent))
+    assert sorted(path.name for path in parent.iterdir()) == ["best"] and folder_bytes(release_dir) == before
