@@ -153,7 +153,8 @@ def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | N
     )
 
 
-def read_study_images(study: Study, num_views: int, max_pixels: int, any_modality: bool = False) -> tuple[list, list[str]]:
+def read_study_images(study: Study, num_views: int, max_pixels: int,
+                      any_modality: bool = False) -> tuple[list, list[str]]:
     """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors).
 
     The readers' doubts about a file (a DICOM without Modality, another body part...) join `study.warnings`."""
@@ -262,8 +263,9 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
     reports = processor.batch_decode_reports(sequences)
     summary = getattr(model, "ood_summary", None)
     if summary is not None:
-        for report, score in zip(reports, summary.study_scores(vectors).tolist()):
-            report.update(ood_score=round(score, 3), ood_flag=score > summary.threshold)
+        scores = summary.study_scores(vectors)
+        for report, score, flag in zip(reports, scores.tolist(), summary.flags(scores).tolist()):
+            report.update(ood_score=round(score, 3), ood_flag=flag)
     if head is None:
         return reports
     names = list(model.config.finding_labels)

@@ -341,14 +341,13 @@ def write_release_summary(release_dir, training, validation, max_training_images
 
     model, processor = load_release(release_dir, device=str(device))
     views = model.config.num_views
-    pixels = pixel_encoder(processor.image_processor, views) if None in (training[1], validation[1]) else None
 
-    def vectors(rows, encode, max_rows=None):
-        if encode is None:
-            return vectors_of_rows(pixels, rows, lambda batch: model.get_vision_features(batch.to(model.device,
-                                                                                                 model.dtype)),
-                                   max_rows=max_rows)
-        return vectors_of_rows(encode, rows, lambda batch: batch, max_rows=max_rows)
+    def vectors(rows, encode, max_rows):
+        if encode is not None:  # cached features
+            return vectors_of_rows(encode, rows, lambda batch: batch, max_rows=max_rows)
+        return vectors_of_rows(pixel_encoder(processor.image_processor, views), rows,
+                               lambda batch: model.get_vision_features(batch.to(model.device, model.dtype)),
+                               max_rows=max_rows)
 
     summary = fit_summary(vectors(*training, max_rows=max(1, max_training_images // views)).flatten(0, 1),
                           vectors(*validation, max_rows=max_training_images))
