@@ -21,14 +21,24 @@ def main(argv=None):
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
         sys.exit(f"train.py: error: {error}")
-    if config.stage == "contrastive":
-        from modeling_cliptt5.contrastive import train_contrastive
+    from modeling_cliptt5.training_state import DiskFullError, is_disk_full
 
-        train_contrastive(config)
-    else:
-        from modeling_cliptt5.training import train_generation
+    try:
+        if config.stage == "contrastive":
+            from modeling_cliptt5.contrastive import train_contrastive
 
-        train_generation(config)
+            train_contrastive(config)
+        else:
+            from modeling_cliptt5.training import train_generation
+
+            train_generation(config)
+    except DiskFullError as error:  # the folder named is not there (or is the previous complete one): say so
+        sys.exit(f"train.py: error: {error}")
+    except OSError as error:  # a log or plot beside the folders
+        if not is_disk_full(error):
+            raise
+        sys.exit(f"train.py: error: {error.filename or config.output_dir}: not written, the disk is full "
+                 f"({error.strerror}). Free some space and run again (--resume continues from the last state).")
 
 
 if __name__ == "__main__":

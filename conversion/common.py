@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from modeling_cliptt5.data import REPORT_FEATURES, SPLITS, ConversionLog, make_example, save_dataset_atomically
 from modeling_cliptt5.report_sections import REPORT_TARGETS
 from modeling_cliptt5.reports import clean_report_text
+from modeling_cliptt5.training_state import DiskFullError, is_disk_full
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -276,6 +277,10 @@ def write_report_dataset(examples, output_dir, log):
                 for name in SPLITS
             })
             save_dataset_atomically(splits, str(output_dir), log)
+    except OSError as error:  # the Arrow cache or the filtered splits met a full disk
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            raise DiskFullError(output_dir, error) from error
+        raise
     finally:
         if progress_bars_were_on:
             datasets.enable_progress_bars()
@@ -302,6 +307,6 @@ def exit_on_conversion_error(main):
     """Runs a converter's main(); a ConversionError ends the CLI with its message and exit code 1, no traceback."""
     try:
         return main()
-    except ConversionError as error:
+    except (ConversionError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

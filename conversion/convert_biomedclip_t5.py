@@ -13,12 +13,12 @@ import os
 import sys
 import tempfile
 
-import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor, CLIPT5Processor  # noqa: E402
+from modeling_cliptt5.release import write_release  # noqa: E402
 
 DEFAULT_CLIP_MODEL = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 DEFAULT_T5_MODEL = "t5-small"
@@ -213,32 +213,6 @@ def release_info(output_dir, clip_model, t5_model):
             "synthetic_data": False}
 
 
-def save_release(model, processor, output_dir, info):
-    """Writes model + processor + release_info.json + model card to a temporary sibling folder, renamed into place
-    only once complete: a full release, as train.py writes (pushable with python -m modeling_cliptt5.release)."""
-    import json
-    import shutil
-
-    from modeling_cliptt5.release import RELEASE_INFO_FILE, model_sizes, write_model_card
-
-    output_dir = os.path.abspath(output_dir)
-    os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=os.path.dirname(output_dir))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        with open(os.path.join(staging, RELEASE_INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump({**info, **model_sizes(model, staging)}, handle, indent=1)
-        write_model_card(staging)
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output_dir
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Build a CLIP-T5 release folder from an open_clip BiomedCLIP model and a T5 checkpoint. "
@@ -269,7 +243,7 @@ def main(argv=None):
     )
     processor = build_processor(args.t5_model, image_size=model.config.vision_config.image_size,
                                 max_prompt_tokens=model.config.max_prompt_tokens)
-    save_release(model, processor, args.output, release_info(args.output, args.clip_model, args.t5_model))
+    write_release(model, processor, args.output, release_info(args.output, args.clip_model, args.t5_model))
     parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"wrote {args.output}: {parameters / 1e6:.1f} M parameters")
 

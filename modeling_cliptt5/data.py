@@ -3,12 +3,12 @@
 import collections
 import json
 import os
-import shutil
 import tempfile
 
 import datasets
 
 from .report_sections import format_report
+from .training_state import cleaned_up_on_failure, replace_folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -87,20 +87,11 @@ def save_dataset_atomically(dataset_dict, output_dir, log=None):
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    with cleaned_up_on_failure(temp_dir, output_dir):
         dataset_dict.save_to_disk(temp_dir)
         if log is not None:
             log.write_skipped(os.path.join(temp_dir, "skipped.jsonl"))
-        if os.path.exists(output_dir):
-            old_dir = temp_dir + ".old"
-            os.rename(output_dir, old_dir)
-            os.rename(temp_dir, output_dir)
-            shutil.rmtree(old_dir)
-        else:
-            os.rename(temp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
+        replace_folder(temp_dir, output_dir)
     return output_dir
 
 

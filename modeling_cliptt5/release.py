@@ -21,23 +21,30 @@ MODEL_CARD_TEMPLATE = importlib.resources.files(__package__) / "model_card.md"
 
 
 def save_release(accelerator, model, processor, release_dir, info, training_config=None):
-    """Writes model + processor + release_info.json (+ training config and a filled model card) to a hidden
-    folder and renames it into place; every rank must call it (FSDP gathers the full state dict)."""
+    """`write_release` from a training run; every rank must call it (FSDP gathers the full state dict)."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        with atomic_folder(release_dir) as staging:
-            unwrapped.save_pretrained(staging, state_dict=state_dict, save_function=accelerator.save)
-            processor.save_pretrained(staging)
-            if training_config is not None:
-                with open(os.path.join(staging, TRAINING_CONFIG_FILE), "w", encoding="utf-8") as handle:
-                    yaml.safe_dump(training_config, handle, sort_keys=False)
-            info = {**info, **model_sizes(unwrapped, staging)}
-            with open(os.path.join(staging, RELEASE_INFO_FILE), "w", encoding="utf-8") as handle:
-                json.dump(info, handle, indent=1, default=str)
-            write_model_card(staging)
+        write_release(accelerator.unwrap_model(model), processor, release_dir, info, training_config, state_dict,
+                      save_function=accelerator.save)
     accelerator.wait_for_everyone()
+    return release_dir
+
+
+def write_release(model, processor, release_dir, info, training_config=None, state_dict=None, **save_options):
+    """Writes model + processor + release_info.json (+ training config) and a filled model card to a hidden folder
+    and renames it into place: a previous release there is replaced only by a complete one (a full disk raises
+    `DiskFullError` and leaves it as it was)."""
+    with atomic_folder(release_dir) as staging:
+        model.save_pretrained(staging, state_dict=state_dict, **save_options)
+        processor.save_pretrained(staging)
+        if training_config is not None:
+            with open(os.path.join(staging, TRAINING_CONFIG_FILE), "w", encoding="utf-8") as handle:
+                yaml.safe_dump(training_config, handle, sort_keys=False)
+        info = {**info, **model_sizes(model, staging)}
+        with open(os.path.join(staging, RELEASE_INFO_FILE), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=1, default=str)
+        write_model_card(staging)
     return release_dir
 
 

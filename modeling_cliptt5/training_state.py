@@ -1,6 +1,7 @@
 """What a run leaves on disk, written so that a crash never leaves half a folder: states, releases, logs, plots."""
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -11,6 +12,55 @@ STATE_PREFIX = "state-"
 TRAINER_STATE_FILE = "trainer_state.json"
 METRICS_LOG = "metrics.jsonl"
 TEMP_MARK = ".tmp"
+
+
+class DiskFullError(OSError):
+    """A folder could not be written because the disk (or the user's quota) is full. Its hidden temporary copy was
+    deleted and nothing was put in its place: a previous folder of that name is intact."""
+
+    def __init__(self, folder, error):
+        reason = getattr(error, "strerror", None) or "No space left on device"
+        super().__init__(errno.ENOSPC, f"{folder}: not written, the disk is full ({reason}); nothing was replaced. "
+                                       "Free some space and run again.")
+        self.folder = folder
+
+    def __str__(self):
+        return self.strerror
+
+
+DISK_FULL_MESSAGES = ("No space left on device", "os error 28", "Disk quota exceeded")
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def free_bytes(path):
+    """Bytes an unprivileged user may still write on the file system holding `path` (its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def is_disk_full(error, folder=None):
+    """Whether `error` (an OSError, safetensors' or torch's own error) came from a full disk. torch.save says only
+    "unexpected pos" about a short write, so with `folder` given, a failure on a nearly full disk counts too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, Exception) and any(message in str(error) for message in DISK_FULL_MESSAGES):
+        return True
+    return folder is not None and isinstance(error, Exception) and free_bytes(folder) < NEARLY_FULL_BYTES
+
+
+@contextlib.contextmanager
+def cleaned_up_on_failure(temp_dir, final_dir):
+    """Deletes `temp_dir` if the block fails; a full disk is reported as a `DiskFullError` naming `final_dir`."""
+    try:
+        yield
+    except BaseException as error:
+        disk_full = not isinstance(error, DiskFullError) and is_disk_full(error, temp_dir)  # before space is freed
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if disk_full:
+            raise DiskFullError(final_dir, error) from error
+        raise
 
 
 def temp_path_for(final_path):
@@ -37,20 +87,22 @@ def atomic_folder(final_dir):
     """`with atomic_folder(path) as temp:` write into temp; it becomes `path` only if the block finishes."""
     temp_dir = temp_path_for(final_dir)
     shutil.rmtree(temp_dir, ignore_errors=True)
-    os.makedirs(temp_dir)
-    try:
+    with cleaned_up_on_failure(temp_dir, final_dir):
+        os.makedirs(temp_dir)
         yield temp_dir
         replace_folder(temp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
 
 
 def write_json_atomically(path, value):
     temp = f"{path}{TEMP_MARK}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, default=str)
-    os.replace(temp, path)
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=1, default=str)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
 
 
 def remove_leftovers(output_dir):
@@ -94,17 +146,20 @@ def save_training_state(accelerator, states_dir, trainer_state, keep_last):
     adds trainer_state.json, renames it into place and deletes states beyond the last `keep_last`."""
     final_dir = state_dir_for(states_dir, trainer_state["step"])
     temp_dir = temp_path_for(final_dir)
-    if accelerator.is_main_process:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        os.makedirs(temp_dir)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(temp_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomically(os.path.join(temp_dir, TRAINER_STATE_FILE), trainer_state)
-        replace_folder(temp_dir, final_dir)
-        for old in list_states(states_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    # A rank that fails (a full disk) stops the run; its launcher stops the others, and the half-written state is
+    # deleted here or, after a kill, by the next run's remove_leftovers.
+    with cleaned_up_on_failure(temp_dir, final_dir):
+        if accelerator.is_main_process:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            os.makedirs(temp_dir)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(temp_dir)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomically(os.path.join(temp_dir, TRAINER_STATE_FILE), trainer_state)
+            replace_folder(temp_dir, final_dir)
+            for old in list_states(states_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final_dir
 
