@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .training_data import choose_views
-from .training_state import replace_folder, temp_path_for
+from .training_state import cleaned_up_on_failure, replace_folder, temp_path_for
 
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"
@@ -175,7 +175,12 @@ def build_cache(splits, folder, accelerator, preprocess, encode, shape, num_view
     if accelerator.is_main_process:
         shutil.rmtree(temp_dir, ignore_errors=True)
         os.makedirs(temp_dir)
-        np.lib.format.open_memmap(features_path, mode="w+", dtype=dtype, shape=(len(ordered_keys), *shape))
+        with cleaned_up_on_failure(temp_dir, folder):
+            np.lib.format.open_memmap(features_path, mode="w+", dtype=dtype, shape=(len(ordered_keys), *shape))
+            # The memory map is a sparse file: reserve its blocks now, so that a full disk is an error here and
+            # not a SIGBUS half-way through encoding.
+            with open(features_path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.path.getsize(features_path))
     accelerator.wait_for_everyone()
 
     features = np.load(features_path, mmap_mode="r+")

@@ -163,3 +163,39 @@ def test_a_release_written_over_the_previous_one_on_a_full_disk_leaves_it_whole(
                 for path in Path(tiny_release_dir).iterdir()}
     assert {name: digest for name, digest in after.items() if name != "best"} == {
         f"best/{name}": digest for name, digest in expected.items()}
+
+
+CACHE_BUILDER = """
+import sys
+import torch
+from accelerate import Accelerator
+sys.path.insert(0, sys.argv[3])
+from conftest import TINY_IMAGE_SIZE, tiny_config
+from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor
+from modeling_cliptt5.data import load_report_dataset
+from modeling_cliptt5.feature_cache import build_feature_cache
+from modeling_cliptt5.training_state import DiskFullError
+
+dataset, cache_root = load_report_dataset(sys.argv[1]), sys.argv[2]
+model = CLIPT5ForConditionalGeneration(tiny_config()).eval()
+image_processor = CLIPT5ImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE},
+                                       crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+try:
+    build_feature_cache(model, image_processor, [dataset["train"]], cache_root, Accelerator(), batch_size=4,
+                        dtype="float32")
+except DiskFullError as error:
+    sys.exit(str(error))
+"""
+
+
+def test_a_feature_cache_larger_than_the_disk_is_an_error_not_a_crash(tmp_path):
+    # 200 studies x 17 tokens x 32 floats = 435 KB of features on a 256 KB disk. The cache is a memory map: without
+    # its blocks reserved up front, the first write past the disk's end kills the process with SIGBUS.
+    dataset = make_tiny_dataset(tmp_path / "dataset", sizes=(("train", 200), ("validation", 2), ("test", 1)))
+    code, stderr, before, after = run_on_small_disk(
+        tmp_path, "256k", [sys.executable, "-c", CACHE_BUILDER, str(dataset), str(tmp_path / "disk" / "cache"),
+                                     str(Path(__file__).parent)])
+    assert code == 1, stderr[-2000:]
+    assert "not written, the disk is full (No space left on device)" in last_line(stderr)
+    assert last_line(stderr).startswith(f"{tmp_path / 'disk' / 'cache'}/")
+    assert [path for path in after if path != "cache"] == []
