@@ -12,6 +12,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 DEFAULT_MODEL = "demo_output/best"  # what `make demo` writes
+MAX_WAITING_DRAFTS = 16  # as modeling_cliptt5.web_app (not imported here: --help stays quick, without gradio)
+DELETE_AFTER_SECONDS = 3600
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -33,7 +35,32 @@ def parse_args(argv=None):
     parser.add_argument("--any-modality", action="store_true",
                         help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
                              "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
+    parser.add_argument("--show-patient-name", action="store_true",
+                        help="show the DICOM header's patient name above the images and put it in exports (by "
+                             "default only patient ID, accession number, study date and views are shown)")
+    parser.add_argument("--max-waiting", type=non_negative_int, default=MAX_WAITING_DRAFTS,
+                        help="drafts that may wait while the model works on another (default: %(default)s); "
+                             "further requests are told the server is busy and to try again")
+    parser.add_argument("--delete-uploads-after", type=positive_minutes, default=DELETE_AFTER_SECONDS / 60,
+                        metavar="MINUTES",
+                        help="delete uploaded images and exports this many minutes after they were written "
+                             "(default: %(default)g; checked every tenth of that, at least every 10 minutes); "
+                             "everything is deleted when the server stops")
     return parser.parse_args(argv)
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_minutes(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 minutes, got {text}")
+    return value
 
 
 def main(argv=None):
@@ -53,10 +80,12 @@ def main(argv=None):
         sys.exit(f"{args.model}: cannot load a CLIP-T5 release ({error})")
     print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s "
           f"({drafter.num_views} image(s) per study, prompt: {drafter.default_prompt!r}).")
-    app = build_app(drafter, any_modality=args.any_modality)
+    app = build_app(drafter, any_modality=args.any_modality, show_patient_name=args.show_patient_name,
+                    max_waiting=args.max_waiting, delete_after=args.delete_uploads_after * 60)
     # A plain `kill` stops the server like Ctrl+C does, so the exit handlers delete the uploaded images.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"Uploaded images and exports are kept in {os.environ['GRADIO_TEMP_DIR']} (this user only) until exit.")
+    print(f"Uploaded images and exports are kept in {os.environ['GRADIO_TEMP_DIR']} (this user only), each for "
+          f"{args.delete_uploads_after:g} minute(s) at most, and deleted at exit.")
     print(f"Serving on http://{args.host}:{args.port} (Ctrl+C stops it and deletes the uploaded images).")
     launch(app, host=args.host, port=args.port, quiet=True)
     print(f"Stopped after {drafter.drafts_made} draft(s); uploaded images and exports are deleted at exit.")

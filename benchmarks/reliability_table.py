@@ -77,13 +77,36 @@ CASES = [
     ("nothing lost", "killed between moving the old release aside and the new one in",
      "the next run puts the previous release back",
      "tests/test_release.py::test_a_kill_between_the_two_renames_puts_the_previous_release_back"),
-    ("nothing lost", "a full disk (ENOSPC) during conversion or release writing", "not simulated yet", None),
+    ("nothing lost", "a full disk (real ENOSPC, small tmpfs) while converting: in the row cache or the save",
+     "one line naming the folder and the cause; no dataset, no hidden cache or temporary folder left",
+     "tests/test_full_disk.py::test_a_conversion_that_fills_the_disk_says_so_and_leaves_nothing"),
+    ("nothing lost", "a full disk while converting over an earlier dataset", "the earlier dataset byte-identical",
+     "tests/test_full_disk.py::test_a_conversion_over_an_earlier_dataset_on_a_full_disk_keeps_the_earlier_one"),
+    ("nothing lost", "a full disk during training (a state write)", "train.py: one line naming the state folder; "
+     "only complete states and the complete release left",
+     "tests/test_full_disk.py::test_training_on_a_full_disk_names_the_folder_and_leaves_only_complete_ones"),
+    ("nothing lost", "a full disk while a release is written over the previous one",
+     "DiskFullError naming the release; the previous release byte-identical",
+     "tests/test_full_disk.py::test_a_release_written_over_the_previous_one_on_a_full_disk_leaves_it_whole"),
+    ("nothing lost", "a feature cache larger than the disk", "a named error at the start (blocks reserved), "
+     "not a SIGBUS half-way", "tests/test_full_disk.py::test_a_feature_cache_larger_than_the_disk_is_an_error_not_a_crash"),
     ("network", "generate.py --optimize (with its ONNX export), the page with and without --optimize",
      "no connection or name lookup beyond this machine (strace)", "tests/test_no_network.py"),
-    ("page", "a new study after Clear; a second file without Clear; patient identity shown and exported; "
-     "Draft again over an edit; export names; empty export", "not handled yet", None),
-    ("page", "48 drafts at once (queue 32): refused ones say busy; binds 127.0.0.1; upload clean-up schedule",
-     "not handled yet", None),
+    ("page", "a new study after Clear; a file of another patient added; patient ID, accession, study date, views "
+     "shown and exported; Draft again over an edit; export names; stale and empty exports",
+     "the previous patient's draft, banner, timing, exports and versions go; another patient's file is not added, "
+     "named with the reason; the edit is kept as a version; exports named cxr_report_<accession>_<time>; stale or "
+     "empty exports refused, saying why",
+     "tests/test_app_study_browser.py::test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_it"),
+    ("page", "study bookkeeping: identity, joining, versions, export refusals, names (no browser)",
+     "as above", "tests/test_page_study.py"),
+    ("page", "drafts beyond the queue (one drafting, --max-waiting waiting); a study replaced while its draft runs",
+     "refused at once with \"busy: try again\" in the draft line, no error badges, the page drafts on retry; the "
+     "replaced study's draft is dropped; the server listens on 127.0.0.1 only",
+     "tests/test_app_study_browser.py::test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_lands"),
+    ("page", "uploads kept past the schedule (--delete-uploads-after, test: 2 s)",
+     "deleted by the sweeper; no empty temporary file per upload or event",
+     "tests/test_app.py::test_uploads_are_deleted_on_schedule_and_leave_no_empty_temporary_files"),
 ]
 
 

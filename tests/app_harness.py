@@ -47,6 +47,24 @@ def speaking_release(source, target):
     return Path(target)
 
 
+def slow_release(source, target, tokens=2500):
+    """A speaking release (speaking_release) whose every draft is exactly `tokens` long: ~6 s on one thread, so
+    that a test can act while the model is still working."""
+    release = speaking_release(source, target)
+    settings = json.loads((release / "generation_config.json").read_text())
+    settings.update(max_new_tokens=tokens, min_new_tokens=tokens)
+    (release / "generation_config.json").write_text(json.dumps(settings))
+    return release
+
+
+def listening_addresses(port):
+    """The local addresses on which something listens on TCP `port`."""
+    import psutil
+
+    return {connection.laddr.ip for connection in psutil.net_connections(kind="inet")
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port}
+
+
 def browser_missing_reason():
     """Why the browser test cannot run here, or None."""
     if not CHROMIUM.exists():
@@ -127,7 +145,7 @@ def open_browser(playwright, viewport=(1400, 1000)):
 
 def upload_study(page, paths, timeout_ms=30_000):
     """Drop files on the page and wait until the viewer shows one image per readable file."""
-    page.locator("#study-files input[type=file]").set_input_files([str(path) for path in paths])
+    page.locator("#study-files input[type=file]").set_input_files([str(path) for path in paths], timeout=timeout_ms)
     page.locator("#study-viewer img.cxr-image").nth(len(paths) - 1).wait_for(timeout=timeout_ms)
 
 

@@ -23,11 +23,13 @@ def dicom_dataset(sop_class=DIGITAL_XRAY, transfer_syntax=ExplicitVRLittleEndian
 
 
 def grayscale_dicom(pixels, path, photometric="MONOCHROME2", bits_stored=None, signed=False,
-                    window=None, rescale=None, frames=1, modality="DX", body_part=None):
+                    window=None, rescale=None, frames=1, modality="DX", body_part=None, header=None):
     """Write `pixels` (2-D, or 3-D frames first when frames > 1) as an uncompressed grayscale DICOM file
-    (`modality` None: no Modality attribute)."""
+    (`modality` None: no Modality attribute); `header`: more attributes by keyword (PatientID="123", ...)."""
     pixels = np.asarray(pixels)
     dataset = dicom_dataset()
+    for keyword, value in (header or {}).items():
+        setattr(dataset, keyword, value)
     if modality is None:
         del dataset.Modality
     else:

@@ -4,10 +4,12 @@ review, export, bad files, queueing, privacy settings."""
 import base64
 import io
 import json
+import os
 import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from modeling_cliptt5.labeler import POSITIVE  # noqa: E402
 from modeling_cliptt5.report_review import NOTICE  # noqa: E402
-from modeling_cliptt5.web_app import ReportDrafter, build_app, serve_options  # noqa: E402
+from modeling_cliptt5.web_app import ReportDrafter, build_app, serve_options, show_study  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_monochrome1_dicom_is_shown_and_drafted_with_bone_white(client, drafter,
     displayed = np.where(stored == stored.max(), 0, 255).astype(np.uint8)
     not_inverted = 255 - displayed
 
-    viewer, messages = call(client, "show_study", [upload(client, dicom)])
+    viewer, messages = show_study([upload(client, dicom)["path"]])
     (preview,) = preview_pixels(viewer)
     assert messages == ""
     assert preview[0, 0] < 10 and preview[-1, -1] > 245
@@ -127,7 +129,7 @@ def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, 
     Image.new("1", (10_000, 9_000)).save(huge)  # 90 M pixels, just over the decompression-bomb guard
     bad = [upload(client, path) for path in (corrupt, report, huge)]
 
-    viewer, messages = call(client, "show_study", bad + [upload(client, png_path)])
+    viewer, messages = show_study([file["path"] for file in bad] + [upload(client, png_path)["path"]])
     assert len(preview_pixels(viewer)) == 1
     for name, reason in (("corrupt.png", "corrupt"), ("report.dcm", "no pixel data"), ("huge.png", "too large")):
         assert re.search(rf"{re.escape(name)}: [^<]*{reason}", messages), messages
@@ -185,15 +187,19 @@ def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
 
 def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
     findings, impression = "Large right pneumothorax, edited by the reader.", "Right pneumothorax."
-    (text_file, json_file), = call(client, "export_report", findings, impression, "chest pain", [])
+    (text_file, json_file), status = call(client, "export_report", findings, impression, "chest pain", [])
     text = client.get(f"/gradio_api/file={text_file['path']}").text
     record = client.get(f"/gradio_api/file={json_file['path']}").json()
-    assert text == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n"
+    header, report = text.split("\n\n", 1)
+    assert report == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n"
+    assert header.startswith("Patient ID: not in the files") and re.search(r"\nExported: 20\d\d-", header)
     assert (record["findings"], record["impression"], record["indication"]) == (findings, impression, "chest pain")
     assert record["labels"]["Pneumothorax"] == POSITIVE
     assert {"observation": "Pneumothorax", "status": "present", "side": "right", "critical": True} in \
         record["claimed_findings"]
-    assert Path(text_file["path"]).name == "cxr_report_draft.txt"  # no patient name can leak through file names
+    # no study was shown: no study id for the file name, only the time
+    assert re.fullmatch(r"cxr_report_unidentified_20\d{6}-\d{6}\.txt", Path(text_file["path"]).name)
+    assert "Exported cxr_report_unidentified_" in status
 
 
 def test_two_users_drafting_at_once_are_queued_and_both_served(client, drafter, png_path):
@@ -208,8 +214,6 @@ def test_config_is_reachable_and_the_page_keeps_nothing_outside_its_private_fold
     config = client.get("/config").json()
     assert any(NOTICE in str(component.get("props", {}).get("value")) for component in config["components"])
     assert config["analytics_enabled"] is False and config["run_history"] is False
-    draft = next(function for function in page.fns.values() if function.api_name == "draft_report")
-    assert draft.concurrency_limit == 1  # one draft at a time, whoever asks
 
     folder = Path(gr.utils.get_upload_folder())
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -301,3 +305,22 @@ def test_the_export_keeps_the_readers_checklist_beside_the_models_probabilities(
     assert record["findings_checklist"] == {"checked_by_reader": ["Lung Lesion"],
                                             "model_findings": draft["predicted_findings"],
                                             "model_probabilities": draft["finding_probabilities"]}
+
+
+def test_uploads_are_deleted_on_schedule_and_leave_no_empty_temporary_files(drafter, png_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ.get("GRADIO_TEMP_DIR", ""))  # restored after this test
+    short = build_app(drafter, delete_after=2)  # swept every second
+    folder = Path(os.environ["GRADIO_TEMP_DIR"])
+    with TestClient(gr.mount_gradio_app(FastAPI(), short, path="/", **serve_options())) as short_client:
+        uploaded = upload(short_client, png_path)
+        assert Path(uploaded["path"]).is_relative_to(folder)
+        findings, *_ = call(short_client, "draft_report", [uploaded], "")
+        assert findings
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        assert files and all(path.stat().st_size > 0 for path in files), files  # no empty file per event
+        deadline = time.monotonic() + 15
+        while Path(uploaded["path"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not Path(uploaded["path"]).exists(), "an upload older than the schedule's age was not deleted"
+        assert time.monotonic() < deadline
+    assert folder.is_dir()  # the folder itself stays until the server exits

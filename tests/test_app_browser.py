@@ -113,7 +113,9 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
             with page.expect_download() as download:
                 link.click()
             exported[suffix] = open(download.value.path(), encoding="utf-8").read()
-        assert exported["txt"] == f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n"
+        header, text = exported["txt"].split("\n\n", 1)
+        assert text == f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n"
+        assert header.startswith("Patient ID: not in the files")  # neither file's header names the patient
         record = json.loads(exported["json"])
         assert record["findings"] == edited and record["edited_by_reader"] is True
         assert record["model_draft"]["findings"] == findings
