@@ -100,7 +100,7 @@ def demo_open_clip_config(tokenizer_dir, vocab_size):
     The text side is still most of a step: 80 tokens (99% of the phantom reports fit) and 64 wide instead of 128
     and 128 made a step 0.127 -> 0.039 s (batch 32, 1 thread); 1,600 such steps in about the time of 800 raised
     stage 1's validation mean recall 0.12 -> 0.31 (measured)."""
-    from modeling_cliptt5.contrastive import DEMO_VIT
+    from modeling_cliptt5.clip_t5_builder import DEMO_VIT
 
     return {
         "embed_dim": 128,

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.data import REPORT_FEATURES, SPLITS, ConversionLog, make_example, save_dataset_atomically
-from modeling_cliptt5.report_sections import REPORT_TARGETS
+from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
 from modeling_cliptt5.reports import clean_report_text
 from modeling_cliptt5.training_state import DiskFullError, is_disk_full
 

@@ -14,7 +14,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The package (transformers, datasets) is imported in main(), after parsing: `--help` answers at once.
-REPORT_TARGETS = ("findings", "impression", "both")  # = modeling_cliptt5.report_sections.REPORT_TARGETS
+REPORT_TARGETS = ("findings", "impression", "both")  # = modeling_cliptt5.processing_cliptt5.REPORT_TARGETS
 
 
 def parse_args(argv=None):

@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_cliptt5 import CLIPT5Config
 from .modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from .processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
-from .report_sections import format_report, split_report_sections
+from .processing_cliptt5 import format_report, split_report_sections
 
 # Saved releases carry their own code (trust_remote_code): register the classes so that save_pretrained
 # copies the files and writes auto_map entries. AutoModel and AutoModelForImageTextToText are added to the

@@ -19,6 +19,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .clip_t5_builder import register_demo_vit
 from .findings import FINDING_HEAD_FILE, FINDING_HEAD_INFO
 from .modeling_cliptt5 import finding_bce
 from .processing_cliptt5 import to_rgb_image
@@ -34,26 +35,6 @@ from .training_state import atomic_folder, plot_curves, save_training_state
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 RECALL_AT = (1, 5, 10)
-DEMO_VIT = "vit_cliptt5_demo"  # the image tower of the demo's stage-1 model (demo.py: demo_open_clip_config)
-
-
-def register_demo_vit():
-    """Adds the demo's small ViT to timm's registry (once): open_clip builds an image tower from a timm model name,
-    and a stage-1 checkpoint of the demo records that name. 64 px images in 16 px patches, 2 layers, 128 wide:
-    the tower whose label probe learnt fastest on the phantoms (configs/demo.yaml)."""
-    import timm
-    from timm.models import register_model
-    from timm.models.vision_transformer import _create_vision_transformer
-
-    if timm.is_model(DEMO_VIT):
-        return
-
-    @register_model
-    def vit_cliptt5_demo(pretrained=False, **kwargs):
-        sizes = dict(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=4, mlp_ratio=2.0)
-        return _create_vision_transformer(DEMO_VIT, pretrained=pretrained, **{**sizes, **kwargs})
-
-
 def load_open_clip(config):
     """(model, tokenizer, model name) for config.clip_model; a folder is read as a stage-1 checkpoint."""
     import open_clip

@@ -7,7 +7,7 @@ import tempfile
 
 import datasets
 
-from .report_sections import format_report
+from .processing_cliptt5 import format_report
 from .training_state import cleaned_up_on_failure, replace_folder
 
 SPLITS = ("train", "validation", "test")

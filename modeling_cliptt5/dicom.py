@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_source_bytes
+from .image_source import DEFAULT_MAX_PIXELS, ImageReadError, read_source_bytes
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 

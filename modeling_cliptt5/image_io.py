@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's own decompression-bomb threshold (about 89.5 M pixels, e.g. 9459 x 9459); a chest film is ~3000 x 3000.
-DEFAULT_MAX_PIXELS = 89_478_485
+from .image_source import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, read_source_bytes
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "is_dicom", "open_image", "read_source_bytes"]
+
 
 # Modes returned unchanged: the model's processor converts them to RGB. 16-bit grayscale keeps its depth.
 KEPT_MODES = ("L", "RGB", "I;16", "I")
@@ -27,39 +28,6 @@ CONVERTED_MODES = {
     "I;16B": "I;16",
     "I;16L": "I;16",
 }
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be used as an image; `str()` gives "FILE: REASON" for one-line error reports."""
-
-    def __init__(self, file: str, reason: str):
-        super().__init__(f"{file}: {reason}")
-        self.file = file
-        self.reason = reason
-
-
-def is_dicom(data: bytes, name: str = "") -> bool:
-    """DICOM Part 10 files carry "DICM" after a 128-byte preamble; raw datasets are known only by their suffix."""
-    return data[128:132] == b"DICM" or name.lower().endswith(".dcm")
-
-
-def read_source_bytes(source: str | os.PathLike | bytes | bytearray | memoryview, name: str) -> bytes:
-    """The file's bytes, with a clear error for a missing, unreadable, folder or empty source."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise ImageReadError(name, "file not found")
-        if path.is_dir():
-            raise ImageReadError(name, "is a folder, not an image file")
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise ImageReadError(name, f"cannot read the file ({error.strerror or error})") from error
-    if not data:
-        raise ImageReadError(name, "empty file (0 bytes)")
-    return data
 
 
 def open_image(

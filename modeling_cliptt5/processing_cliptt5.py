@@ -1,13 +1,13 @@
-"""CLIP-T5 processor: BiomedCLIP's image preprocessing plus the T5 tokenizer, and report decoding by section."""
+"""CLIP-T5 processor: BiomedCLIP's image preprocessing plus the T5 tokenizer, and the report text format the model
+is trained on ("FINDINGS: ... IMPRESSION: ...": format_report) and decoded by (split_report_sections)."""
 
+import re
 import warnings
 
 import numpy as np
 from PIL import Image
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
-
-from .report_sections import split_report_sections
 
 try:  # transformers 5: the PIL backend reproduces open_clip's eval transform exactly (torchvision's is off by 1/255)
     from transformers import CLIPImageProcessorPil as _PilCLIPImageProcessor
@@ -17,6 +17,53 @@ except ImportError:  # transformers 4: CLIPImageProcessor is the PIL implementat
 # BiomedCLIP's open_clip preprocess config: OpenAI CLIP mean/std, bicubic resize of the shortest side, center crop.
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+FINDINGS_HEADER = "FINDINGS:"
+IMPRESSION_HEADER = "IMPRESSION:"
+REPORT_TARGETS = ("findings", "impression", "both")
+
+_SECTION_PATTERN = re.compile(r"\b(FINDINGS|IMPRESSION)\s*:", flags=re.IGNORECASE)
+
+
+def format_report(findings, impression, target="both"):
+    """Builds the training target text from the two sections.
+
+    target="both" writes section headers so that decoding can split the draft again;
+    "findings" or "impression" return that section alone, without a header (R2Gen style).
+    """
+    findings = (findings or "").strip()
+    impression = (impression or "").strip()
+    if target == "findings":
+        return findings
+    if target == "impression":
+        return impression
+    if target != "both":
+        raise ValueError(f"report target must be one of {REPORT_TARGETS}, got {target!r}")
+    parts = []
+    if findings:
+        parts.append(f"{FINDINGS_HEADER} {findings}")
+    if impression:
+        parts.append(f"{IMPRESSION_HEADER} {impression}")
+    return " ".join(parts)
+
+
+def split_report_sections(text):
+    """Returns {"findings": str|None, "impression": str|None} from a report with section headers.
+
+    A report without any header is returned as findings (what R2Gen-style models produce).
+    """
+    text = (text or "").strip()
+    matches = list(_SECTION_PATTERN.finditer(text))
+    if not matches:
+        return {"findings": text or None, "impression": None}
+    sections = {"findings": None, "impression": None}
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end():end].strip()
+        name = match.group(1).lower()
+        if body:
+            sections[name] = body if sections[name] is None else f"{sections[name]} {body}"
+    return sections
 
 
 def to_rgb_image(image):

@@ -12,7 +12,7 @@ from .labeler import (
     label_sentences,
     sentence_sides,
 )
-from .report_sections import FINDINGS_HEADER, IMPRESSION_HEADER, format_report
+from .processing_cliptt5 import FINDINGS_HEADER, IMPRESSION_HEADER, format_report
 
 NOTICE = ("Research prototype, not a medical device. Drafts are written by a model and can be wrong or miss "
           "findings: every draft must be reviewed and corrected by a qualified reader before any use.")

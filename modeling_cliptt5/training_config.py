@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import yaml
 from transformers import HfArgumentParser
 
-DEFAULT_CLIP_MODEL = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+from .clip_t5_builder import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
 
 
 def _setting(default, help):
@@ -51,7 +51,7 @@ class TrainingConfig:
                                      "folder; the rest starts from random weights")
     clip_model: str = _setting(DEFAULT_CLIP_MODEL, "open_clip model: hf-hub:org/repo, local-dir:/path, a stage-1 "
                                "checkpoint folder or a registered name (stage 1's start; stage 2's image tower)")
-    t5_model: str = _setting("t5-small", "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
+    t5_model: str = _setting(DEFAULT_T5_MODEL, "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
     model: Optional[str] = _setting(None, "CLIP-T5 config fields as a YAML/JSON mapping, merged over the config "
                                     "file's (init=config: the whole architecture; init=pretrained: image_tokens...)")
     tokenizer: str = _setting("train", "init=config: 'train' builds a tokenizer from the training reports, "

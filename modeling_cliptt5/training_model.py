@@ -36,7 +36,7 @@ def build_model_and_processor(config, train_rows, accelerator):
         model = CLIPT5ForConditionalGeneration.from_pretrained(config.init_from, **head)
         processor = CLIPT5Processor.from_pretrained(config.init_from)
     elif config.init == "pretrained":
-        from conversion.convert_biomedclip_t5 import build_clip_t5, build_processor  # needs open_clip
+        from .clip_t5_builder import build_clip_t5, build_processor  # needs open_clip
 
         model = build_clip_t5(config.clip_model, config.t5_model, **overrides)
         if os.path.isdir(config.clip_model):  # a stage-1 checkpoint: its finding head too
@@ -76,7 +76,7 @@ def _open_clip_image_tower(name_or_path):
     """(vision config, CLIP-T5 state dict of the image tower) of an open_clip model, or (None, None) for ""."""
     if not name_or_path:
         return None, None
-    from conversion.convert_biomedclip_t5 import (  # needs open_clip
+    from .clip_t5_builder import (  # needs open_clip
         load_open_clip_model, vision_config_from_open_clip, vision_state_dict_from_open_clip,
     )
 

@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("open_clip")
 
 from conftest import build_tiny_open_clip  # noqa: E402
-from conversion.convert_biomedclip_t5 import ConversionError, build_clip_t5, main  # noqa: E402
+from conversion.convert_biomedclip_t5 import main  # noqa: E402
+from modeling_cliptt5.clip_t5_builder import ConversionError, build_clip_t5  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 
@@ -101,18 +102,18 @@ def test_wrong_architectures_are_refused_with_the_reason(tiny_clip, tmp_path):
 
 
 def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_tokenizer):
-    import conversion.convert_biomedclip_t5 as converter
+    from modeling_cliptt5 import clip_t5_builder
 
     save_tiny_t5(tmp_path / "t5")
     tiny_tokenizer.save_pretrained(tmp_path / "t5")
-    monkeypatch.setattr(converter, "load_open_clip_model", lambda name: tiny_clip)
+    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name: tiny_clip)
     main(["--clip-model", "local-dir:unused", "--t5-model", str(tmp_path / "t5"), "--output", str(tmp_path / "release"),
           "--image-token-pooling", "2"])
     files = {path.name for path in (tmp_path / "release").iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "modeling_cliptt5.py",
             "configuration_cliptt5.py", "processing_cliptt5.py", "tokenizer.json"} <= files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
-    assert not [path for path in tmp_path.iterdir() if ".tmp-" in path.name]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary folder left
     # A full release: its info and model card, as train.py writes them (so it can be pushed).
     info = json.loads((tmp_path / "release" / "release_info.json").read_text())
     assert info["base_models"] == ["local-dir:unused", str(tmp_path / "t5")] and info["step"] == 0

@@ -248,7 +248,7 @@ def test_output_suffix_checked(tiny_release_dir, tmp_path):
 def test_a_release_with_a_finding_head_writes_probabilities_findings_and_disagreements(head_release_dir, tmp_path):
     from conftest import HEAD_FINDINGS
     from modeling_cliptt5.labeler import label_report
-    from modeling_cliptt5.report_sections import split_report_sections
+    from modeling_cliptt5.processing_cliptt5 import split_report_sections
 
     folder = tmp_path / "inputs"
     folder.mkdir()

@@ -16,7 +16,7 @@ from conversion import make_demo_data
 from modeling_cliptt5.data import REPORT_FEATURES, load_report_dataset
 from modeling_cliptt5.phantom import (PHANTOM_LABELS, SOURCE, PhantomFindings, assign_splits, encode_png,
                                       generate_study, labels_from_report, make_phantom_dataset)
-from modeling_cliptt5.report_sections import format_report
+from modeling_cliptt5.processing_cliptt5 import format_report
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -227,7 +227,7 @@ def test_cli_writes_a_loadable_dataset_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_cli_report_target_choices_are_the_packages():
-    from modeling_cliptt5.report_sections import REPORT_TARGETS
+    from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
 
     assert make_demo_data.REPORT_TARGETS == REPORT_TARGETS
 

@@ -60,8 +60,10 @@ def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=Non
 
 def test_release_folder_holds_everything_and_no_pickle(tiny_release_dir):
     files = {path.name for path in Path(tiny_release_dir).iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "configuration_cliptt5.py",
-            "modeling_cliptt5.py", "processing_cliptt5.py", "report_sections.py", "tokenizer.json"} <= files
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
+    # exactly the three remote-code files: configuration, modeling, processing
+    assert {name for name in files if name.endswith(".py")} == {"configuration_cliptt5.py", "modeling_cliptt5.py",
+                                                                "processing_cliptt5.py"}
     assert {"processor_config.json", "preprocessor_config.json"} & files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     auto_map = json.loads((Path(tiny_release_dir) / "config.json").read_text())["auto_map"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import TINY_IMAGE_SIZE, TINY_REPORTS
 from modeling_cliptt5.data import REPORT_FEATURES, make_example, save_dataset_atomically
-from modeling_cliptt5.report_sections import split_report_sections
+from modeling_cliptt5.processing_cliptt5 import split_report_sections
 
 TINY_MODEL = {
     "vision_config": {"image_size": TINY_IMAGE_SIZE, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
