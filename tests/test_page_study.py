@@ -184,3 +184,15 @@ def test_app_py_defaults_are_the_pages():
     assert app.DELETE_AFTER_SECONDS == web_app.DELETE_AFTER_SECONDS
     arguments = app.parse_args([])
     assert (arguments.max_waiting, arguments.delete_uploads_after * 60) == (16, 3600)
+
+
+def test_the_identity_line_shows_the_name_only_when_asked_and_says_when_there_is_none(tmp_path):
+    from modeling_cliptt5.study_identity import identity_html
+
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    shown = identity_html(study["identity"], study["views"])
+    assert "Patient ID</b> P-1001" in shown and "Accession</b> ACC 77/1" in shown and "Views</b> 1: PA" in shown
+    assert "Doe" not in shown
+    assert "Patient</b> Doe^Jane" in identity_html(study["identity"], study["views"], show_name=True)
+    unnamed, _, _, _ = update_study([png(tmp_path / "a.png")], {})
+    assert "No patient identity" in identity_html(unnamed["identity"], unnamed["views"])
