@@ -116,7 +116,7 @@ def prepare_stage1(data_dir, output_dir, stage2_config):
     model config that names it; returns the config folder."""
     from modeling_cliptt5.data import load_report_dataset
     from modeling_cliptt5.tokenization import train_report_tokenizer
-    from modeling_cliptt5.training_state import atomic_folder
+    from modeling_cliptt5.atomic_writes import atomic_folder
 
     tokenizer_dir = output_dir / "tokenizer"
     vocab_size = stage2_config.get("tokenizer_vocab_size", 1000)  # the tokenizer's upper bound: enough embedding rows
@@ -353,6 +353,7 @@ def write_figure(path, metrics_records, example_images, drafted, references, hea
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from modeling_cliptt5.atomic_writes import atomic_path
     from modeling_cliptt5.training_state import draw_loss_curves
 
     count = len(example_images)
@@ -380,10 +381,9 @@ def write_figure(path, metrics_records, example_images, drafted, references, hea
             axis.set_axis_off()
             axis.text(0, 1, f"{title}:\n" + textwrap.fill(text, 80), va="top", family="monospace", fontsize=8)
     figure.tight_layout()
-    temp = path.with_name(path.stem + ".partial.png")
-    figure.savefig(temp, dpi=80)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
     plt.close(figure)
-    os.replace(temp, path)
 
 
 def main(argv=None):

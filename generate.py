@@ -31,15 +31,14 @@ for a radiologist to check, not diagnoses.
 import argparse
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from modeling_cliptt5.atomic_writes import atomic_file
 from modeling_cliptt5.fast_inference import fast_path_name
 from modeling_cliptt5.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference import (
@@ -148,36 +147,20 @@ def csv_cell(value):
     return value
 
 
-def write_atomically(path, write):
-    """Writes through a temporary file in the same folder, then renames: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(path, rows, with_labels):
     columns = OUTPUT_COLUMNS + (LABEL_COLUMNS if with_labels else ())
     if any("finding_probabilities" in row for row in rows):
         columns += FINDING_COLUMNS
     if any("ood_score" in row for row in rows):
         columns += OOD_COLUMNS
-    if path.suffix.lower() == ".jsonl":
-        write_atomically(path, lambda stream: stream.writelines(json.dumps(row) + "\n" for row in rows))
-        return
-
-    def write_csv(stream):
+    with atomic_file(path, newline="") as stream:  # a reader never sees half a file
+        if path.suffix.lower() == ".jsonl":
+            stream.writelines(json.dumps(row) + "\n" for row in rows)
+            return
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({key: csv_cell(value) for key, value in row.items()})
-
-    write_atomically(path, write_csv)
 
 
 def print_draft(row, out):

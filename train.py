@@ -21,7 +21,7 @@ def main(argv=None):
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
         sys.exit(f"train.py: error: {error}")
-    from modeling_cliptt5.training_state import DiskFullError, is_disk_full
+    from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
 
     try:
         if config.stage == "contrastive":

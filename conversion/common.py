@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from modeling_cliptt5.data import REPORT_FEATURES, SPLITS, ConversionLog, make_example, save_dataset_atomically
 from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
 from modeling_cliptt5.reports import clean_report_text
-from modeling_cliptt5.training_state import DiskFullError, is_disk_full
+from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -30,7 +30,8 @@ from .training_data import (
     BadSampleLog, StudyDataset, choose_views, load_training_dataset, micro_batches, take_first, total_steps,
     training_loader, validation_loader,
 )
-from .training_state import atomic_folder, plot_curves, save_training_state
+from .atomic_writes import atomic_folder
+from .training_state import plot_curves, save_training_state
 
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"

@@ -3,12 +3,12 @@
 import collections
 import json
 import os
-import tempfile
+import uuid
 
 import datasets
 
 from .processing_cliptt5 import format_report
-from .training_state import cleaned_up_on_failure, replace_folder
+from .atomic_writes import cleaned_up_on_failure, replace_folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -86,8 +86,10 @@ def save_dataset_atomically(dataset_dict, output_dir, log=None):
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    # Not mkdtemp (0700): the dataset gets the user's usual permissions, as any folder they make.
+    temp_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:12]}")
     with cleaned_up_on_failure(temp_dir, output_dir):
+        os.makedirs(temp_dir)
         dataset_dict.save_to_disk(temp_dir)
         if log is not None:
             log.write_skipped(os.path.join(temp_dir, "skipped.jsonl"))

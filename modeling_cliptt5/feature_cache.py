@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .training_data import choose_views
-from .training_state import cleaned_up_on_failure, replace_folder, temp_path_for
+from .atomic_writes import cleaned_up_on_failure, replace_folder, temp_path_for
 
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from .atomic_writes import atomic_file
 from .configuration_cliptt5 import CHEXPERT_OBSERVATIONS
 
 # A stage-1 checkpoint trained with a finding head keeps it beside its open_clip weights (contrastive.py).
@@ -94,11 +95,8 @@ def cached_labeler_label_lists(reports, cache_dir):
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     lists = labeler_label_lists(reports)
-    os.makedirs(cache_dir, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_file(path) as handle:
         json.dump(lists, handle)
-    os.replace(temporary, path)
     return lists
 
 

@@ -28,8 +28,9 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import warnings
+
+from .atomic_writes import write_json_atomically
 
 NLG_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 CLINICAL_COLUMNS = (("CE micro-F1", "micro"), ("CE macro-F1", "macro"), ("CE example-F1", "example"))
@@ -370,19 +371,6 @@ def _is_r2gen_annotation(path):
     return isinstance(data, dict) and "train" in data
 
 
-def write_json_atomically(data, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".scores-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as output:
-            json.dump(data, output, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m modeling_cliptt5.metrics",
@@ -439,14 +427,14 @@ def main(argv=None):
           + (f"; R2Gen protocol: {args.r2gen}" if args.r2gen else "; texts compared as given")
           + (f"; {len(train_reports)} train reports" if train_reports else "; no train reports: no baselines"))
     if args.output:
-        write_json_atomically({
+        write_json_atomically(args.output, {
             "n_studies": len(study_ids),
             "r2gen_protocol": args.r2gen,
             "clean_generated": args.clean_generated,
             "train_reports": len(train_reports) if train_reports else 0,
             "seed": args.seed,
             "scores": results,
-        }, args.output)
+        }, indent=2)
         print(f"scores written to {args.output}")
     return results
 

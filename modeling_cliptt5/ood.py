@@ -12,11 +12,12 @@ study is compared with; a study beyond the 99th percentile of validation is flag
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic_writes import atomic_path
 
 OOD_FILE = "ood_summary.safetensors"
 QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -65,19 +66,15 @@ class OODSummary:
         from safetensors.torch import save_file
 
         path = Path(folder) / OOD_FILE
-        temporary = path.with_name(f".{OOD_FILE}.{os.getpid()}.tmp")
         tensors = {"mean": self.mean, "basis": self.basis, "variances": self.variances,
                    "residual_variance": torch.tensor([self.residual_variance])}
         metadata = {"format": "pt", "features": FEATURES, "quantiles": json.dumps({str(k): v for k, v in
                                                                                    self.quantiles.items()}),
                     "flag_level": str(FLAG_LEVEL), "training_images": str(self.training_images),
                     "validation_studies": str(self.validation_studies)}
-        try:
+        with atomic_path(path) as temporary:
             save_file({name: tensor.contiguous().float() for name, tensor in tensors.items()}, temporary,
                       metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
         return path
 
 

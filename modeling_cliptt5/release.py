@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .training_state import atomic_folder
+from .atomic_writes import atomic_folder
 
 RELEASE_INFO_FILE = "release_info.json"
 TRAINING_CONFIG_FILE = "training_config.yaml"

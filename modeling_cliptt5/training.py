@@ -22,9 +22,8 @@ from .training_model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
     set_trainable_parts,
 )
-from .training_state import (
-    MetricsLog, list_states, load_training_state, plot_curves, remove_leftovers, save_training_state,
-)
+from .atomic_writes import remove_leftovers
+from .training_state import MetricsLog, list_states, load_training_state, plot_curves, save_training_state
 
 
 # --- shared by both stages -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from .configuration_cliptt5 import CLIPT5Config
 from .modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from .processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 from .tokenization import train_report_tokenizer
-from .training_state import atomic_folder
+from .atomic_writes import atomic_folder
 
 
 def finding_overrides(config):

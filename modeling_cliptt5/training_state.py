@@ -1,126 +1,17 @@
 """What a run leaves on disk, written so that a crash never leaves half a folder: states, releases, logs, plots."""
 
-import contextlib
-import errno
-import glob
 import json
 import os
 import re
 import shutil
 
+from .atomic_writes import (
+    atomic_file, atomic_path, cleaned_up_on_failure, replace_folder, temp_path_for, write_json_atomically,
+)
+
 STATE_PREFIX = "state-"
 TRAINER_STATE_FILE = "trainer_state.json"
 METRICS_LOG = "metrics.jsonl"
-TEMP_MARK = ".tmp"
-
-
-class DiskFullError(OSError):
-    """A folder could not be written because the disk (or the user's quota) is full. Its hidden temporary copy was
-    deleted and nothing was put in its place: a previous folder of that name is intact."""
-
-    def __init__(self, folder, error):
-        reason = getattr(error, "strerror", None) or "No space left on device"
-        super().__init__(errno.ENOSPC, f"{folder}: not written, the disk is full ({reason}); nothing was replaced. "
-                                       "Free some space and run again.")
-        self.folder = folder
-
-    def __str__(self):
-        return self.strerror
-
-
-DISK_FULL_MESSAGES = ("No space left on device", "os error 28", "Disk quota exceeded")
-NEARLY_FULL_BYTES = 1 << 20
-
-
-def free_bytes(path):
-    """Bytes an unprivileged user may still write on the file system holding `path` (its nearest existing parent)."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return shutil.disk_usage(path).free
-
-
-def is_disk_full(error, folder=None):
-    """Whether `error` (an OSError, safetensors' or torch's own error) came from a full disk. torch.save says only
-    "unexpected pos" about a short write, so with `folder` given, a failure on a nearly full disk counts too."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(error, Exception) and any(message in str(error) for message in DISK_FULL_MESSAGES):
-        return True
-    return folder is not None and isinstance(error, Exception) and free_bytes(folder) < NEARLY_FULL_BYTES
-
-
-@contextlib.contextmanager
-def cleaned_up_on_failure(temp_dir, final_dir):
-    """Deletes `temp_dir` if the block fails; a full disk is reported as a `DiskFullError` naming `final_dir`."""
-    try:
-        yield
-    except BaseException as error:
-        disk_full = not isinstance(error, DiskFullError) and is_disk_full(error, temp_dir)  # before space is freed
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if disk_full:
-            raise DiskFullError(final_dir, error) from error
-        raise
-
-
-def temp_path_for(final_path):
-    """The hidden sibling a folder is written to before it is renamed into place (same name on every rank)."""
-    parent, name = os.path.split(os.path.abspath(final_path))
-    return os.path.join(parent, f".{name}{TEMP_MARK}")
-
-
-def replace_folder(temp_dir, final_dir):
-    """Renames a finished folder into place. An old folder is moved aside first and deleted last, so that at
-    every instant `final_dir` is either absent, the old complete folder or the new complete one."""
-    old_dir = None
-    if os.path.exists(final_dir):
-        old_dir = f"{temp_path_for(final_dir)}.old"
-        shutil.rmtree(old_dir, ignore_errors=True)
-        os.rename(final_dir, old_dir)
-    os.rename(temp_dir, final_dir)
-    if old_dir:
-        shutil.rmtree(old_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_folder(final_dir):
-    """`with atomic_folder(path) as temp:` write into temp; it becomes `path` only if the block finishes."""
-    temp_dir = temp_path_for(final_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    with cleaned_up_on_failure(temp_dir, final_dir):
-        os.makedirs(temp_dir)
-        yield temp_dir
-        replace_folder(temp_dir, final_dir)
-
-
-def write_json_atomically(path, value):
-    temp = f"{path}{TEMP_MARK}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=1, default=str)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-
-
-def remove_leftovers(output_dir):
-    """Deletes the hidden temporary folders and files a killed run left behind (main process only). A kill between
-    replace_folder's two renames leaves the old complete folder aside and none in place: it is put back first."""
-    removed = []
-    for old_dir in glob.glob(os.path.join(output_dir, "**", f".*{TEMP_MARK}.old"), recursive=True):
-        parent, name = os.path.split(old_dir)
-        final_dir = os.path.join(parent, name[1:-len(f"{TEMP_MARK}.old")])
-        if os.path.isdir(old_dir) and not os.path.exists(final_dir):
-            os.rename(old_dir, final_dir)
-    for path in glob.glob(os.path.join(output_dir, "**", f".*{TEMP_MARK}*"), recursive=True):
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.exists(path):
-            os.remove(path)
-        removed.append(path)
-    return removed
 
 
 # --- resumable training states (accelerator.save_state) ------------------------------------------------------
@@ -196,10 +87,8 @@ class MetricsLog:
         if not self.enabled or not os.path.isfile(self.path):
             return
         kept = [record for record in self.read() if record.get("step", 0) <= step]
-        temp = f"{self.path}{TEMP_MARK}"
-        with open(temp, "w", encoding="utf-8") as handle:
+        with atomic_file(self.path) as handle:
             handle.writelines(json.dumps(record) + "\n" for record in kept)
-        os.replace(temp, self.path)
 
 
 def draw_loss_curves(axis, records):
@@ -235,8 +124,7 @@ def plot_curves(records, path, metric_names=()):
         metric_axis.set_ylabel("validation metric")
         metric_axis.legend()
     figure.tight_layout()
-    temp = f"{path}{TEMP_MARK}.png"
-    figure.savefig(temp, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
-    os.replace(temp, path)
     return path

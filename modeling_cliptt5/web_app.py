@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
+from .atomic_writes import atomic_file  # noqa: E402
 from .findings import text_reader  # noqa: E402
 from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
 from .inference import ood_warning  # noqa: E402
@@ -281,12 +282,6 @@ def review_report(findings, impression):
     return gr.HighlightedText(value=pieces, color_map=colors), claims_markdown, alert, report_text(findings, impression)
 
 
-def write_atomically(path, text):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-
-
 class ExportRefused(ValueError):
     """Nothing was exported; the message says why (an empty report, a draft of other images)."""
 
@@ -318,8 +313,10 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
     name = export_basename(study.get("identity", {}), when)
     text_path, json_path = folder / f"{name}.txt", folder / f"{name}.json"
     header = "\n".join([*identity_lines(identity), f"Exported: {when:%Y-%m-%d %H:%M:%S}"])
-    write_atomically(text_path, f"{header}\n\n{record['report']}\n")
-    write_atomically(json_path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    with atomic_file(text_path) as stream:
+        stream.write(f"{header}\n\n{record['report']}\n")
+    with atomic_file(json_path) as stream:
+        stream.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return [str(text_path), str(json_path)]
 
 

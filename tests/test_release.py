@@ -141,7 +141,7 @@ save_release(Accelerator(), model, SlowProcessor(), release_dir, info)
 
 
 def test_a_release_write_killed_midway_leaves_the_previous_release_whole(release_dir):
-    from modeling_cliptt5.training_state import remove_leftovers
+    from modeling_cliptt5.atomic_writes import remove_leftovers
 
     before = folder_bytes(release_dir)
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, release_dir], stdout=subprocess.PIPE, text=True,
@@ -157,7 +157,7 @@ def test_a_release_write_killed_midway_leaves_the_previous_release_whole(release
 
 
 def test_a_kill_between_the_two_renames_puts_the_previous_release_back(release_dir):
-    from modeling_cliptt5.training_state import remove_leftovers
+    from modeling_cliptt5.atomic_writes import remove_leftovers
 
     before = folder_bytes(release_dir)
     parent = Path(release_dir).parent
