@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_cliptt5.clip_t5_builder import (  # noqa: E402
-    DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, build_clip_t5, build_processor,
+    DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, CheckpointError, build_clip_t5, build_processor,
 )
 from modeling_cliptt5.release import write_release  # noqa: E402
 
@@ -52,11 +52,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model = build_clip_t5(
-        args.clip_model, args.t5_model, image_tokens=args.image_tokens,
-        image_token_pooling=args.image_token_pooling, projector_type=args.projector_type,
-        num_views=args.num_views, prompt=args.prompt,
-    )
+    try:
+        model = build_clip_t5(
+            args.clip_model, args.t5_model, image_tokens=args.image_tokens,
+            image_token_pooling=args.image_token_pooling, projector_type=args.projector_type,
+            num_views=args.num_views, prompt=args.prompt,
+        )
+    except CheckpointError as error:  # not the architecture expected: say which, without a traceback
+        sys.exit(f"convert_biomedclip_t5.py: error: {error}")
     processor = build_processor(args.t5_model, image_size=model.config.vision_config.image_size,
                                 max_prompt_tokens=model.config.max_prompt_tokens)
     write_release(model, processor, args.output, release_info(args.output, args.clip_model, args.t5_model))

@@ -46,7 +46,7 @@ _T5_FIELDS = (
 )
 
 
-class ConversionError(ValueError):
+class CheckpointError(ValueError):
     """A checkpoint that does not have the architecture the converter expects."""
 
 
@@ -65,13 +65,13 @@ def _timm_vit_trunk(clip_model):
     visual = getattr(clip_model, "visual", None)
     trunk = getattr(visual, "trunk", None)
     if trunk is None or not all(hasattr(trunk, name) for name in ("patch_embed", "cls_token", "pos_embed", "blocks")):
-        raise ConversionError(
+        raise CheckpointError(
             f"expected an open_clip model whose image tower is a timm ViT (model.visual.trunk with patch_embed, "
             f"cls_token, pos_embed, blocks) as in BiomedCLIP; got {type(visual).__name__} with "
             f"{type(trunk).__name__ if trunk is not None else 'no trunk'}"
         )
     if trunk.cls_token is None or getattr(trunk, "num_prefix_tokens", 1) != 1:
-        raise ConversionError("the ViT trunk must have exactly one class token (and no register tokens)")
+        raise CheckpointError("the ViT trunk must have exactly one class token (and no register tokens)")
     return trunk
 
 
@@ -109,7 +109,7 @@ def vision_state_dict_from_open_clip(clip_model):
     for index, block in enumerate(trunk.blocks):
         prefix = f"vision_model.encoder.layer.{index}."
         if tuple(block.attn.qkv.weight.shape) != (3 * hidden, hidden):
-            raise ConversionError(
+            raise CheckpointError(
                 f"block {index}: attn.qkv.weight has shape {tuple(block.attn.qkv.weight.shape)}, "
                 f"expected {(3 * hidden, hidden)} for a fused timm ViT attention"
             )
@@ -145,13 +145,13 @@ def load_t5(t5_name_or_path):
 
     config = AutoConfig.from_pretrained(t5_name_or_path)
     if config.model_type not in ("t5", "cliptt5"):
-        raise ConversionError(
+        raise CheckpointError(
             f"{t5_name_or_path}: expected a T5 checkpoint (model_type 't5'), found model_type {config.model_type!r}"
         )
     model, info = T5ForConditionalGeneration.from_pretrained(t5_name_or_path, output_loading_info=True)
     missing = sorted(name for name in info["missing_keys"] if not name.startswith(("vision_model", "clip_projection")))
     if missing:
-        raise ConversionError(f"{t5_name_or_path}: T5 weights missing from the checkpoint: {missing[:10]}")
+        raise CheckpointError(f"{t5_name_or_path}: T5 weights missing from the checkpoint: {missing[:10]}")
     return model
 
 
@@ -182,7 +182,7 @@ def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, **co
     if config.image_tokens != "pooled":
         vision_state.pop("visual_projection.weight", None)
     elif "visual_projection.weight" not in vision_state:
-        raise ConversionError("image_tokens='pooled' needs CLIP's image projection (model.visual.head.proj)")
+        raise CheckpointError("image_tokens='pooled' needs CLIP's image projection (model.visual.head.proj)")
 
     t5_state = {name: tensor.detach().clone().contiguous() for name, tensor in t5.state_dict().items()
                 if not name.endswith("embed_tokens.weight")}  # both are the shared embedding
@@ -198,7 +198,7 @@ def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, **co
     missing = sorted(name for name in info["missing_keys"]
                      if not name.startswith(("clip_projection", "finding_head", "finding_embeddings")))
     if unexpected or missing:
-        raise ConversionError(f"weights did not map onto CLIP-T5: missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise CheckpointError(f"weights did not map onto CLIP-T5: missing {missing[:10]}, unexpected {unexpected[:10]}")
     return model.eval()
 
 

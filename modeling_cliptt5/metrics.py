@@ -37,7 +37,10 @@ CLINICAL_COLUMNS = (("CE micro-F1", "micro"), ("CE macro-F1", "macro"), ("CE exa
 MODEL, CONSTANT_BASELINE, RANDOM_BASELINE = "model", "constant train report", "random train report"
 
 
-# --- R2Gen's report cleaning (modules/tokenizers.py), rewritten; the rules are kept exactly. ---
+# --- R2Gen's report cleaning (zhjohnchan/R2Gen, modules/tokenizers.py), rewritten; the rules are kept exactly, so
+# that scores computed on their output compare with published R2Gen-family numbers. Quirks kept on purpose: the
+# character class holds the range ":-\[" (so "-" itself survives while ; < = > ? @ A-Z [ go), and empty
+# sentences stay (R2Gen's `!= []` filter never fails), giving " .  . ". ---
 
 def _r2gen_clean_sentence(sentence):
     for character in ('"', "/", "\\", "'"):

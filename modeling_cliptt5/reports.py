@@ -1,4 +1,5 @@
-"""Report text as sources ship it -> clean findings/impression: sectioning, de-identification tokens, R2Gen cleaners."""
+"""Report text as sources ship it -> clean findings/impression: sectioning and de-identification tokens (R2Gen's
+benchmark cleaners are in metrics.py)."""
 
 import re
 
@@ -155,40 +156,3 @@ def sections_from_free_text(text):
         "impression": impression,
         "indication": sections.get("indication", sections.get("history", "")),
     }
-
-
-# --- R2Gen's report cleaners (zhjohnchan/R2Gen, modules/tokenizers.py), kept rule for rule so that scores
-# computed on their output compare with published R2Gen-family numbers. Quirks kept on purpose:
-#  * the character class below holds the range ":-\[" (":;<=>?@", "A-Z" and "["), so "-" itself survives,
-#    while "<", "=", ">", "?" and "@" are removed;
-#  * R2Gen filters sentences with `!= []`, which is always true: empty sentences stay (giving " .  . ").
-_R2GEN_REMOVED_CHARACTERS = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
-_R2GEN_LIST_MARKERS = (("1. ", ""), (". 2. ", ". "), (". 3. ", ". "), (". 4. ", ". "), (". 5. ", ". "),
-                       (" 2. ", ". "), (" 3. ", ". "), (" 4. ", ". "), (" 5. ", ". "))
-
-
-def _replace_in_order(text, replacements):
-    for old, new in replacements:
-        text = text.replace(old, new)
-    return text
-
-
-def _r2gen_clean_sentence(sentence):
-    sentence = sentence.replace('"', "").replace("/", "").replace("\\", "").replace("'", "").strip().lower()
-    return _R2GEN_REMOVED_CHARACTERS.sub("", sentence)
-
-
-def _r2gen_join(text):
-    sentences = text.strip().lower().split(". ")
-    return " . ".join(_r2gen_clean_sentence(sentence) for sentence in sentences) + " ."
-
-
-def clean_report_iu_xray(report):
-    """R2Gen's `clean_report_iu_xray`: lower case, one token per word and " . " between sentences."""
-    return _r2gen_join(_replace_in_order(report, (("..", "."),) * 3 + _R2GEN_LIST_MARKERS))
-
-
-def clean_report_mimic_cxr(report):
-    """R2Gen's `clean_report_mimic_cxr`: as the IU X-ray cleaner, after folding newlines, "__" and double spaces."""
-    report = _replace_in_order(report, (("\n", " "),) + (("__", "_"),) * 7 + (("  ", " "),) * 6 + (("..", "."),) * 8)
-    return _r2gen_join(_replace_in_order(report, _R2GEN_LIST_MARKERS))

@@ -9,7 +9,7 @@ pytest.importorskip("open_clip")
 
 from conftest import build_tiny_open_clip  # noqa: E402
 from conversion.convert_biomedclip_t5 import main  # noqa: E402
-from modeling_cliptt5.clip_t5_builder import ConversionError, build_clip_t5  # noqa: E402
+from modeling_cliptt5.clip_t5_builder import CheckpointError, build_clip_t5  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 
@@ -94,10 +94,10 @@ def test_wrong_architectures_are_refused_with_the_reason(tiny_clip, tmp_path):
 
     save_tiny_t5(tmp_path / "t5")
     not_timm = open_clip.create_model("ViT-B-32", pretrained=None)  # open_clip's own ViT, no timm trunk
-    with pytest.raises(ConversionError, match="timm ViT"):
+    with pytest.raises(CheckpointError, match="timm ViT"):
         build_clip_t5(not_timm, str(tmp_path / "t5"))
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ConversionError, match="model_type 'bert'"):
+    with pytest.raises(CheckpointError, match="model_type 'bert'"):
         build_clip_t5(tiny_clip, str(tmp_path / "bert"))
 
 
@@ -120,3 +120,17 @@ def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_to
     assert info["parameters"] > 0
     card = (tmp_path / "release" / "README.md").read_text()
     assert "NOT a medical device" in card and "clip_projection untrained" in card
+
+
+def test_the_cli_names_a_wrong_checkpoint_in_one_line_and_writes_nothing(tiny_clip, tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel
+
+    from modeling_cliptt5 import clip_t5_builder
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name: tiny_clip)
+    with pytest.raises(SystemExit, match=r"^convert_biomedclip_t5\.py: error: .*model_type 'bert'"):
+        main(["--clip-model", "local-dir:unused", "--t5-model", str(tmp_path / "bert"), "--output",
+              str(tmp_path / "release")])
+    assert not (tmp_path / "release").exists()

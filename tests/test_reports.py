@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from modeling_cliptt5.metrics import clean_report_iu_xray, clean_report_mimic_cxr
 from modeling_cliptt5.reports import (
-    DEID_TOKEN, clean_report_iu_xray, clean_report_mimic_cxr, extract_sections, normalize_deidentification,
-    normalize_whitespace, section_name, sections_from_free_text,
+    DEID_TOKEN, extract_sections, normalize_deidentification, normalize_whitespace, section_name,
+    sections_from_free_text,
 )
 
 IU_XRAY_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "iu_xray"
