@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--delete-uploads-after", type=positive_minutes, default=DELETE_AFTER_SECONDS / 60,
                         metavar="MINUTES",
                         help="delete uploaded images and exports this many minutes after they were written "
-                             "(default: %(default)g; checked every tenth of that, at least every 10 minutes); "
+                             "(default: %(default)g; checked every sixth of that, at most 10 minutes apart); "
                              "everything is deleted when the server stops")
     return parser.parse_args(argv)
 
