@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 from PIL import Image
+import transformers
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -13,6 +14,8 @@ try:  # transformers 5: the PIL backend reproduces open_clip's eval transform ex
     from transformers import CLIPImageProcessorPil as _PilCLIPImageProcessor
 except ImportError:  # transformers 4: CLIPImageProcessor is the PIL implementation
     from transformers import CLIPImageProcessor as _PilCLIPImageProcessor
+
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 # BiomedCLIP's open_clip preprocess config: OpenAI CLIP mean/std, bicubic resize of the shortest side, center crop.
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -131,8 +134,9 @@ class CLIPT5Processor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if TRANSFORMERS_MAJOR < 5:  # 5 finds both through the Auto classes and warns that these are deprecated
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256, **kwargs):
         self.max_prompt_tokens = max_prompt_tokens
