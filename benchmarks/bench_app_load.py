@@ -11,7 +11,6 @@ benchmarks/results/app_load.json. Needs /usr/bin/chromium and playwright.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,8 @@ from app_harness import (  # noqa: E402
     CHROMIUM, CHROMIUM_ARGS, browser_missing_reason, serve_app, slow_release, upload_study,
 )
 from bench_app import build_tiny_release, phantom_study  # noqa: E402
+
+from modeling_cliptt5.atomic_writes import write_json_atomically  # noqa: E402
 
 # Per page: when its draft line settled, and on what (a draft, busy, or still waiting).
 OUTCOME = """() => {
@@ -116,12 +117,8 @@ def main(argv=None):
         print(f"click to draft: median {result['served_median_s']:.2f} s, p95 {result['served_p95_s']:.2f} s")
     if result["refused_busy"]:
         print(f"click to 'busy' answer: median {result['busy_answer_median_s']:.2f} s")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(temporary, output)
-    print(f"wrote {output}")
+    write_json_atomically(args.output, result, indent=2)
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -59,18 +59,15 @@ class UploadSweeper:
 
     def __init__(self, folder, age, every):
         self.folder, self.age, self.every = str(folder), float(age), float(every)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="upload-sweeper", daemon=True)
 
     def start(self):
-        self._thread.start()
+        """Sweeps every `every` seconds in a daemon thread, until the server exits."""
+        threading.Thread(target=self._run, name="upload-sweeper", daemon=True).start()
         return self
 
-    def stop(self):
-        self._stop.set()
-
     def _run(self):
-        while not self._stop.wait(self.every):
+        while True:
+            time.sleep(self.every)
             self.sweep()
 
     def sweep(self, now=None):

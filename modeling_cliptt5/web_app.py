@@ -144,12 +144,16 @@ def update_study(paths, study):
             unique.append((path, key))
     is_new = not set(listed) & set(study.get("listed", []))
     previous = {} if is_new else dict(zip(study.get("keys", []), study.get("names", [])))
+    previous_views = {} if is_new else dict(zip(study.get("keys", []), study.get("views", [])))
     identity = {} if is_new else dict(study.get("identity", {}))
     files, names, keys, views, refused, notes = [], [], [], [], [], []
     for path, key in unique:
         name = Path(path).name
-        header = file_identity(path)
-        if key not in previous:
+        if key in previous:  # already read: its header is in the study's identity and views
+            view = previous_views[key]
+        else:
+            header = file_identity(path)
+            view = header.get("view_position", "")
             reason = mismatch(identity, header)
             if reason:
                 refused.append(f"{name} is of another patient or study, {reason}. Clear the study (x at the top "
@@ -164,7 +168,7 @@ def update_study(paths, study):
         files.append(path)
         names.append(name)
         keys.append(key)
-        views.append(header.get("view_position", ""))
+        views.append(view)
     notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
     token = new_token() if is_new else study["token"]
     return ({"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,

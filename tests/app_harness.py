@@ -168,3 +168,16 @@ def draft(page, timeout_ms=120_000):
     page.click("#draft-button")
     page.wait_for_function("window.cliptt5DraftDone === true", timeout=timeout_ms)
     return page.locator("#findings textarea").input_value()
+
+
+def export(page):
+    """Press Export; returns {suffix: (file name, text)} of the .txt and .json downloads the page offers."""
+    page.click("#export-button")
+    exported = {}
+    for suffix in ("txt", "json"):
+        link = page.locator(f'#exported-files a[download$=".{suffix}"]')
+        link.wait_for()
+        with page.expect_download() as download:
+            link.click()
+        exported[suffix] = (download.value.suggested_filename, open(download.value.path(), encoding="utf-8").read())
+    return exported

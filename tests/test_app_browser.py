@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from app_harness import (
-    WATCH_DRAFT_INFO, browser_missing_reason, draft, open_browser, serve_app, speaking_release, upload_study,
+    WATCH_DRAFT_INFO, browser_missing_reason, draft, export, open_browser, serve_app, speaking_release,
+    upload_study,
 )
 from dicom_files import block_image, grayscale_dicom
 
@@ -105,14 +106,7 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
         assert "Pneumothorax (right)" in page.locator("#critical").inner_text()
         assert "PNEUMOTHORAX: PRESENT" in page.locator("#sentence-tags").inner_text().upper()
 
-        page.click("#export-button")
-        exported = {}
-        for suffix in ("txt", "json"):
-            link = page.locator(f'#exported-files a[download$=".{suffix}"]')
-            link.wait_for()
-            with page.expect_download() as download:
-                link.click()
-            exported[suffix] = open(download.value.path(), encoding="utf-8").read()
+        exported = {suffix: text for suffix, (_, text) in export(page).items()}
         header, text = exported["txt"].split("\n\n", 1)
         assert text == f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n"
         assert header.startswith("Patient ID: not in the files")  # neither file's header names the patient

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from app_harness import (
-    WATCH_DRAFT_INFO, browser_missing_reason, draft, listening_addresses, open_browser, serve_app, slow_release,
-    speaking_release, upload_study,
+    WATCH_DRAFT_INFO, browser_missing_reason, draft, export, listening_addresses, open_browser, serve_app,
+    slow_release, speaking_release, upload_study,
 )
 from dicom_files import block_image, grayscale_dicom
 
@@ -66,19 +66,6 @@ def wait_for_text(page, selector, pattern, timeout_s=30):
             raise AssertionError(f"{selector} never matched {pattern!r}: {text_of(page, selector)!r}")
         time.sleep(0.1)
     return text_of(page, selector)
-
-
-def export(page):
-    """Press Export; returns {suffix: (file name, text)} of the offered downloads."""
-    page.click("#export-button")
-    exported = {}
-    for suffix in ("txt", "json"):
-        link = page.locator(f'#exported-files a[download$=".{suffix}"]')
-        link.wait_for()
-        with page.expect_download() as download:
-            link.click()
-        exported[suffix] = (download.value.suggested_filename, open(download.value.path(), encoding="utf-8").read())
-    return exported
 
 
 def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_it(tiny_release_dir, tmp_path):
