@@ -64,19 +64,12 @@ def parse_args(argv=None):
 
 def make_data(folder, studies, image_size, seed):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
-    from modeling_cliptt5.data import save_dataset_atomically
-    from modeling_cliptt5.phantom import default_num_proc, make_phantom_dataset
+    from modeling_cliptt5.data.sources import phantom_dataset_folder
 
-    settings = {"studies": studies, "image_size": image_size, "seed": seed}
-    stamp = folder / "demo_settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        print(f"[1/6] reusing the phantom dataset in {folder}")
-        return
-    print(f"[1/6] drawing {studies} synthetic phantom studies ({image_size} px) into {folder}")
-    dataset = make_phantom_dataset(studies, seed=seed, image_size=image_size, progress=True,
-                                   num_proc=default_num_proc(studies))
-    save_dataset_atomically(dataset, str(folder))
-    stamp.write_text(json.dumps(settings))
+    print(f"[1/6] the synthetic phantom dataset ({studies} studies, {image_size} px) in {folder}")
+    _, reused = phantom_dataset_folder(str(folder), studies, seed=seed, image_size=image_size)
+    if reused:
+        print("  reused: drawn by an earlier run with the same settings")
 
 
 # --- 2-3. training and release --------------------------------------------------------------------------------------
@@ -94,7 +87,7 @@ def launch_command(processes):
 
 
 def demo_open_clip_config(tokenizer_dir, vocab_size):
-    """Stage 1's open_clip model: the demo's ViT (registered with timm by modeling_cliptt5.contrastive) and a
+    """Stage 1's open_clip model: the demo's ViT (registered with timm by modeling_cliptt5.training.contrastive) and a
     1-layer text transformer over the report tokenizer that stage 2 uses too. The tokenizer's ~700 words keep the
     text side cheap; open_clip's own 49k-word tokenizer made the text tower 4x the image tower's cost (measured).
     The text side is still most of a step: 80 tokens (99% of the phantom reports fit) and 64 wide instead of 128
@@ -114,8 +107,8 @@ def demo_open_clip_config(tokenizer_dir, vocab_size):
 def prepare_stage1(data_dir, output_dir, stage2_config):
     """Trains the report tokenizer where stage 2 looks for it (<output_dir>/tokenizer) and writes the open_clip
     model config that names it; returns the config folder."""
-    from modeling_cliptt5.data import load_report_dataset
-    from modeling_cliptt5.tokenization import train_report_tokenizer
+    from modeling_cliptt5.data.schema import load_report_dataset
+    from modeling_cliptt5.training.tokenizer import train_report_tokenizer
     from modeling_cliptt5.atomic_writes import atomic_folder
 
     tokenizer_dir = output_dir / "tokenizer"
@@ -164,7 +157,7 @@ def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128, findi
     the drafts instead of the finding head."""
     from tqdm.auto import tqdm
 
-    from modeling_cliptt5.inference import draft_batch
+    from modeling_cliptt5.inference.drafting import draft_batch
 
     drafts = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
@@ -179,7 +172,7 @@ def head_scores(drafts, truth_labels, names, thresholds):
     """The finding head alone on the test split: AUROC and F1 at the release's thresholds per finding."""
     import numpy as np
 
-    from modeling_cliptt5.findings import score_head
+    from modeling_cliptt5.evaluation.findings import score_head
 
     probabilities = np.array([[draft["finding_probabilities"][name] for name in names] for draft in drafts])
     truth = np.array([[float(name in labels) for name in names] for labels in truth_labels])
@@ -189,7 +182,7 @@ def head_scores(drafts, truth_labels, names, thresholds):
 def guidance_followed(drafts):
     """Share of drafts whose text states exactly the findings they were guided by (read back by the phantom reader):
     how faithfully the decoder writes what the guidance says."""
-    from modeling_cliptt5.phantom import labels_from_report
+    from modeling_cliptt5.data.phantom import labels_from_report
 
     return sum(set(labels_from_report(draft["text"])) == set(draft["guidance"]) for draft in drafts) / len(drafts)
 
@@ -233,7 +226,7 @@ def write_dicom(image, path):
 
 def draft_files(model, processor, paths):
     """The files through the same functions generate.py uses (DICOM decoding included)."""
-    from modeling_cliptt5.inference import draft_reports, group_studies
+    from modeling_cliptt5.inference.drafting import draft_reports, group_studies
 
     studies = group_studies(paths, "none")
     drafted = list(draft_reports(model, processor, studies, batch_size=len(studies),
@@ -277,8 +270,8 @@ def nearest_neighbour_reports(train_rows, test_rows):
 
 def finding_scores(reports, truth_labels):
     """Findings read from each report (phantom.labels_from_report) against the generator's truth labels."""
-    from modeling_cliptt5.labeler import clinical_efficacy_from_vectors
-    from modeling_cliptt5.phantom import PHANTOM_LABELS, labels_from_report
+    from modeling_cliptt5.evaluation.labeler import clinical_efficacy_from_vectors
+    from modeling_cliptt5.data.phantom import PHANTOM_LABELS, labels_from_report
 
     read_back = [labels_from_report(report) for report in reports]
     predicted = [[label in labels for label in PHANTOM_LABELS] for labels in read_back]
@@ -291,8 +284,8 @@ def finding_scores(reports, truth_labels):
 
 
 def score_systems(systems, references, truth_labels):
-    from modeling_cliptt5.labeler import clinical_efficacy
-    from modeling_cliptt5.metrics import score_reports
+    from modeling_cliptt5.evaluation.labeler import clinical_efficacy
+    from modeling_cliptt5.evaluation.metrics import score_reports
 
     results = {}
     for name, reports in systems.items():
@@ -311,7 +304,7 @@ def finding_cell(scores):
 
 
 def results_table(results, test_count, head=None):
-    from modeling_cliptt5.phantom import PHANTOM_LABELS
+    from modeling_cliptt5.data.phantom import PHANTOM_LABELS
 
     columns = "  ".join(f"{name[:23]:>23}" for name in results)
     head_column = f"  {'finding head F1 / AUROC':>23}" if head else ""
@@ -337,7 +330,7 @@ def results_table(results, test_count, head=None):
         lines.append(f"{'finding head alone':<33}  macro F1 {head['macro_f1']:.3f}, macro AUROC "
                      f"{head['macro_auroc']:.3f} (the release's thresholds, fitted on validation)")
     lines.append("macro F1: mean over the findings present in the truth or the reports; labeler = "
-                 "modeling_cliptt5.labeler (rule-based CheXpert observations, approximate)")
+                 "modeling_cliptt5.evaluation.labeler (rule-based CheXpert observations, approximate)")
     return "\n".join(lines)
 
 
@@ -354,7 +347,7 @@ def write_figure(path, metrics_records, example_images, drafted, references, hea
     import matplotlib.pyplot as plt
 
     from modeling_cliptt5.atomic_writes import atomic_path
-    from modeling_cliptt5.training_state import draw_loss_curves
+    from modeling_cliptt5.training.state import draw_loss_curves
 
     count = len(example_images)
     figure = plt.figure(figsize=(16, 4 + 2.4 * count))
@@ -415,8 +408,8 @@ def main(argv=None):
 
     import torch
 
-    from modeling_cliptt5.data import load_report_dataset
-    from modeling_cliptt5.training_state import MetricsLog
+    from modeling_cliptt5.data.schema import load_report_dataset
+    from modeling_cliptt5.training.state import MetricsLog
 
     release_dir = output_dir / "best"
     print(f"[3/6] release with its model card: {release_dir} ({', '.join(sorted(os.listdir(release_dir)))})")

@@ -40,7 +40,7 @@ def build_tiny_release(folder):
     from conftest import TINY_REPORTS, tiny_config, tiny_processor
 
     from modeling_cliptt5 import CLIPT5ForConditionalGeneration
-    from modeling_cliptt5.tokenization import train_report_tokenizer
+    from modeling_cliptt5.training.tokenizer import train_report_tokenizer
 
     tokenizer = train_report_tokenizer(TINY_REPORTS * 20, vocab_size=200)
     torch.manual_seed(0)
@@ -54,9 +54,9 @@ SCREENSHOT_HEATMAP = "nodule:right"  # shown over the image in the screenshot, w
 
 
 def phantom_study(folder, seed=7, image_size=512):
-    """A synthetic frontal chest film (modeling_cliptt5.phantom) as PNG, of the kind the demo model was trained on:
+    """A synthetic frontal chest film (modeling_cliptt5.data.phantom) as PNG, of the kind the demo model was trained on:
     an enlarged heart and a 2.4 cm right upper lobe nodule."""
-    from modeling_cliptt5.phantom import PhantomFindings, encode_png, generate_study
+    from modeling_cliptt5.data.phantom import PhantomFindings, encode_png, generate_study
 
     findings = PhantomFindings(cardiomegaly=True, lesion=(("nodule", "right", "upper lobe", 2.4),))
     path = folder / "phantom_frontal.png"

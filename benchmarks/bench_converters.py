@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conversion import convert_imagefolder, convert_kaggle_cxr  # noqa: E402
+from modeling_cliptt5.cli import convert_imagefolder
+from modeling_cliptt5.cli import convert_kaggle_cxr
 
 REPORT = "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. IMPRESSION: No acute process."
 

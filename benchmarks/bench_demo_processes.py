@@ -45,8 +45,8 @@ def main(argv=None):
     import yaml
 
     from demo import CONTRASTIVE_CONFIG, DEMO_CONFIG, prepare_stage1
-    from modeling_cliptt5.data import save_dataset_atomically
-    from modeling_cliptt5.phantom import make_phantom_dataset
+    from modeling_cliptt5.data.schema import save_dataset_atomically
+    from modeling_cliptt5.data.phantom import make_phantom_dataset
 
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)

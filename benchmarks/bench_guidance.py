@@ -36,7 +36,7 @@ def findings_prompt(names):
 
 def prompt_dataset(data_dir, target):
     """The demo dataset with each study's true findings as its indication (the prompt variant's training input)."""
-    from modeling_cliptt5.data import load_report_dataset, save_dataset_atomically
+    from modeling_cliptt5.data.schema import load_report_dataset, save_dataset_atomically
 
     data = load_report_dataset(str(data_dir))
     for split in data:
@@ -104,7 +104,7 @@ def main(argv=None):
         print(f"training the {name} variant: {args.steps} steps", flush=True)
         seconds[name] = train(output, data, stage1, args.steps, *extra)
 
-    from modeling_cliptt5.data import load_report_dataset
+    from modeling_cliptt5.data.schema import load_report_dataset
 
     test = load_report_dataset(str(demo_dir / "data"))["test"]
     truth = list(test["labels"])

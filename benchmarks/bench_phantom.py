@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from modeling_cliptt5.phantom import encode_png, generate_study  # noqa: E402
+from modeling_cliptt5.data.phantom import encode_png, generate_study  # noqa: E402
 
 
 def main():

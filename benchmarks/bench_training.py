@@ -1,5 +1,5 @@
 """Stage-2 training speed of the full-size CLIP-T5 (ViT-B/16 + t5-small shapes, random weights) with a frozen image
-tower: reading pixels every step versus reading cached vision features (modeling_cliptt5/feature_cache.py).
+tower: reading pixels every step versus reading cached vision features (modeling_cliptt5/training/feature_cache.py).
 
     python benchmarks/bench_training.py                       # CPU, 2 threads
     python benchmarks/bench_training.py --device cuda --batch-size 32 --mixed-precision bf16
@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration  # noqa: E402
-from modeling_cliptt5.training_config import TrainingConfig  # noqa: E402
-from modeling_cliptt5.training_model import make_optimizer, set_train_mode, set_trainable_parts  # noqa: E402
+from modeling_cliptt5.training.config import TrainingConfig  # noqa: E402
+from modeling_cliptt5.training.model import make_optimizer, set_train_mode, set_trainable_parts  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -2,10 +2,10 @@
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSeq2SeqLM, AutoProcessor
 
-from .configuration_cliptt5 import CLIPT5Config
-from .modeling_cliptt5 import CLIPT5ForConditionalGeneration
-from .processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
-from .processing_cliptt5 import format_report, split_report_sections
+from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
+from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
+from modeling_cliptt5.processing_cliptt5 import format_report, split_report_sections
 
 # Saved releases carry their own code (trust_remote_code): register the classes so that save_pretrained
 # copies the files and writes auto_map entries. AutoModel and AutoModelForImageTextToText are added to the

@@ -11,9 +11,9 @@ import tempfile
 
 from safetensors.torch import save_file
 
-from .configuration_cliptt5 import CLIPT5Config
-from .modeling_cliptt5 import CLIPT5ForConditionalGeneration
-from .processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
+from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
+from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 
 DEFAULT_CLIP_MODEL = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 DEFAULT_T5_MODEL = "t5-small"

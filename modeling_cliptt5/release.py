@@ -1,9 +1,8 @@
 """A CLIP-T5 release folder (model + processor + model card) written atomically, and its upload to the Hub.
 
-    python -m modeling_cliptt5.release runs/demo/best --push-to-hub user/cliptt5-demo [--private]
+    cliptt5-release runs/demo/best --push-to-hub user/cliptt5-demo [--private]
 """
 
-import argparse
 import importlib.resources
 import json
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic_writes import atomic_folder
+from modeling_cliptt5.atomic_writes import atomic_folder
 
 RELEASE_INFO_FILE = "release_info.json"
 TRAINING_CONFIG_FILE = "training_config.yaml"
@@ -176,24 +175,3 @@ def push_release(release_dir, repo_id, private=False, commit_message=None):
         reason = " ".join(str(error).split())[:300] or type(error).__name__
         raise HubPushError(f"could not upload {release_dir} to {repo_id} ({type(error).__name__}: {reason}); "
                            "nothing was uploaded and the folder is unchanged") from None
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Refill a release's model card and upload it to the Hub.")
-    parser.add_argument("release_dir", help="a release folder written by train.py (e.g. runs/demo/best)")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Hub repo id to upload to")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    args = parser.parse_args(argv)
-    if not args.push_to_hub:
-        print(f"wrote {write_model_card(args.release_dir)}")
-        return 0
-    try:
-        commit = push_release(args.release_dir, args.push_to_hub, private=args.private)
-    except HubPushError as error:
-        raise SystemExit(f"error: {error}") from None
-    print(f"uploaded {args.release_dir} to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
-    return 0
-
-
-if __name__ == "__main__":
-    main()

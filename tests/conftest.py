@@ -1,7 +1,6 @@
 """Tiny CLIP-T5 models, processors and releases shared by the tests (built here: nothing is downloaded)."""
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,9 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
-sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor, CLIPT5Processor  # noqa: E402
-from modeling_cliptt5.tokenization import train_report_tokenizer  # noqa: E402
+from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor, CLIPT5Processor
+from modeling_cliptt5.training.tokenizer import train_report_tokenizer
 
 TINY_IMAGE_SIZE = 32
 MAX_NEW_TOKENS = 40  # drafts of the trained tiny release below

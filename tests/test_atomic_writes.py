@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from modeling_cliptt5.atomic_writes import atomic_file, write_json_atomically
-from modeling_cliptt5.data import save_dataset_atomically
+from modeling_cliptt5.data.schema import save_dataset_atomically
 
 
 def mode(path):

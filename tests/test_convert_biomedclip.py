@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("open_clip")
 
 from conftest import build_tiny_open_clip  # noqa: E402
-from conversion.convert_biomedclip_t5 import main  # noqa: E402
+from modeling_cliptt5.cli.convert_biomedclip_t5 import main  # noqa: E402
 from modeling_cliptt5.clip_t5_builder import CheckpointError, build_clip_t5  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 

@@ -5,14 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT, subprocess_env
 
-sys.path.insert(0, str(REPO_ROOT))
-import demo  # noqa: E402
-from modeling_cliptt5.phantom import PHANTOM_LABELS, generate_study  # noqa: E402
+import demo
+from modeling_cliptt5.data.phantom import PHANTOM_LABELS, generate_study  # noqa: E402
 
 
 def phantom_rows(seeds):

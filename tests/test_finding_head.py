@@ -12,11 +12,11 @@ from conftest import HEAD_FINDINGS as NAMES
 from conftest import REPO_ROOT, noise_image, rerandomized, tiny_config
 from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.configuration_cliptt5 import CHEXPERT_OBSERVATIONS
-from modeling_cliptt5.labeler import OBSERVATIONS
+from modeling_cliptt5.evaluation.labeler import OBSERVATIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_test")
 
-OLD_RELEASE = REPO_ROOT / "tests" / "data" / "release_before_finding_head"
+OLD_RELEASE = REPO_ROOT / "tests" / "fixtures" / "release_before_finding_head"
 
 
 def head_model(seed=0, **overrides):
@@ -150,7 +150,7 @@ def test_the_head_and_its_settings_survive_save_and_load(head_release_dir):
 
 
 def test_a_release_made_before_the_head_loads_and_drafts_exactly_as_before():
-    """tests/data/release_before_finding_head was saved by main before the head existed, with its drafts."""
+    """tests/fixtures/release_before_finding_head was saved by main before the head existed, with its drafts."""
     from transformers import AutoModelForSeq2SeqLM, AutoProcessor
 
     expected = json.loads((OLD_RELEASE / "expected_drafts.json").read_text())

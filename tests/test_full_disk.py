@@ -172,8 +172,8 @@ from accelerate import Accelerator
 sys.path.insert(0, sys.argv[3])
 from conftest import TINY_IMAGE_SIZE, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor
-from modeling_cliptt5.data import load_report_dataset
-from modeling_cliptt5.feature_cache import build_feature_cache
+from modeling_cliptt5.data.schema import load_report_dataset
+from modeling_cliptt5.training.feature_cache import build_feature_cache
 from modeling_cliptt5.atomic_writes import DiskFullError
 
 dataset, cache_root = load_report_dataset(sys.argv[1]), sys.argv[2]

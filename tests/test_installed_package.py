@@ -49,7 +49,8 @@ def installed_python(tmp_path_factory):
     site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    check=True, capture_output=True, text=True).stdout.strip()
     (Path(site_packages) / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site_packages,
+    # into the venv (its console commands land in venv/bin), with this environment's pip
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     str(wheel)], check=True, capture_output=True, timeout=300)
     return python
 
@@ -75,9 +76,9 @@ def test_an_installed_package_trains_writes_its_release_with_a_card_resumes_and_
         from PIL import Image
 
         import modeling_cliptt5
-        from modeling_cliptt5.training import train_generation
-        from modeling_cliptt5.training_config import config_from_dict
-        from modeling_cliptt5.inference import draft_reports, group_studies, load_release
+        from modeling_cliptt5.training.generation import train_generation
+        from modeling_cliptt5.training.config import config_from_dict
+        from modeling_cliptt5.inference.drafting import draft_reports, group_studies, load_release
 
         settings = json.loads({json.dumps(json.dumps(settings))})
         train_generation(config_from_dict(settings))
@@ -95,3 +96,70 @@ def test_an_installed_package_trains_writes_its_release_with_a_card_resumes_and_
     card = (release / "README.md").read_text()
     assert "NOT a medical device" in card and card.startswith("---\n")
     assert {path.name for path in (tmp_path / "run" / "states").iterdir()}
+
+
+COMMANDS = ["cliptt5-train", "cliptt5-generate", "cliptt5-app", "cliptt5-release", "cliptt5-score",
+            "cliptt5-make-demo-data", "cliptt5-convert-kaggle", "cliptt5-convert-r2gen", "cliptt5-convert-openi",
+            "cliptt5-convert-imagefolder", "cliptt5-convert-biomedclip"]
+
+
+def run_command(python, command, *args, cwd):
+    env = subprocess_env()
+    env.pop("PYTHONPATH", None)
+    finished = subprocess.run([str(python.parent / command), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert finished.returncode == 0, (command, finished.stdout[-3000:] + finished.stderr[-3000:])
+    return finished
+
+
+def image_folder(folder, count=36):
+    """An image folder with metadata.jsonl as a user brings one: two kinds of study, told apart by the image."""
+    from PIL import Image
+
+    folder.mkdir()
+    rows = []
+    for index in range(count):
+        normal = index % 2 == 0
+        name = f"study{index:02d}.png"
+        Image.new("L", (48, 48), 40 if normal else 200).save(folder / name)
+        rows.append({"file_name": name, "study_id": f"s{index:02d}",
+                     "split": "validation" if index % 6 == 5 else "train",
+                     "findings": "The lungs are clear." if normal else "There is a right pleural effusion.",
+                     "impression": "No acute process." if normal else "Right pleural effusion."})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_the_installed_commands_convert_train_release_draft_and_serve_from_another_folder(installed_python,
+                                                                                         tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in COMMANDS:
+        assert "usage:" in run_command(installed_python, command, "--help", cwd=elsewhere).stdout, command
+    run_command(installed_python, "cliptt5-convert-imagefolder", image_folder(tmp_path / "cxr"), "--output", "data",
+                cwd=elsewhere)
+    settings = tiny_settings(elsewhere / "data", elsewhere / "run", max_steps=4, eval_every_steps=2,
+                             save_every_steps=2, batch_size=2, eval_max_samples=4, eval_batch_size=4)
+    (elsewhere / "settings.json").write_text(json.dumps(settings))  # YAML is a superset of JSON
+    run_command(installed_python, "cliptt5-train", "--config", "settings.json", cwd=elsewhere)
+    release = elsewhere / "run" / "best"
+    card = (release / "README.md").read_text()
+    assert card.startswith("---\n") and "NOT a medical device" in card
+    run_command(installed_python, "cliptt5-generate", "--model", release, tmp_path / "cxr" / "study01.png",
+                "--output", "drafts.jsonl", "--max-new-tokens", "8", cwd=elsewhere)
+    (draft,) = [json.loads(line) for line in (elsewhere / "drafts.jsonl").read_text().splitlines()]
+    # the tiny run's text can be empty: that the draft of this file was written is the point here
+    assert draft["input_files"] == [str(tmp_path / "cxr" / "study01.png")] and isinstance(draft["report"], str)
+    page = f"""
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        import gradio as gr
+
+        from modeling_cliptt5.app.web_app import ReportDrafter, build_app, serve_options
+
+        page = build_app(ReportDrafter.from_pretrained({str(release)!r}))
+        with TestClient(gr.mount_gradio_app(FastAPI(), page, path="/", **serve_options())) as client:
+            response = client.get("/")
+            print(response.status_code, "CLIP-T5" in response.text)
+    """
+    assert run_installed(installed_python, page, elsewhere).strip().splitlines()[-1] == "200 True"

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from huggingface_hub import HfApi, ModelCard
 
 from conftest import subprocess_env
-from modeling_cliptt5 import release
+from modeling_cliptt5.cli import release as release_command
 from modeling_cliptt5.release import push_release, save_release
 
 INFO = {
@@ -92,11 +92,11 @@ def test_push_to_hub_uploads_the_folder_to_the_named_repo(release_dir, monkeypat
 
 def test_the_release_command_refills_the_card_and_refuses_other_folders(release_dir, tmp_path, capsys):
     os.remove(os.path.join(release_dir, "README.md"))
-    release.main([release_dir])
+    release_command.main([release_dir])
     assert "NOT a medical device" in open(os.path.join(release_dir, "README.md")).read()
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="not a training release"):
-        release.main([str(tmp_path)])
+        release_command.main([str(tmp_path)])
 
 
 def folder_bytes(folder):
@@ -109,7 +109,7 @@ def test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_and_changes_nothin
     # Nothing listens on port 9 of this machine: the connection is refused at once.
     env = dict(subprocess_env(), HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_not_a_real_token",
                HF_HUB_OFFLINE="1" if offline else "0")
-    completed = subprocess.run([sys.executable, "-m", "modeling_cliptt5.release", release_dir,
+    completed = subprocess.run([sys.executable, "-m", "modeling_cliptt5.cli.release", release_dir,
                                 "--push-to-hub", "someone/cliptt5-tiny"], capture_output=True, text=True, env=env,
                                timeout=300)
     assert completed.returncode == 1

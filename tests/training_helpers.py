@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_IMAGE_SIZE, TINY_REPORTS
-from modeling_cliptt5.data import REPORT_FEATURES, make_example, save_dataset_atomically
+from modeling_cliptt5.data.schema import REPORT_FEATURES, make_example, save_dataset_atomically
 from modeling_cliptt5.processing_cliptt5 import split_report_sections
 
 TINY_MODEL = {

@@ -1,0 +1,138 @@
+"""What the rule labeler reads in a draft as the reader edits it: sentence tags, claimed and critical findings."""
+
+from datetime import datetime, timezone
+
+from modeling_cliptt5.evaluation.labeler import (
+    FINDINGS,
+    LABELER_NOTE,
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    label_report,
+    label_sentences,
+    sentence_sides,
+)
+from modeling_cliptt5.processing_cliptt5 import FINDINGS_HEADER, IMPRESSION_HEADER, format_report
+
+NOTICE = ("Research prototype, not a medical device. Drafts are written by a model and can be wrong or miss "
+          "findings: every draft must be reviewed and corrected by a qualified reader before any use.")
+
+STATUS_WORDS = {POSITIVE: "present", UNCERTAIN: "possible", NEGATIVE: "absent"}
+
+# Findings that call for immediate communication to the treating team. The ACR Practice Parameter for
+# Communication of Diagnostic Imaging Findings and published critical-result lists name, for chest films,
+# pneumothorax (above all under tension), free intraperitoneal air and misplaced tubes or lines. Of these the
+# rule labeler reads only pneumothorax (its 14 CheXpert observations have no free air or tube position), so only
+# pneumothorax is flagged; a "possible" pneumothorax is flagged too, since it also needs a reader at once.
+CRITICAL_FINDINGS = ("Pneumothorax",)
+
+# Tag colours, by what a sentence claims: a critical finding, another finding, a possible one, or only negatives.
+TAG_COLORS = {"critical": "#dc2626", "present": "#f97316", "possible": "#eab308", "absent": "#16a34a"}
+
+
+def report_text(findings, impression):
+    """The report as exported and copied: each section under its header, a blank line between them."""
+    sections = ((FINDINGS_HEADER, findings), (IMPRESSION_HEADER, impression))
+    return "\n\n".join(f"{header} {text.strip()}" for header, text in sections if (text or "").strip())
+
+
+def sentence_tag(labels):
+    """"Pneumothorax: present; Pleural Effusion: absent" for a sentence's mentioned findings, None if it has none."""
+    mentioned = [f"{observation}: {STATUS_WORDS[status]}" for observation, status in labels.items()
+                 if observation in FINDINGS and status is not None]
+    return "; ".join(mentioned) or None
+
+
+def tag_severity(labels):
+    """The colour key of a sentence: its most urgent claim."""
+    statuses = {observation: status for observation, status in labels.items() if status is not None}
+    if any(statuses.get(observation) in (POSITIVE, UNCERTAIN) for observation in CRITICAL_FINDINGS):
+        return "critical"
+    if POSITIVE in statuses.values():
+        return "present"
+    if UNCERTAIN in statuses.values():
+        return "possible"
+    return "absent"
+
+
+def tagged_sentences(findings, impression):
+    """(text, tag) pieces of the whole report for gr.HighlightedText, and the colour of each tag.
+
+    Each section is labelled on its own (as it is shown); section headers and spaces carry no tag.
+    """
+    pieces, colors = [], {}
+    for header, text in ((FINDINGS_HEADER, findings), (IMPRESSION_HEADER, impression)):
+        text = (text or "").strip()
+        if not text:
+            continue
+        pieces.append((f"{header} " if not pieces else f"\n{header} ", None))
+        for index, (sentence, labels) in enumerate(label_sentences(text)):
+            tag = sentence_tag(labels)
+            pieces.append((sentence if index == 0 else f" {sentence}", tag))
+            if tag is not None:
+                colors[tag] = TAG_COLORS[tag_severity(labels)]
+    return pieces, colors
+
+
+def claimed_findings(findings, impression):
+    """The findings the report claims (present or possible), with their side and whether they are critical.
+
+    Statuses are the report-level labels (CheXpert's rule: a positive anywhere wins); the side comes from the
+    sentences that claim the finding, so "no left effusion" does not give a right effusion a second side.
+    """
+    labels = label_report(format_report(findings, impression))
+    sides = {}
+    for section in (findings, impression):
+        for sentence, sentence_labels in label_sentences(section or ""):
+            for observation, side in sentence_sides(sentence).items():
+                if sentence_labels.get(observation) in (POSITIVE, UNCERTAIN):
+                    sides.setdefault(observation, set()).add(side)
+    claims = []
+    for observation in FINDINGS:
+        if labels[observation] not in (POSITIVE, UNCERTAIN):
+            continue
+        found = sides.get(observation, set())
+        side = None if not found else found.pop() if len(found) == 1 else "bilateral"
+        claims.append({"observation": observation, "status": STATUS_WORDS[labels[observation]], "side": side,
+                       "critical": observation in CRITICAL_FINDINGS})
+    return claims
+
+
+def claim_text(claim):
+    """"Pneumothorax (right), possible" for the page."""
+    side = f" ({claim['side']})" if claim["side"] else ""
+    return f"{claim['observation']}{side}, {claim['status']}"
+
+
+def export_record(findings, impression, indication="", model_draft=None, model_name=None, images=0,
+                  draft_seconds=None):
+    """The JSON export: the reader's edited text, the labeler's reading of that text, and how it was drafted.
+
+    No file names or image content: a file name can carry a patient's name or record number.
+    """
+    findings, impression = (findings or "").strip(), (impression or "").strip()
+    model_draft = model_draft or {}
+    sentences = [{"section": section, "text": sentence,
+                  "labels": {observation: status for observation, status in labels.items()
+                             if observation in FINDINGS and status is not None},
+                  "sides": sentence_sides(sentence)}
+                 for section, text in (("findings", findings), ("impression", impression))
+                 for sentence, labels in label_sentences(text)]
+    return {
+        "report": report_text(findings, impression),
+        "findings": findings,
+        "impression": impression,
+        "indication": (indication or "").strip(),
+        "edited_by_reader": bool(model_draft) and (findings, impression) != (
+            (model_draft.get("findings") or "").strip(), (model_draft.get("impression") or "").strip()),
+        "labels": label_report(format_report(findings, impression)),
+        "claimed_findings": claimed_findings(findings, impression),
+        "sentences": sentences,
+        "labeler": LABELER_NOTE,
+        "model": model_name,
+        "model_draft": model_draft or None,
+        "images": images,
+        "draft_seconds": draft_seconds,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "notice": NOTICE,
+    }

@@ -1,0 +1,529 @@
+"""The clinician-facing page: drop a study, see whose it is, read the draft with the labeler's tags and, with a
+finding head, its findings checklist (probabilities, heatmaps over the image, where the text and the findings
+disagree), correct a finding and redraft, edit (earlier text kept as versions), export it (Gradio).
+
+A study is the set of files dropped since the last Clear: a new one starts from nothing, a file of another
+patient or study is not added to it, and a draft that finishes after its study was replaced is dropped."""
+
+import os
+
+# Before gradio is imported: no usage analytics or version check, no Hub telemetry. The page makes no outbound
+# request (its fonts are gradio's bundled ones).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import atexit  # noqa: E402
+import html  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from modeling_cliptt5.atomic_writes import atomic_file  # noqa: E402
+from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
+from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from modeling_cliptt5.inference.drafting import ood_warning  # noqa: E402
+from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
+from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
+from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
+from modeling_cliptt5.app.report_review import (  # noqa: E402
+    NOTICE,
+    claim_text,
+    claimed_findings,
+    export_record,
+    report_text,
+    tagged_sentences,
+)
+from modeling_cliptt5.app.study_identity import (  # noqa: E402
+    export_basename,
+    exported_identity,
+    file_identity,
+    file_key,
+    identity_html,
+    identity_lines,
+    mismatch,
+    study_identity,
+)
+from modeling_cliptt5.app.study_viewer import EMPTY_VIEWER, VIEWER_CSS, VIEWER_JS, viewer_html  # noqa: E402
+
+# Uploads and exports older than an hour are deleted, checked every 10 minutes; the whole folder goes at exit.
+DELETE_AFTER_SECONDS = 3600
+MAX_SWEEP_INTERVAL_SECONDS = 600
+MAX_WAITING_DRAFTS = 16  # beyond these, a draft request is told the server is busy
+MAX_FILE_SIZE = "200mb"  # an uncompressed 16-bit DICOM of a 3000 x 3000 film is ~18 MB
+BUSY_MESSAGE = ("**The server is busy: try again in a moment.** (Other readers' drafts are waiting for the model; "
+                "nothing on this page was changed.)")
+FAILED_MESSAGE = "**The draft did not finish: try again.** Nothing on this page was changed."
+
+PAGE_CSS = VIEWER_CSS + """
+#notice { border: 2px solid #b45309; background: #fef3c7; color: #78350f; padding: 0.6em 1em; border-radius: 6px; }
+#critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
+                            border-radius: 6px; font-size: 1.15em; font-weight: 700; }
+#study-messages .problem { color: #b91c1c; }
+#study-messages .doubt { color: #92400e; font-weight: 600; }
+#draft-check mark.disagree { background: #fde68a; border-bottom: 2px solid #d97706; padding: 0 2px; }
+#draft-check .missing { color: #92400e; font-weight: 600; }
+#study-identity .study-identity { border: 1px solid #94a3b8; background: #f1f5f9; padding: 0.4em 0.8em;
+                                  border-radius: 6px; font-size: 1.05em; }
+#study-identity .unidentified { border-color: #b45309; background: #fef3c7; }
+#export-status .refused { color: #b91c1c; font-weight: 600; }
+"""
+
+
+def make_private_upload_folder():
+    """A fresh 0700 folder for this server's uploads and exports (gradio reads GRADIO_TEMP_DIR), removed at exit."""
+    folder = tempfile.mkdtemp(prefix="cliptt5-app-")  # mkdtemp creates it readable by this user only
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
+def read_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
+    """Decode the dropped files: [(name, image)] for the readable ones, one message per unreadable file, and the
+    readers' doubts about the files used (a DICOM without Modality, of another body part...)."""
+    images, problems, doubts = [], [], []
+    for path in files or []:
+        name = Path(path).name
+        try:
+            images.append((name, open_image(path, name=name, max_pixels=max_pixels, any_modality=any_modality,
+                                            on_doubt=doubts.append)))
+        except ImageReadError as error:
+            problems.append(str(error))
+        except Exception as error:  # a decoder bug on one file must not take the page down
+            problems.append(f"{name}: cannot be read ({type(error).__name__})")
+    return images, problems, doubts
+
+
+def messages_html(problems, note=None, doubts=(), refused=(), notes=()):
+    """Messages under the drop zone: one line per file not added to the study, per unreadable file, per doubtful
+    file used, then what changed in the study and a note."""
+    lines = [f'<p class="problem">Not added: {html.escape(reason)}</p>' for reason in refused]
+    lines += [f'<p class="problem">Not used: {html.escape(problem)}</p>' for problem in problems]
+    lines += [f'<p class="doubt">Check: {html.escape(doubt)}</p>' for doubt in doubts]
+    lines += [f'<p class="study-note">{html.escape(text)}</p>' for text in notes]
+    if note:
+        lines.append(f"<p>{html.escape(note)}</p>")
+    return "".join(lines)
+
+
+def captions_of(images, views=()):
+    """Viewer captions: "Image 1: name (PA)" with the view from the header where there is one."""
+    views = list(views) + [""] * (len(images) - len(views))
+    return [(f"Image {index}: {name}{f' ({view})' if view else ''}", image)
+            for index, ((name, image), view) in enumerate(zip(images, views), start=1)]
+
+
+def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=(), refused=(), notes=()):
+    """A study's files -> (viewer HTML, messages HTML); `views` label the images, `refused` and `notes` say what
+    was not added and what changed (update_study)."""
+    images, problems, doubts = read_study(files, max_pixels, any_modality)
+    note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
+    viewer = viewer_html(captions_of(images, views)) if images else EMPTY_VIEWER
+    return viewer, messages_html(problems, note, doubts, refused, notes)
+
+
+def update_study(paths, study):
+    """The study after the file list changed to `paths`: (study, refused, notes, is_new).
+
+    A study is {"token", "files", "names", "keys", "listed", "identity", "views"}: the files used (content keys),
+    every file listed (refused ones too), the identity of the headers and each file's view. A list that keeps
+    none of the study's files starts a new study (new token); files added to a study join it unless their header
+    names another patient or study; a file without a header joins with a note.
+    """
+    study = study or {}
+    listed, unique = [], []
+    for path in paths or []:
+        key = file_key(path)
+        if key not in listed:
+            listed.append(key)
+            unique.append((path, key))
+    is_new = not set(listed) & set(study.get("listed", []))
+    previous = {} if is_new else dict(zip(study.get("keys", []), study.get("names", [])))
+    previous_views = {} if is_new else dict(zip(study.get("keys", []), study.get("views", [])))
+    identity = {} if is_new else dict(study.get("identity", {}))
+    files, names, keys, views, refused, notes = [], [], [], [], [], []
+    for path, key in unique:
+        name = Path(path).name
+        if key in previous:  # already read: its header is in the study's identity and views
+            view = previous_views[key]
+        else:
+            header = file_identity(path)
+            view = header.get("view_position", "")
+            reason = mismatch(identity, header)
+            if reason:
+                refused.append(f"{name} is of another patient or study, {reason}. Clear the study (x at the top "
+                               "right of the file list) to start a new one.")
+                continue
+            if not is_new:
+                notes.append(f"Added {name} to this study.")
+                if identity.get("patient_id") and not header:
+                    notes.append(f"{name} has no DICOM header: check that it is of patient ID "
+                                 f"{identity['patient_id']}.")
+            identity = study_identity([identity, header])
+        files.append(path)
+        names.append(name)
+        keys.append(key)
+        views.append(view)
+    notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
+    token = new_token() if is_new else study["token"]
+    return ({"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
+             "views": views}, refused, notes, is_new)
+
+
+def new_token():
+    return uuid.uuid4().hex
+
+
+def stale_note(draft, study):
+    """Why the draft no longer matches the study's images, or None."""
+    if not draft or "keys" not in draft or draft["keys"] == study.get("keys"):
+        return None
+    return (f"The images changed after this draft (drafted from {draft['images']} image(s); the study now has "
+            f"{len(study.get('keys', []))}): draft again before exporting.")
+
+
+def checklist_choices(names, probabilities):
+    """(label, value) pairs for the findings checklist: "Pleural Effusion  0.93"."""
+    return [(f"{name}  {probabilities[name]:.2f}", name) for name in names]
+
+
+def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False):
+    """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
+    messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps).
+
+    The time shown covers decoding the files, preprocessing and generation.
+    """
+    start = time.perf_counter()
+    images, problems, doubts = read_study(files, max_pixels, any_modality)
+    no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
+    if not images:
+        note = "Drop at least one readable PNG, JPEG or DICOM image of the study, then draft."
+        return "", "", "", messages_html(problems, note), {}, no_checklist, EMPTY_VIEWER
+    viewer = viewer_html(captions_of(images))
+    try:
+        report, view_warning = drafter.draft([image for _, image in images], indication, findings)
+    except Exception as error:  # e.g. out of memory: say so on the page and keep serving
+        return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
+                                                   f"{error})."), {}, no_checklist, viewer
+    seconds = time.perf_counter() - start
+    used = min(len(images), drafter.num_views)
+    if view_warning and len(images) > drafter.num_views:
+        # Which views the model reads is the reader's to know: name them rather than drop images silently.
+        view_warning = (f"This model reads {drafter.num_views} image(s) per study: drafted from "
+                        f"{', '.join(name for name, _ in images[:used])}; shown for review only, not read by "
+                        f"the model: {', '.join(name for name, _ in images[used:])}.")
+    source = "the findings you checked" if findings is not None else "its findings"
+    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
+            f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
+    if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
+        info = f"**WARNING: {ood_warning(report['ood_score'], drafter.model.ood_summary.threshold)}**\n\n{info}"
+    draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
+             "seconds": round(seconds, 3), "images": used}
+    if "ood_score" in report:
+        draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"])
+    checklist = no_checklist
+    if "finding_probabilities" in report:
+        names = drafter.finding_labels
+        draft.update(finding_probabilities=report["finding_probabilities"], guidance=report["guidance"],
+                     predicted_findings=report["predicted_findings"])
+        maps = report["finding_maps"]  # [views, findings, grid, grid]
+        heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
+        viewer = viewer_html(captions_of(images), heatmaps)
+        checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
+                              value=report["guidance"])
+    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts), draft, checklist,
+            viewer)
+
+
+def check_draft(names, findings, impression, checked, draft):
+    """HTML comparing the report's text with the findings checklist: sentences that state a finding the checklist
+    does not hold are marked, and checked findings the text does not state are listed. Empty without a draft or
+    without a rule reader for the label set."""
+    reader = text_reader(names) if names else None
+    if reader is None or not draft:
+        return ""
+    checked = set(checked or [])
+    stated_anywhere, parts = set(), []
+    for header, text in (("FINDINGS:", findings), ("IMPRESSION:", impression)):
+        sentences = split_sentences((text or "").strip())
+        if not sentences:
+            continue
+        pieces = []
+        for sentence in sentences:
+            stated = reader(sentence)
+            stated_anywhere |= stated
+            extra = sorted(stated - checked)
+            if extra:
+                pieces.append(f'<mark class="disagree" title="not in the findings checklist: '
+                              f'{html.escape(", ".join(extra))}">{html.escape(sentence)}</mark>')
+            else:
+                pieces.append(html.escape(sentence))
+        parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
+    missing = [name for name in names if name in checked and name not in stated_anywhere]
+    notes = [f'<p class="missing">Checked but not stated in the text: {html.escape(", ".join(missing))}</p>'] \
+        if missing else []
+    if not missing and "<mark" not in "".join(parts):
+        return "<div><p>The text and the findings checklist agree.</p></div>"
+    summary = "The text and the findings checklist disagree: check the marked sentences and the list below."
+    return f"<div><p>{summary}</p>{''.join(parts)}{''.join(notes)}</div>"
+
+
+def review_report(findings, impression):
+    """Edited text -> (tagged sentences, claimed findings Markdown, critical-finding alert HTML, report text)."""
+    pieces, colors = tagged_sentences(findings, impression)
+    claims = claimed_findings(findings, impression)
+    critical = [claim for claim in claims if claim["critical"]]
+    others = [claim for claim in claims if not claim["critical"]]
+    listed = "\n".join(f"- {claim_text(claim)}" for claim in others) or "_None._"
+    claims_markdown = f"**Other findings the text claims** (approximate rule labeler)\n\n{listed}"
+    alert = "".join(f'<div class="critical-alert">CRITICAL: {html.escape(claim_text(claim))}. Confirm on the '
+                    "images and communicate it at once.</div>" for claim in critical)
+    return gr.HighlightedText(value=pieces, color_map=colors), claims_markdown, alert, report_text(findings, impression)
+
+
+class ExportRefused(ValueError):
+    """Nothing was exported; the message says why (an empty report, a draft of other images)."""
+
+
+def export_report(drafter_name, findings, impression, indication, draft, checked=None, study=None,
+                  show_name=False, when=None):
+    """The EDITED text as report .txt and .json, named cxr_report_<study id>_<time>, in a fresh folder: the
+    study's identity from its headers, the labeler's reading of the edited text and, with a finding head, the
+    reader's findings checklist beside the model's probabilities. Raises ExportRefused for an empty report or a
+    draft of other images than the study's."""
+    if not (findings or "").strip() and not (impression or "").strip():
+        raise ExportRefused("Nothing exported: the report is empty (FINDINGS and IMPRESSION).")
+    study, draft = study or {}, draft or {}
+    stale = stale_note(draft, study)
+    if stale:
+        raise ExportRefused(f"Nothing exported: {stale}")
+    when = when or datetime.now()
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    record = export_record(findings, impression, indication,
+                           model_draft={k: draft[k] for k in ("findings", "impression") if k in draft},
+                           model_name=drafter_name, images=draft.get("images", 0),
+                           draft_seconds=draft.get("seconds"))
+    identity = exported_identity(study.get("identity", {}), study.get("views", []), show_name)
+    record = {"study": identity, **record}
+    if "finding_probabilities" in draft:
+        record["findings_checklist"] = {"checked_by_reader": list(checked or []),
+                                        "model_findings": draft["predicted_findings"],
+                                        "model_probabilities": draft["finding_probabilities"]}
+    name = export_basename(study.get("identity", {}), when)
+    text_path, json_path = folder / f"{name}.txt", folder / f"{name}.json"
+    header = "\n".join([*identity_lines(identity), f"Exported: {when:%Y-%m-%d %H:%M:%S}"])
+    with atomic_file(text_path) as stream:
+        stream.write(f"{header}\n\n{record['report']}\n")
+    with atomic_file(json_path) as stream:
+        stream.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return [str(text_path), str(json_path)]
+
+
+def keep_version(versions, findings, impression, draft, label):
+    """`versions` plus the current text when a redraft would replace text the model did not write."""
+    text = ((findings or "").strip(), (impression or "").strip())
+    model = ((draft or {}).get("findings", "").strip(), (draft or {}).get("impression", "").strip())
+    if not any(text) or (draft and text == model) or any((v["findings"], v["impression"]) == text for v in versions):
+        return list(versions)
+    return [*versions, {"label": label, "findings": text[0], "impression": text[1]}]
+
+
+def versions_menu(versions):
+    return gr.update(choices=[(version["label"], index) for index, version in enumerate(versions)],
+                     value=len(versions) - 1 if versions else None, visible=bool(versions))
+
+
+def uploaded_paths(payload):
+    """The drop zone's value for the page's functions: the uploaded files' paths. It replaces gradio 6's
+    File.preprocess, which creates an empty temporary file per file at every event that reads the list and never
+    deletes it (gradio has already checked that the paths are this server's uploads)."""
+    if payload is None:
+        return None
+    return [item.path for item in (payload.root if hasattr(payload, "root") else [payload])]
+
+
+def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_patient_name=False,
+              max_waiting=MAX_WAITING_DRAFTS, delete_after=DELETE_AFTER_SECONDS):
+    """The page for a loaded `ReportDrafter`. The model drafts one study at a time; up to `max_waiting` more
+    drafts wait, further ones are told the server is busy. Uploads and exports older than `delete_after` seconds
+    are deleted. `any_modality`: read DICOM objects that are not projection radiographs too
+    (dicom.check_radiograph); `show_patient_name`: show and export the header's patient name."""
+    folder = make_private_upload_folder()
+    UploadSweeper(folder, delete_after, min(MAX_SWEEP_INTERVAL_SECONDS, max(1.0, delete_after / 6))).start()
+    turns, open_studies = DraftTurns(max_waiting), OpenStudies()
+    prompt = drafter.default_prompt
+    with gr.Blocks(title="CLIP-T5 chest X-ray report draft", analytics_enabled=False) as app:
+        gr.Markdown(f"**{NOTICE}**", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=3):
+                files = gr.File(label="Images of one study (PNG, JPEG or DICOM); Clear (x) before the next "
+                                      "patient", file_count="multiple", elem_id="study-files")
+                files.preprocess = uploaded_paths
+                messages = gr.HTML(elem_id="study-messages")
+                identity = gr.HTML(elem_id="study-identity")
+                viewer = gr.HTML(EMPTY_VIEWER, js_on_load=VIEWER_JS, elem_id="study-viewer")
+            with gr.Column(scale=2):
+                indication = gr.Textbox(
+                    prompt or "", label="Indication / prompt (optional)", lines=2, elem_id="indication",
+                    info=("Filled in with the prompt this model was trained with." if prompt else
+                          "Passed to the model after the image tokens; leave it empty to draft from the images "
+                          "alone."),
+                )
+                draft_button = gr.Button("Draft report", variant="primary", elem_id="draft-button")
+                draft_info = gr.Markdown(elem_id="draft-info")
+                with gr.Group(visible=bool(drafter.finding_labels)):
+                    checklist = gr.CheckboxGroup(
+                        label="Findings checklist (the model's probability of each; the draft follows the checked "
+                              "ones)", elem_id="finding-checklist",
+                        info="Correct a finding, then redraft. The heatmap of each finding can be shown over the "
+                             "image (viewer controls).")
+                    redraft_button = gr.Button("Redraft from the checked findings", elem_id="redraft-button",
+                                               visible=drafter.takes_findings)
+                draft_check = gr.HTML(elem_id="draft-check")
+                critical = gr.HTML(elem_id="critical")
+                with gr.Row(equal_height=True):
+                    version_choice = gr.Dropdown(label="Earlier versions of this report (kept when a draft "
+                                                       "replaced them)", visible=False, scale=3,
+                                                 elem_id="report-versions")
+                    restore_button = gr.Button("Restore", visible=False, scale=1, elem_id="restore-button")
+                findings = gr.Textbox(label="FINDINGS (editable)", lines=6, buttons=["copy"], elem_id="findings")
+                impression = gr.Textbox(label="IMPRESSION (editable)", lines=3, buttons=["copy"],
+                                        elem_id="impression")
+        with gr.Row():
+            with gr.Column(scale=3):
+                tags = gr.HighlightedText(label="What the labeler reads in each sentence (approximate rule labeler)",
+                                          show_legend=False, elem_id="sentence-tags")
+            with gr.Column(scale=2):
+                claims = gr.Markdown(elem_id="claimed-findings")
+        with gr.Row():
+            with gr.Column(scale=3):
+                report = gr.Textbox(label="Report text (copy button at the top right)", lines=4,
+                                    interactive=False, buttons=["copy"], elem_id="report-text")
+            with gr.Column(scale=2):
+                export_button = gr.Button("Export edited report (.txt and .json)", elem_id="export-button")
+                export_status = gr.HTML(elem_id="export-status")
+                exported = gr.File(label="Exported files", file_count="multiple", interactive=False, height=140,
+                                   elem_id="exported-files")
+        study, draft, versions = gr.State({}), gr.State({}), gr.State([])
+
+        # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
+        reset_outputs = [findings, impression, draft_info, draft, checklist, draft_check, critical, tags, claims,
+                         report, exported, export_status, versions, version_choice, restore_button]
+        no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
+        reset_values = ["", "", "", {}, no_checklist, "", "", None, "", "", None, "", [], versions_menu([]),
+                        gr.update(visible=False)]
+
+        def files_changed(paths, current, drafted, request: gr.Request):
+            new, refused, notes, is_new = update_study(paths, current)
+            if new["listed"] == current.get("listed"):  # the same files (a re-sent list): nothing to do
+                return [gr.skip()] * (4 + len(reset_outputs))
+            shown, text = show_study(new["files"], max_pixels, any_modality, new["views"], refused, notes)
+            header = identity_html(new["identity"], new["views"], show_patient_name) if new["files"] else ""
+            if not new["listed"]:
+                new = {}
+            open_studies.show(request.session_hash, new.get("token"))
+            if is_new:
+                return [new, shown, text, header, *reset_values]
+            stale = stale_note(drafted, new)
+            info = f"**{stale}**" if stale else gr.skip()
+            return [new, shown, text, header, *[gr.skip()] * 2, info, *[gr.skip()] * (len(reset_outputs) - 3)]
+
+        files.change(files_changed, inputs=[files, study, draft], outputs=[study, viewer, messages, identity,
+                                                                          *reset_outputs],
+                     api_visibility="private", show_progress="hidden")
+
+        def start_draft(findings_text, impression_text, drafted, kept):
+            # The old timing line goes at once, so nobody reads it as the new draft's while the model works; text
+            # the model did not write is kept as a version before the draft replaces it.
+            kept = keep_version(kept, findings_text, impression_text, drafted,
+                                f"Your text before the draft at {datetime.now():%H:%M:%S}")
+            return "Drafting...", kept, versions_menu(kept), gr.update(visible=bool(kept))
+
+        def run_draft(paths, text, current, kept, request: gr.Request, checked=None):
+            token = current.get("token")
+            try:
+                with turns.turn():
+                    outputs = list(draft_report(drafter, current["files"] if token else paths, text, max_pixels,
+                                                checked, any_modality))
+            except ServerBusy:
+                return [gr.skip(), gr.skip(), BUSY_MESSAGE, *[gr.skip()] * 4]
+            if token and not open_studies.is_current(request.session_hash, token):
+                return [gr.skip()] * 7  # its study was cleared or replaced meanwhile: never show it on the next
+            if outputs[4]:
+                outputs[4] = {**outputs[4], "keys": current.get("keys")}
+                if kept:
+                    outputs[2] += " Earlier text is kept under *Earlier versions*."
+            return outputs
+
+        draft_outputs = [findings, impression, draft_info, messages, draft, checklist, viewer]
+        start_outputs = [draft_info, versions, version_choice, restore_button]
+        def draft_clicked(paths, text, current, kept, request: gr.Request):
+            return run_draft(paths, text, current, kept, request)
+
+        def redraft_clicked(paths, text, current, kept, checked, request: gr.Request):
+            return run_draft(paths, text, current, kept, request, list(checked or []))
+
+        for button, handler, name, extra in ((draft_button, draft_clicked, "draft_report", []),
+                                              (redraft_button, redraft_clicked, "redraft_report", [checklist])):
+            button.click(start_draft, inputs=[findings, impression, draft, versions], outputs=start_outputs,
+                         queue=False, api_visibility="private").then(
+                handler, inputs=[files, indication, study, versions, *extra], outputs=draft_outputs, api_name=name,
+                concurrency_limit=None).failure(lambda: FAILED_MESSAGE, outputs=draft_info, queue=False,
+                                                api_visibility="private")
+
+        def restore(index, kept, findings_text, impression_text, drafted):
+            if index is None or not 0 <= int(index) < len(kept):
+                return [gr.skip()] * 4
+            chosen = kept[int(index)]
+            kept = keep_version(kept, findings_text, impression_text, drafted,
+                                f"Your text before restoring, {datetime.now():%H:%M:%S}")
+            return chosen["findings"], chosen["impression"], kept, versions_menu(kept)
+
+        restore_button.click(restore, inputs=[version_choice, versions, findings, impression, draft],
+                             outputs=[findings, impression, versions, version_choice], api_visibility="private")
+        gr.on([findings.change, impression.change, checklist.change],
+              lambda *values: check_draft(drafter.finding_labels, *values),
+              inputs=[findings, impression, checklist, draft], outputs=draft_check, api_name="check_draft",
+              show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
+        gr.on([findings.change, impression.change], review_report, inputs=[findings, impression],
+              outputs=[tags, claims, critical, report], api_name="review_report", show_progress="hidden",
+              trigger_mode="always_last", concurrency_limit=None)
+
+        def export(findings_text, impression_text, indication_text, drafted, checked, current):
+            try:
+                paths = export_report(drafter.name, findings_text, impression_text, indication_text, drafted,
+                                      checked, current, show_patient_name)
+            except ExportRefused as refusal:
+                return None, f'<p class="refused">{html.escape(str(refusal))}</p>'
+            return paths, f"<p>Exported {html.escape(Path(paths[0]).stem)} (.txt and .json).</p>"
+
+        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study],
+                            outputs=[exported, export_status], api_name="export_report")
+        def page_closed(request: gr.Request):
+            open_studies.close(request.session_hash)
+
+        app.unload(page_closed)
+    # Drafts queue in DraftTurns (bounded, with a "busy" answer), so gradio's own queue is not the limit.
+    return app.queue(default_concurrency_limit=1, max_size=None)
+
+
+def serve_options():
+    """Settings for `launch` and `gr.mount_gradio_app` alike: our CSS, no run history kept in the browser
+    (it would store inputs of past runs), no footer links, bounded upload size, no MCP or analytics."""
+    return dict(css=PAGE_CSS, footer_links=[], run_history=False, max_file_size=MAX_FILE_SIZE, ssr_mode=False,
+                mcp_server=False, pwa=False, enable_monitoring=False)
+
+
+def launch(app, host="127.0.0.1", port=7860, **kwargs):
+    """Serve on `host` (local only by default); never through a share link."""
+    return app.launch(server_name=host, server_port=port, share=False, show_error=False, **serve_options(),
+                      **kwargs)
+
+
+__all__ = ["ReportDrafter", "build_app", "check_draft", "draft_report", "export_report", "launch", "review_report",
+           "serve_options", "show_study"]

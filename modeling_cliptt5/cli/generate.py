@@ -1,0 +1,252 @@
+"""Draft chest X-ray reports (FINDINGS / IMPRESSION) from PNG, JPEG or DICOM files with a CLIP-T5 release.
+
+Examples:
+  python generate.py --model path/to/release scans/*.png
+  python generate.py --model path/to/release study_folders/ --study-by folder --output drafts.jsonl
+  python generate.py --model path/to/release chest.dcm --optimize --labels
+
+Inputs are files, folders (searched recursively for .png/.jpg/.jpeg/.dcm/.tif/.bmp and suffix-less DICOM files)
+or glob patterns. How files become studies when the model reads several views (--study-by):
+  folder  the files of one folder are the views of one study (study id: the folder name)
+  prefix  files whose names agree up to the last "_" or "-" are one study ("s1_pa.png" + "s1_lat.png" -> "s1")
+  none    every file is its own study (study id: the file name)
+A study with fewer views than the model reads repeats its views; one with more keeps the first ones by file
+name; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
+skipped; the other studies are still drafted and written, and the exit code is 1. A DICOM object that is not a
+projection radiograph (Modality other than CR, DX or RG, e.g. a CT slice; or several frames) is refused that way
+unless --any-modality; a secondary capture, a DICOM without Modality or of another body part is drafted with a
+warning.
+
+Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
+.csv, with id, input_files, report, findings (the FINDINGS section's text), impression, seconds (the study's
+share of its batch's wall time) and, with --labels, labels / uncertain_labels (approximate CheXpert observations
+from the rule labeler). A release with a finding head adds finding_probabilities (each finding's probability),
+predicted_findings (those at or above the release's threshold, which the draft follows) and disagreements
+(findings the head calls present that the draft text does not state, or the reverse, read by the rule reader of
+the label set). A release with a summary of its training images adds ood_score (how unlike them the study is) and
+ood_flag (beyond the 99th percentile of its validation studies; --refuse-ood skips such studies). These are drafts
+for a radiologist to check, not diagnoses.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.inference.fast_inference import fast_path_name
+from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
+from modeling_cliptt5.inference.drafting import (
+    STUDY_GROUPINGS, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
+)
+
+OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "seconds")
+LABEL_COLUMNS = ("labels", "uncertain_labels")
+FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
+OOD_COLUMNS = ("ood_score", "ood_flag")
+PROGRESS_AFTER = 5  # a bar is noise for a handful of studies
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--model", required=True, help="release folder or Hugging Face Hub id of a CLIP-T5 model")
+    parser.add_argument("--output", type=Path, help="write drafts to this .jsonl or .csv file instead of printing")
+    parser.add_argument("--study-by", choices=("auto",) + STUDY_GROUPINGS, default="auto",
+                        help="how files group into studies (default: 'none' for a one-view model, 'folder' otherwise)")
+    parser.add_argument("--num-beams", type=int, help="beam search width (default: the release's generation config)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest draft in tokens (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=4, help="studies per forward pass (default: 4)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available, cpu with --optimize)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights' precision (default: float32; bfloat16 halves memory on a GPU)")
+    parser.add_argument("--prompt", help="text prompt after the image tokens (default: the model's own, if any)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="CPU fast path, int8 weights: greedy drafts run on ONNX Runtime (the 'fast' extra; exported "
+                             "once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE), beam search on "
+                             "PyTorch (modeling_cliptt5/inference/fast_inference.py)")
+    parser.add_argument("--labels", action="store_true", help="add CheXpert observations found in each draft")
+    parser.add_argument("--any-modality", action="store_true",
+                        help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
+                             "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
+    parser.add_argument("--refuse-ood", action="store_true",
+                        help="do not draft studies the release flags as unlike its training images (ood_flag: "
+                             "beyond the 99th percentile of its validation studies); each is reported as a problem")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (decompression-bomb guard; default: {DEFAULT_MAX_PIXELS:,})")
+    args = parser.parse_args(argv)
+    if args.output and args.output.suffix.lower() not in (".jsonl", ".csv"):
+        parser.error(f"--output must end in .jsonl or .csv, got {args.output}")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def resolve_device(name, optimize=False):
+    import torch
+
+    if name == "auto":
+        # --optimize is the CPU path: "auto" then means the CPU even where a GPU is present.
+        return "cuda" if torch.cuda.is_available() and not optimize else "cpu"
+    return name
+
+
+def load_model(model_name, device, dtype, optimize, generate_kwargs=None):
+    """inference.load_release, its refusals (not a CLIP-T5 release, --optimize off the CPU) as a one-line exit."""
+    try:
+        return load_release(model_name, device, dtype, optimize, generate_kwargs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def generate_kwargs(args):
+    kwargs = {"max_new_tokens": args.max_new_tokens}
+    if args.num_beams:
+        kwargs["num_beams"] = args.num_beams
+    return kwargs
+
+
+def record(draft, with_labels):
+    row = {
+        "id": draft.study_id,
+        "input_files": [str(path) for path in draft.files],
+        "report": draft.report,
+        "findings": draft.findings,
+        "impression": draft.impression,
+        "seconds": round(draft.seconds, 3),
+    }
+    if with_labels:
+        row.update(finding_labels(draft.report))
+    if draft.finding_probabilities is not None:
+        row.update(finding_probabilities=draft.finding_probabilities, predicted_findings=draft.predicted_findings,
+                   disagreements=draft.disagreements)
+    if draft.ood_score is not None:
+        row.update(ood_score=draft.ood_score, ood_flag=draft.ood_flag)
+    return row
+
+
+def disagreement_text(disagreement):
+    """"Cardiomegaly: head present, draft does not state it" for a CSV cell or the terminal."""
+    return f"{disagreement['finding']}: head {disagreement['head']}, draft {disagreement['draft']}"
+
+
+def csv_cell(value):
+    """Lists become "a; b", mappings JSON, None an empty cell."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "; ".join(disagreement_text(item) if isinstance(item, dict) else str(item) for item in value)
+    return value
+
+
+def write_outputs(path, rows, with_labels):
+    columns = OUTPUT_COLUMNS + (LABEL_COLUMNS if with_labels else ())
+    if any("finding_probabilities" in row for row in rows):
+        columns += FINDING_COLUMNS
+    if any("ood_score" in row for row in rows):
+        columns += OOD_COLUMNS
+    with atomic_file(path, newline="") as stream:  # a reader never sees half a file
+        if path.suffix.lower() == ".jsonl":
+            stream.writelines(json.dumps(row) + "\n" for row in rows)
+            return
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: csv_cell(value) for key, value in row.items()})
+
+
+def print_draft(row, out):
+    out(f"== {row['id']} ({', '.join(Path(name).name for name in row['input_files'])})")
+    if row.get("ood_flag"):
+        out(f"WARNING: unlike this model's training images (ood_score {row['ood_score']:.2f}): the draft may be "
+            "meaningless")
+    if row["findings"] is None and row["impression"] is None:
+        out(row["report"] or "(empty draft)")
+    else:
+        out(f"FINDINGS: {row['findings'] or ''}")
+        out(f"IMPRESSION: {row['impression'] or ''}")
+    if "labels" in row:
+        out(f"LABELS: {', '.join(row['labels']) or 'none'}"
+            + (f" (uncertain: {', '.join(row['uncertain_labels'])})" if row["uncertain_labels"] else ""))
+    if "predicted_findings" in row:
+        probabilities = row["finding_probabilities"]
+        out("HEAD: " + (", ".join(f"{name} {probabilities[name]:.2f}" for name in row["predicted_findings"]) or "none"))
+        if row["disagreements"]:
+            out("DISAGREES: " + "; ".join(disagreement_text(item) for item in row["disagreements"]))
+    out("")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    problems = []
+
+    def report_problem(message):
+        problems.append(message)
+        tqdm.write(f"error: {message}", file=sys.stderr)
+
+    files, input_errors = collect_inputs(args.inputs)
+    for message in input_errors:
+        report_problem(message)
+    if not files:
+        print("error: no image files to draft reports for", file=sys.stderr)
+        return 1
+
+    device = resolve_device(args.device, args.optimize)
+    model, processor = load_model(args.model, device, args.dtype, args.optimize, generate_kwargs(args))
+    num_views = model.config.num_views
+    if model.ood_summary is None:
+        print("note: this release has no summary of its training images (ood_summary.safetensors): studies unlike "
+              "them cannot be flagged", file=sys.stderr)
+    study_by = args.study_by if args.study_by != "auto" else ("none" if num_views == 1 else "folder")
+    studies = group_studies(files, study_by)
+    prompt = args.prompt if args.prompt is not None else model.config.prompt
+
+    rows, failed = [], 0
+    with tqdm(total=len(studies), unit="study", disable=len(studies) <= PROGRESS_AFTER, file=sys.stderr) as bar:
+        with warnings.catch_warnings():
+            # Our own notes (e.g. "multi-frame DICOM: using the first frame") as one line each; library
+            # deprecation chatter is not the user's business here.
+            warnings.filterwarnings("ignore")
+            warnings.filterwarnings("always", module="modeling_cliptt5")
+            warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
+            drafts = draft_reports(
+                model, processor, studies, batch_size=args.batch_size, prompt=prompt,
+                generate_kwargs=generate_kwargs(args), max_pixels=args.max_pixels,
+                on_error=report_problem, on_warning=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
+                any_modality=args.any_modality, refuse_ood=args.refuse_ood,
+            )
+            for draft in drafts:
+                bar.update(1)
+                if draft.error:
+                    failed += 1
+                    continue
+                row = record(draft, args.labels)
+                rows.append(row)
+                if not args.output:
+                    print_draft(row, tqdm.write)
+
+    if args.output:
+        write_outputs(args.output, rows, args.labels)
+    elapsed = time.perf_counter() - started
+    where = f", written to {args.output}" if args.output else ""
+    print(
+        f"{len(rows)} of {len(studies)} studies drafted from {len(files)} files in {elapsed:.1f} s "
+        f"({num_views} view(s) per study, grouped by {study_by}, device {device}"
+        f"{', ' + fast_path_name(model) if args.optimize else ''}){where}; "
+        f"{failed} studies failed, {len(problems)} problems",
+        file=sys.stderr,
+    )
+    return 1 if problems or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

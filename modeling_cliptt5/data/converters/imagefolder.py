@@ -1,0 +1,150 @@
+"""A folder of images + metadata.jsonl / metadata.csv (the `datasets` imagefolder convention) -> the CLIP-T5 dataset.
+
+Metadata columns: `file_name` (relative to the metadata file), the text as `findings` and/or `impression` or as one
+free-text `report` (or `text`) split into sections; optional `study_id` (rows sharing it are the views of one study),
+`split` (train/validation/test), `view` (frontal views are put first), `indication`, `labels` (list, or a string
+separated by ';' or '|'). Metadata may also sit in train/, validation/ (or val/, valid/) and test/ sub-folders, which
+then give the split. DICOM files are decoded and stored as PNG (16-bit kept when the image is 16-bit).
+"""
+
+import csv
+import io
+import json
+
+from modeling_cliptt5.data.converters.common import (
+    ConversionError, StudyRecord, View, is_utf8, resolve_inside, split_for_study,
+)
+from modeling_cliptt5.data.reports import sections_from_free_text
+
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+FRONTAL_VIEWS = {"pa", "ap", "frontal", "ap supine", "ap erect", "postero-anterior", "antero-posterior"}
+
+
+def find_metadata_files(root):
+    """[(metadata path, split given by its folder or None)]: the root's own file and those of split sub-folders."""
+    found = []
+    for folder, split in [(root, None)] + [(path, SPLIT_NAMES[path.name.lower()]) for path in sorted(root.iterdir())
+                                           if path.is_dir() and path.name.lower() in SPLIT_NAMES]:
+        present = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
+        if len(present) > 1:
+            raise ConversionError(f"{folder}: both metadata.jsonl and metadata.csv; keep one")
+        found += [(path, split) for path in present]
+    if not found:
+        raise ConversionError(f"{root}: no metadata.jsonl or metadata.csv (here or in train/, validation/, test/)")
+    return found
+
+
+def read_jsonl_rows(path):
+    """(where, row dict or None, problem) per non-blank line."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield where, None, "text is not UTF-8"
+            continue
+        except json.JSONDecodeError as error:
+            yield where, None, f"not valid JSON ({error.msg})"
+            continue
+        if not isinstance(row, dict):
+            yield where, None, "a JSON line must be an object"
+            continue
+        yield where, row, None
+
+
+def read_csv_rows(path):
+    """(where, row dict or None, problem) per CSV row after the header."""
+    reader = csv.reader(io.StringIO(path.read_bytes().decode("utf-8", errors="surrogateescape"), newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    for values in reader:
+        if not values:
+            continue
+        where = f"{path} line {reader.line_num}"
+        if len(values) != len(header):
+            yield where, None, f"CSV row has {len(values)} columns, the header has {len(header)}"
+        elif not all(is_utf8(value) for value in values):
+            yield where, None, "text is not UTF-8"
+        else:
+            yield where, dict(zip(header, values)), None
+
+
+def text_of(row, key):
+    value = row.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def report_sections(row):
+    """findings/impression/indication from the section columns, or from a free-text `report`/`text` column."""
+    findings, impression = text_of(row, "findings"), text_of(row, "impression")
+    free_text = text_of(row, "report") or text_of(row, "text")
+    if not findings and not impression and free_text:
+        sections = sections_from_free_text(free_text)
+        findings, impression = sections["findings"], sections["impression"]
+        return findings, impression, text_of(row, "indication") or sections["indication"]
+    return findings, impression, text_of(row, "indication")
+
+
+def parse_labels(value):
+    if value is None or value == "":
+        return ()
+    if isinstance(value, list):
+        return tuple(str(label) for label in value)
+    separator = "|" if "|" in str(value) else ";"
+    return tuple(label.strip() for label in str(value).split(separator) if label.strip())
+
+
+def view_order(row):
+    """Frontal views first (the model's first image is the frontal one); the rest keep their order."""
+    return 0 if text_of(row, "view").lower() in FRONTAL_VIEWS else 1
+
+
+def study_records(metadata_path, folder_split, source, validation_fraction, test_fraction):
+    """StudyRecords of one metadata file: rows sharing a study_id are one study; a row without one is its own study
+    (its id is its file_name, so a file listed twice shows up as a duplicate id)."""
+    rows = read_jsonl_rows(metadata_path) if metadata_path.suffix == ".jsonl" else read_csv_rows(metadata_path)
+    groups = {}  # study id -> (where its first row is, its rows)
+    order = []  # bad rows as StudyRecords and groups' rows lists, in order of first appearance
+    for where, row, problem in rows:
+        if problem is None and not text_of(row, "file_name"):
+            problem = "no file_name"
+        if problem:
+            order.append(StudyRecord(text_of(row or {}, "study_id") or None, where, problem=problem))
+            continue
+        study_id = text_of(row, "study_id")
+        if not study_id or study_id not in groups:
+            group = (study_id or text_of(row, "file_name"), where, [])
+            order.append(group)
+            if study_id:
+                groups[study_id] = group
+        (groups[study_id] if study_id else group)[2].append(row)
+    return [item if isinstance(item, StudyRecord) else
+            study_record(*item, metadata_path, folder_split, source, validation_fraction, test_fraction)
+            for item in order]
+
+
+def study_record(study_id, where, rows, metadata_path, folder_split, source, validation_fraction, test_fraction):
+    first = rows[0]
+    findings, impression, indication = report_sections(first)
+    split, problem = folder_split, None
+    if split is None and text_of(first, "split"):
+        split = SPLIT_NAMES.get(text_of(first, "split").lower())
+        if split is None:
+            problem = f"unknown split {text_of(first, 'split')!r} (use train, validation or test)"
+    split = split or split_for_study(study_id, validation_fraction, test_fraction)
+    if any(report_sections(row)[:2] != (findings, impression) and any(report_sections(row)[:2]) for row in rows):
+        problem = problem or "the rows of this study disagree on its report"
+    views = []
+    for row in sorted(rows, key=view_order):
+        try:
+            views.append(View(text_of(row, "file_name"), path=resolve_inside(metadata_path.parent,
+                                                                              text_of(row, "file_name"))))
+        except ValueError as error:
+            if problem is None:
+                problem, where = str(error), f"{where}: {text_of(row, 'file_name')}"
+    return StudyRecord(study_id, where, views=views, findings=findings, impression=impression,
+                       indication=indication, split=split, source=source,
+                       labels=parse_labels(first.get("labels")), problem=problem)

@@ -1,0 +1,53 @@
+"""Where a dataset comes from: a converted dataset folder (written by a converter), or the built-in synthetic
+phantoms ("phantom"), drawn once into a folder and from then on read like any converted dataset."""
+
+import json
+import os
+
+from modeling_cliptt5.atomic_writes import write_json_atomically
+from modeling_cliptt5.data.schema import save_dataset_atomically
+
+PHANTOM = "phantom"
+PHANTOM_SETTINGS_FILE = "phantom_settings.json"  # what drew a phantom folder, so that it is reused only for the same
+
+
+def write_phantom_dataset(folder, num_studies, seed=0, image_size=256, split_fractions=(0.8, 0.1, 0.1),
+                          report_target="both", num_proc=None, log=None):
+    """Draws `num_studies` phantom studies and saves them in `folder` (replaced atomically), with the settings that
+    drew them; returns the DatasetDict. The same settings give the same bytes, with any `num_proc`."""
+    from modeling_cliptt5.data.phantom import default_num_proc, make_phantom_dataset
+
+    dataset = make_phantom_dataset(num_studies, seed=seed, image_size=image_size, split_fractions=tuple(split_fractions),
+                                   report_target=report_target, progress=True,
+                                   num_proc=num_proc or default_num_proc(num_studies))
+    save_dataset_atomically(dataset, folder, log)
+    write_json_atomically(os.path.join(folder, PHANTOM_SETTINGS_FILE),
+                          _phantom_settings(num_studies, seed, image_size, split_fractions, report_target))
+    return dataset
+
+
+def phantom_dataset_folder(folder, num_studies, seed=0, image_size=256):
+    """`folder` holding the phantom studies of these settings: reused when an earlier run drew the same, else drawn
+    now. Returns (folder, whether it was reused)."""
+    stamp = os.path.join(folder, PHANTOM_SETTINGS_FILE)
+    if os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as handle:
+            if json.load(handle) == _phantom_settings(num_studies, seed, image_size):
+                return folder, True
+    print(f"drawing {num_studies} synthetic phantom studies ({image_size} px) into {folder}")
+    write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size)
+    return folder, False
+
+
+def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256):
+    """The folder of dataset `name`: a converted dataset folder as it is, or for "phantom" the synthetic studies
+    drawn into `work_dir` (once; a later call with the same settings reuses them)."""
+    if name != PHANTOM:
+        return name
+    folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px")
+    return phantom_dataset_folder(folder, phantom_studies, seed, phantom_image_size)[0]
+
+
+def _phantom_settings(num_studies, seed, image_size, split_fractions=(0.8, 0.1, 0.1), report_target="both"):
+    return {"studies": num_studies, "seed": seed, "image_size": image_size,
+            "split_fractions": [float(value) for value in split_fractions], "report_target": report_target}

@@ -1,0 +1,380 @@
+"""Draft reports for image files: collect the inputs, group views into studies, run the model batch by batch.
+
+generate.py is the command line over these functions; a notebook or a service can call them directly
+(`load_release`, then `draft_reports`).
+
+Studies and views
+- `group_studies(files, study_by)`:
+  "none"   - every file is its own study (its id: the file name without suffix);
+  "folder" - the files of one folder are the views of one study (its id: the folder name);
+  "prefix" - files in one folder whose names agree up to the last "_" or "-" are one study
+             ("s123_frontal.png" + "s123_lateral.png" -> study "s123"; a name without "_" or "-" stands alone).
+  Views are ordered by file name.
+- `fit_views(study, num_views)`: a model reads a fixed number of views. A study with fewer views repeats its
+  views in order (frontal only, 2-view model -> frontal, frontal); a study with more keeps the first
+  `num_views` in file-name order. Both say so in a warning.
+- A view that cannot be read is reported and left out; its study goes on with the views that remain.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+STUDY_GROUPINGS = ("folder", "prefix", "none")
+
+
+@dataclass
+class Study:
+    """One study: its id and the files of its views, in the order the model will see them."""
+
+    study_id: str
+    files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DraftedReport:
+    """A drafted report, or the reason there is none (`error`)."""
+
+    study_id: str
+    files: list[Path]
+    report: str = ""
+    findings: str | None = None
+    impression: str | None = None
+    seconds: float = 0.0
+    labels: dict | None = None
+    error: str | None = None
+    # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
+    # was guided by, and where the head and the text disagree (None when no rule reader knows the label set)
+    finding_probabilities: dict | None = None
+    predicted_findings: list | None = None
+    guidance: list | None = None
+    disagreements: list | None = None
+    finding_maps: object = None  # [views, findings, grid, grid] tensor, for the page's heatmaps
+    # With the release's OOD summary: how unlike the training images the study is, and whether that is beyond the
+    # 99th percentile of its validation studies
+    ood_score: float | None = None
+    ood_flag: bool | None = None
+
+
+def looks_like_image(path: Path) -> bool:
+    """Image suffix, or a suffix-less DICOM file (PACS exports often have names like IM0001)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as handle:
+            return is_dicom(handle.read(132))
+    except OSError:
+        return False
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (searched recursively) and glob patterns -> (image files in order, errors for inputs
+    that name nothing). A file named directly is kept whatever its suffix, so that its reader can say what is
+    wrong with it; files found in folders or by patterns are kept when they look like images."""
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and looks_like_image(p))
+            if not found:
+                errors.append(f"{item}: folder holds no PNG, JPEG or DICOM files")
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            found = [p for p in found if looks_like_image(p)]
+            if not found:
+                errors.append(f"{item}: no image files match this pattern")
+            files.extend(found)
+        else:
+            errors.append(f"{item}: file not found")
+    unique = list(dict.fromkeys(files))  # a file named twice (e.g. by a folder and a pattern) is drafted once
+    return unique, errors
+
+
+def study_key(path: Path, study_by: str) -> tuple[str, str]:
+    """(grouping key, study id) of one file under a grouping rule (see the module docstring)."""
+    if study_by == "none":
+        return str(path), path.stem
+    if study_by == "folder":
+        return str(path.parent), path.parent.name or str(path.parent)
+    if study_by == "prefix":
+        cut = max(path.stem.rfind("_"), path.stem.rfind("-"))
+        prefix = path.stem[:cut] if cut > 0 else path.stem
+        return str(path.parent / prefix), prefix
+    raise ValueError(f"study_by must be one of {STUDY_GROUPINGS}, got {study_by!r}")
+
+
+def group_studies(files: list[Path], study_by: str) -> list[Study]:
+    """Groups files into studies, in order of first appearance; views within a study in file-name order."""
+    groups: dict[str, Study] = {}
+    for path in files:
+        key, study_id = study_key(path, study_by)
+        groups.setdefault(key, Study(study_id, [])).files.append(path)
+    studies = list(groups.values())
+    for study in studies:
+        study.files.sort(key=lambda path: path.name)
+    make_ids_unique(studies, study_by)
+    return studies
+
+
+def make_ids_unique(studies: list[Study], study_by: str) -> None:
+    """Two folders can hold studies with the same name: prefix a repeated id with the folder above it."""
+    counts: dict[str, int] = {}
+    for study in studies:
+        counts[study.study_id] = counts.get(study.study_id, 0) + 1
+    for study in studies:
+        if counts[study.study_id] > 1:
+            folder = study.files[0].parent.parent if study_by == "folder" else study.files[0].parent
+            study.study_id = f"{folder.name}/{study.study_id}"
+
+
+def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | None]:
+    """Repeats or trims a study's views to the model's `num_views`; returns (views, warning or None)."""
+    if len(files) == num_views:
+        return list(files), None
+    if len(files) < num_views:
+        views = [files[i % len(files)] for i in range(num_views)]
+        return views, f"{study_id}: {len(files)} view(s), the model reads {num_views}: repeating views in order"
+    return list(files[:num_views]), (
+        f"{study_id}: {len(files)} views, the model reads {num_views}: using the first {num_views} by file name"
+    )
+
+
+def read_study_images(study: Study, num_views: int, max_pixels: int,
+                      any_modality: bool = False) -> tuple[list, list[str]]:
+    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors).
+
+    The readers' doubts about a file (a DICOM without Modality, another body part...) join `study.warnings`."""
+    images, used, errors = [], [], []
+    for path in study.files:
+        try:
+            images.append(open_image(path, max_pixels=max_pixels, any_modality=any_modality,
+                                     on_doubt=study.warnings.append))
+            used.append(path)
+        except ImageReadError as error:
+            errors.append(str(error))
+    if not images:
+        return [], errors
+    images, warning = fit_views(images, num_views, study.study_id)
+    if warning:
+        study.warnings.append(warning)
+    study.files = used
+    return images, errors
+
+
+def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, generate_kwargs=None):
+    """(model, processor) of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM /
+    AutoProcessor. This package registers CLIP-T5 with the Auto classes, so they build its own classes and no
+    code saved in the release runs. (transformers 5 prefers such registered classes even with
+    trust_remote_code=True, 4.x would run the release's files: passing False keeps the two alike. Without the
+    package, a release loads from its own code files with trust_remote_code=True: tests/test_remote_code.py.)
+
+    `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu). Raises ValueError
+    for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
+    OOD summary as `model.ood_summary` (None without one)."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
+
+    from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+
+    config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=False)
+    if config.model_type != CLIPT5Config.model_type:
+        raise ValueError(f"{path_or_id} holds a {config.model_type!r} model, not a CLIP-T5 release")
+    if optimize and (device != "cpu" or dtype != "float32"):
+        raise ValueError(f"--optimize is a CPU path with int8 weights; drop it, or use --device cpu and "
+                         f"--dtype float32 (got {device}, {dtype})")
+    processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
+    if optimize:
+        from modeling_cliptt5.inference.fast_inference import load_for_cpu
+
+        model = load_for_cpu(path_or_id, generate_kwargs)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
+                                                      trust_remote_code=False).eval().to(device)
+    model.ood_summary = release_ood_summary(path_or_id)
+    return model, processor
+
+
+def release_ood_summary(path_or_id):
+    """The release's OOD summary (ood.py), or None when it has none (releases written before it, or converted)."""
+    from transformers.utils import cached_file
+
+    from modeling_cliptt5.inference.ood import OOD_FILE, load_summary
+
+    path = cached_file(path_or_id, OOD_FILE, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    return None if path is None else load_summary(Path(path).parent)
+
+
+def generate_with_findings(model, inputs: dict, generate_kwargs: dict, findings=None):
+    """(sequences, CLIPT5FindingOutput or None, image vectors [studies, views, dim] for the OOD summary): the drafts
+    and, with a finding head, what the head says, from one pass of the image tower. `findings` (one entry per
+    study, see CLIPT5ForConditionalGeneration.findings_tensor) replace the head's decisions in the guidance."""
+    from modeling_cliptt5.inference.ood import image_vectors
+
+    if hasattr(model, "generate_with_findings"):  # the ONNX fast path computes all three in its encoder graph
+        return model.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
+    has_head = getattr(model, "finding_head", None) is not None
+    if findings is not None and not has_head:
+        raise ValueError("this model has no finding head: it cannot take findings")
+    inputs = dict(inputs)
+    vision_features = model.get_vision_features(inputs.pop("pixel_values"))
+    head = model.predict_findings(vision_features=vision_features) if has_head else None
+    guidance = {"findings": findings} if has_head else {}
+    sequences = model.generate(vision_features=vision_features, **guidance, **inputs, **generate_kwargs)
+    return sequences, head, image_vectors(vision_features)
+
+
+def guidance_names(names, present, given):
+    """The findings a draft was guided by: the head's decisions, with a caller's `given` entry (a list of names or a
+    {name: bool} dict, as generate() takes) where it says something."""
+    if given is None:
+        return [name for name, flag in zip(names, present) if flag]
+    if isinstance(given, dict):
+        return [name for name, flag in zip(names, present) if given.get(name, bool(flag))]
+    return [name for name in names if name in given]
+
+
+def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict,
+                findings: list | None = None) -> list[dict]:
+    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}], plus, with a
+    finding head, "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance"
+    (what the draft followed: the head's findings, or `findings` where given), "disagreements" and
+    "finding_maps"; with the release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the
+    99th percentile of its validation studies: unlike the training images)."""
+    from modeling_cliptt5.evaluation.findings import disagreements, text_reader
+
+    inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
+    inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+    with torch.inference_mode():
+        sequences, head, vectors = generate_with_findings(model, inputs, generate_kwargs, findings)
+    reports = processor.batch_decode_reports(sequences)
+    summary = getattr(model, "ood_summary", None)
+    if summary is not None:
+        scores = summary.study_scores(vectors)
+        for report, score, flag in zip(reports, scores.tolist(), summary.flags(scores).tolist()):
+            report.update(ood_score=round(score, 3), ood_flag=flag)
+    if head is None:
+        return reports
+    names = list(model.config.finding_labels)
+    reader = text_reader(names)
+    for study, report in enumerate(reports):
+        present = head.present[study].tolist()
+        guided = guidance_names(names, present, None if findings is None else findings[study])
+        report.update(
+            finding_probabilities={name: round(float(p), 4) for name, p in zip(names, head.probabilities[study])},
+            predicted_findings=[name for name, flag in zip(names, present) if flag],
+            guidance=guided,
+            disagreements=disagreements([name in guided for name in names], report["text"], names, reader),
+            finding_maps=head.maps[study].cpu())
+    return reports
+
+
+def draft_reports(
+    model,
+    processor,
+    studies: list[Study],
+    batch_size: int = 4,
+    prompt: str | None = None,
+    generate_kwargs: dict | None = None,
+    max_pixels: int | None = None,
+    on_error=None,
+    on_warning=None,
+    any_modality: bool = False,
+    refuse_ood: bool = False,
+):
+    """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
+
+    A study whose views are all unreadable, or a batch the model fails on, yields reports with `error` set;
+    the other studies go on. `on_error(message)` hears about each unreadable view and failed batch ("FILE:
+    REASON"), `on_warning(message)` about each study whose views were repeated or trimmed and each file the readers
+    doubt. `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph).
+    `refuse_ood`: a study the release's OOD summary flags gets `error` (and on_error) instead of its draft.
+    """
+    generate_kwargs = generate_kwargs or {}
+    on_error = on_error or (lambda message: None)
+    on_warning = on_warning or (lambda message: None)
+    num_views = model.config.num_views
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    for start in range(0, len(studies), batch_size):
+        started = time.perf_counter()
+        ready, batch_images = [], []
+        for study in studies[start : start + batch_size]:
+            images, errors = read_study_images(study, num_views, max_pixels, any_modality)
+            for message in errors:
+                on_error(message)
+            for message in study.warnings:
+                on_warning(message)
+            if not images:
+                yield DraftedReport(study.study_id, study.files, error="no readable image")
+                continue
+            ready.append(study)
+            batch_images.append(images if num_views > 1 else images[0])
+        if not ready:
+            continue
+        try:
+            drafts = draft_batch(model, processor, batch_images, prompt, generate_kwargs)
+        except Exception as error:  # one failing batch (e.g. out of memory) must not stop the run
+            message = f"generation failed for this batch ({type(error).__name__}: {error})"
+            for study in ready:
+                on_error(f"{study.study_id}: {message}")
+                yield DraftedReport(study.study_id, study.files, error=message)
+            continue
+        seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
+        for study, draft in zip(ready, drafts):
+            if refuse_ood and draft.get("ood_flag"):
+                message = ood_refusal(draft["ood_score"], model.ood_summary.threshold)
+                on_error(f"{study.study_id}: {message}")
+                yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft["ood_score"],
+                                    ood_flag=True)
+                continue
+            yield DraftedReport(
+                study.study_id,
+                study.files,
+                report=draft["text"],
+                findings=draft["findings"],
+                impression=draft["impression"],
+                seconds=seconds,
+                finding_probabilities=draft.get("finding_probabilities"),
+                predicted_findings=draft.get("predicted_findings"),
+                guidance=draft.get("guidance"),
+                disagreements=draft.get("disagreements"),
+                finding_maps=draft.get("finding_maps"),
+                ood_score=draft.get("ood_score"),
+                ood_flag=draft.get("ood_flag"),
+            )
+
+
+def ood_refusal(score, threshold):
+    return (f"not drafted: unlike this model's training images (ood_score {score:.2f}, beyond {threshold:.2f}, the "
+            f"99th percentile of its validation studies; --refuse-ood)")
+
+
+def ood_warning(score, threshold):
+    return (f"This image looks unlike the images this model was trained on (ood_score {score:.2f}, beyond "
+            f"{threshold:.2f}, the 99th percentile of its validation studies): the draft may be meaningless.")
+
+
+def finding_labels(report: str) -> dict:
+    """CheXpert observations the (approximate, rule-based) labeler finds positive or uncertain in a draft."""
+    from modeling_cliptt5.evaluation.labeler import label_report  # only needed with --labels
+
+    if not report.strip():
+        return {"labels": [], "uncertain_labels": []}  # an empty draft states nothing, not "No Finding"
+    statuses = label_report(report)
+    return {
+        "labels": [name for name, status in statuses.items() if status == 1],
+        "uncertain_labels": [name for name, status in statuses.items() if status == -1],
+    }

@@ -1,0 +1,451 @@
+"""The CPU fast path behind `generate.py --optimize`: CLIP-T5 exported to ONNX and run by ONNX Runtime.
+
+Why not the PyTorch model with int8 weights alone (fast_inference.py)? Per decoding step, t5-small's decoder
+does ~100 small operations, and in eager PyTorch plus `generate()`'s loop their Python overhead is about half of
+a step. ONNX Runtime runs the same step as one graph call (benchmarks/bench_cpu_inference.py, full size, 2
+threads, 100 greedy tokens: PyTorch int8 0.82 s, ONNX Runtime int8 0.42 s, eager float32 2.41 s). Two graphs
+are exported from the loaded model, with its own modules:
+- the encoder: pixels (and an optional prompt) -> image tokens -> T5 encoder, plus every decoder layer's
+  cross-attention keys and values, which stay the same for the whole draft; with a finding head, the graph also
+  gives the head's probabilities and heatmaps, and takes the findings a caller sets (-1: the head decides), so
+  that the guidance tokens follow a reader's correction;
+- one decoding step: the last token and the self-attention cache -> next-token logits and the grown cache.
+Weights are then int8-quantized per output channel (onnxruntime.quantization.quantize_dynamic), or kept float32
+with `weights="float32"`.
+
+Decoding here is greedy (the releases' default, `generation_num_beams: 1`), batched, with `min_new_tokens` /
+`max_new_tokens`; generation settings that greedy search here would ignore (beams, sampling, penalties) are
+refused by name rather than dropped. Export runs once per release in a child process (the float model and the
+exporter's copy of it would otherwise stay in the drafting process's peak memory) and is cached on disk.
+
+Needs the `fast` extra: onnxruntime and onnx (the exporter writes through it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modeling_cliptt5.inference.ood import image_vectors
+
+EXPORT_FORMAT = 3  # bump when the graphs' inputs or outputs change: cached exports are then made again
+WEIGHT_CHOICES = ("int8", "float32")
+ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
+# GenerationConfig fields whose non-default values greedy decoding here does not implement.
+UNSUPPORTED_SETTINGS = {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                        "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None,
+                        "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
+                        "begin_suppress_tokens": None, "sequence_bias": None, "num_return_sequences": 1,
+                        "min_length": 0}
+
+
+def refused_settings(generation_config, settings=None):
+    """["num_beams=3", ...]: the settings (generate() keywords over the release's generation config) that greedy
+    decoding here does not implement; keywords it does not know are refused too. Empty: it can draft."""
+    settings = {name: value for name, value in (settings or {}).items() if value is not None}
+    effective = {name: settings.get(name, getattr(generation_config, name, None)) for name in UNSUPPORTED_SETTINGS}
+    refused = [f"{name}={value!r}" for name, value in effective.items()
+               if value is not None and value != UNSUPPORTED_SETTINGS[name]]
+    return refused + sorted(set(settings) - set(UNSUPPORTED_SETTINGS) - {"max_new_tokens", "min_new_tokens"})
+
+
+def _import_onnxruntime():
+    """onnxruntime with its telemetry off, or an ImportError saying what to install (load_for_cpu then falls back
+    to PyTorch int8). Every use of onnxruntime here (sessions, and the quantizer's in the export's child process)
+    goes through this, because the package sends nothing off this computer: onnxruntime >= 1.29 on Linux starts a
+    telemetry uploader when it is imported (DNS lookups of mobile.events.data.microsoft.com some seconds later,
+    with or without sessions). Only ORT_DISABLE_TELEMETRY=1, set before the import, stops it (measured with strace);
+    disable_telemetry_events() covers an onnxruntime somebody else imported first, for its later events."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:  # the export passes v5's cache classes and 4D masks
+        raise ImportError(f"the ONNX fast path needs transformers >= 5, found {transformers.__version__}")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # inherited by the export's child process too
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("--optimize runs the model with ONNX Runtime: pip install 'cliptt5[fast]' "
+                          "(onnxruntime and onnx)") from error
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export: the model's own modules, traced into two graphs
+# --------------------------------------------------------------------------------------------------------------
+
+def additive_mask(mask):
+    """[batch, keys] 1/0 -> [batch, 1, 1, keys] 0/-inf-like, the form attention adds to its scores. Handing T5 this
+    4D mask makes transformers use it as it is; its own mask builders trace the lengths as constants."""
+    return (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+
+
+def _cross_attentions(model):
+    return [block.layer[1].EncDecAttention for block in model.decoder.block]
+
+
+class EncoderGraph(nn.Module):
+    """pixel_values, prompt ids and mask (and, with a finding head, the caller's findings: 1 / 0, -1 for the head's
+    decision) -> encoder hidden states' mask, each decoder layer's cross keys/values (and the head's probabilities
+    and heatmaps). A zero-length prompt ([batch, 0]) means no prompt: one graph serves both."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, prompt_ids, prompt_mask, findings=None):
+        model = self.model
+        vision_features = model.get_vision_features(pixel_values)
+        head_outputs, statuses = (), None
+        if model.finding_head is not None:
+            logits, patch_logits = model.finding_head(vision_features)
+            head = model.finding_output(logits, patch_logits)
+            head_outputs = (head.probabilities, head.maps)
+            if model.finding_embeddings is not None:
+                statuses = model.guidance_statuses(logits, findings)
+        inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask)
+        # The same mask as encoder_inputs', made so that the exporter keeps the batch size an input dimension
+        # (it turns torch.ones(batch, ...) into a constant of the traced batch size).
+        image_tokens = inputs_embeds.shape[1] - prompt_ids.shape[1]
+        image_mask = torch.ones(1, image_tokens, dtype=torch.long).expand(prompt_mask.shape[0], -1)
+        attention_mask = torch.cat([image_mask, prompt_mask], dim=1)
+        hidden = model.get_encoder()(inputs_embeds=inputs_embeds,
+                                     attention_mask=additive_mask(attention_mask)).last_hidden_state
+        heads_first = (hidden.shape[0], hidden.shape[1], -1, model.config.d_kv)
+        cross = []
+        for attention in _cross_attentions(model):
+            cross += [attention.k(hidden).view(heads_first).transpose(1, 2),
+                      attention.v(hidden).view(heads_first).transpose(1, 2)]
+        return (attention_mask, *cross, *head_outputs, image_vectors(vision_features))
+
+
+class DecoderStepGraph(nn.Module):
+    """One greedy step through the model's own forward: last token, encoder mask, caches -> logits, grown caches."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids, encoder_attention_mask, *caches):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        layers = self.model.config.num_decoder_layers
+        self_cache, cross_cache = DynamicCache(), DynamicCache()
+        for layer in range(layers):
+            keys, values, cross_keys, cross_values = caches[4 * layer: 4 * layer + 4]
+            self_cache.update(keys, values, layer)
+            cross_cache.update(cross_keys, cross_values, layer)
+        cache = EncoderDecoderCache(self_cache, cross_cache)
+        for layer in range(layers):
+            cache.is_updated[layer] = True  # cross keys/values come from the encoder graph: not recomputed
+        batch, encoder_length = encoder_attention_mask.shape
+        # Only its shape is read: every layer takes its cross keys/values from the cache.
+        encoder_hidden = torch.zeros(batch, encoder_length, self.model.config.d_model)
+        # The new token sees every earlier one: an all-zero additive mask over the cache and itself.
+        decoder_mask = additive_mask(torch.ones(batch, caches[0].shape[2] + 1))
+        logits = self.model(encoder_outputs=(encoder_hidden,), attention_mask=additive_mask(encoder_attention_mask),
+                            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_mask,
+                            past_key_values=cache, use_cache=True).logits
+        grown = []
+        for layer in range(layers):
+            grown += [self_cache.layers[layer].keys, self_cache.layers[layer].values]
+        return (logits[:, -1], *grown)
+
+
+def _cache_names(layers):
+    return [f"{kind}.{layer}" for layer in range(layers)
+            for kind in ("self_keys", "self_values", "cross_keys", "cross_values")]
+
+
+def export_graphs(model, folder, weights="int8"):
+    """Writes ENCODER_FILE and STEP_FILE for `model` into `folder` (float32 graphs, then quantized for int8)."""
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.to(device="cpu", dtype=torch.float32).eval()
+    if hasattr(model, "set_attn_implementation"):  # plain matmuls: what the exporter maps op by op
+        model.set_attn_implementation("eager")
+    config = model.config
+    layers, heads, head_size = config.num_decoder_layers, config.num_heads, config.d_kv
+    views = () if config.num_views == 1 else (config.num_views,)
+    size = config.vision_config.image_size
+    pixel_values = torch.zeros(2, *views, 3, size, size)
+    prompt_ids = torch.ones(2, 3, dtype=torch.long)
+    prompt_mask = torch.ones(2, 3, dtype=torch.long)
+    encoder_inputs, encoder_input_names = (pixel_values, prompt_ids, prompt_mask), ["pixel_values", "prompt_ids",
+                                                                                    "prompt_mask"]
+    encoder_axes = {"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
+                    "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}}
+    head_names = []
+    if model.finding_embeddings is not None:
+        encoder_inputs += (torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),)
+        encoder_input_names.append("findings")
+        encoder_axes["findings"] = {0: "batch"}
+    if model.finding_head is not None:
+        head_names = ["finding_probabilities", "finding_maps"]
+        encoder_axes.update({name: {0: "batch"} for name in head_names})
+    cross_names = [name for name in _cache_names(layers) if name.startswith("cross")]
+    float_folder = folder / "float32" if weights == "int8" else folder
+    float_folder.mkdir(exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's and T5's deprecation notices
+        encoder_outputs = EncoderGraph(model)(*encoder_inputs)
+        torch.onnx.export(
+            EncoderGraph(model), encoder_inputs, str(float_folder / ENCODER_FILE),
+            input_names=encoder_input_names,
+            output_names=["encoder_attention_mask", *cross_names, *head_names, "image_vectors"],
+            dynamic_axes={**encoder_axes, "encoder_attention_mask": {0: "batch", 1: "encoder"},
+                          **{name: {0: "batch", 2: "encoder"} for name in cross_names}},
+            opset_version=17, dynamo=False,
+        )
+        caches = []
+        for layer in range(layers):
+            past = torch.zeros(2, heads, 1, head_size)
+            caches += [past, past, encoder_outputs[1 + 2 * layer], encoder_outputs[2 + 2 * layer]]
+        grown_names = [f"grown_{kind}.{layer}" for layer in range(layers) for kind in ("self_keys", "self_values")]
+        torch.onnx.export(
+            DecoderStepGraph(model), (torch.zeros(2, 1, dtype=torch.long), encoder_outputs[0], *caches),
+            str(float_folder / STEP_FILE),
+            input_names=["decoder_input_ids", "encoder_attention_mask", *_cache_names(layers)],
+            output_names=["logits", *grown_names],
+            dynamic_axes={"decoder_input_ids": {0: "batch"}, "encoder_attention_mask": {0: "batch", 1: "encoder"},
+                          "logits": {0: "batch"},
+                          **{name: {0: "batch", 2: "past" if name.startswith("self") else "encoder"}
+                             for name in _cache_names(layers)},
+                          **{name: {0: "batch", 2: "grown"} for name in grown_names}},
+            opset_version=17, dynamo=False,
+        )
+    if weights == "int8":
+        _import_onnxruntime()  # telemetry off before the quantizer starts its sessions
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        logging.disable(logging.WARNING)  # its advice to run shape pre-processing, meant for static quantization
+        try:
+            for name in (ENCODER_FILE, STEP_FILE):
+                # Per-channel int8 weights (one scale per output row), activations quantized per call: as
+                # torch's dynamic quantization in fast_inference.py.
+                quantize_dynamic(float_folder / name, folder / name, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        shutil.rmtree(float_folder)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export cache: one folder per release file and weight choice
+# --------------------------------------------------------------------------------------------------------------
+
+def default_cache_dir():
+    return Path(os.environ.get("CLIPT5_ONNX_CACHE", Path.home() / ".cache" / "cliptt5" / "onnx"))
+
+
+def export_key(release_folder, weights):
+    """Changes when the release's weights or config change (path, size and modification time of its files)."""
+    release_folder = Path(release_folder).resolve()
+    parts = [str(release_folder), weights, str(EXPORT_FORMAT), torch.__version__]
+    for name in ("model.safetensors", "config.json"):
+        stat = (release_folder / name).stat()
+        parts += [name, str(stat.st_size), str(stat.st_mtime_ns)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def exported_folder(release_folder, weights="int8", cache_dir=None):
+    """The cached export of a local release folder; made (in a child process) when missing. Returns its path."""
+    release_folder = Path(release_folder)
+    if not (release_folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{release_folder}: no model.safetensors (--optimize needs a local release folder "
+                                "or a downloaded hub snapshot)")
+    target = Path(cache_dir or default_cache_dir()) / export_key(release_folder, weights)
+    if (target / "done.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        print(f"exporting {release_folder} to ONNX ({weights}) once, into {target} ...", file=sys.stderr, flush=True)
+        command = [sys.executable, "-m", "modeling_cliptt5.inference.onnx_inference", str(release_folder), str(building),
+                   "--weights", weights]
+        completed = subprocess.run(command, capture_output=True, text=True,
+                                   cwd=Path(__file__).resolve().parents[2],  # the source tree, for a run without install
+                                   env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"})  # before anything imports it
+        if completed.returncode != 0:
+            raise RuntimeError(f"ONNX export of {release_folder} failed:\n{completed.stderr[-3000:]}")
+        (building / "done.json").write_text(json.dumps({"release": str(release_folder.resolve()), "weights": weights}))
+        try:
+            os.replace(building, target)
+        except OSError:  # another process finished the same export first: keep theirs
+            if not (target / "done.json").is_file():
+                raise
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Drafting with the two graphs
+# --------------------------------------------------------------------------------------------------------------
+
+class OnnxCLIPT5:
+    """CLIP-T5 on ONNX Runtime with the model's `config`, `generation_config`, `device` and a greedy `generate()`.
+
+    Drop-in for `inference.draft_reports` and the page's drafter: `generate(pixel_values=..., input_ids=...,
+    attention_mask=..., max_new_tokens=...)` returns token ids as `CLIPT5ForConditionalGeneration.generate` does
+    (decoder start token first, <pad> after a finished draft).
+    """
+
+    def __init__(self, folder, config, generation_config, threads=None, weights="int8"):
+        onnxruntime = _import_onnxruntime()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.encoder_session = onnxruntime.InferenceSession(str(Path(folder) / ENCODER_FILE), options,
+                                                            providers=["CPUExecutionProvider"])
+        self.step_session = onnxruntime.InferenceSession(str(Path(folder) / STEP_FILE), options,
+                                                         providers=["CPUExecutionProvider"])
+        self.config = config
+        self.generation_config = generation_config
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.name_or_path = str(folder)
+        self.weights = weights
+
+    @classmethod
+    def from_pretrained(cls, release_folder, weights="int8", cache_dir=None, threads=None):
+        """Loads a local release folder's graphs, exporting them first if the cache (`cache_dir`, default
+        $CLIPT5_ONNX_CACHE or ~/.cache/cliptt5/onnx) has none for its current weights."""
+        from transformers import GenerationConfig
+
+        from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+
+        _import_onnxruntime()  # before exporting: says what is missing instead of failing in the export
+        folder = exported_folder(release_folder, weights, cache_dir)
+        return cls(folder, CLIPT5Config.from_pretrained(release_folder),
+                   GenerationConfig.from_pretrained(release_folder), threads, weights)
+
+    def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None):
+        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches), with a finding
+        head its CLIPT5FindingOutput (else None), and the images' vectors for the OOD summary (ood.image_vectors)."""
+        from modeling_cliptt5.modeling_cliptt5 import CLIPT5FindingOutput, findings_to_tensor
+
+        batch = pixel_values.shape[0]
+        if input_ids is None:  # no prompt: a zero-length one
+            input_ids = torch.zeros(batch, 0, dtype=torch.long)
+            attention_mask = torch.zeros(batch, 0, dtype=torch.long)
+        elif attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        config = self.config
+        feeds = {"pixel_values": pixel_values.float().numpy(), "prompt_ids": input_ids.numpy().astype(np.int64),
+                 "prompt_mask": attention_mask.numpy().astype(np.int64)}
+        if config.uses_finding_guidance:
+            given = (torch.full((batch, len(config.finding_labels)), -1, dtype=torch.long) if findings is None
+                     else findings_to_tensor(findings, config.finding_labels, batch))
+            feeds["findings"] = given.numpy().astype(np.int64)
+        elif findings is not None:
+            raise ValueError("this model does not take findings: it has no finding head with guidance")
+        encoder_mask, *outputs, vectors = self.encoder_session.run(None, feeds)
+        head = None
+        if config.finding_head:
+            *cross, probabilities, maps = outputs
+            probabilities = torch.from_numpy(probabilities)
+            thresholds = torch.tensor(config.finding_thresholds)
+            head = CLIPT5FindingOutput(logits=torch.logit(probabilities), probabilities=probabilities,
+                                       present=probabilities >= thresholds, maps=torch.from_numpy(maps))
+        else:
+            cross = outputs
+        empty = np.zeros((batch, config.num_heads, 0, config.d_kv), np.float32)
+        feeds = {"encoder_attention_mask": encoder_mask}
+        for layer in range(config.num_decoder_layers):
+            feeds.update({f"self_keys.{layer}": empty, f"self_values.{layer}": empty,
+                          f"cross_keys.{layer}": cross[2 * layer], f"cross_values.{layer}": cross[2 * layer + 1]})
+        return feeds, head, torch.from_numpy(vectors)
+
+    def step(self, feeds, tokens):
+        """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
+        logits, *grown = self.step_session.run(None, {**feeds, "decoder_input_ids": tokens[:, None].astype(np.int64)})
+        for layer in range(self.config.num_decoder_layers):
+            feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
+        return logits
+
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **settings):
+        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **settings)[0]
+
+    def predict_findings(self, pixel_values):
+        """The finding head's CLIPT5FindingOutput for these images (the encoder graph computes it)."""
+        if not self.config.finding_head:
+            raise ValueError("this model has no finding head (config.finding_head is False)")
+        return self.start(pixel_values)[1]
+
+    def generate_with_findings(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None,
+                               **settings):
+        """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None, the images' OOD
+        vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
+        refused = refused_settings(self.generation_config, settings)
+        if refused:
+            raise ValueError(f"the ONNX fast path decodes greedily and does not implement {', '.join(refused)}; "
+                             "draft without it for these settings")
+        if pixel_values is None:
+            raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
+        max_new_tokens, min_new_tokens = self._draft_length(settings)
+        feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings)
+        eos = self.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = self.generation_config.pad_token_id
+        pad = self.config.pad_token_id if pad is None else pad
+        tokens = np.full((pixel_values.shape[0], 1), self.config.decoder_start_token_id, np.int64)
+        finished = np.zeros(len(tokens), bool)
+        for position in range(max_new_tokens):
+            logits = self.step(feeds, tokens[:, -1])
+            if position < min_new_tokens and eos:
+                logits[:, eos] = -np.inf
+            next_tokens = np.where(finished, pad, logits.argmax(-1))
+            tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+            finished |= np.isin(next_tokens, eos)
+            if finished.all():
+                break
+        return torch.from_numpy(tokens), head, vectors
+
+    def _draft_length(self, settings):
+        """(max_new_tokens, min_new_tokens) as transformers' generate() resolves them for an encoder-decoder."""
+        config = self.generation_config
+        max_new_tokens = settings.get("max_new_tokens") or config.max_new_tokens
+        if max_new_tokens is None:
+            # max_length counts the decoder start token; without either, generate() writes 20 new tokens
+            max_new_tokens = config.max_length - 1 if config.max_length is not None else 20
+        return max_new_tokens, settings.get("min_new_tokens") or config.min_new_tokens or 0
+
+    def teacher_forced_logits(self, pixel_values, decoder_input_ids):
+        """Logits [batch, length, vocab] for given decoder inputs, as the model's forward gives them."""
+        feeds, *_ = self.start(pixel_values)
+        ids = decoder_input_ids.numpy()
+        return torch.from_numpy(np.stack([self.step(feeds, ids[:, position]) for position in range(ids.shape[1])], 1))
+
+
+def main(argv=None):
+    """`python -m modeling_cliptt5.inference.onnx_inference RELEASE FOLDER`: the export child process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export a CLIP-T5 release to the fast path's two ONNX graphs.")
+    parser.add_argument("release", help="release folder")
+    parser.add_argument("folder", help="where encoder.onnx and decoder_step.onnx are written")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="int8")
+    args = parser.parse_args(argv)
+    from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
+
+    export_graphs(CLIPT5ForConditionalGeneration.from_pretrained(args.release), args.folder, args.weights)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The training loop both stages run, and the machinery around it: the accelerator, the run folder, resume, the
+optimizer's parameter groups, the scheduler, logging and the best checkpoint.
+
+A stage (contrastive.py's stage 1, generation.py's stage 2) says only what differs: the loss of a batch, what it
+validates, what it saves as its best model and what it logs beside the loss. See `Stage`."""
+
+import contextlib
+import importlib.util
+import json
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from modeling_cliptt5.atomic_writes import remove_leftovers
+from modeling_cliptt5.training.state import MetricsLog, list_states, load_training_state, save_training_state
+
+
+class Stage:
+    """What a stage adds to `run_training_loop`; the loop owns the steps, accumulation, clipping, logging, the
+    validation schedule, the best-model choice and the states."""
+
+    description = "training"  # the progress bar's label
+
+    def train_mode(self):
+        """Puts the model in training mode (after validation too)."""
+        raise NotImplementedError
+
+    def begin_step(self, step, num_steps):
+        """Called before the micro-batches of each optimizer step."""
+
+    def loss(self, batch, step, micro_step):
+        """(loss, {name: detached tensor} of loss parts to log as train/<name>) of one micro-batch, forward only:
+        the loop calls backward."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self):
+        """Called after each optimizer step (e.g. to clamp a parameter)."""
+
+    def log_values(self):
+        """{name: value} logged beside train/loss at each logging step."""
+        return {}
+
+    def validate(self, step):
+        """{metric: value} on the validation studies; config.best_metric is among them."""
+        raise NotImplementedError
+
+    def save_best(self, step, metrics):
+        """Writes the best model so far (`metrics` are its validation metrics, {} without a validation split)."""
+        raise NotImplementedError
+
+
+def run_training_loop(stage, config, accelerator, model, optimizer, scheduler, batches, num_steps, trainer_state,
+                      bad_log, metrics_log, validates):
+    """Steps `model` from trainer_state["step"] to num_steps on `batches` (training.data.micro_batches); validates
+    every eval_every_steps (when `validates`) and saves the best model by config.best_metric, or the last one
+    without validation; saves a resumable state every save_every_steps. Returns the last validation metrics."""
+    accumulation = config.gradient_accumulation_steps
+    window_losses, window_parts, window_start, window_samples = [], {}, time.perf_counter(), 0
+    last_metrics = {}
+    progress = tqdm(total=num_steps, initial=trainer_state["step"], desc=stage.description, unit="step",
+                    disable=not accelerator.is_local_main_process)
+    stage.train_mode()
+    while trainer_state["step"] < num_steps:
+        step = trainer_state["step"]
+        stage.begin_step(step, num_steps)
+        for micro_step in range(accumulation):
+            epoch, batch = next(batches)
+            bad_log.record(batch["skipped"], step)
+            # Gradients are all-reduced only on the last micro-batch of the step.
+            sync = micro_step == accumulation - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss, parts = stage.loss(batch, step, micro_step)
+                accelerator.backward(loss / accumulation)
+            window_losses.append(loss.detach().float())
+            for name, value in parts.items():
+                window_parts.setdefault(name, []).append(value.float())
+            window_samples += len(batch["ids"])
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        stage.after_optimizer_step()
+        trainer_state["step"] = step = step + 1
+        progress.update(1)
+
+        if step % config.log_every_steps == 0 or step == num_steps:
+            mean_loss = _mean_over_ranks(accelerator, window_losses)
+            record = {"step": step, "epoch": epoch, "train/loss": mean_loss,
+                      **{f"train/{name}": _mean_over_ranks(accelerator, values) for name, values in window_parts.items()},
+                      **stage.log_values(),
+                      "train/samples_per_second": samples_per_second(accelerator, window_samples, window_start),
+                      **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}}
+            log_metrics(accelerator, metrics_log, record)
+            progress.set_postfix(loss=f"{mean_loss:.3f}")
+            window_losses, window_parts, window_start, window_samples = [], {}, time.perf_counter(), 0
+        if validates and (step % config.eval_every_steps == 0 or step == num_steps):
+            last_metrics = stage.validate(step)
+            log_metrics(accelerator, metrics_log,
+                        {"step": step, **{f"validation/{name}": value for name, value in last_metrics.items()}})
+            if config.best_metric not in last_metrics:
+                raise ValueError(f"best_metric {config.best_metric!r} is not among the validation metrics "
+                                 f"{sorted(last_metrics)}")
+            if better(last_metrics[config.best_metric], trainer_state["best_value"], config.best_metric):
+                trainer_state.update(best_value=last_metrics[config.best_metric], best_step=step)
+                stage.save_best(step, last_metrics)
+            stage.train_mode()
+        if step % config.save_every_steps == 0 or step == num_steps:
+            trainer_state["bad_samples"] = bad_log.count
+            save_training_state(accelerator, config.states_dir, dict(trainer_state), config.keep_last_states)
+    progress.close()
+    if not validates:  # no validation split: the saved model is the last one
+        stage.save_best(trainer_state["step"], {})
+    return last_metrics
+
+
+def _mean_over_ranks(accelerator, values):
+    return accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
+
+
+# --- the machinery around the loop ------------------------------------------------------------------------------
+
+def make_accelerator(config):
+    """Accelerator with the run's precision and tracker; devices and processes come from `accelerate launch`.
+
+    Its seedable sampler shuffles epoch e of a prepared loader with the seed data_seed + e on every rank (without
+    it, epoch e continues the generator where epoch e - 1 left it: a resumed run would have to replay every earlier
+    shuffle)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    log_with = None if config.log_with == "none" else "tensorboard"
+    if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
+        log_with = None
+    return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+
+
+def start_run(config, accelerator):
+    """Output folder, leftovers of a killed run removed, the tracker started; returns the metrics log."""
+    from modeling_cliptt5.training.config import save_config
+
+    if not config.resume and list_states(config.states_dir):
+        raise FileExistsError(f"{config.output_dir} already holds training states of another run: pass --resume to "
+                              f"continue it, or choose another output_dir")
+    if accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        removed = remove_leftovers(config.output_dir)
+        if removed:
+            print(f"removed {len(removed)} unfinished folder(s) left by an interrupted run")
+        save_config(config, os.path.join(config.output_dir, "training_config.yaml"))
+    accelerator.wait_for_everyone()
+    if accelerator.log_with:
+        hyperparameters = {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                           for key, value in config.to_dict().items()}
+        accelerator.init_trackers("cliptt5", config=hyperparameters)
+    return MetricsLog(config.output_dir, enabled=accelerator.is_main_process)
+
+
+def parameter_groups(model, rates, weight_decay, part_of):
+    """AdamW groups: one learning rate per part (`part_of(name)` is a key of `rates`), no weight decay on biases,
+    norms, gains and other parameters of fewer than two dimensions (open_clip's convention and T5's)."""
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        part = part_of(name)
+        decay = parameter.ndim >= 2
+        key = (part, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": rates[part], "weight_decay": weight_decay if decay else 0.0,
+                           "name": f"{part}{'' if decay else '_no_decay'}"}
+        groups[key]["params"].append(parameter)
+    if not groups:
+        raise ValueError("no trainable parameters: check train_vision, train_projection and train_t5")
+    return list(groups.values())
+
+
+def make_scheduler(config, optimizer, num_steps):
+    from transformers import get_scheduler
+
+    warmup = config.warmup_steps or int(config.warmup_ratio * num_steps)
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=num_steps)
+
+
+def resume_if_asked(config, accelerator, metrics_log):
+    """Loads the latest complete state when config.resume is set; returns its trainer_state (or a fresh one)."""
+    fresh = {"step": 0, "best_value": None, "best_step": None, "bad_samples": 0}
+    if not config.resume:
+        return fresh
+    states = list_states(config.states_dir)
+    if not states:
+        accelerator.print(f"--resume: no saved state in {config.states_dir}, starting from step 0")
+        return fresh
+    trainer_state = load_training_state(accelerator, states[-1])
+    metrics_log.truncate_after(trainer_state["step"])
+    accelerator.print(f"resumed from {states[-1]} (step {trainer_state['step']})")
+    return {**fresh, **trainer_state}
+
+
+def better(value, best, metric):
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def samples_per_second(accelerator, samples, since):
+    """Studies per second over all ranks from this rank's count since time.perf_counter() gave `since`."""
+    return samples * accelerator.num_processes / max(time.perf_counter() - since, 1e-9)
+
+
+def log_metrics(accelerator, metrics_log, record):
+    metrics_log.write(record)
+    accelerator.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
+
+
+def full_parameters(model, accelerator):
+    """Under FSDP every rank gathers the whole model for validation, so that forward and generate need no
+    collectives (generate stops after different numbers of tokens on each rank; DDP ranks hold the whole model)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(model, writeback=False)
+    return contextlib.nullcontext()

@@ -1,0 +1,268 @@
+"""The ONNX Runtime fast path (modeling_cliptt5/inference/onnx_inference.py): the exported graphs decode as the model does."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from conftest import MAX_NEW_TOKENS, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
+from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
+from modeling_cliptt5.inference.fast_inference import fast_path_name, is_optimized, load_for_cpu
+from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, export_key, exported_folder, refused_settings
+from modeling_cliptt5.app.report_drafter import ReportDrafter
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from modeling_cliptt5.cli import generate
+
+PROMPTS = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 0, 0, 0], [9, 8, 7, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    """Large random weights: greedy tokens vary from step to step and image to image (a fresh model repeats one)."""
+    torch.manual_seed(0)
+    return rerandomized(CLIPT5ForConditionalGeneration(tiny_config()).eval())
+
+
+@pytest.fixture(scope="module")
+def float32_graphs(random_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx_float32")
+    export_graphs(random_model, folder, weights="float32")  # traced with batch 2 and a 3-token prompt
+    return OnnxCLIPT5(folder, random_model.config, random_model.generation_config, threads=1, weights="float32")
+
+
+def torch_greedy(model, pixel_values, prompt=None, **settings):
+    mask = None if prompt is None else (prompt != 0).long()
+    return model.generate(pixel_values=pixel_values, input_ids=prompt, attention_mask=mask, num_beams=1,
+                          do_sample=False, **settings)
+
+
+@pytest.mark.parametrize("prompt", [None, PROMPTS], ids=["image_only", "padded_prompts"])
+def test_float32_graphs_decode_the_same_tokens_as_generate(random_model, float32_graphs, prompt):
+    # Batch 3, prompts of 5 tokens and 30 steps: none of these sizes is the one the graphs were traced with.
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = torch_greedy(random_model, pixel_values, prompt, max_new_tokens=30)
+    mask = None if prompt is None else (prompt != 0).long()
+    tokens = float32_graphs.generate(pixel_values=pixel_values, input_ids=prompt, attention_mask=mask,
+                                     max_new_tokens=30)
+    assert len({tuple(row.tolist()) for row in expected}) == 3 and len(set(expected[0].tolist())) > 3
+    assert torch.equal(tokens, expected)
+
+
+@pytest.mark.parametrize("settings", [dict(num_views=2, projector_type="mlp"),
+                                      dict(image_tokens="pooled"),
+                                      dict(image_token_pooling=2)], ids=["two_views_mlp", "pooled", "pooled_grid"])
+def test_other_image_token_settings_export_exactly(settings, tmp_path):
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(**settings)).eval())
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    views = (2,) if settings.get("num_views") == 2 else ()
+    pixel_values = torch.randn(3, *views, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    expected = torch_greedy(model, pixel_values, PROMPTS, max_new_tokens=12)
+    tokens = engine.generate(pixel_values=pixel_values, input_ids=PROMPTS, attention_mask=(PROMPTS != 0).long(),
+                             max_new_tokens=12)
+    assert len({tuple(row.tolist()) for row in expected}) > 1 and torch.equal(tokens, expected)
+
+
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")  # the default is what is tested
+def test_draft_length_defaults_follow_generate(random_model, float32_graphs):
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    config = float32_graphs.generation_config
+    for max_length in (None, 9):  # no length setting at all: 20 new tokens; max_length counts the start token
+        config.max_length = max_length
+        try:
+            expected = torch_greedy(random_model, pixel_values)
+            assert torch.equal(float32_graphs.generate(pixel_values=pixel_values), expected)
+            assert expected.shape[1] == (max_length or 21)
+        finally:
+            config.max_length = None
+
+
+def test_end_of_sequence_min_new_tokens_and_padding_follow_generate(random_model, float32_graphs):
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    free = torch_greedy(random_model, pixel_values, max_new_tokens=30)
+    # Call a token the first row writes at step 6 the end of sequence: rows then stop at different steps.
+    eos = int(free[0, 6])
+    float32_graphs.generation_config.eos_token_id = eos
+    try:
+        stopped = torch_greedy(random_model, pixel_values, eos_token_id=eos, max_new_tokens=30)
+        assert stopped[0, 6] == eos and (stopped[0, 7:] == random_model.config.pad_token_id).all()
+        assert torch.equal(float32_graphs.generate(pixel_values=pixel_values, max_new_tokens=30), stopped)
+        held_back = torch_greedy(random_model, pixel_values, eos_token_id=eos, max_new_tokens=30, min_new_tokens=10)
+        assert not (held_back[:, 1:11] == eos).any() and not torch.equal(held_back, stopped)
+        assert torch.equal(float32_graphs.generate(pixel_values=pixel_values, max_new_tokens=30, min_new_tokens=10),
+                           held_back)
+    finally:
+        float32_graphs.generation_config.eos_token_id = random_model.generation_config.eos_token_id
+
+
+def test_teacher_forced_logits_match_the_model_forward(random_model, float32_graphs):
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    decoder_input_ids = torch.randint(0, random_model.config.vocab_size, (2, 12),
+                                      generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = random_model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(float32_graphs.teacher_forced_logits(pixel_values, decoder_input_ids), expected,
+                               rtol=1e-4, atol=1e-3)  # float32 sums in another order
+
+
+def test_settings_greedy_decoding_does_not_implement_are_refused_by_name(float32_graphs):
+    config = float32_graphs.generation_config
+    assert refused_settings(config, {"max_new_tokens": 5, "min_new_tokens": 2}) == []
+    assert refused_settings(config, {"num_beams": 3, "top_k": 5}) == ["num_beams=3", "top_k"]
+    pixel_values = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="does not implement num_beams=2"):
+        float32_graphs.generate(pixel_values=pixel_values, num_beams=2)
+    config.repetition_penalty = 1.3  # a release whose own generation config asks for a penalty
+    try:
+        with pytest.raises(ValueError, match="repetition_penalty=1.3"):
+            float32_graphs.generate(pixel_values=pixel_values)
+    finally:
+        config.repetition_penalty = 1.0
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx_cache")
+
+
+def test_int8_export_is_cached_and_agrees_with_float32(trained_release_dir, onnx_cache):
+    folder = exported_folder(trained_release_dir, "int8", onnx_cache)
+    assert json.loads((folder / "done.json").read_text())["weights"] == "int8"
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        graph = onnx.load(str(folder / name)).graph
+        weights = {initializer.name for initializer in graph.initializer}
+        assert "MatMulInteger" in {node.op_type for node in graph.node}
+        # Every product with a weight matrix is int8; float MatMuls left are attention's (activations only).
+        assert not [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm") and weights & set(node.input)]
+
+    engine = OnnxCLIPT5.from_pretrained(trained_release_dir, cache_dir=onnx_cache)
+    assert list(onnx_cache.iterdir()) == [folder]  # loaded from the cache, not exported again
+    processor = CLIPT5Processor.from_pretrained(trained_release_dir)
+    pixel_values = processor(images=[noise_image(seed) for seed in range(TRAINED_IMAGES)])["pixel_values"]
+    reference = CLIPT5ForConditionalGeneration.from_pretrained(trained_release_dir).eval()
+    expected = reference.generate(pixel_values=pixel_values, max_new_tokens=MAX_NEW_TOKENS)
+    tokens = engine.generate(pixel_values=pixel_values, max_new_tokens=MAX_NEW_TOKENS)
+    assert len({tuple(row.tolist()) for row in expected}) >= 5
+    # As for PyTorch's int8 layers (test_generate.py): a 32-wide model is far more sensitive to int8 activations
+    # than a full-size one, so a rare token may flip.
+    identical = sum(torch.equal(a, b) for a, b in zip(tokens, expected))
+    assert identical >= 8, identical
+
+
+def test_a_changed_release_is_exported_again(trained_release_dir, tmp_path):
+    release = tmp_path / "release"
+    shutil.copytree(trained_release_dir, release)
+    key = export_key(release, "int8")
+    assert export_key(release, "float32") != key
+    os.utime(release / "model.safetensors", ns=(1, 1))  # the weights were rewritten
+    assert export_key(release, "int8") != key
+
+
+def test_a_failed_export_names_the_release_and_leaves_nothing_behind(tmp_path):
+    release = tmp_path / "broken"
+    release.mkdir()
+    (release / "model.safetensors").write_bytes(b"not a safetensors file")
+    (release / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match=f"ONNX export of {release} failed"):
+        exported_folder(release, "int8", cache)
+    assert list(cache.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        exported_folder(tmp_path, "int8", cache)
+
+
+def test_an_export_finished_meanwhile_by_another_process_is_kept(trained_release_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    target = cache / export_key(trained_release_dir, "int8")
+
+    def other_process_finishes_first(command, **kwargs):
+        target.mkdir(parents=True)
+        (target / "done.json").write_text('{"by": "the other process"}')
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", other_process_finishes_first)
+    assert exported_folder(trained_release_dir, "int8", cache) == target
+    assert json.loads((target / "done.json").read_text()) == {"by": "the other process"}
+    assert list(cache.iterdir()) == [target]  # this process's half of the work is gone
+
+
+def test_optimize_picks_onnx_for_greedy_and_pytorch_int8_for_beams(trained_release_dir, onnx_cache, monkeypatch):
+    monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
+    greedy = load_for_cpu(trained_release_dir)
+    assert isinstance(greedy, OnnxCLIPT5) and fast_path_name(greedy) == "ONNX Runtime int8"
+    beams = load_for_cpu(trained_release_dir, {"num_beams": 3})
+    assert is_optimized(beams) and fast_path_name(beams) == "PyTorch int8"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = load_for_cpu(trained_release_dir)
+    assert is_optimized(fallback)
+    assert any("pip install 'cliptt5[fast]'" in str(warning.message) for warning in caught)
+
+
+def test_generate_py_optimize_drafts_with_onnx_runtime(trained_release_dir, onnx_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    for seed in range(3):
+        noise_image(seed).save(inputs / f"study{seed}.png")
+    output = tmp_path / "fast.jsonl"
+    assert generate.main(["--model", str(trained_release_dir), str(inputs), "--optimize",
+                          "--output", str(output), "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    assert "ONNX Runtime int8" in capsys.readouterr().err
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 3
+    # The drafts are the engine's own, decoded by the release's processor.
+    engine = OnnxCLIPT5.from_pretrained(trained_release_dir, cache_dir=onnx_cache)
+    processor = CLIPT5Processor.from_pretrained(trained_release_dir)
+    from modeling_cliptt5.images.image_io import open_image
+
+    for row in rows:
+        pixel_values = processor(images=[open_image(row["input_files"][0])])["pixel_values"]
+        tokens = engine.generate(pixel_values=pixel_values, max_new_tokens=MAX_NEW_TOKENS)
+        assert row["report"] == processor.batch_decode_reports(tokens)[0]["text"]
+    with pytest.raises(SystemExit, match="--optimize is a CPU path"):
+        generate.main(["--model", str(trained_release_dir), str(inputs), "--optimize", "--dtype", "bfloat16"])
+
+
+def test_the_page_drafts_with_the_same_fast_path(trained_release_dir, onnx_cache, monkeypatch):
+    monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
+    drafter = ReportDrafter.from_pretrained(trained_release_dir, optimize=True)
+    assert isinstance(drafter.model, OnnxCLIPT5) and drafter.name.endswith("(ONNX Runtime int8)")
+    report, warning = drafter.draft([noise_image(3)])
+    processor = CLIPT5Processor.from_pretrained(trained_release_dir)
+    tokens = drafter.model.generate(**processor(images=[noise_image(3)]))
+    assert warning is None and report["text"] == processor.batch_decode_reports(tokens)[0]["text"]
+
+
+def test_float32_graphs_compute_the_finding_head_and_follow_given_findings(tmp_path):
+    """With a finding head the encoder graph also gives its probabilities and heatmaps (within 1e-4 of PyTorch) and
+    takes the caller's findings: the tokens equal generate()'s with the head's decisions and with given findings."""
+    names = ["Cardiomegaly", "Pleural Effusion", "Lung Lesion"]
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(
+        vocab_size=200, finding_head=True, finding_labels=names, finding_thresholds=[0.3, 0.5, 0.7]))).eval()
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    expected = model.predict_findings(pixel_values=pixels)
+    for findings in (None, [["Lung Lesion"], [], ["Cardiomegaly", "Pleural Effusion"]],
+                     [{"Cardiomegaly": False}, {}, {"Lung Lesion": True}]):
+        tokens, head, _ = engine.generate_with_findings(pixel_values=pixels, max_new_tokens=10, findings=findings)
+        assert torch.equal(tokens, model.generate(pixel_values=pixels, max_new_tokens=10, findings=findings))
+        torch.testing.assert_close(head.probabilities, expected.probabilities, atol=1e-4, rtol=0)
+        torch.testing.assert_close(head.maps, expected.maps, atol=1e-4, rtol=0)
+        assert torch.equal(head.present, expected.present)
+    assert not torch.equal(*[engine.generate(pixel_values=pixels[:1], max_new_tokens=10, findings=given)
+                             for given in ([names], [[]])])  # the findings reach the decoder
+    with pytest.raises(ValueError, match=r"unknown finding name\(s\) \['Nodule'\]"):
+        engine.generate(pixel_values=pixels[:1], findings=[["Nodule"]])
