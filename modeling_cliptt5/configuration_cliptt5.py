@@ -159,6 +159,13 @@ class CLIPT5Config(T5Config):
             "AutoModelForImageTextToText": model_entry,
             **(kwargs.get("auto_map") or {}),
         }
+        # pipeline("image-text-to-text", model=release, trust_remote_code=True) (or with no task named) builds the
+        # release's own pipeline: image alone or with a prompt, the report alone as output.
+        kwargs["custom_pipelines"] = {
+            "image-text-to-text": {"impl": "processing_cliptt5.CLIPT5ReportPipeline",
+                                   "pt": ["AutoModelForImageTextToText"], "type": "multimodal"},
+            **(kwargs.get("custom_pipelines") or {}),
+        }
         super().__init__(**kwargs)
 
     @classmethod

@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image
 import transformers
 from transformers import BatchFeature
+from transformers.image_utils import valid_images
+from transformers.pipelines.image_text_to_text import Chat, ImageTextToTextPipeline, ReturnType
 from transformers.processing_utils import ProcessorMixin
 
 try:  # transformers 5: the PIL backend reproduces open_clip's eval transform exactly (torchvision's is off by 1/255)
@@ -26,6 +28,18 @@ IMPRESSION_HEADER = "IMPRESSION:"
 REPORT_TARGETS = ("findings", "impression", "both")
 
 _SECTION_PATTERN = re.compile(r"\b(FINDINGS|IMPRESSION)\s*:", flags=re.IGNORECASE)
+
+# Chats (`processor.apply_chat_template`, the image-text-to-text pipeline) -> the prompt: the text parts of the user
+# messages, joined by spaces ("" when there are none: the image alone). The image parts become the study's images.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(parts=[]) -%}"
+    "{%- for message in messages if message['role'] == 'user' -%}"
+    "{%- if message['content'] is string -%}{%- set ns.parts = ns.parts + [message['content']] -%}"
+    "{%- else -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
+    "{%- set ns.parts = ns.parts + [part['text']] -%}{%- endfor -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- ns.parts | map('trim') | reject('equalto', '') | join(' ') -}}"
+)
 
 
 def format_report(findings, impression, target="both"):
@@ -129,7 +143,8 @@ class CLIPT5Processor(ProcessorMixin):
 
     - images: one image, a list with one image per study, or a list of lists (the views of each study);
       PIL images or numpy arrays.
-    - text: the optional prompt (str or one per study), truncated to `max_prompt_tokens` with a warning.
+    - text: the optional prompt (str or one per study), truncated to `max_prompt_tokens` with a warning; an empty
+      prompt is masked out (as training masks studies without one), so "" is the image alone.
     - reports: target reports for training; become `labels` with padding set to -100.
     """
 
@@ -141,6 +156,7 @@ class CLIPT5Processor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256, **kwargs):
         self.max_prompt_tokens = max_prompt_tokens
         self.max_report_tokens = max_report_tokens
+        kwargs["chat_template"] = kwargs.get("chat_template") or CHAT_TEMPLATE
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(self, images=None, text=None, reports=None, return_tensors="pt", **kwargs):
@@ -157,8 +173,12 @@ class CLIPT5Processor(ProcessorMixin):
                 return_tensors=return_tensors,
             )
             self._warn_if_truncated(text, prompts["input_ids"])
+            mask = prompts["attention_mask"]
+            for index, prompt in enumerate([text] if isinstance(text, str) else text):
+                if not prompt.strip():  # no prompt: masked out, as training masks a study without one
+                    mask[index] = [0] * len(mask[index]) if isinstance(mask[index], list) else 0
             encoding["input_ids"] = prompts["input_ids"]
-            encoding["attention_mask"] = prompts["attention_mask"]
+            encoding["attention_mask"] = mask
         if reports is not None:
             targets = self.tokenizer(
                 [reports] if isinstance(reports, str) else list(reports),
@@ -216,4 +236,27 @@ class CLIPT5Processor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["CLIPT5Processor", "CLIPT5ImageProcessor", "to_rgb_image"]
+class CLIPT5ReportPipeline(ImageTextToTextPipeline):
+    """`pipeline("image-text-to-text", model=release, trust_remote_code=True)` (config.custom_pipelines): an image
+    alone drafts its report, and a prompt is optional (`text=`, or a chat). The output is the report alone: an
+    encoder-decoder never writes its prompt back, so nothing is stripped from the report and, unless
+    `return_full_text=True`, nothing is glued onto it. Chats get the report as a new assistant message."""
+
+    def __call__(self, images=None, text=None, **kwargs):
+        if text is None and images is not None and valid_images(images):
+            text = [""] * len(images) if isinstance(images, (list, tuple)) else ""
+        return super().__call__(images, text, **kwargs)
+
+    def _forward(self, model_inputs, generate_kwargs=None):
+        outputs = super()._forward(model_inputs, generate_kwargs)
+        outputs["input_ids"] = outputs["input_ids"][:, :0]  # the report holds no prompt tokens to strip
+        return outputs
+
+    def postprocess(self, model_outputs, return_type=None, **kwargs):
+        if return_type is None:
+            chat = isinstance(model_outputs["prompt_text"], Chat)
+            return_type = ReturnType.FULL_TEXT if chat else ReturnType.NEW_TEXT
+        return super().postprocess(model_outputs, return_type=return_type, **kwargs)
+
+
+__all__ = ["CLIPT5Processor", "CLIPT5ImageProcessor", "CLIPT5ReportPipeline", "to_rgb_image"]

@@ -68,6 +68,51 @@ def _plain_metric_name(name):
     return name.split("/", 1)[-1]
 
 
+# Validation metrics (release_info.json "metrics", "validation/" dropped) that go into the card's model-index:
+# name -> (Hub metric id, display name, metric args). The loss is no benchmark result: it stays in the card's table.
+REPORT_METRICS = {
+    **{f"bleu_{n}": ("bleu", f"BLEU-{n}", {"max_order": n}) for n in (1, 2, 3, 4)},
+    "meteor": ("meteor", "METEOR", None),
+    "rouge_l": ("rouge", "ROUGE-L", {"rouge_types": ["rougeL"]}),
+    "cider": ("cider", "CIDEr", None),
+}
+FINDING_METRICS = {
+    "finding_macro_f1": ("f1", "Finding macro F1 (thresholds fitted on these studies)", {"average": "macro"}),
+    "finding_macro_auroc": ("roc_auc", "Finding macro AUROC", {"average": "macro"}),
+}
+
+
+def eval_results(info):
+    """The release's validation scores as huggingface_hub EvalResults (the card's `model-index`): the reports'
+    word-overlap metrics under image-text-to-text, the finding head's macro F1 / AUROC under image-classification
+    (multi-label), both on the validation split of the training dataset. [] when there are none."""
+    from huggingface_hub import EvalResult
+
+    metrics = {_plain_metric_name(name): value for name, value in info.get("metrics", {}).items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    head = info.get("finding_head") or {}
+    for name, key in (("finding_macro_f1", "macro_f1"), ("finding_macro_auroc", "macro_auroc")):
+        if name not in metrics and isinstance(head.get(key), (int, float)):
+            metrics[name] = head[key]
+    sources = sorted(info.get("sources") or {})
+    dataset = dict(dataset_name=str(info.get("dataset", "unknown")), dataset_split="validation",
+                   dataset_type="+".join(sources) or _slug(info.get("dataset", "unknown")))
+    tasks = ((REPORT_METRICS, dict(task_type="image-text-to-text", task_name="Chest X-ray report generation")),
+             (FINDING_METRICS, dict(task_type="image-classification",
+                                    task_name="Chest X-ray finding classification (finding head)")))
+    results = []
+    for table, task in tasks:
+        for name, (metric_type, metric_name, metric_args) in table.items():
+            if name in metrics:
+                results.append(EvalResult(**task, **dataset, metric_type=metric_type, metric_name=metric_name,
+                                          metric_value=float(metrics[name]), metric_args=metric_args))
+    return results
+
+
+def _slug(text):
+    return "-".join("".join(char if char.isalnum() else " " for char in str(text).lower()).split()) or "unknown"
+
+
 def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLATE):
     """The model card text for a release folder, filled from its config.json, release_info.json and training
     config, with Hub metadata (license, datasets, metrics, base models, tags, pipeline_tag)."""
@@ -87,6 +132,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
     metrics = {_plain_metric_name(name): value for name, value in info.get("metrics", {}).items()
                if isinstance(value, (int, float))}
     sources = info.get("sources", {})
+    results = eval_results(info)
     card_data = ModelCardData(
         model_name=info.get("model_name", release_dir.name),
         license=info.get("license", "apache-2.0"),
@@ -97,6 +143,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         datasets=sorted(sources) or None,
         metrics=sorted({_metric_family(name) for name in metrics if name != "loss"}) or None,
         base_model=info.get("base_models") or None,
+        eval_results=results or None,
     )
     image_tokens = 1 if config.get("image_tokens") == "pooled" else (
         1 + (vision.get("image_size", 224) // vision.get("patch_size", 16) // config.get("image_token_pooling", 1)) ** 2)
@@ -134,8 +181,10 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
 
 
 def _metric_family(name):
-    """Hub metric ids: bleu_4 -> bleu, rouge_l -> rouge, meteor, cider."""
-    return name.split("_")[0].lower()
+    """Hub metric ids: bleu_4 -> bleu, rouge_l -> rouge, meteor, cider, finding_macro_f1 -> f1,
+    finding_macro_auroc -> roc_auc."""
+    known = {**REPORT_METRICS, **FINDING_METRICS}
+    return known[name][0] if name in known else name.split("_")[0].lower()
 
 
 def write_model_card(release_dir, repo_id=None):
