@@ -4,7 +4,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
-from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
+from modeling_cliptt5.processing_cliptt5 import TRANSFORMERS_MAJOR, CLIPT5ImageProcessor, CLIPT5Processor
 from modeling_cliptt5.processing_cliptt5 import format_report, split_report_sections
 
 # Saved releases carry their own code (trust_remote_code): register the classes so that save_pretrained
@@ -19,7 +19,15 @@ CLIPT5Processor.register_for_auto_class("AutoProcessor")
 AutoConfig.register(CLIPT5Config.model_type, CLIPT5Config, exist_ok=True)
 AutoModel.register(CLIPT5Config, CLIPT5ForConditionalGeneration, exist_ok=True)
 AutoModelForSeq2SeqLM.register(CLIPT5Config, CLIPT5ForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(CLIPT5Config, CLIPT5ImageProcessor, exist_ok=True)
+if TRANSFORMERS_MAJOR >= 5:
+    # One implementation, the PIL one (it reproduces open_clip's transform exactly), for either backend: with only
+    # {"pil": ...} registered, AutoImageProcessor asks for "torchvision" wherever torchvision is installed and prints
+    # "Requested torchvision backend is not available. Falling back to pil backend." at every load.
+    AutoImageProcessor.register(CLIPT5Config, image_processor_classes={"pil": CLIPT5ImageProcessor,
+                                                                       "torchvision": CLIPT5ImageProcessor},
+                                exist_ok=True)
+else:  # 4.x: the positional argument is deprecated (a FutureWarning at import)
+    AutoImageProcessor.register(CLIPT5Config, slow_image_processor_class=CLIPT5ImageProcessor, exist_ok=True)
 AutoProcessor.register(CLIPT5Config, CLIPT5Processor, exist_ok=True)
 
 __all__ = [

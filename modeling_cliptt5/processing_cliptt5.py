@@ -1,6 +1,8 @@
 """CLIP-T5 processor: BiomedCLIP's image preprocessing plus the T5 tokenizer, and the report text format the model
 is trained on ("FINDINGS: ... IMPRESSION: ...": format_report) and decoded by (split_report_sections)."""
 
+import json
+import os
 import re
 import warnings
 
@@ -152,6 +154,31 @@ class CLIPT5Processor(ProcessorMixin):
     if TRANSFORMERS_MAJOR < 5:  # 5 finds both through the Auto classes and warns that these are deprecated
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
+
+        @classmethod
+        def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+            # As 4.x's ProcessorMixin does, but asking for the slow image processor by default: without `use_fast`,
+            # AutoImageProcessor logs "Using a slow image processor as `use_fast` is unset ..." at every load. Ours is
+            # the PIL one on purpose (open_clip's transform exactly) and has no fast variant.
+            from transformers import AutoImageProcessor, AutoTokenizer
+
+            image_processor = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path,
+                                                                 **{"use_fast": False, **kwargs})
+            return [image_processor, AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        # transformers 5 names a tokenizers-library tokenizer "TokenizersBackend", a class 4.x does not have (its
+        # AutoProcessor refuses the folder); 5 reads the 4.x name, PreTrainedTokenizerFast, as the same class.
+        config_path = os.path.join(save_directory, "tokenizer_config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                tokenizer_config = json.load(handle)
+            if tokenizer_config.get("tokenizer_class") == "TokenizersBackend":
+                tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+                with open(config_path, "w", encoding="utf-8") as handle:
+                    json.dump(tokenizer_config, handle, indent=2, ensure_ascii=False)
+        return saved
 
     def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256, **kwargs):
         self.max_prompt_tokens = max_prompt_tokens

@@ -48,12 +48,13 @@ print(json.dumps(result))
 """
 
 
-def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None):
+def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath=""):
     inputs_file, output_file = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
     save_file({"pixel_values": pixel_values.contiguous()}, inputs_file)
     command = [str(python), "-c", LOAD_AND_GENERATE, str(release), str(inputs_file), str(output_file),
                "1" if image_path else "0"] + ([str(image_path)] if image_path else [])
-    completed = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    completed = subprocess.run(command, capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": pythonpath},
+                               cwd=tmp_path, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1]), load_file(output_file)
 
@@ -106,6 +107,33 @@ def test_release_runs_on_the_other_transformers_major(tiny_release_dir, tiny_mod
     for auto_class in ("AutoModel", "AutoModelForSeq2SeqLM"):
         assert result[auto_class][0] == "CLIPT5ForConditionalGeneration"
         assert torch.equal(outputs[auto_class], expected)
+
+
+def test_the_processor_of_a_release_written_here_loads_on_the_other_major(tiny_release_dir, tiny_processor_fixture,
+                                                                         tmp_path):
+    """The processor needs PIL besides torch and transformers: the minimal environment borrows this one's Pillow
+    (a folder holding only Pillow) for this test alone. transformers 5 names the trained tokenizer's class
+    "TokenizersBackend", which 4.x lacks; the processor saves the name both read."""
+    import PIL
+
+    if not MINIMAL_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
+        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    pil_only = tmp_path / "pil_only"
+    pil_only.mkdir()
+    site_packages = Path(PIL.__file__).parent.parent
+    for name in ["PIL", "pillow.libs", *(path.name for path in site_packages.glob("pillow-*.dist-info"))]:
+        if (site_packages / name).exists():  # the package, its bundled libraries, its metadata (transformers asks)
+            (pil_only / name).symlink_to(site_packages / name)
+    image_path = tmp_path / "study.png"
+    Image.effect_noise((40, 52), 60).save(image_path)
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    result, outputs = run_in_fresh_process(MINIMAL_PYTHON, tiny_release_dir, tmp_path, pixel_values, image_path,
+                                           pythonpath=str(pil_only))
+    assert result["processor"][0] == "CLIPT5Processor" and result["processor"][2] == "CLIPT5ImageProcessor"
+    torch.testing.assert_close(outputs["processor_pixels"],
+                               tiny_processor_fixture(images=Image.open(image_path))["pixel_values"])
 
 
 @pytest.mark.parametrize("major", ["this", "other"])
