@@ -1,4 +1,4 @@
-"""Serve the report-drafting page for a CLIP-T5 release on this computer: python app.py --model DIR_OR_HUB_ID."""
+"""Serve the report-drafting page for a CLIP-T5 release on this computer: cliptt5-app --model DIR_OR_HUB_ID."""
 
 import argparse
 import os
@@ -6,6 +6,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP, non_negative_int, positive_minutes
 
 # Before anything imports gradio: no usage analytics, no Hub telemetry (modeling_cliptt5.app.web_app sets them too).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -32,9 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--optimize", action="store_true",
                         help="int8 weights on CPU, as generate.py --optimize: faster drafts, slightly different "
                              "numerics")
-    parser.add_argument("--any-modality", action="store_true",
-                        help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
-                             "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
+    parser.add_argument("--any-modality", action="store_true", help=ANY_MODALITY_HELP)
     parser.add_argument("--show-patient-name", action="store_true",
                         help="show the DICOM header's patient name above the images and put it in exports (by "
                              "default only patient ID, accession number, study date and views are shown)")
@@ -47,20 +47,6 @@ def parse_args(argv=None):
                              "(default: %(default)g; checked every sixth of that, at most 10 minutes apart); "
                              "everything is deleted when the server stops")
     return parser.parse_args(argv)
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_minutes(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 minutes, got {text}")
-    return value
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from modeling_cliptt5.data.converters import imagefolder
-from modeling_cliptt5.data.converters.common import ConversionError, add_common_arguments, add_split_arguments, exit_on_conversion_error, run_conversion, sample_records
+from modeling_cliptt5.cli.arguments import add_common_arguments, add_split_arguments, exit_on_conversion_error
+from modeling_cliptt5.data.converters.common import ConversionError, run_conversion, sample_records
 
 
 def build_parser():

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from modeling_cliptt5.data.converters import kaggle_cxr
-from modeling_cliptt5.data.converters.common import add_common_arguments, add_split_arguments, exit_on_conversion_error, run_conversion, sample_records
+from modeling_cliptt5.cli.arguments import add_common_arguments, add_split_arguments, exit_on_conversion_error
+from modeling_cliptt5.data.converters.common import run_conversion, sample_records
 
 
 def build_parser():

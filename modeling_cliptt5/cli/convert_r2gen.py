@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from modeling_cliptt5.data.converters import r2gen
-from modeling_cliptt5.data.converters.common import add_common_arguments, exit_on_conversion_error, run_conversion, sample_records
+from modeling_cliptt5.cli.arguments import add_common_arguments, exit_on_conversion_error
+from modeling_cliptt5.data.converters.common import run_conversion, sample_records
 
 
 def build_parser():

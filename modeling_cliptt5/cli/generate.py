@@ -39,6 +39,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
 from modeling_cliptt5.inference.fast_inference import fast_path_name
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference.drafting import (
@@ -74,9 +75,7 @@ def parse_args(argv=None):
                              "once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE), beam search on "
                              "PyTorch (modeling_cliptt5/inference/fast_inference.py)")
     parser.add_argument("--labels", action="store_true", help="add CheXpert observations found in each draft")
-    parser.add_argument("--any-modality", action="store_true",
-                        help="draft DICOM objects that are not a single projection radiograph (CT, MR, NM, "
-                             "multi-frame...) instead of refusing them; the model was trained on chest radiographs")
+    parser.add_argument("--any-modality", action="store_true", help=ANY_MODALITY_HELP)
     parser.add_argument("--refuse-ood", action="store_true",
                         help="do not draft studies the release flags as unlike its training images (ood_flag: "
                              "beyond the 99th percentile of its validation studies); each is reported as a problem")

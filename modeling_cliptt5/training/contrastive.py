@@ -23,12 +23,11 @@ from modeling_cliptt5.evaluation.findings import FINDING_HEAD_FILE, FINDING_HEAD
 from modeling_cliptt5.modeling_cliptt5 import finding_bce
 from modeling_cliptt5.processing_cliptt5 import to_rgb_image
 from modeling_cliptt5.training.data import (
-    BadSampleLog, StudyDataset, choose_views, finding_targets_for, load_training_dataset, micro_batches, take_first,
-    total_steps, training_loader, validation_loader,
+    StudyDataset, choose_views, finding_targets_for, load_training_dataset, micro_batches, take_first, total_steps,
 )
 from modeling_cliptt5.training.loop import (
-    Stage, full_parameters, make_accelerator, make_scheduler, parameter_groups, resume_if_asked, run_training_loop,
-    start_run,
+    Stage, full_parameters, make_accelerator, parameter_groups, prepare_training, resume_if_asked,
+    run_training_loop, start_run,
 )
 from modeling_cliptt5.atomic_writes import atomic_folder
 from modeling_cliptt5.training.state import plot_curves
@@ -364,17 +363,11 @@ def train_contrastive(config):
     # open_clip's AdamW settings; one learning rate for the whole model
     optimizer = torch.optim.AdamW(parameter_groups(model, {"clip": config.learning_rate}, config.weight_decay,
                                                    part_of=lambda name: "clip"), betas=(0.9, 0.98), eps=1e-6)
-    scheduler = make_scheduler(config, optimizer, num_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    train_loader = training_loader(train_set, collate, config, accelerator)
-    eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config,
-                                                                       accelerator)
+    model, optimizer, scheduler, train_loader, eval_loader = prepare_training(
+        config, accelerator, model, optimizer, num_steps, train_set, validation_set, collate)
     loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes)
-    trainer_state = resume_if_asked(config, accelerator, metrics_log)
-    bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
-                           trainer_state["bad_samples"])
+    trainer_state, bad_log = resume_if_asked(config, accelerator, metrics_log)
     accelerator.print(f"stage 1: {model_name}, {len(train_set)} image-report pairs, {num_steps} steps on "
                       f"{accelerator.num_processes} process(es) ({accelerator.device})")
 

@@ -12,16 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import (
-    BadSampleLog, GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_findings,
-    guidance_truth_share, load_training_dataset, micro_batches, model_inputs, pixel_encoder, prompt_generator,
-    take_first, total_steps, training_loader, validation_loader,
+    GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_findings, guidance_truth_share,
+    load_training_dataset, micro_batches, model_inputs, pixel_encoder, prompt_generator, take_first,
+    total_steps, validation_loader,
 )
 from modeling_cliptt5.training.model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
     set_trainable_parts,
 )
 from modeling_cliptt5.training.loop import (
-    Stage, full_parameters, make_accelerator, make_scheduler, resume_if_asked, run_training_loop, start_run,
+    Stage, full_parameters, make_accelerator, prepare_training, resume_if_asked, run_training_loop, start_run,
 )
 from modeling_cliptt5.training.state import plot_curves
 
@@ -333,17 +333,10 @@ def train_generation(config):
                           f"{sets.label_source}; positive weights {model.config.finding_positive_weights}")
     num_steps = total_steps(config, len(train_set), accelerator.num_processes)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(config, optimizer, num_steps)
-    # The scheduler is stepped by hand once per optimizer step (prepare() would step it once per process).
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    train_loader = training_loader(train_set, collate, config, accelerator)
-    eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config,
-                                                                       accelerator)
+    model, optimizer, scheduler, train_loader, eval_loader = prepare_training(
+        config, accelerator, model, optimizer, num_steps, train_set, validation_set, collate)
     head_loader = None if sets.head is None else validation_loader(sets.head, collate, config, accelerator)
-    trainer_state = resume_if_asked(config, accelerator, metrics_log)
-    bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
-                           trainer_state["bad_samples"])
+    trainer_state, bad_log = resume_if_asked(config, accelerator, metrics_log)
     total, trainable = count_parameters(model)
     accelerator.print(f"CLIP-T5 {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
                       f"{len(train_set)} training studies, {num_steps} steps on {accelerator.num_processes} "

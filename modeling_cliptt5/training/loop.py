@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.atomic_writes import remove_leftovers
+from modeling_cliptt5.training.data import BadSampleLog, training_loader, validation_loader
 from modeling_cliptt5.training.state import MetricsLog, list_states, load_training_state, save_training_state
 
 
@@ -178,6 +179,18 @@ def parameter_groups(model, rates, weight_decay, part_of):
     return list(groups.values())
 
 
+def prepare_training(config, accelerator, model, optimizer, num_steps, train_set, validation_set, collate):
+    """(model, optimizer, scheduler, training loader, validation loader or None), prepared for the run's devices
+    and processes. The scheduler is stepped by hand once per optimizer step (prepare() would step it once per
+    process) and saved with the states."""
+    scheduler = make_scheduler(config, optimizer, num_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    train_loader = training_loader(train_set, collate, config, accelerator)
+    eval_loader = None if validation_set is None else validation_loader(validation_set, collate, config, accelerator)
+    return model, optimizer, scheduler, train_loader, eval_loader
+
+
 def make_scheduler(config, optimizer, num_steps):
     from transformers import get_scheduler
 
@@ -186,7 +199,15 @@ def make_scheduler(config, optimizer, num_steps):
 
 
 def resume_if_asked(config, accelerator, metrics_log):
-    """Loads the latest complete state when config.resume is set; returns its trainer_state (or a fresh one)."""
+    """Loads the latest complete state when config.resume is set; returns its trainer_state (or a fresh one) and
+    the log of unreadable studies, counting on from the state's."""
+    trainer_state = _latest_state(config, accelerator, metrics_log)
+    bad_log = BadSampleLog(config.output_dir, config.max_bad_samples, accelerator.process_index,
+                           trainer_state["bad_samples"])
+    return trainer_state, bad_log
+
+
+def _latest_state(config, accelerator, metrics_log):
     fresh = {"step": 0, "best_value": None, "best_step": None, "bad_samples": 0}
     if not config.resume:
         return fresh
