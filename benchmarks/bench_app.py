@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the tests' page helpers (tests/app_harness.py), which are not installed
 
 from app_harness import (  # noqa: E402
     browser_missing_reason,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests"), str(REPO_ROOT / "benchmarks")]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests"), str(REPO_ROOT / "benchmarks")]  # the tests' page helpers and bench_app, which are not installed
 
 from app_harness import (  # noqa: E402
     CHROMIUM, CHROMIUM_ARGS, browser_missing_reason, serve_app, slow_release, upload_study,

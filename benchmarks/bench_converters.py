@@ -10,7 +10,6 @@ import io
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_cliptt5.cli import convert_imagefolder
 from modeling_cliptt5.cli import convert_kaggle_cxr

@@ -42,12 +42,11 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor  # noqa: E402
-from modeling_cliptt5.inference.fast_inference import optimize_for_cpu  # noqa: E402
-from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, exported_folder  # noqa: E402
-from modeling_cliptt5.data.phantom import generate_study  # noqa: E402
+from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor
+from modeling_cliptt5.inference.fast_inference import optimize_for_cpu
+from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, exported_folder
+from modeling_cliptt5.data.phantom import generate_study
 
 VARIANTS = ("fp32", "bf16", "int8", "onnx_fp32", "onnx_int8")
 VARIANT_NOTES = {

@@ -3,15 +3,12 @@
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from modeling_cliptt5.data.phantom import encode_png, generate_study  # noqa: E402
+from modeling_cliptt5.data.phantom import encode_png, generate_study
 
 
 def main():

@@ -6,15 +6,13 @@ against the same with BiomedCLIP's BERT text tower, which the release leaves out
 
 import json
 import os
-import sys
 import tempfile
 
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration  # noqa: E402
+from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration
 
 # microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract: BERT-base with a 30,522-token vocabulary (its config.json),
 # + open_clip's "mlp" text projection 768 -> 640 -> 512 (hf_proj_type "mlp": Linear(768, (768+512)//2), GELU, Linear).

@@ -9,18 +9,15 @@ Prints samples/s of full training steps (forward, backward, AdamW) for both path
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration  # noqa: E402
-from modeling_cliptt5.training.config import TrainingConfig  # noqa: E402
-from modeling_cliptt5.training.model import make_optimizer, set_train_mode, set_trainable_parts  # noqa: E402
+from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration
+from modeling_cliptt5.training.config import TrainingConfig
+from modeling_cliptt5.training.model import make_optimizer, set_train_mode, set_trainable_parts
 
 
 def parse_args(argv=None):
