@@ -42,7 +42,11 @@ def installed_python(tmp_path_factory):
                     "--wheel-dir", str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("cliptt5-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert "modeling_cliptt5/model_card.md" in archive.namelist()
+        names = archive.namelist()
+    assert "modeling_cliptt5/model_card.md" in names  # the card template travels as package data
+    # one top-level name in site-packages: no generic `conversion`, `tests` or script modules
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {
+        "modeling_cliptt5"}
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
