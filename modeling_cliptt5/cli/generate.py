@@ -71,9 +71,8 @@ def parse_args(argv=None):
                         help="weights' precision (default: float32; bfloat16 halves memory on a GPU)")
     parser.add_argument("--prompt", help="text prompt after the image tokens (default: the model's own, if any)")
     parser.add_argument("--optimize", action="store_true",
-                        help="CPU fast path, int8 weights: greedy drafts run on ONNX Runtime (the 'fast' extra; exported "
-                             "once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE), beam search on "
-                             "PyTorch (modeling_cliptt5/inference/fast_inference.py)")
+                        help="CPU fast path, int8 weights on ONNX Runtime, any decoding setting (the 'fast' extra; "
+                             "exported once per release into ~/.cache/cliptt5/onnx or $CLIPT5_ONNX_CACHE)")
     parser.add_argument("--labels", action="store_true", help="add CheXpert observations found in each draft")
     parser.add_argument("--any-modality", action="store_true", help=ANY_MODALITY_HELP)
     parser.add_argument("--refuse-ood", action="store_true",
@@ -98,10 +97,10 @@ def resolve_device(name, optimize=False):
     return name
 
 
-def load_model(model_name, device, dtype, optimize, generate_kwargs=None):
+def load_model(model_name, device, dtype, optimize):
     """inference.load_release, its refusals (not a CLIP-T5 release, --optimize off the CPU) as a one-line exit."""
     try:
-        return load_release(model_name, device, dtype, optimize, generate_kwargs)
+        return load_release(model_name, device, dtype, optimize)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
@@ -200,7 +199,7 @@ def main(argv=None):
         return 1
 
     device = resolve_device(args.device, args.optimize)
-    model, processor = load_model(args.model, device, args.dtype, args.optimize, generate_kwargs(args))
+    model, processor = load_model(args.model, device, args.dtype, args.optimize)
     num_views = model.config.num_views
     if model.ood_summary is None:
         print("note: this release has no summary of its training images (ood_summary.safetensors): studies unlike "

@@ -175,14 +175,14 @@ def read_study_images(study: Study, num_views: int, max_pixels: int,
     return images, errors
 
 
-def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, generate_kwargs=None):
+def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
     """(model, processor) of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM /
     AutoProcessor. This package registers CLIP-T5 with the Auto classes, so they build its own classes and no
     code saved in the release runs. (transformers 5 prefers such registered classes even with
     trust_remote_code=True, 4.x would run the release's files: passing False keeps the two alike. Without the
     package, a release loads from its own code files with trust_remote_code=True: tests/test_remote_code.py.)
 
-    `optimize`: the CPU fast path for these `generate_kwargs` (fast_inference.load_for_cpu). Raises ValueError
+    `optimize`: the CPU fast path (fast_inference.load_for_cpu). Raises ValueError
     for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
     OOD summary as `model.ood_summary` (None without one)."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
@@ -199,7 +199,7 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False, gene
     if optimize:
         from modeling_cliptt5.inference.fast_inference import load_for_cpu
 
-        model = load_for_cpu(path_or_id, generate_kwargs)
+        model = load_for_cpu(path_or_id)
     else:
         model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
                                                       trust_remote_code=False).eval().to(device)

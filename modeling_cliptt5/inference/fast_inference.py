@@ -1,8 +1,8 @@
 """The CPU fast path behind `generate.py --optimize`: int8 weights for the Linear layers, same image tokens.
 
-`load_for_cpu` picks the engine. Greedy drafting (the releases' default) runs on ONNX Runtime
-(onnx_inference.py: the same int8 weights, each decoding step one graph call instead of ~100 eager operations);
-what its greedy loop does not implement (beam search, sampling, penalties) runs here, on PyTorch.
+`load_for_cpu` picks the engine: ONNX Runtime (onnx_inference.py: the same int8 weights, each decoding step one
+graph call instead of ~100 eager operations, every generate() setting), or, where onnxruntime is not installed,
+the PyTorch model with the int8 layers made here.
 
 Drafting on a CPU is bound by reading weights from memory: each decoding step reads the whole T5 decoder and
 its 32k-word output layer. Dynamic int8 quantization (weights stored as int8 per output channel, activations
@@ -65,19 +65,18 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
     return model
 
 
-def load_for_cpu(path_or_id, generate_kwargs=None):
-    """The model `--optimize` drafts with: an OnnxCLIPT5 for greedy decoding, else the PyTorch model with int8
-    Linear layers (also when onnxruntime is not installed, with a warning saying so). Both have `config`,
-    `generation_config`, `device` and `generate()`."""
-    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+def load_for_cpu(path_or_id):
+    """The model `--optimize` drafts with: an OnnxCLIPT5 (every generate() setting, on ONNX Runtime), or, when
+    onnxruntime is not installed, the PyTorch model with int8 Linear layers, with a warning saying so. Both have
+    `config`, `generation_config`, `device` and `generate()`."""
+    from transformers import AutoModelForSeq2SeqLM
 
-    from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, refused_settings
+    from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
 
-    if not refused_settings(GenerationConfig.from_pretrained(path_or_id), generate_kwargs):
-        try:
-            return OnnxCLIPT5.from_pretrained(local_release_folder(path_or_id))
-        except ImportError as error:
-            warnings.warn(f"{error}; drafting with PyTorch int8 weights instead (about 2.5x slower)", stacklevel=2)
+    try:
+        return OnnxCLIPT5.from_pretrained(local_release_folder(path_or_id))
+    except ImportError as error:
+        warnings.warn(f"{error}; drafting with PyTorch int8 weights instead (about 2.5x slower)", stacklevel=2)
     model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=False)  # see load_release
     return optimize_for_cpu(model)
 

@@ -1,10 +1,9 @@
 """The CPU fast path behind `generate.py --optimize`: CLIP-T5 exported to ONNX and run by ONNX Runtime.
 
 Why not the PyTorch model with int8 weights alone (fast_inference.py)? Per decoding step, t5-small's decoder
-does ~100 small operations, and in eager PyTorch plus `generate()`'s loop their Python overhead is about half of
-a step. ONNX Runtime runs the same step as one graph call (benchmarks/bench_cpu_inference.py, full size, 2
-threads, 100 greedy tokens: PyTorch int8 0.82 s, ONNX Runtime int8 0.42 s, eager float32 2.41 s). Two graphs
-are exported from the loaded model, with its own modules:
+does ~100 small operations, and in eager PyTorch their Python overhead is about half of a step. ONNX Runtime runs
+the same step as one graph call (benchmarks/bench_cpu_inference.py). Two graphs are exported from the loaded
+model, with its own modules:
 - the encoder: pixels (and an optional prompt) -> image tokens -> T5 encoder, plus every decoder layer's
   cross-attention keys and values, which stay the same for the whole draft; with a finding head, the graph also
   gives the head's probabilities and heatmaps, and takes the findings a caller sets (-1: the head decides), so
@@ -13,9 +12,9 @@ are exported from the loaded model, with its own modules:
 Weights are then int8-quantized per output channel (onnxruntime.quantization.quantize_dynamic), or kept float32
 with `weights="float32"`.
 
-Decoding here is greedy (the releases' default, `generation_num_beams: 1`), batched, with `min_new_tokens` /
-`max_new_tokens`; generation settings that greedy search here would ignore (beams, sampling, penalties) are
-refused by name rather than dropped. Export runs once per release in a child process (the float model and the
+Decoding is transformers' own `generate()` (GenerationMixin) driving the step graph (OnnxStepModel): greedy,
+beam search, sampling, penalties, length rules and stopping mean what they mean for the PyTorch model, and with
+float32 graphs give its tokens. Export runs once per release in a child process (the float model and the
 exporter's copy of it would otherwise stay in the drafting process's peak memory) and is cached on disk.
 
 Needs the `fast` extra: onnxruntime and onnx (the exporter writes through it).
@@ -37,30 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 
 from modeling_cliptt5.inference.ood import image_vectors
 
 EXPORT_FORMAT = 3  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
-# GenerationConfig fields whose non-default values greedy decoding here does not implement.
-UNSUPPORTED_SETTINGS = {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                        "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None,
-                        "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
-                        "begin_suppress_tokens": None, "sequence_bias": None, "num_return_sequences": 1,
-                        "min_length": 0}
-
-
-def refused_settings(generation_config, settings=None):
-    """["num_beams=3", ...]: the settings (generate() keywords over the release's generation config) that greedy
-    decoding here does not implement; keywords it does not know are refused too. Empty: it can draft."""
-    settings = {name: value for name, value in (settings or {}).items() if value is not None}
-    effective = {name: settings.get(name, getattr(generation_config, name, None)) for name in UNSUPPORTED_SETTINGS}
-    refused = [f"{name}={value!r}" for name, value in effective.items()
-               if value is not None and value != UNSUPPORTED_SETTINGS[name]]
-    return refused + sorted(set(settings) - set(UNSUPPORTED_SETTINGS) - {"max_new_tokens", "min_new_tokens"})
-
-
 def _import_onnxruntime():
     """onnxruntime with its telemetry off, or an ImportError saying what to install (load_for_cpu then falls back
     to PyTorch int8). Every use of onnxruntime here (sessions, and the quantizer's in the export's child process)
@@ -297,12 +282,57 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
 # Drafting with the two graphs
 # --------------------------------------------------------------------------------------------------------------
 
+class OnnxStepModel(PreTrainedModel, GenerationMixin):
+    """A decoder whose forward is one call of the step graph, so that GenerationMixin.generate drives it as it
+    drives the PyTorch model. The encoder graph runs first; its cross-attention keys and values wait in
+    `self.cross` (one row per study) and are repeated at the first step for the rows generate() gives each study
+    (beams, returned sequences), which it keeps adjacent. generate() is given `encoder_outputs` whose only use is
+    their shape: it never calls an encoder."""
+
+    config_class = CLIPT5Config
+    main_input_name = "input_ids"
+
+    def __init__(self, config, step_session):
+        super().__init__(config)
+        self.step_session = step_session
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # generate() reads device and dtype off it
+        self.cross = None
+        self.post_init()
+
+    def get_encoder(self):
+        return None
+
+    def forward(self, decoder_input_ids=None, attention_mask=None, encoder_outputs=None, **kwargs):
+        # transformers 5 calls the cache `cache`, 4.x `past_key_values`; both hand an EncoderDecoderCache
+        cache_name = "cache" if "cache" in kwargs else "past_key_values"
+        self_cache = kwargs[cache_name].self_attention_cache
+        batch = decoder_input_ids.shape[0]
+        if self.cross[0].shape[0] != batch:
+            self.cross = [np.repeat(array, batch // array.shape[0], axis=0) for array in self.cross]
+        config = self.config
+        empty = np.zeros((batch, config.num_heads, 0, config.d_kv), np.float32)
+        feeds = {"decoder_input_ids": decoder_input_ids[:, -1:].numpy().astype(np.int64),
+                 "encoder_attention_mask": attention_mask.numpy().astype(np.int64)}
+        for layer in range(config.num_decoder_layers):
+            started = self_cache.get_seq_length(layer) > 0
+            feeds[f"self_keys.{layer}"] = self_cache.layers[layer].keys.numpy() if started else empty
+            feeds[f"self_values.{layer}"] = self_cache.layers[layer].values.numpy() if started else empty
+            feeds[f"cross_keys.{layer}"], feeds[f"cross_values.{layer}"] = self.cross[2 * layer: 2 * layer + 2]
+        logits, *grown = self.step_session.run(None, feeds)
+        for layer in range(config.num_decoder_layers):  # the cache keeps (and beam search reorders) the new token's
+            self_cache.update(torch.from_numpy(np.ascontiguousarray(grown[2 * layer][:, :, -1:])),
+                              torch.from_numpy(np.ascontiguousarray(grown[2 * layer + 1][:, :, -1:])), layer)
+        output = Seq2SeqLMOutput(logits=torch.from_numpy(logits)[:, None])
+        output[cache_name] = kwargs[cache_name]
+        return output
+
+
 class OnnxCLIPT5:
-    """CLIP-T5 on ONNX Runtime with the model's `config`, `generation_config`, `device` and a greedy `generate()`.
+    """CLIP-T5 on ONNX Runtime with the model's `config`, `generation_config`, `device` and `generate()`.
 
     Drop-in for `inference.draft_reports` and the page's drafter: `generate(pixel_values=..., input_ids=...,
-    attention_mask=..., max_new_tokens=...)` returns token ids as `CLIPT5ForConditionalGeneration.generate` does
-    (decoder start token first, <pad> after a finished draft).
+    attention_mask=..., findings=..., **generate_kwargs)` takes every keyword of the PyTorch model's generate()
+    and returns token ids as it does (decoder start token first, <pad> after a finished draft).
     """
 
     def __init__(self, folder, config, generation_config, threads=None, weights="int8"):
@@ -315,19 +345,22 @@ class OnnxCLIPT5:
         self.step_session = onnxruntime.InferenceSession(str(Path(folder) / STEP_FILE), options,
                                                          providers=["CPUExecutionProvider"])
         self.config = config
-        self.generation_config = generation_config
+        self.decoder = OnnxStepModel(config, self.step_session)
+        self.decoder.generation_config = generation_config
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.name_or_path = str(folder)
         self.weights = weights
+
+    @property
+    def generation_config(self):
+        return self.decoder.generation_config
 
     @classmethod
     def from_pretrained(cls, release_folder, weights="int8", cache_dir=None, threads=None):
         """Loads a local release folder's graphs, exporting them first if the cache (`cache_dir`, default
         $CLIPT5_ONNX_CACHE or ~/.cache/cliptt5/onnx) has none for its current weights."""
         from transformers import GenerationConfig
-
-        from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 
         _import_onnxruntime()  # before exporting: says what is missing instead of failing in the export
         folder = exported_folder(release_folder, weights, cache_dir)
@@ -378,8 +411,8 @@ class OnnxCLIPT5:
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
         return logits
 
-    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **settings):
-        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **settings)[0]
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **generate_kwargs):
+        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **generate_kwargs)[0]
 
     def predict_findings(self, pixel_values):
         """The finding head's CLIPT5FindingOutput for these images (the encoder graph computes it)."""
@@ -388,42 +421,22 @@ class OnnxCLIPT5:
         return self.start(pixel_values)[1]
 
     def generate_with_findings(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None,
-                               **settings):
+                               **generate_kwargs):
         """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None, the images' OOD
         vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
-        refused = refused_settings(self.generation_config, settings)
-        if refused:
-            raise ValueError(f"the ONNX fast path decodes greedily and does not implement {', '.join(refused)}; "
-                             "draft without it for these settings")
         if pixel_values is None:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
-        max_new_tokens, min_new_tokens = self._draft_length(settings)
         feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings)
-        eos = self.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        pad = self.generation_config.pad_token_id
-        pad = self.config.pad_token_id if pad is None else pad
-        tokens = np.full((pixel_values.shape[0], 1), self.config.decoder_start_token_id, np.int64)
-        finished = np.zeros(len(tokens), bool)
-        for position in range(max_new_tokens):
-            logits = self.step(feeds, tokens[:, -1])
-            if position < min_new_tokens and eos:
-                logits[:, eos] = -np.inf
-            next_tokens = np.where(finished, pad, logits.argmax(-1))
-            tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
-            finished |= np.isin(next_tokens, eos)
-            if finished.all():
-                break
-        return torch.from_numpy(tokens), head, vectors
-
-    def _draft_length(self, settings):
-        """(max_new_tokens, min_new_tokens) as transformers' generate() resolves them for an encoder-decoder."""
-        config = self.generation_config
-        max_new_tokens = settings.get("max_new_tokens") or config.max_new_tokens
-        if max_new_tokens is None:
-            # max_length counts the decoder start token; without either, generate() writes 20 new tokens
-            max_new_tokens = config.max_length - 1 if config.max_length is not None else 20
-        return max_new_tokens, settings.get("min_new_tokens") or config.min_new_tokens or 0
+        layers = self.config.num_decoder_layers
+        self.decoder.cross = [feeds[f"cross_{kind}.{layer}"] for layer in range(layers) for kind in ("keys", "values")]
+        encoder_mask = torch.from_numpy(feeds["encoder_attention_mask"])
+        try:
+            sequences = self.decoder.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=torch.zeros(*encoder_mask.shape, 1)),
+                attention_mask=encoder_mask, **generate_kwargs)
+        finally:
+            self.decoder.cross = None
+        return sequences, head, vectors
 
     def teacher_forced_logits(self, pixel_values, decoder_input_ids):
         """Logits [batch, length, vocab] for given decoder inputs, as the model's forward gives them."""

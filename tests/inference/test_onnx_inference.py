@@ -13,7 +13,7 @@ import torch
 from conftest import MAX_NEW_TOKENS, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.inference.fast_inference import fast_path_name, is_optimized, load_for_cpu
-from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, export_key, exported_folder, refused_settings
+from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, export_key, exported_folder
 from modeling_cliptt5.app.report_drafter import ReportDrafter
 
 onnx = pytest.importorskip("onnx")
@@ -114,19 +114,40 @@ def test_teacher_forced_logits_match_the_model_forward(random_model, float32_gra
                                rtol=1e-4, atol=1e-3)  # float32 sums in another order
 
 
-def test_settings_greedy_decoding_does_not_implement_are_refused_by_name(float32_graphs):
+DECODING_SETTINGS = [dict(num_beams=3), dict(num_beams=3, no_repeat_ngram_size=2, length_penalty=0.5),
+                     dict(num_beams=2, num_return_sequences=2), dict(repetition_penalty=1.3),
+                     dict(do_sample=True, top_k=5)]
+
+
+@pytest.mark.parametrize("prompt", [None, PROMPTS], ids=["image_only", "padded_prompts"])
+@pytest.mark.parametrize("settings", DECODING_SETTINGS, ids=["beams", "beams_ngram_length", "returned_sequences",
+                                                             "repetition_penalty", "sampling"])
+def test_every_decoding_setting_gives_generates_tokens(random_model, float32_graphs, prompt, settings):
+    """transformers' generate() drives the step graph: beams, penalties and sampling mean the same on both engines."""
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = None if prompt is None else (prompt != 0).long()
+    torch.manual_seed(3)  # sampling draws from the global generator on both engines
+    expected = random_model.generate(pixel_values=pixel_values, input_ids=prompt, attention_mask=mask,
+                                     max_new_tokens=30, **settings)
+    torch.manual_seed(3)
+    tokens = float32_graphs.generate(pixel_values=pixel_values, input_ids=prompt, attention_mask=mask,
+                                     max_new_tokens=30, **settings)
+    greedy = torch_greedy(random_model, pixel_values, prompt, max_new_tokens=30)
+    assert expected.shape[0] == 3 * settings.get("num_return_sequences", 1)
+    assert expected.shape != greedy.shape or not torch.equal(expected, greedy)  # the setting changes the drafts
+    assert torch.equal(tokens, expected)
+
+
+def test_a_releases_own_decoding_settings_are_followed(random_model, float32_graphs):
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     config = float32_graphs.generation_config
-    assert refused_settings(config, {"max_new_tokens": 5, "min_new_tokens": 2}) == []
-    assert refused_settings(config, {"num_beams": 3, "top_k": 5}) == ["num_beams=3", "top_k"]
-    pixel_values = torch.zeros(1, 3, 32, 32)
-    with pytest.raises(ValueError, match="does not implement num_beams=2"):
-        float32_graphs.generate(pixel_values=pixel_values, num_beams=2)
-    config.repetition_penalty = 1.3  # a release whose own generation config asks for a penalty
+    config.num_beams, config.repetition_penalty = 3, 1.3  # a release whose generation config asks for them
     try:
-        with pytest.raises(ValueError, match="repetition_penalty=1.3"):
-            float32_graphs.generate(pixel_values=pixel_values)
+        expected = random_model.generate(pixel_values=pixel_values, max_new_tokens=20, num_beams=3,
+                                         repetition_penalty=1.3)
+        assert torch.equal(float32_graphs.generate(pixel_values=pixel_values, max_new_tokens=20), expected)
     finally:
-        config.repetition_penalty = 1.0
+        config.num_beams, config.repetition_penalty = 1, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -195,17 +216,16 @@ def test_an_export_finished_meanwhile_by_another_process_is_kept(trained_release
     assert list(cache.iterdir()) == [target]  # this process's half of the work is gone
 
 
-def test_optimize_picks_onnx_for_greedy_and_pytorch_int8_for_beams(trained_release_dir, onnx_cache, monkeypatch):
+def test_optimize_drafts_on_onnx_and_falls_back_to_pytorch_int8_without_onnxruntime(trained_release_dir, onnx_cache,
+                                                                                     monkeypatch):
     monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
-    greedy = load_for_cpu(trained_release_dir)
-    assert isinstance(greedy, OnnxCLIPT5) and fast_path_name(greedy) == "ONNX Runtime int8"
-    beams = load_for_cpu(trained_release_dir, {"num_beams": 3})
-    assert is_optimized(beams) and fast_path_name(beams) == "PyTorch int8"
+    model = load_for_cpu(trained_release_dir)
+    assert isinstance(model, OnnxCLIPT5) and fast_path_name(model) == "ONNX Runtime int8"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fallback = load_for_cpu(trained_release_dir)
-    assert is_optimized(fallback)
+    assert is_optimized(fallback) and fast_path_name(fallback) == "PyTorch int8"
     assert any("pip install 'cliptt5[fast]'" in str(warning.message) for warning in caught)
 
 
