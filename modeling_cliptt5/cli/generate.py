@@ -64,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--study-by", choices=("auto",) + STUDY_GROUPINGS, default="auto",
                         help="how files group into studies (default: 'none' for a one-view model, 'folder' otherwise)")
     parser.add_argument("--num-beams", type=int, help="beam search width (default: the release's generation config)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest draft in tokens (default: 256)")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="longest draft in tokens (default: the release's generation config, as on the page)")
     parser.add_argument("--batch-size", type=int, default=4, help="studies per forward pass (default: 4)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available, cpu with --optimize)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -106,7 +107,10 @@ def load_model(model_name, device, dtype, optimize):
 
 
 def generate_kwargs(args):
-    kwargs = {"max_new_tokens": args.max_new_tokens}
+    """What the command line changes of the release's generation config (which decides the rest)."""
+    kwargs = {}
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
     if args.num_beams:
         kwargs["num_beams"] = args.num_beams
     return kwargs

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,27 @@ def test_labels_come_from_the_labeler(monkeypatch, trained_release_dir, mixed_in
     row = read_jsonl(output)[0]
     assert seen == [row["report"]]
     assert row["labels"] == ["Cardiomegaly"] and row["uncertain_labels"] == ["Edema"]
+
+
+def test_the_releases_generation_config_decides_what_no_flag_sets(trained_release_dir, mixed_inputs, tmp_path):
+    """As on the page: without --max-new-tokens or --num-beams a draft is what generate() writes with the
+    release's own generation config (here a release that asks for 5 tokens and 2 beams)."""
+    from transformers import GenerationConfig
+
+    release = tmp_path / "release"
+    shutil.copytree(trained_release_dir, release)
+    settings = GenerationConfig.from_pretrained(release)
+    settings.max_new_tokens, settings.num_beams = 5, 2
+    settings.save_pretrained(release)
+    output = tmp_path / "reports.jsonl"
+    assert generate.main(["--model", str(release), str(mixed_inputs / "a_png.png"), "--output", str(output)]) == 0
+    model = CLIPT5ForConditionalGeneration.from_pretrained(release).eval()
+    processor = CLIPT5Processor.from_pretrained(release)
+    sequences = model.generate(**processor(images=[open_image(mixed_inputs / "a_png.png")]))
+    assert sequences.shape[1] == 6  # the start token and the 5 asked for
+    assert read_jsonl(output)[0]["report"] == processor.batch_decode_reports(sequences)[0]["text"]
+    longer = direct_reports(release, [mixed_inputs / "a_png.png"])  # MAX_NEW_TOKENS: the drafts differ
+    assert longer[0] != read_jsonl(output)[0]["report"]
 
 
 def test_printed_drafts_without_output(trained_release_dir, mixed_inputs, capsys):
