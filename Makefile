@@ -5,7 +5,7 @@ MINIMAL_VENV ?= .venv-minimal
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 
-.PHONY: install minimal-env test demo app bench clean help
+.PHONY: install minimal-env test demo app bench bench-peers clean help
 
 help:
 	@echo "make demo         generate phantom data, train, release, evaluate and draft reports (~10 min on 2 CPUs)"
@@ -13,6 +13,7 @@ help:
 	@echo "make install      create $(VENV) with the pinned versions of requirements/ci.txt"
 	@echo "make minimal-env  create $(MINIMAL_VENV): torch + transformers of the other major version only"
 	@echo "make bench        run the CPU benchmarks in benchmarks/"
+	@echo "make bench-peers  CLIP-T5 against a ViT + GPT-2 VisionEncoderDecoderModel (eager and optimum ONNX Runtime)"
 
 install: $(VENV)/.installed
 
@@ -46,6 +47,9 @@ bench: install
 	$(PY) benchmarks/bench_release_size.py
 	$(PY) benchmarks/bench_cpu_inference.py
 	$(PY) benchmarks/bench_training.py
+
+bench-peers: install
+	$(PY) benchmarks/bench_peers.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
