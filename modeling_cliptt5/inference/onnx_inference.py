@@ -291,6 +291,9 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
 
     config_class = CLIPT5Config
     main_input_name = "input_ids"
+    # The graph holds the attention: whatever implementation the config names (a model's config says "sdpa" once
+    # it has run) is no concern of this class.
+    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = True
 
     def __init__(self, config, step_session):
         super().__init__(config)

@@ -286,3 +286,14 @@ def test_float32_graphs_compute_the_finding_head_and_follow_given_findings(tmp_p
                              for given in ([names], [[]])])  # the findings reach the decoder
     with pytest.raises(ValueError, match=r"unknown finding name\(s\) \['Nodule'\]"):
         engine.generate(pixel_values=pixels[:1], findings=[["Nodule"]])
+
+
+def test_the_engine_takes_the_config_of_a_model_that_attends_with_sdpa():
+    """A model built in this process names "sdpa" in its config; the step graph holds its own attention, so the
+    engine made from that config must not refuse it (as transformers refuses models without SDPA support)."""
+    from modeling_cliptt5.inference.onnx_inference import OnnxStepModel
+
+    model = CLIPT5ForConditionalGeneration(tiny_config()).eval()
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    assert OnnxStepModel(model.config, step_session=None).config is model.config
