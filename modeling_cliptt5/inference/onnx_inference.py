@@ -284,10 +284,12 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
 
 class OnnxStepModel(PreTrainedModel, GenerationMixin):
     """A decoder whose forward is one call of the step graph, so that GenerationMixin.generate drives it as it
-    drives the PyTorch model. The encoder graph runs first; its cross-attention keys and values wait in
-    `self.cross` (one row per study) and are repeated at the first step for the rows generate() gives each study
-    (beams, returned sequences), which it keeps adjacent. generate() is given `encoder_outputs` whose only use is
-    their shape: it never calls an encoder."""
+    drives the PyTorch model. The encoder graph runs first: `start_drafts` hands over its cross-attention keys and
+    values (one row per study), which are repeated at the first step for the rows generate() gives each study
+    (beams, returned sequences; it keeps them adjacent). The self-attention caches are the step graph's own output
+    arrays, fed back as they are; beam search reorders them through `_reorder_cache`. generate() is given
+    `encoder_outputs` whose only use is their shape: it never calls an encoder, and its own cache object stays
+    empty."""
 
     config_class = CLIPT5Config
     main_input_name = "input_ids"
@@ -299,35 +301,43 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.step_session = step_session
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # generate() reads device and dtype off it
-        self.cross = None
+        self.cross = self.caches = None
         self.post_init()
 
     def get_encoder(self):
         return None
 
+    def start_drafts(self, cross):
+        """Takes the encoder graph's cross keys and values [keys_0, values_0, keys_1, ...]; empty self caches."""
+        self.cross = list(cross)
+        self.caches = [array[:, :, :0] for array in self.cross]
+
+    def end_drafts(self):
+        self.cross = self.caches = None
+
     def forward(self, decoder_input_ids=None, attention_mask=None, encoder_outputs=None, **kwargs):
-        # transformers 5 calls the cache `cache`, 4.x `past_key_values`; both hand an EncoderDecoderCache
-        cache_name = "cache" if "cache" in kwargs else "past_key_values"
-        self_cache = kwargs[cache_name].self_attention_cache
         batch = decoder_input_ids.shape[0]
         if self.cross[0].shape[0] != batch:
             self.cross = [np.repeat(array, batch // array.shape[0], axis=0) for array in self.cross]
-        config = self.config
-        empty = np.zeros((batch, config.num_heads, 0, config.d_kv), np.float32)
+            self.caches = [array[:, :, :0] for array in self.cross]
         feeds = {"decoder_input_ids": decoder_input_ids[:, -1:].numpy().astype(np.int64),
                  "encoder_attention_mask": attention_mask.numpy().astype(np.int64)}
-        for layer in range(config.num_decoder_layers):
-            started = self_cache.get_seq_length(layer) > 0
-            feeds[f"self_keys.{layer}"] = self_cache.layers[layer].keys.numpy() if started else empty
-            feeds[f"self_values.{layer}"] = self_cache.layers[layer].values.numpy() if started else empty
+        for layer in range(self.config.num_decoder_layers):
+            feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = self.caches[2 * layer: 2 * layer + 2]
             feeds[f"cross_keys.{layer}"], feeds[f"cross_values.{layer}"] = self.cross[2 * layer: 2 * layer + 2]
-        logits, *grown = self.step_session.run(None, feeds)
-        for layer in range(config.num_decoder_layers):  # the cache keeps (and beam search reorders) the new token's
-            self_cache.update(torch.from_numpy(np.ascontiguousarray(grown[2 * layer][:, :, -1:])),
-                              torch.from_numpy(np.ascontiguousarray(grown[2 * layer + 1][:, :, -1:])), layer)
+        logits, *self.caches = self.step_session.run(None, feeds)
         output = Seq2SeqLMOutput(logits=torch.from_numpy(logits)[:, None])
-        output[cache_name] = kwargs[cache_name]
+        # transformers 5 calls the cache `cache`, 4.x `past_key_values`: generate() gets its own back
+        for name in ("cache", "past_key_values"):
+            if name in kwargs:
+                output[name] = kwargs[name]
         return output
+
+    def _reorder_cache(self, cache, beam_idx):
+        """Beam search's reordering of the rows, applied to the self-attention caches (both majors call it)."""
+        rows = beam_idx.numpy()
+        self.caches = [array[rows] for array in self.caches]
+        return cache
 
 
 class OnnxCLIPT5:
@@ -431,14 +441,20 @@ class OnnxCLIPT5:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
         feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings)
         layers = self.config.num_decoder_layers
-        self.decoder.cross = [feeds[f"cross_{kind}.{layer}"] for layer in range(layers) for kind in ("keys", "values")]
+        self.decoder.start_drafts([feeds[f"cross_{kind}.{layer}"] for layer in range(layers)
+                                   for kind in ("keys", "values")])
         encoder_mask = torch.from_numpy(feeds["encoder_attention_mask"])
+        threads = torch.get_num_threads()
+        # generate()'s own tensor work is small; torch's idle worker threads would spin against ONNX Runtime's on
+        # the same cores (measured on 2 cores: greedy 1.33 s with 2 torch threads, 0.80 s with 1)
+        torch.set_num_threads(1)
         try:
             sequences = self.decoder.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=torch.zeros(*encoder_mask.shape, 1)),
                 attention_mask=encoder_mask, **generate_kwargs)
         finally:
-            self.decoder.cross = None
+            torch.set_num_threads(threads)
+            self.decoder.end_drafts()
         return sequences, head, vectors
 
     def teacher_forced_logits(self, pixel_values, decoder_input_ids):
