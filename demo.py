@@ -64,11 +64,10 @@ def parse_args(argv=None):
 
 def make_data(folder, studies, image_size, seed):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
-    from modeling_cliptt5.data.sources import phantom_dataset_folder
+    from modeling_cliptt5.data.sources import draw_phantoms_once
 
     print(f"[1/6] the synthetic phantom dataset ({studies} studies, {image_size} px) in {folder}")
-    _, reused = phantom_dataset_folder(str(folder), studies, seed=seed, image_size=image_size)
-    if reused:
+    if draw_phantoms_once(str(folder), studies, seed=seed, image_size=image_size):
         print("  reused: drawn by an earlier run with the same settings")
 
 

@@ -9,6 +9,7 @@ from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
 ANY_MODALITY_HELP = ("draft DICOM objects that are not a single projection radiograph (CT, MR, NM, multi-frame...) "
                      "instead of refusing them; the model was trained on chest radiographs")
 
+
 def add_common_arguments(parser, default_output, normalize_deid=True):
     """Options every converter offers: output folder, report target, random subset, de-identification tokens."""
     parser.add_argument("--output", default=default_output,

@@ -26,17 +26,17 @@ def write_phantom_dataset(folder, num_studies, seed=0, image_size=256, split_fra
     return dataset
 
 
-def phantom_dataset_folder(folder, num_studies, seed=0, image_size=256):
-    """`folder` holding the phantom studies of these settings: reused when an earlier run drew the same, else drawn
-    now. Returns (folder, whether it was reused)."""
+def draw_phantoms_once(folder, num_studies, seed=0, image_size=256):
+    """Makes `folder` hold the phantom studies of these settings: kept when an earlier run drew the same, else drawn
+    now. Returns True when it was kept."""
     stamp = os.path.join(folder, PHANTOM_SETTINGS_FILE)
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as handle:
             if json.load(handle) == _phantom_settings(num_studies, seed, image_size):
-                return folder, True
+                return True
     print(f"drawing {num_studies} synthetic phantom studies ({image_size} px) into {folder}")
     write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size)
-    return folder, False
+    return False
 
 
 def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256):
@@ -45,7 +45,8 @@ def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_s
     if name != PHANTOM:
         return name
     folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px")
-    return phantom_dataset_folder(folder, phantom_studies, seed, phantom_image_size)[0]
+    draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size)
+    return folder
 
 
 def _phantom_settings(num_studies, seed, image_size, split_fractions=(0.8, 0.1, 0.1), report_target="both"):

@@ -40,12 +40,13 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
-
 from modeling_cliptt5.inference.ood import image_vectors
 
 EXPORT_FORMAT = 3  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
+
+
 def _import_onnxruntime():
     """onnxruntime with its telemetry off, or an ImportError saying what to install (load_for_cpu then falls back
     to PyTorch int8). Every use of onnxruntime here (sessions, and the quantizer's in the export's child process)
