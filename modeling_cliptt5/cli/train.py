@@ -14,21 +14,31 @@ from modeling_cliptt5.training.config import parse_config
 
 
 def main(argv=None):
+    """Trains as the settings say; returns the training result (the trained model, its processor and metrics)."""
     try:
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
         sys.exit(f"train.py: error: {error}")
     from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
+    from modeling_cliptt5.training.loop import LaunchError, lost_contact
 
     try:
         if config.stage == "contrastive":
             from modeling_cliptt5.training.contrastive import train_contrastive
 
-            train_contrastive(config)
+            return train_contrastive(config)
         else:
             from modeling_cliptt5.training.generation import train_generation
 
-            train_generation(config)
+            return train_generation(config)
+    except LaunchError as error:
+        sys.exit(f"train.py: error: {error}")
+    except RuntimeError as error:
+        if not lost_contact(error):
+            raise
+        sys.exit(f"train.py: error: lost contact with another process of the run: {_first_line(error)}\n"
+                 f"A machine that went down or ran out of memory stops every process; its own log says why. "
+                 f"{_resume_hint(config)}")
     except DiskFullError as error:  # the folder named is not there (or is the previous complete one): say so
         sys.exit(f"train.py: error: {error}")
     except OSError as error:  # a log or plot beside the folders
@@ -36,6 +46,20 @@ def main(argv=None):
             raise
         sys.exit(f"train.py: error: {error.filename or config.output_dir}: not written, the disk is full "
                  f"({error.strerror}). Free some space and run again (--resume continues from the last state).")
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _resume_hint(config):
+    from modeling_cliptt5.training.state import list_states
+
+    states = list_states(config.states_dir)
+    if not states:
+        return "No training state was saved yet: run the same command again on every machine."
+    return (f"The last saved state is {states[-1]}: run the same command with --resume on every machine to continue "
+            f"from it.")
 
 
 if __name__ == "__main__":

@@ -132,11 +132,38 @@ def make_accelerator(config):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    _refuse_fsdp_without_gpus()
     log_with = None if config.log_with == "none" else "tensorboard"
     if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
         log_with = None
     return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot train as configured, or lost one of its processes; the message says what to do."""
+
+
+def _refuse_fsdp_without_gpus():
+    """accelerate shards with FSDP only on accelerator devices. Without one, the FSDP launch file either fails inside
+    accelerate's plugin (sync_module_states needs a device) or, with sync_module_states off, trains as plain DDP
+    without a word: say so before any work is done."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if on_cpu or not has_device:
+        raise LaunchError("FSDP needs GPUs: accelerate shards a model only on accelerator devices, and this launch has "
+                          "none. On CPUs launch with configs/accelerate/cpu_2proc.yaml (DDP) instead.")
+
+
+def lost_contact(error):
+    """Whether `error` is a collective that failed because another process of the run died or stopped answering.
+    gloo raises a plain RuntimeError that names the peer; NCCL and the rendezvous store raise DistError."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error)
+    return any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting"))
 
 
 def start_run(config, accelerator):

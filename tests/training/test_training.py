@@ -73,8 +73,6 @@ def test_a_frozen_random_image_tower_is_warned_about(dataset_dir):
 
 @pytest.mark.parametrize("name", ["demo", "biomedclip_t5small", "contrastive"])
 def test_the_shipped_configs_are_valid(name, dataset_dir):
-    from accelerate.commands.config.config_args import load_config_from_file
-
     from modeling_cliptt5 import CLIPT5Config
 
     stage1_tower = ["--init_vision_from", "runs/demo/contrastive/best"] if name == "demo" else []  # as demo.py
@@ -85,8 +83,6 @@ def test_the_shipped_configs_are_valid(name, dataset_dir):
     if name == "demo":
         assert config.dataset == str(dataset_dir) and model_config.vision_config.image_size <= 96
         assert model_config.num_image_tokens_per_view == 17
-    for path in (REPO_ROOT / "configs" / "accelerate").glob("*.yaml"):
-        assert load_config_from_file(str(path)).num_processes >= 1
 
 
 def test_help_documents_every_setting():
