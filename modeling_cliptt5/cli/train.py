@@ -14,7 +14,12 @@ from modeling_cliptt5.training.config import parse_config
 
 
 def main(argv=None):
-    """Trains as the settings say; returns the training result (the trained model, its processor and metrics)."""
+    """The command (returns nothing: console scripts exit with what main returns)."""
+    run(argv)
+
+
+def run(argv=None):
+    """Trains as the settings say, with the command's error messages; returns the training result."""
     try:
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback

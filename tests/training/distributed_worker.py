@@ -17,13 +17,13 @@ from pathlib import Path
 def main(settings_path, results_dir, train_flags):
     import torch
 
-    from modeling_cliptt5.cli.train import main as train_main
+    from modeling_cliptt5.cli.train import run as train
     from modeling_cliptt5.data.schema import load_report_dataset
     from modeling_cliptt5.training import data as training_data
     from modeling_cliptt5.training.config import parse_config
 
     torch.set_num_threads(1)
-    rank = int(os.environ["RANK"])
+    rank = int(os.environ.get("RANK", 0))  # a one-process launch sets none
     Path(results_dir, f"rank{rank}.pid").write_text(str(os.getpid()))  # the launcher starts it in its own session
     delay = float(os.environ.get("CLIPTT5_TEST_READ_DELAY", "0"))
     read_ids = []
@@ -37,13 +37,16 @@ def main(settings_path, results_dir, train_flags):
 
     training_data.StudyDataset.__getitem__ = recording_read
     argv = ["--config", settings_path, *train_flags]
-    result = train_main(argv)
+    result = train(argv)
     read_in_training = list(read_ids)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
-    record = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "read_ids": read_in_training,
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    from accelerate import PartialState
+
+    record = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", 1)), "read_ids": read_in_training,
+              "distributed_type": PartialState().distributed_type.value,
               "weights": digest.hexdigest(), "step": result.step, "validation_loss": result.metrics["loss"]}
     if rank == 0:  # the validation loss of the final weights, computed in one batch on this process alone
         config = parse_config(argv)
@@ -51,7 +54,8 @@ def main(settings_path, results_dir, train_flags):
         studies = training_data.StudyDataset(rows, training_data.pixel_encoder(result.processor.image_processor, 1))
         batch = training_data.GenerationCollator(result.processor)([studies[index] for index in range(len(rows))])
         with torch.no_grad():
-            loss = result.model.eval()(**training_data.model_inputs(batch, "cpu")).loss
+            device = next(result.model.parameters()).device
+            loss = result.model.eval()(**training_data.model_inputs(batch, device)).loss
         record["one_batch_validation_loss"] = loss.item()
     Path(results_dir, f"rank{rank}.json").write_text(json.dumps(record))
 

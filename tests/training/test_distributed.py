@@ -4,12 +4,14 @@
   validation study once, one set of outputs written by the main process;
 - two "machines" on loopback (multi_node.yaml, one process each): the same run, the same release; a killed machine
   ends the run with a message that says so, and --resume continues it to the same weights;
-- FSDP (fsdp.yaml) on a machine without GPUs: refused at once with a message that says why.
+- FSDP (fsdp.yaml) on a machine without GPUs: refused at once with a message that says why; on one GPU (skipped
+  without one): the same release as one_gpu.yaml's, loadable with the Auto classes, and resume.
 
 The launched process is distributed_worker.py."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -69,8 +72,12 @@ def run_two_machines(settings, results, logs, train_flags=()):
     return outputs
 
 
+def read_rank(results, rank=0):
+    return json.loads((results / f"rank{rank}.json").read_text())
+
+
 def read_ranks(results):
-    return [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(2)]
+    return [read_rank(results, rank) for rank in range(2)]
 
 
 def release_weights(run):
@@ -159,6 +166,7 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(one_machine_ru
 def test_two_machines_train_as_one_machine_with_two_processes(two_machine_run, one_machine_run):
     run, ranks, outputs = two_machine_run
     assert_disjoint_shards(ranks)
+    assert [r["distributed_type"] for r in ranks] == ["MULTI_CPU", "MULTI_CPU"]  # DDP over gloo
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 8
     one_machine_ranks = one_machine_run[1]
     assert [r["read_ids"] for r in ranks] == [r["read_ids"] for r in one_machine_ranks]  # the same shards
@@ -218,3 +226,37 @@ def test_fsdp_without_gpus_is_refused_with_the_reason(dataset, tmp_path):
     assert finished.returncode != 0
     assert "FSDP needs GPUs" in finished.stderr and "cpu_2proc.yaml" in finished.stderr, finished.stderr[-3000:]
     assert not (run / "states").exists()
+
+
+def gpu_run(dataset, folder, config_file, train_flags=()):
+    """One process on one GPU with a shipped launch file, float32; returns the run folder."""
+    settings, results, run = write_settings(folder, dataset, eval_every_steps=8, save_every_steps=4)
+    command = launch_command(config_file, settings, results, "--num_processes", "1", "--mixed_precision", "no",
+                             train_flags=train_flags)
+    env = {key: value for key, value in launch_env().items() if key != "ACCELERATE_USE_CPU"}
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-4000:]
+    return run, finished.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a GPU (accelerate shards only on accelerator "
+                                                          "devices)")
+def test_fsdp_on_one_gpu_trains_like_one_gpu_and_resumes(dataset, tmp_path):
+    """fsdp.yaml as shipped (full state dicts), on one GPU: the release loads with the Auto classes and matches the
+    one-GPU run's within 1e-4; with its last state removed, --resume from the state of step 4 gets there again."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    plain, _ = gpu_run(dataset, tmp_path / "one_gpu", "one_gpu.yaml")
+    sharded, _ = gpu_run(dataset, tmp_path / "fsdp", "fsdp.yaml")
+    assert read_rank(tmp_path / "fsdp" / "results")["distributed_type"] == "FSDP"
+    assert_same_weights(sharded, plain, tolerance=1e-4)
+    final = release_weights(sharded)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(sharded / "best", trust_remote_code=True).state_dict()
+    assert all(torch.equal(loaded[name], final[name]) for name in final)
+
+    for leftover in ("best", "states/state-00000008"):
+        shutil.rmtree(sharded / leftover)
+    resumed, output = gpu_run(dataset, tmp_path / "fsdp", "fsdp.yaml", train_flags=["--resume"])
+    assert "(step 4)" in output
+    again = release_weights(resumed)
+    assert max((again[name] - final[name]).abs().max().item() for name in final) <= 1e-5
