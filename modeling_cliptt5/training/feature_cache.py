@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import datasets
 import numpy as np
@@ -156,6 +157,7 @@ def build_cache(splits, folder, accelerator, preprocess, encode, shape, num_view
     """Returns (FeatureCache, keys per split): `encode(stacked preprocess(views))` for every study of `splits`.
     Reuses a complete cache in `folder` that holds every study; otherwise every rank computes its share of the
     studies into a hidden folder that the main process renames into place once complete."""
+    started = time.perf_counter()
     cache_root = os.path.dirname(folder)
     keys_per_split = [study_keys(rows, num_views) for rows in splits]
     # The first row of each key is the one whose images are encoded.
@@ -214,9 +216,10 @@ def build_cache(splits, folder, accelerator, preprocess, encode, shape, num_view
         with open(os.path.join(temp_dir, UNREADABLE_FILE), "w", encoding="utf-8") as handle:
             json.dump(sorted(unreadable), handle)
         with open(os.path.join(temp_dir, INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump({"studies": len(index), "unreadable": len(unreadable), "dtype": dtype, "shape": list(shape)},
-                      handle)
+            json.dump({"studies": len(index), "unreadable": len(unreadable), "dtype": dtype, "shape": list(shape),
+                       "build_seconds": round(time.perf_counter() - started, 2)}, handle)
         os.makedirs(cache_root, exist_ok=True)
         replace_folder(temp_dir, folder)
+        print(f"cached the features of {len(index)} studies in {time.perf_counter() - started:.0f} s: {folder}")
     accelerator.wait_for_everyone()
     return FeatureCache(folder), keys_per_split
