@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 from modeling_cliptt5.atomic_writes import atomic_file  # noqa: E402
 from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E402
 from modeling_cliptt5.inference.drafting import ood_warning  # noqa: E402
 from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
@@ -118,12 +119,31 @@ def captions_of(images, views=()):
             for index, ((name, image), view) in enumerate(zip(images, views), start=1)]
 
 
-def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=(), refused=(), notes=()):
-    """A study's files -> (viewer HTML, messages HTML); `views` label the images, `refused` and `notes` say what
-    was not added and what changed (update_study)."""
+def in_view_order(files, views=None):
+    """(files, their views, note or None): the study's files frontal first as their headers say (images/views.py),
+    in the order dropped otherwise; the note says which image is taken as the frontal when no header names one.
+    `views` are the files' header views where already read (update_study), else they are read here."""
+    files = list(files or [])
+    if views is None or len(views) != len(files):
+        views = [header_view(path) for path in files]
+    files, views, note = frontal_first(files, list(views), [Path(path).name for path in files])
+    return files, views, (f"Views: {note[0].upper()}{note[1:]}." if note else None)
+
+
+def views_of(images, files, views):
+    """The view of each readable image (read_study leaves unreadable files out)."""
+    view_by_name = {Path(path).name: view for path, view in zip(files, views)}
+    return [view_by_name.get(name, "") for name, _ in images]
+
+
+def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=None, refused=(), notes=()):
+    """A study's files -> (viewer HTML, messages HTML), frontal first; `views` (the headers') label the images,
+    `refused` and `notes` say what was not added and what changed (update_study)."""
+    files, views, view_note = in_view_order(files, views)
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
-    viewer = viewer_html(captions_of(images, views)) if images else EMPTY_VIEWER
+    viewer = viewer_html(captions_of(images, views_of(images, files, views))) if images else EMPTY_VIEWER
+    notes = list(notes) + ([view_note] if view_note and images else [])
     return viewer, messages_html(problems, note, doubts, refused, notes)
 
 
@@ -131,7 +151,8 @@ def update_study(paths, study):
     """The study after the file list changed to `paths`: (study, refused, notes, is_new).
 
     A study is {"token", "files", "names", "keys", "listed", "identity", "views"}: the files used (content keys),
-    every file listed (refused ones too), the identity of the headers and each file's view. A list that keeps
+    every file listed (refused ones too), the identity of the headers and each file's view, frontal views first
+    (images/views.py). A list that keeps
     none of the study's files starts a new study (new token); files added to a study join it unless their header
     names another patient or study; a file without a header joins with a note.
     """
@@ -170,6 +191,9 @@ def update_study(paths, study):
         keys.append(key)
         views.append(view)
     notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
+    # Frontal first, as the headers say: the viewer's numbering, the identity line and the model agree.
+    order = frontal_first(list(range(len(files))), views, names)[0]
+    files, names, keys, views = ([items[index] for index in order] for items in (files, names, keys, views))
     token = new_token() if is_new else study["token"]
     return ({"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
              "views": views}, refused, notes, is_new)
@@ -199,12 +223,15 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
+    files, views, view_note = in_view_order(files)  # the model's first image is the frontal one
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
         note = "Drop at least one readable PNG, JPEG or DICOM image of the study, then draft."
         return "", "", "", messages_html(problems, note), {}, no_checklist, EMPTY_VIEWER
-    viewer = viewer_html(captions_of(images))
+    views = views_of(images, files, views)
+    view_notes = [view_note] if view_note else []
+    viewer = viewer_html(captions_of(images, views))
     try:
         report, view_warning = drafter.draft([image for _, image in images], indication, findings)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
@@ -233,11 +260,11 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
                      predicted_findings=report["predicted_findings"])
         maps = report["finding_maps"]  # [views, findings, grid, grid]
         heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
-        viewer = viewer_html(captions_of(images), heatmaps)
+        viewer = viewer_html(captions_of(images, views), heatmaps)
         checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
                               value=report["guidance"])
-    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts), draft, checklist,
-            viewer)
+    return (draft["findings"], draft["impression"], info,
+            messages_html(problems, view_warning, doubts, notes=view_notes), draft, checklist, viewer)
 
 
 def check_draft(names, findings, impression, checked, draft):

@@ -10,8 +10,10 @@ or glob patterns. How files become studies when the model reads several views (-
   folder  the files of one folder are the views of one study (study id: the folder name)
   prefix  files whose names agree up to the last "_" or "-" are one study ("s1_pa.png" + "s1_lat.png" -> "s1")
   none    every file is its own study (study id: the file name)
-A study with fewer views than the model reads repeats its views; one with more keeps the first ones by file
-name; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
+Within a study the frontal view comes first where the DICOM headers name the views (ViewPosition, else the View
+Code Sequence: PA/AP before LL/lateral), else the files keep their name order and a warning says which one is
+taken as the frontal. A study with fewer views than the model reads repeats its views; one with more keeps the
+first ones; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
 skipped; the other studies are still drafted and written, and the exit code is 1. A DICOM object that is not a
 projection radiograph (Modality other than CR, DX or RG, e.g. a CT slice; or several frames) is refused that way
 unless --any-modality; a secondary capture, a DICOM without Modality or of another body part is drafted with a

@@ -9,10 +9,12 @@ Studies and views
   "folder" - the files of one folder are the views of one study (its id: the folder name);
   "prefix" - files in one folder whose names agree up to the last "_" or "-" are one study
              ("s123_frontal.png" + "s123_lateral.png" -> study "s123"; a name without "_" or "-" stands alone).
-  Views are ordered by file name.
+  Views are ordered by file name, then (when read) frontal first where DICOM headers name the views
+  (images/views.py); a study of several images none of whose headers names a frontal view gets a warning that
+  says which one is taken as the frontal.
 - `fit_views(study, num_views)`: a model reads a fixed number of views. A study with fewer views repeats its
   views in order (frontal only, 2-view model -> frontal, frontal); a study with more keeps the first
-  `num_views` in file-name order. Both say so in a warning.
+  `num_views`. Both say so in a warning.
 - A view that cannot be read is reported and left out; its study goes on with the views that remain.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
+from modeling_cliptt5.images.views import frontal_first, header_view
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 STUDY_GROUPINGS = ("folder", "prefix", "none")
@@ -149,7 +152,8 @@ def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | N
         views = [files[i % len(files)] for i in range(num_views)]
         return views, f"{study_id}: {len(files)} view(s), the model reads {num_views}: repeating views in order"
     return list(files[:num_views]), (
-        f"{study_id}: {len(files)} views, the model reads {num_views}: using the first {num_views} by file name"
+        f"{study_id}: {len(files)} views, the model reads {num_views}: using the first {num_views} (frontal first "
+        f"where the headers name the views, else by file name)"
     )
 
 
@@ -168,6 +172,12 @@ def read_study_images(study: Study, num_views: int, max_pixels: int,
             errors.append(str(error))
     if not images:
         return [], errors
+    # The headers, not the file names, say which view is the frontal one (images/views.py).
+    pairs, _, note = frontal_first(list(zip(images, used)), [header_view(path) for path in used],
+                                   [path.name for path in used])
+    if note:
+        study.warnings.append(f"{study.study_id}: {note}")
+    images, used = [image for image, _ in pairs], [path for _, path in pairs]
     images, warning = fit_views(images, num_views, study.study_id)
     if warning:
         study.warnings.append(warning)

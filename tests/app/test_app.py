@@ -167,6 +167,18 @@ def test_any_modality_lets_the_page_draft_a_ct_slice(drafter):
     assert info.startswith("Drafted in") and "modality CT" in messages and "Not used" not in messages
 
 
+def test_the_model_drafts_from_the_frontal_when_the_lateral_is_dropped_first(drafter, tmp_path):
+    from modeling_cliptt5.app.web_app import draft_report
+
+    lateral = grayscale_dicom(block_image(), tmp_path / "ll.dcm", header={"ViewPosition": "LL"})
+    frontal = grayscale_dicom(block_image(), tmp_path / "pa.dcm", header={"ViewPosition": "PA"})
+    assert drafter.num_views == 1
+    _, _, info, messages, _, _, viewer = draft_report(drafter, [str(lateral), str(frontal)], "")
+    assert info.startswith("Drafted in") and "from 1 image(s)" in info
+    assert "drafted from pa.dcm; shown for review only, not read by the model: ll.dcm" in messages, messages
+    assert viewer.index("Image 1: pa.dcm (PA)") < viewer.index("Image 2: ll.dcm (LL)")
+
+
 def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
     findings = "Large right pneumothorax. Small left pleural effusion. Heart size is normal."
     tags, claims, critical, report = call(client, "review_report", findings, "No pneumonia.")

@@ -16,7 +16,7 @@ from dicom_files import block_image, grayscale_dicom
 pytest.importorskip("gradio")
 from modeling_cliptt5.app.page_server import DraftTurns, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.web_app import (  # noqa: E402
-    ExportRefused, export_report, keep_version, stale_note, update_study,
+    ExportRefused, export_report, keep_version, show_study, stale_note, update_study,
 )
 
 PATIENT = {"PatientID": "P-1001", "PatientName": "Doe^Jane", "AccessionNumber": "ACC 77/1", "StudyDate": "20261130",
@@ -55,6 +55,21 @@ def test_a_study_takes_its_identity_from_the_headers_and_refuses_another_patient
 
     removed, _, notes, _ = update_study([frontal], joined)
     assert removed["files"] == [frontal] and "Removed ll.dcm from this study." in notes
+
+
+def test_the_frontal_leads_the_study_whatever_order_the_files_came_in(tmp_path):
+    lateral, frontal = dicom(tmp_path / "ll.dcm", "LL"), dicom(tmp_path / "pa.dcm", "PA")
+    study, *_ = update_study([lateral, frontal], {})
+    assert study["files"] == [frontal, lateral] and study["views"] == ["PA", "LL"]
+    viewer, messages = show_study(study["files"], views=study["views"])
+    assert viewer.index("Image 1: pa.dcm (PA)") < viewer.index("Image 2: ll.dcm (LL)")
+    assert "Views:" not in messages
+
+    second, first = png(tmp_path / "b.png", 1), png(tmp_path / "a.png", 2)
+    photos, *_ = update_study([second, first], {})
+    assert photos["files"] == [second, first]  # no header names a view: the order they were dropped in
+    _, messages = show_study(photos["files"], views=photos["views"])
+    assert "Views: No header names a frontal view: b.png is taken as the frontal." in messages
 
 
 def test_files_that_share_nothing_with_the_study_start_a_new_one(tmp_path):

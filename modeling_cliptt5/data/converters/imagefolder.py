@@ -2,9 +2,10 @@
 
 Metadata columns: `file_name` (relative to the metadata file), the text as `findings` and/or `impression` or as one
 free-text `report` (or `text`) split into sections; optional `study_id` (rows sharing it are the views of one study),
-`split` (train/validation/test), `view` (frontal views are put first), `indication`, `labels` (list, or a string
-separated by ';' or '|'). Metadata may also sit in train/, validation/ (or val/, valid/) and test/ sub-folders, which
-then give the split. DICOM files are decoded and stored as PNG (16-bit kept when the image is 16-bit).
+`split` (train/validation/test), `view` (PA, AP, LL, lateral...: frontal views are put first; without the column a
+DICOM file's header says), `indication`, `labels` (list, or a string separated by ';' or '|'). Metadata may also sit
+in train/, validation/ (or val/, valid/) and test/ sub-folders, which then give the split. DICOM files are decoded
+and stored as PNG (16-bit kept when the image is 16-bit).
 """
 
 import csv
@@ -19,7 +20,6 @@ from modeling_cliptt5.data.reports import sections_from_free_text
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
-FRONTAL_VIEWS = {"pa", "ap", "frontal", "ap supine", "ap erect", "postero-anterior", "antero-posterior"}
 
 
 def find_metadata_files(root):
@@ -97,9 +97,11 @@ def parse_labels(value):
     return tuple(label.strip() for label in str(value).split(separator) if label.strip())
 
 
-def view_order(row):
-    """Frontal views first (the model's first image is the frontal one); the rest keep their order."""
-    return 0 if text_of(row, "view").lower() in FRONTAL_VIEWS else 1
+def row_view(row, path=None):
+    """A row's view: its `view` column, else the DICOM header of its file ("" when neither says)."""
+    from modeling_cliptt5.images.views import header_view
+
+    return text_of(row, "view") or ("" if path is None else header_view(path))
 
 
 def study_records(metadata_path, folder_split, source, validation_fraction, test_fraction):
@@ -138,13 +140,18 @@ def study_record(study_id, where, rows, metadata_path, folder_split, source, val
     if any(report_sections(row)[:2] != (findings, impression) and any(report_sections(row)[:2]) for row in rows):
         problem = problem or "the rows of this study disagree on its report"
     views = []
-    for row in sorted(rows, key=view_order):
+    for row in rows:
         try:
-            views.append(View(text_of(row, "file_name"), path=resolve_inside(metadata_path.parent,
-                                                                              text_of(row, "file_name"))))
+            views.append((row, View(text_of(row, "file_name"), path=resolve_inside(metadata_path.parent,
+                                                                                    text_of(row, "file_name")))))
         except ValueError as error:
             if problem is None:
                 problem, where = str(error), f"{where}: {text_of(row, 'file_name')}"
+    if len(views) > 1:  # the model's first image is the frontal one; headers are read only where there is a choice
+        from modeling_cliptt5.images.views import frontal_first
+
+        views = frontal_first(views, [row_view(row, view.path) for row, view in views], [""] * len(views))[0]
+    views = [view for _, view in views]
     return StudyRecord(study_id, where, views=views, findings=findings, impression=impression,
                        indication=indication, split=split, source=source,
                        labels=parse_labels(first.get("labels")), problem=problem)
