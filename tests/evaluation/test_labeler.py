@@ -54,7 +54,7 @@ def test_labeler_agrees_with_hand_labels_on_openi_sentences():
     lines = []
     for subset in ("development", "held_out", "blind", None):
         chosen = [record for record in records if subset is None or record["set"] == subset]
-        decisions = agreed = mentioned = mentioned_agreed = sides = sides_agreed = 0
+        decisions = agreed = mentioned = mentioned_agreed = sides = sides_agreed = unmentioned = 0
         predicted, actual = [], []
         for record in chosen:
             labels = labeler.label_sentence(record["text"])
@@ -64,6 +64,7 @@ def test_labeler_agrees_with_hand_labels_on_openi_sentences():
                 expected = record["labels"].get(observation)
                 decisions += 1
                 agreed += labels[observation] == expected
+                unmentioned += expected is None  # what a labeler that says nothing gets right
                 if expected is not None or labels[observation] is not None:
                     mentioned += 1
                     mentioned_agreed += labels[observation] == expected
@@ -80,10 +81,13 @@ def test_labeler_agrees_with_hand_labels_on_openi_sentences():
                      f"{sides_agreed}/{sides}; positive-label micro-F1 {efficacy['micro']['f1']:.3f}, "
                      f"macro-F1 {efficacy['macro']['f1']:.3f}")
         if subset is None:
-            overall, overall_mentioned = agreed / decisions, mentioned_agreed / mentioned
+            errors, silent_errors = decisions - agreed, decisions - unmentioned
+            overall_mentioned = mentioned_agreed / mentioned
     print("\n".join(lines))
-    assert overall >= 0.90
-    assert overall_mentioned >= 0.85
+    # Most (sentence, observation) pairs are unmentioned, so a labeler that says nothing agrees ~0.9 of the time:
+    # measure against it. (Measured: 5 errors where it makes 269, and 0.981 where either side mentions one.)
+    assert errors <= silent_errors / 10
+    assert overall_mentioned >= 0.95
 
 
 @pytest.mark.parametrize("sentence, expected", [
