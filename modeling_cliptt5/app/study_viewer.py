@@ -72,7 +72,7 @@ VIEWER_CSS = """
 .cxr-viewer .cxr-heatmap { position: absolute; top: 0; left: 0; pointer-events: none;
                            opacity: var(--cxr-heatmap-opacity, 0.6); }
 .cxr-viewer .cxr-heatmap[hidden] { display: none; }
-.cxr-figure figcaption { font-size: 0.85em; text-align: center; }
+.cxr-figure figcaption { font-size: 14px; text-align: center; }
 .cxr-empty { padding: 2em; text-align: center; opacity: 0.7; }
 """
 

@@ -73,6 +73,11 @@ PAGE_CSS = VIEWER_CSS + """
                                   border-radius: 6px; font-size: 1.05em; }
 #study-identity .unidentified { border-color: #b45309; background: #fef3c7; }
 #export-status .refused { color: #b91c1c; font-weight: 600; }
+/* Readable type: nothing under 14 px (gradio draws block labels, hints, paths and progress at 12 px). */
+.gradio-container label, .gradio-container .info-text, .gradio-container .progress-text,
+.gradio-container code { font-size: 14px !important; }
+/* Sentence tags as written, at 14 px: gradio upper-cases them at 9.8 px. */
+#sentence-tags .label { font-size: 14px !important; text-transform: none !important; }
 """
 
 
@@ -542,8 +547,15 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
 def serve_options():
     """Settings for `launch` and `gr.mount_gradio_app` alike: our CSS, no run history kept in the browser
     (it would store inputs of past runs), no footer links, bounded upload size, no MCP or analytics."""
-    return dict(css=PAGE_CSS, footer_links=[], run_history=False, max_file_size=MAX_FILE_SIZE, ssr_mode=False,
-                mcp_server=False, pwa=False, enable_monitoring=False)
+    return dict(css=PAGE_CSS, theme=page_theme(), footer_links=[], run_history=False, max_file_size=MAX_FILE_SIZE,
+                ssr_mode=False, mcp_server=False, pwa=False, enable_monitoring=False)
+
+
+def page_theme():
+    """gradio's theme in the machine's own fonts: the semi-bold Source Sans Pro that gradio serves draws a capital
+    "A" from another, smaller font ("CRITICᴀL"), and a web font cannot be fetched offline anyway."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
 
 
 def launch(app, host="127.0.0.1", port=7860, **kwargs):

@@ -34,6 +34,24 @@ READ_PIXELS = """([index, points]) => {
 }"""
 
 
+# Visible elements with text of their own drawn under 14 px: [font size, tag, text].
+SMALL_TEXT = """() => [...document.querySelectorAll('.gradio-container *')].filter(element => {
+  const style = getComputedStyle(element), box = element.getBoundingClientRect();
+  return [...element.childNodes].some(node => node.nodeType === 3 && node.textContent.trim())
+    && box.width > 0 && box.height > 0 && style.visibility !== 'hidden' && parseFloat(style.fontSize) < 14;
+}).map(element => [getComputedStyle(element).fontSize, element.tagName, element.textContent.trim().slice(0, 40)])"""
+# A line of bold capitals in the page's font, added beside the critical-finding banner.
+BOLD_CAPITALS = """(text) => { const line = document.createElement('div'); line.className = 'capitals-probe';
+  line.style.cssText = 'font-size: 40px; font-weight: 700; display: inline-block; color: black; background: white';
+  line.textContent = text; document.querySelector('#critical').append(line); }"""
+
+
+def ink_height(locator):
+    """Rows of the element's screenshot that hold dark (ink) pixels."""
+    rows = np.nonzero((screenshot_gray(locator) < 128).any(axis=1))[0]
+    return rows[-1] - rows[0] + 1
+
+
 def screenshot_gray(locator):
     return np.array(Image.open(io.BytesIO(locator.screenshot())).convert("L"), dtype=float)
 
@@ -104,7 +122,14 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
         page.locator("#impression textarea").fill("Right pneumothorax.")
         page.locator("#critical .critical-alert").wait_for()
         assert "Pneumothorax (right)" in page.locator("#critical").inner_text()
-        assert "PNEUMOTHORAX: PRESENT" in page.locator("#sentence-tags").inner_text().upper()
+        assert "Pneumothorax: present" in page.locator("#sentence-tags").inner_text()  # as written, not upper-cased
+        assert page.evaluate(SMALL_TEXT) == []  # readable type: nothing under 14 px
+        # Bold capitals in one font: gradio's own semi-bold web font drew "A" from a smaller one ("CRITICᴀL").
+        for text in ("AAAA", "HHHH"):
+            page.evaluate(BOLD_CAPITALS, text)
+        probes = page.locator("#critical .capitals-probe")
+        assert ink_height(probes.nth(0)) >= 0.95 * ink_height(probes.nth(1))
+        page.evaluate("() => document.querySelectorAll('.capitals-probe').forEach(probe => probe.remove())")
 
         exported = {suffix: text for suffix, (_, text) in export(page).items()}
         header, text = exported["txt"].split("\n\n", 1)
