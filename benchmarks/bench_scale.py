@@ -8,7 +8,8 @@ Each size gets its own image folder of 512 px JPEGs (the Kaggle MIMIC-CXR set's 
 three commands, each in a fresh process as a user runs them, timed, with its peak RSS from the kernel (wait4):
   1. `convert_imagefolder` -> the dataset folder (records/s, bytes on disk);
   2. `train.py` for 1 step with `feature_cache`: builds the cache (build time from its cache_info.json, bytes);
-  3. `train.py` for --steps steps from that cache (samples/s from metrics.jsonl, time to the first step).
+  3. `train.py` for --steps steps from that cache (samples/s from metrics.jsonl; the run's time outside its steps,
+     "overhead": start-up with the cache index's hashing and the report passes, the final validation, the release).
 The growth series uses the demo's architecture (configs/demo.yaml: 64 px ViT, small T5), so that 16 k studies fit
 the time; one more row runs steps 2 and 3 with the full-size model (ViT-B/16 + t5-small shapes, random weights) on
 the smallest size, which gives the per-study costs the extrapolation uses. Each quantity is fitted as
@@ -169,7 +170,7 @@ def train_measured(dataset, work, name, full_size, steps, logs):
                   "peak_rss_mib": results["cache"]["peak_rss_mib"],
                   "peak_private_mib": results["cache"]["peak_private_mib"]},
         "train": {"samples_per_second": rate, "steps": steps, "run_seconds": results["train"]["seconds"],
-                  "setup_seconds": results["train"]["seconds"] - steps_seconds,
+                  "overhead_seconds": results["train"]["seconds"] - steps_seconds,
                   "peak_rss_mib": results["train"]["peak_rss_mib"],
                   "peak_private_mib": results["train"]["peak_private_mib"]},
     }
@@ -213,7 +214,7 @@ def growth(rows):
         "dataset bytes": [row["convert"]["bytes"] for row in rows],
         "cache build seconds (demo model)": [row["demo_model"]["cache"]["build_seconds"] for row in rows],
         "cache bytes (demo model)": [row["demo_model"]["cache"]["bytes"] for row in rows],
-        "training setup seconds (demo model)": [row["demo_model"]["train"]["setup_seconds"] for row in rows],
+        "training overhead seconds (demo model)": [row["demo_model"]["train"]["overhead_seconds"] for row in rows],
     }
     fits = {name: dict(zip(("fixed", "per_study", "largest_relative_residual"), linear_fit(sizes, values)))
             for name, values in quantities.items()} if len(rows) >= 2 else {}
@@ -256,24 +257,24 @@ def tables(result):
     rows, fits, flat, estimate = result["rows"], result["fits"], result["flat"], result["mimic_estimate"]
     lines = ["Memory columns are peak private / peak RSS in MiB (RSS adds the memory-mapped files' pages).", "",
              "| studies | convert s | records/s | dataset MiB | convert memory | cache build s | cache MiB | "
-             "cache run memory | train samples/s | train setup s | train memory |",
+             "cache run memory | train samples/s | train overhead s | train memory |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         convert, cache, train = row["convert"], row["demo_model"]["cache"], row["demo_model"]["train"]
         lines.append(f"| {row['studies']:,} | {convert['seconds']:.1f} | {convert['records_per_second']:.0f} | "
                      f"{mib(convert['bytes'])} | {memory(convert)} | {cache['build_seconds']:.1f} | "
                      f"{mib(cache['bytes'])} | {memory(cache)} | {train['samples_per_second']:.1f} | "
-                     f"{train['setup_seconds']:.1f} | {memory(train)} |")
+                     f"{train['overhead_seconds']:.1f} | {memory(train)} |")
     for row in rows:
         if "full_size_model" not in row:
             continue
         cache, train = row["full_size_model"]["cache"], row["full_size_model"]["train"]
         lines += ["", f"Full-size model (ViT-B/16 + t5-small shapes) on the {row['studies']:,}-study dataset:", "",
-                  "| cache build s | s per study | cache MiB | cache run memory | train samples/s | train setup s | "
+                  "| cache build s | s per study | cache MiB | cache run memory | train samples/s | train overhead s | "
                   "train memory |", "|---|---|---|---|---|---|---|",
                   f"| {cache['build_seconds']:.1f} | {cache['build_seconds'] / cache['studies']:.3f} | "
                   f"{mib(cache['bytes'])} | {memory(cache)} | {train['samples_per_second']:.2f} | "
-                  f"{train['setup_seconds']:.1f} | {memory(train)} |"]
+                  f"{train['overhead_seconds']:.1f} | {memory(train)} |"]
     if fits:
         lines += ["", "Linear fits, value = fixed + per study x studies:", "",
                   "| quantity | fixed | per study | largest relative residual |", "|---|---|---|---|"]
