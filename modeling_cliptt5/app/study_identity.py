@@ -4,10 +4,10 @@ to it, and export file names that carry the study id and time."""
 import hashlib
 import html
 import re
-import warnings
 from datetime import datetime
 
-from modeling_cliptt5.images.image_io import is_dicom
+from modeling_cliptt5.images.dicom import read_header
+from modeling_cliptt5.images.views import dataset_view
 
 # Header attributes the page reads (DICOM keywords). The patient's name is shown and exported only when the user
 # asks for it (app.py --show-patient-name): a name on a shared screen is more than the reading needs.
@@ -37,23 +37,11 @@ def file_key(path):
 def file_identity(path):
     """{field: value} from a DICOM file's header (HEADER_FIELDS that are set); {} for PNG/JPEG or a header
     that cannot be read (the image reader names that problem)."""
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(132)
-    except OSError:
-        return {}
-    if not is_dicom(start, str(path)):
-        return {}
-    from modeling_cliptt5.images.dicom import import_pydicom
-
-    pydicom = import_pydicom()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=start[128:132] != b"DICM")
-    except Exception:  # noqa: BLE001 - a damaged header: the image reader reports it
+    dataset = read_header(path)
+    if dataset is None:
         return {}
     values = {field: str(dataset.get(keyword, "") or "").strip() for field, keyword in HEADER_FIELDS.items()}
+    values["view_position"] = dataset_view(dataset)  # ViewPosition, else the view code: as the model's order reads it
     if len(values["study_date"]) == 8 and values["study_date"].isdigit():  # DA: YYYYMMDD
         date = values["study_date"]
         values["study_date"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"

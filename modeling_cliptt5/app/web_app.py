@@ -221,14 +221,16 @@ def checklist_choices(names, probabilities):
     return [(f"{name}  {probabilities[name]:.2f}", name) for name in names]
 
 
-def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False):
+def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False,
+                 views=None):
     """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
-    messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps).
+    messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps). `views`: the
+    files' header views where already read (update_study), else they are read here.
 
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
-    files, views, view_note = in_view_order(files)  # the model's first image is the frontal one
+    files, views, view_note = in_view_order(files, views)  # the model's first image is the frontal one
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
@@ -480,8 +482,9 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
             token = current.get("token")
             try:
                 with turns.turn():
+                    # the study's files come frontal first with the views update_study read from their headers
                     outputs = list(draft_report(drafter, current["files"] if token else paths, text, max_pixels,
-                                                checked, any_modality))
+                                                checked, any_modality, current.get("views") if token else None))
             except ServerBusy:
                 return [gr.skip(), gr.skip(), BUSY_MESSAGE, *[gr.skip()] * 4]
             if token and not open_studies.is_current(request.session_hash, token):

@@ -97,6 +97,32 @@ def read_dicom(
     raise ImageReadError(name, f"unsupported DICOM photometric interpretation {photometric!r} with shape {pixels.shape}")
 
 
+def read_header(source):
+    """The header (no pixel data) of a DICOM file (path) or its bytes; None for a PNG or JPEG, or a header that
+    cannot be read (the image reader names that problem when the image is opened)."""
+    from modeling_cliptt5.images.image_source import is_dicom
+
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    try:
+        if in_memory:
+            start, name = bytes(source[:132]), ""
+        else:
+            with open(source, "rb") as handle:
+                start, name = handle.read(132), str(source)
+    except OSError:
+        return None
+    if not is_dicom(start, name):
+        return None
+    pydicom = import_pydicom()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return pydicom.dcmread(io.BytesIO(bytes(source)) if in_memory else source, stop_before_pixels=True,
+                                   force=start[128:132] != b"DICM")
+    except Exception:  # noqa: BLE001 - a damaged header
+        return None
+
+
 def parse_dataset(pydicom, data: bytes, name: str):
     """Parse the header; "force" only without the DICM preamble, where a .dcm suffix is all we have to go on."""
     has_preamble = data[128:132] == b"DICM"

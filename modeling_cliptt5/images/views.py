@@ -9,12 +9,6 @@ given stays and the note says which image is taken as the frontal.
 
 from __future__ import annotations
 
-import io
-import warnings
-from pathlib import Path
-
-from modeling_cliptt5.images.image_source import is_dicom
-
 FRONTAL, LATERAL = "frontal", "lateral"
 _FRONTAL_NAMES = {"pa", "ap", "frontal", "postero-anterior", "posteroanterior", "antero-posterior", "anteroposterior",
                   "ap supine", "ap erect", "pa erect", "ap semi-erect"}
@@ -35,30 +29,24 @@ def view_kind(view: str | None) -> str | None:
 
 
 def header_view(source) -> str:
-    """The view a DICOM file's header names (ViewPosition, else the View Code Sequence's code meaning); "" for a
-    PNG or JPEG, a header without one, or a file that cannot be read (the image reader names that problem)."""
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            data, name = bytes(source[:132]), ""
-        else:
-            with open(source, "rb") as handle:
-                data, name = handle.read(132), str(source)
-        if not is_dicom(data, name):
-            return ""
-        from modeling_cliptt5.images.dicom import import_pydicom
+    """The view a DICOM file's header names (see dataset_view); "" for a PNG or JPEG, or a header that cannot be
+    read, pydicom missing included (the image reader names that problem)."""
+    from modeling_cliptt5.images.dicom import read_header
 
-        pydicom = import_pydicom()
-        file = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = pydicom.dcmread(file, stop_before_pixels=True, force=data[128:132] != b"DICM")
-        view = str(dataset.get("ViewPosition", "") or "").strip()
-        codes = dataset.get("ViewCodeSequence") or []
-        if not view and len(codes):
-            view = str(codes[0].get("CodeMeaning", "") or "").strip()
-        return view
-    except Exception:  # noqa: BLE001 - no view known; reading the image reports a damaged file
+    try:
+        dataset = read_header(source)
+    except ImportError:
         return ""
+    return "" if dataset is None else dataset_view(dataset)
+
+
+def dataset_view(dataset) -> str:
+    """A read header's view: ViewPosition, else the View Code Sequence's first code meaning ("" if neither)."""
+    view = str(dataset.get("ViewPosition", "") or "").strip()
+    codes = dataset.get("ViewCodeSequence") or []
+    if not view and len(codes):
+        view = str(codes[0].get("CodeMeaning", "") or "").strip()
+    return view
 
 
 def frontal_first(items: list, views: list[str], names: list[str]) -> tuple[list, list[str], str | None]:

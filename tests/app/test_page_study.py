@@ -65,6 +65,16 @@ def test_the_frontal_leads_the_study_whatever_order_the_files_came_in(tmp_path):
     assert viewer.index("Image 1: pa.dcm (PA)") < viewer.index("Image 2: ll.dcm (LL)")
     assert "Views:" not in messages
 
+    # a header with only a view code: the page's views and the model's order read it alike
+    from pydicom.dataset import Dataset
+
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10214", "SRT", "postero-anterior"
+    coded = str(grayscale_dicom(block_image(size=(24, 20)), tmp_path / "coded.dcm",
+                                header={**PATIENT, "ViewCodeSequence": [code]}))
+    study, *_ = update_study([lateral, coded], {})
+    assert study["files"] == [coded, lateral] and study["views"] == ["postero-anterior", "LL"]
+
     second, first = png(tmp_path / "b.png", 1), png(tmp_path / "a.png", 2)
     photos, *_ = update_study([second, first], {})
     assert photos["files"] == [second, first]  # no header names a view: the order they were dropped in
