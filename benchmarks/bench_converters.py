@@ -25,13 +25,14 @@ from modeling_cliptt5.cli import convert_kaggle_cxr
 REPORT = "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. IMPRESSION: No acute process."
 
 
-def radiograph_like_jpeg(rng, size):
-    """A smooth grey gradient with noise: compresses like a real film (tens of kB at 512 px), unlike flat colour."""
+def radiograph_like_jpeg(rng, size, mode="RGB"):
+    """A smooth grey gradient with noise: compresses like a real film (tens of kB at 512 px), unlike flat colour.
+    `mode`: "RGB" (the Kaggle set's 3-channel JPEGs) or "L"."""
     y, x = np.mgrid[0:size, 0:size] / size
     base = 80 + 100 * np.exp(-((x - 0.5) ** 2) / 0.08) * (0.6 + 0.4 * y)
     pixels = np.clip(base + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).convert("RGB").save(buffer, format="JPEG", quality=90)
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 

@@ -19,7 +19,6 @@ Writes benchmarks/results/scale.json and the measured tables and extrapolation i
 """
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -31,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 from tqdm.auto import tqdm
+
+from bench_converters import radiograph_like_jpeg  # a sibling script: benchmarks/ is on sys.path when run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "scale.json"
@@ -64,16 +64,6 @@ def parse_args(argv=None):
 
 # --- the data --------------------------------------------------------------------------------------------------
 
-def radiograph_like_jpeg(rng, size=512):
-    """A smooth grey gradient with noise: it compresses like a film (tens of kB at 512 px), unlike flat colour."""
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = 80 + 100 * np.exp(-((x - 0.5) ** 2) / 0.08) * (0.6 + 0.4 * y)
-    pixels = np.clip(base + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def make_image_folder(folder, studies, seed=0):
     """`studies` JPEGs and a metadata.jsonl of phantom reports (findings + impression, varied wording)."""
     from modeling_cliptt5.data.phantom import sample_findings, write_report
@@ -83,7 +73,7 @@ def make_image_folder(folder, studies, seed=0):
     lines = []
     for index in tqdm(range(studies), desc=f"writing {studies} JPEGs", unit="image"):
         name = f"images/s{50000000 + index}.jpg"
-        (folder / name).write_bytes(radiograph_like_jpeg(rng))
+        (folder / name).write_bytes(radiograph_like_jpeg(rng, 512, mode="L"))
         findings, impression = write_report(sample_findings(rng), rng)
         lines.append(json.dumps({"file_name": name, "findings": findings, "impression": impression}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")

@@ -215,11 +215,12 @@ def build_cache(splits, folder, accelerator, preprocess, encode, shape, num_view
             json.dump(index, handle)
         with open(os.path.join(temp_dir, UNREADABLE_FILE), "w", encoding="utf-8") as handle:
             json.dump(sorted(unreadable), handle)
+        seconds = time.perf_counter() - started
         with open(os.path.join(temp_dir, INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump({"studies": len(index), "unreadable": len(unreadable), "dtype": dtype, "shape": list(shape),
-                       "build_seconds": round(time.perf_counter() - started, 2)}, handle)
+                       "build_seconds": round(seconds, 2)}, handle)
         os.makedirs(cache_root, exist_ok=True)
         replace_folder(temp_dir, folder)
-        print(f"cached the features of {len(index)} studies in {time.perf_counter() - started:.0f} s: {folder}")
+        print(f"cached the features of {len(index)} studies in {seconds:.0f} s: {folder}")
     accelerator.wait_for_everyone()
     return FeatureCache(folder), keys_per_split
