@@ -146,7 +146,7 @@ def open_browser(playwright, viewport=(1400, 1000)):
 def upload_study(page, paths, timeout_ms=30_000):
     """Drop files on the page and wait until the viewer shows one image per readable file."""
     page.locator("#study-files input[type=file]").set_input_files([str(path) for path in paths], timeout=timeout_ms)
-    page.locator("#study-viewer img.cxr-image").nth(len(paths) - 1).wait_for(timeout=timeout_ms)
+    page.locator("#study-viewer canvas.cxr-canvas[data-ready]").nth(len(paths) - 1).wait_for(timeout=timeout_ms)
 
 
 WATCH_DRAFT_INFO = """() => {

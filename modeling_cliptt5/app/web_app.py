@@ -26,7 +26,8 @@ import gradio as gr  # noqa: E402
 
 from modeling_cliptt5.atomic_writes import atomic_file  # noqa: E402
 from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
-from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, open_image  # noqa: E402
+from modeling_cliptt5.images.display import open_for_display  # noqa: E402
+from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError  # noqa: E402
 from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E402
 from modeling_cliptt5.inference.drafting import ood_warning  # noqa: E402
 from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
@@ -90,14 +91,15 @@ def make_private_upload_folder():
 
 
 def read_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
-    """Decode the dropped files: [(name, image)] for the readable ones, one message per unreadable file, and the
-    readers' doubts about the files used (a DICOM without Modality, of another body part...)."""
+    """Decode the dropped files: [(name, image as the model reads it, what the viewer shows)] for the readable ones,
+    one message per unreadable file, and the readers' doubts about the files used (a DICOM without Modality, of
+    another body part...)."""
     images, problems, doubts = [], [], []
     for path in files or []:
         name = Path(path).name
         try:
-            images.append((name, open_image(path, name=name, max_pixels=max_pixels, any_modality=any_modality,
-                                            on_doubt=doubts.append)))
+            images.append((name, *open_for_display(path, name=name, max_pixels=max_pixels,
+                                                   any_modality=any_modality, on_doubt=doubts.append)))
         except ImageReadError as error:
             problems.append(str(error))
         except Exception as error:  # a decoder bug on one file must not take the page down
@@ -118,10 +120,11 @@ def messages_html(problems, note=None, doubts=(), refused=(), notes=()):
 
 
 def captions_of(images, views=()):
-    """Viewer captions: "Image 1: name (PA)" with the view from the header where there is one."""
+    """Viewer captions with what they show: ("Image 1: name (PA)", display) with the view from the header where
+    there is one."""
     views = list(views) + [""] * (len(images) - len(views))
-    return [(f"Image {index}: {name}{f' ({view})' if view else ''}", image)
-            for index, ((name, image), view) in enumerate(zip(images, views), start=1)]
+    return [(f"Image {index}: {name}{f' ({view})' if view else ''}", display)
+            for index, ((name, _, display), view) in enumerate(zip(images, views), start=1)]
 
 
 def in_view_order(files, views=None):
@@ -138,7 +141,7 @@ def in_view_order(files, views=None):
 def views_of(images, files, views):
     """The view of each readable image (read_study leaves unreadable files out)."""
     view_by_name = {Path(path).name: view for path, view in zip(files, views)}
-    return [view_by_name.get(name, "") for name, _ in images]
+    return [view_by_name.get(name, "") for name, *_ in images]
 
 
 def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=None, refused=(), notes=()):
@@ -240,7 +243,7 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     view_notes = [view_note] if view_note else []
     viewer = viewer_html(captions_of(images, views))
     try:
-        report, view_warning = drafter.draft([image for _, image in images], indication, findings)
+        report, view_warning = drafter.draft([image for _, image, _ in images], indication, findings)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
         return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
                                                    f"{error})."), {}, no_checklist, viewer
@@ -249,8 +252,8 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     if view_warning and len(images) > drafter.num_views:
         # Which views the model reads is the reader's to know: name them rather than drop images silently.
         view_warning = (f"This model reads {drafter.num_views} image(s) per study: drafted from "
-                        f"{', '.join(name for name, _ in images[:used])}; shown for review only, not read by "
-                        f"the model: {', '.join(name for name, _ in images[used:])}.")
+                        f"{', '.join(name for name, *_ in images[:used])}; shown for review only, not read by "
+                        f"the model: {', '.join(name for name, *_ in images[used:])}.")
     source = "the findings you checked" if findings is not None else "its findings"
     info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")

@@ -70,11 +70,18 @@ def read_dicom(
     """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
-    pydicom = import_pydicom()
     if name is None:
         name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
-    data = read_source_bytes(source, name)
+    dataset, pixels = decode_dicom(source, name, max_pixels, any_modality, on_doubt)
+    return dataset_image(dataset, pixels, name, bits)
 
+
+def decode_dicom(source, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, any_modality: bool = False,
+                 on_doubt=None):
+    """(dataset, first frame's stored values) of a DICOM image, after read_dicom's checks: the viewer windows the
+    stored values itself (images/display.py), the model reads `dataset_image` of them."""
+    pydicom = import_pydicom()
+    data = read_source_bytes(source, name)
     dataset = parse_dataset(pydicom, data, name)
     check_has_pixels(dataset, name)
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
@@ -83,10 +90,18 @@ def read_dicom(
             name, f"image too large: {columns} x {rows} = {rows * columns:,} pixels, over the limit of {max_pixels:,}"
         )
     check_radiograph(dataset, name, any_modality, on_doubt or warn_doubt)
+    return dataset, decode_first_frame(pydicom, dataset, name)
 
-    pixels = decode_first_frame(pydicom, dataset, name)
+
+def is_grayscale(dataset, pixels: np.ndarray) -> bool:
+    return str(dataset.get("PhotometricInterpretation", "")).upper() in GRAYSCALE and pixels.ndim == 2
+
+
+def dataset_image(dataset, pixels: np.ndarray, name: str, bits: int = 8) -> Image.Image:
+    """decode_dicom's pixels as the model reads them: grayscale through the display pipeline, or RGB."""
+    pydicom = import_pydicom()
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
-    if photometric in GRAYSCALE and pixels.ndim == 2:
+    if is_grayscale(dataset, pixels):
         return grayscale_image(pydicom, dataset, pixels, bits)
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
         # pydicom converts YCbCr to RGB while decoding (as_rgb=True), so any 3-sample image is RGB here.
@@ -228,12 +243,15 @@ def decoder_hint(transfer_syntax) -> str:
 
 def grayscale_image(pydicom, dataset, pixels: np.ndarray, bits: int) -> Image.Image:
     """Modality LUT, then VOI, then scale to [0, 1] over the VOI output range, inverting MONOCHROME1."""
-    values = pydicom.pixels.apply_modality_lut(pixels, dataset).astype(np.float64)
+    values = pydicom.pixels.apply_modality_lut(pixels, dataset)
     low, high = voi_output_range(dataset)
     if low is None:
         low, high = float(values.min()), float(values.max())
     else:
+        if dataset.get("VOILUTSequence") and np.array_equal(values, np.round(values)):
+            values = values.astype(np.int64)  # a lookup table is indexed by whole values
         values = pydicom.pixels.apply_voi_lut(values, dataset, index=0)
+    values = values.astype(np.float64)
     unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
     if str(dataset.PhotometricInterpretation).upper() == "MONOCHROME1":
         unit = 1.0 - unit  # MONOCHROME1: the lowest value is displayed white (PS3.3 C.7.6.3.1.2)

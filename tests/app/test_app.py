@@ -2,6 +2,7 @@
 review, export, bad files, queueing, privacy settings."""
 
 import base64
+import html
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +82,17 @@ def model_draft(drafter, image):
     return drafter.processor.batch_decode_reports(drafter.model.generate(**inputs))[0]
 
 
-def preview_pixels(viewer_html):
-    """The grayscale pixels of each image the viewer shows (decoded from its data URIs)."""
-    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', viewer_html)
-    return [np.array(Image.open(io.BytesIO(base64.b64decode(uri))).convert("L")) for uri in uris]
+def shown_images(viewer_html):
+    """[(values, attributes)] of each image the viewer shows: the values the browser windows (decoded from their
+    zlib + base64 data attribute) and the canvas's other data attributes."""
+    shown = []
+    for canvas in re.findall(r"<canvas [^>]*>", viewer_html):
+        attributes = {name: html.unescape(value) for name, value in re.findall(r'data-([a-z0-9]+)="([^"]*)"', canvas)}
+        rows, columns = int(re.search(r'height="(\d+)"', canvas)[1]), int(re.search(r'width="(\d+)"', canvas)[1])
+        raw = zlib.decompress(base64.b64decode(attributes.pop("pixels")))
+        dtype = "<u2" if attributes["dtype"] == "u2" else "u1"
+        shown.append((np.frombuffer(raw, dtype=dtype).reshape(rows, columns), attributes))
+    return shown
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +119,13 @@ def test_monochrome1_dicom_is_shown_and_drafted_with_bone_white(client, drafter,
     displayed = np.where(stored == stored.max(), 0, 255).astype(np.uint8)
     not_inverted = 255 - displayed
 
+    # The viewer gets the stored values themselves at full depth, marked MONOCHROME1: the browser windows and
+    # inverts them (the browser test checks the pixels it shows).
     viewer, messages = show_study([upload(client, dicom)["path"]])
-    (preview,) = preview_pixels(viewer)
+    ((values, attributes),) = shown_images(viewer)
     assert messages == ""
-    assert preview[0, 0] < 10 and preview[-1, -1] > 245
+    modality = float(attributes["offset"]) + float(attributes["slope"]) * values.astype(float)
+    assert np.array_equal(modality, stored) and attributes["mono1"] == "1"
 
     findings, *_ = call(client, "draft_report", [upload(client, dicom)], "")
     assert findings == model_draft(drafter, Image.fromarray(displayed))["findings"]
@@ -130,7 +142,7 @@ def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, 
     bad = [upload(client, path) for path in (corrupt, report, huge)]
 
     viewer, messages = show_study([file["path"] for file in bad] + [upload(client, png_path)["path"]])
-    assert len(preview_pixels(viewer)) == 1
+    assert len(shown_images(viewer)) == 1
     for name, reason in (("corrupt.png", "corrupt"), ("report.dcm", "no pixel data"), ("huge.png", "too large")):
         assert re.search(rf"{re.escape(name)}: [^<]*{reason}", messages), messages
 
@@ -296,10 +308,9 @@ def test_sentences_that_disagree_with_the_checklist_are_marked_and_missing_findi
 def test_a_heatmap_covers_the_square_the_model_read_and_is_strongest_where_the_map_is():
     from modeling_cliptt5.app.study_viewer import heatmap_data_uri
 
-    image = Image.new("L", (200, 100))  # wide: the model read the centre 100 x 100 square
-    finding_map = np.zeros((4, 4))
+    finding_map = np.zeros((4, 4))  # of a wide image (200 x 100): the model read the centre 100 x 100 square
     finding_map[0, 3] = 1.0  # top-right patch
-    uri = heatmap_data_uri(image, finding_map)
+    uri = heatmap_data_uri((200, 100), finding_map)
     overlay = np.array(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     alpha = overlay[..., 3].astype(float)
     assert overlay.shape[:2] == (100, 200)

@@ -52,7 +52,7 @@ def add_files(page, paths):
 
 def clear_study(page):
     page.locator('#study-files button[aria-label="Clear"]').click()
-    page.wait_for_function("!document.querySelector('#study-viewer img.cxr-image')")
+    page.wait_for_function("!document.querySelector('#study-viewer canvas.cxr-canvas')")
 
 
 def text_of(page, selector):
@@ -107,10 +107,10 @@ def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_i
         add_files(page, [stranger])
         messages = wait_for_text(page, "#study-messages", r"Not added")
         assert "stranger.dcm is of another patient or study, patient ID P-2002 (this study: P-1001)" in messages
-        assert page.locator("#study-viewer img.cxr-image").count() == 1
+        assert page.locator("#study-viewer canvas.cxr-canvas").count() == 1
         add_files(page, [lateral])
         assert "Added ll.dcm to this study." in wait_for_text(page, "#study-messages", r"Added ll\.dcm")
-        assert page.locator("#study-viewer img.cxr-image").count() == 2
+        assert page.locator("#study-viewer canvas.cxr-canvas").count() == 2
         assert "Views 1: PA, 2: LL" in text_of(page, "#study-identity")
         # The draft was made from one image: exporting it now is refused, and the page says why.
         assert "The images changed after this draft" in text_of(page, "#draft-info")
@@ -140,7 +140,7 @@ def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_i
         assert page.locator("#exported-files a").count() == 0 and text_of(page, "#export-status") == ""
         assert page.locator("#report-versions").is_hidden()
         assert "pneumothorax" not in text_of(page, "#sentence-tags").lower()
-        assert page.locator("#study-viewer img.cxr-image").count() == 1
+        assert page.locator("#study-viewer canvas.cxr-canvas").count() == 1
 
         # An empty report is not exported silently.
         page.click("#export-button")
@@ -188,7 +188,7 @@ def test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_
         assert "Error" not in third.locator("body").inner_text()
         assert third.locator("#findings textarea").input_value() == ""
 
-        first.wait_for_function("!document.querySelector('#study-viewer img.cxr-image')")
+        first.wait_for_function("!document.querySelector('#study-viewer canvas.cxr-canvas')")
         upload_study(first, [images[3]])
         second.wait_for_function("window.cliptt5DraftDone === true", timeout=120_000)
         assert second.locator("#findings textarea").input_value()
