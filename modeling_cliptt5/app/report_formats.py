@@ -1,0 +1,389 @@
+"""The report's structured exports, built from an export record (web_app.export_report's `record`: the study's
+identity plus report_review.export_record) and an optional reader's signature.
+
+Exports:
+- `report_document(record, signature=None)`: the plain-text report (a DRAFT banner first when unsigned, the
+  "Signed by" line when signed, the research-prototype notice last);
+- `fhir_diagnostic_report(record, signature=None)`: a FHIR R4 DiagnosticReport as a plain JSON dict, with one
+  contained Observation per claimed finding, pertinent negative and findings-checklist entry;
+- `basic_text_sr(record, references, signature=None, when=None)`: a DICOM Basic Text SR (pydicom Dataset) in the
+  study of the referenced DICOM images, and `write_basic_text_sr(path, ...)`, which writes it whole or not at all;
+- `NoDicomReferences`: why there is no SR for a PNG/JPEG-only study.
+
+A `signature` is None (an unsigned draft) or {"reader": "Dr A. Reader", "signed_at": <timezone-aware datetime>}
+(optionally "organization", the SR's Verifying Organization).
+
+Terminology codes (SNOMED CT, LOINC, DICOM) are given only where known; a finding without a code we are sure of
+is named in text only. No identity is invented: what the study's headers did not say is left out (FHIR) or empty
+(DICOM type 2 attributes).
+"""
+
+import base64
+import copy
+import io
+import re
+from datetime import datetime
+from pathlib import Path
+
+from modeling_cliptt5.app.report_review import NOTICE
+from modeling_cliptt5.app.study_identity import identity_lines
+from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.evaluation.labeler import FINDINGS, NEGATIVE
+from modeling_cliptt5.images.dicom import import_pydicom
+
+DRAFT_BANNER = "DRAFT - NOT SIGNED: for review only, not a final report."
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+# SNOMED CT concepts for the labeler's findings. Codes are given only where we are sure of them; the others
+# (Enlarged Cardiomediastinum, Lung Opacity, Lung Lesion, Pleural Other, Support Devices) get code.text only.
+FINDING_CODES = {
+    "Pneumothorax": ("36118008", "Pneumothorax"),
+    "Pleural Effusion": ("60046008", "Pleural effusion"),
+    "Cardiomegaly": ("8186001", "Cardiomegaly"),
+    "Atelectasis": ("46621007", "Atelectasis"),
+    "Edema": ("19242006", "Pulmonary edema"),
+    "Pneumonia": ("233604007", "Pneumonia"),
+    "Consolidation": ("95436008", "Lung consolidation"),
+    "Fracture": ("125605004", "Fracture of bone"),
+}
+PRESENT = {"coding": [{"system": SNOMED, "code": "52101004", "display": "Present"}], "text": "present"}
+ABSENT = {"coding": [{"system": SNOMED, "code": "2667000", "display": "Absent"}], "text": "absent"}
+POSSIBLE = {"text": "possible"}  # SNOMED has no plain "possible" qualifier we are sure of: text only
+REPORT_CODE = {"coding": [{"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}],
+               "text": "Chest X-ray report"}
+RADIOLOGY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
+                         "display": "Radiology"}]}
+IMAGING = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging",
+                       "display": "Imaging"}]}
+ACCESSION_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
+                              "display": "Accession ID"}]}
+CHECKLIST_METHOD = {"text": "reader-confirmed finding checklist"}
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+# (code value, coding scheme designator, code meaning) of the SR's concept names
+SR_REPORT = ("18748-4", "LN", "Diagnostic Imaging Report")
+SR_FINDINGS, SR_FINDING = ("121070", "DCM", "Findings"), ("121071", "DCM", "Finding")
+SR_IMPRESSIONS, SR_IMPRESSION = ("121072", "DCM", "Impressions"), ("121073", "DCM", "Impression")
+SR_COMMENT = ("121106", "DCM", "Comment")
+UT_MAX_BYTES = 2 ** 32 - 2  # the longest value the VR UT allows
+REFERENCE_KEYS = ("study_instance_uid", "series_instance_uid", "sop_class_uid", "sop_instance_uid")
+
+
+class NoDicomReferences(ValueError):
+    """A DICOM SR was asked for a study without DICOM images to reference."""
+
+    def __init__(self):
+        super().__init__("A DICOM SR references the study's DICOM images; this study has none (PNG/JPEG only): "
+                         "export the text or FHIR report instead.")
+
+
+def checked_signature(signature):
+    """The signature, after checking that it names a reader and a time a reader of the export can place."""
+    if signature is None:
+        return None
+    if not str(signature.get("reader") or "").strip():
+        raise ValueError("A signature needs the reader's name.")
+    signed_at = signature.get("signed_at")
+    if not isinstance(signed_at, datetime) or signed_at.utcoffset() is None:
+        raise ValueError("A signature needs its time as a timezone-aware datetime.")
+    return signature
+
+
+def utc_offset(moment):
+    """"+01:00" (Python 3.11 has no %:z)."""
+    minutes = int(moment.utcoffset().total_seconds() // 60)
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def signature_line(signature):
+    signed_at = signature["signed_at"]
+    return f"Signed by {signature['reader'].strip()} on {signed_at:%Y-%m-%d %H:%M} {utc_offset(signed_at)}"
+
+
+def report_document(record, signature=None):
+    """The plain-text report: DRAFT banner (unsigned), identity, FINDINGS/IMPRESSION, signature (signed), notice."""
+    signature = checked_signature(signature)
+    lines = [] if signature else [DRAFT_BANNER]
+    lines += identity_lines(record["study"])
+    if record.get("exported_at"):
+        lines.append(f"Exported: {record['exported_at']}")
+    lines += ["", record["report"]]
+    if signature:
+        lines += ["", signature_line(signature)]
+    lines += ["", NOTICE]
+    return "\n".join(lines) + "\n"
+
+
+# FHIR R4 DiagnosticReport
+
+
+def negative_side(record, observation):
+    """The side of a pertinent negative when every sentence that negates it names the same one ("No left
+    effusion" says nothing of the right), else None."""
+    sides = {sentence.get("sides", {}).get(observation) for sentence in record.get("sentences", [])
+             if sentence.get("labels", {}).get(observation) == NEGATIVE}
+    return sides.pop() if len(sides) == 1 and None not in sides else None
+
+
+def finding_code(observation):
+    code = {"text": observation}
+    if observation in FINDING_CODES:
+        value, display = FINDING_CODES[observation]
+        code["coding"] = [{"system": SNOMED, "code": value, "display": display}]
+    return code
+
+
+def observation(resource_id, status, code, value, side=None, method=None, note=None):
+    resource = {"resourceType": "Observation", "id": resource_id, "status": status, "category": [IMAGING],
+                "code": code, "valueCodeableConcept": value}
+    if side:
+        resource["bodySite"] = {"text": side}
+    if method:
+        resource["method"] = method
+    if note:
+        resource["note"] = [{"text": note}]
+    return resource
+
+
+def finding_observations(record, status):
+    """Claimed findings (present or possible) then pertinent negatives, in the labeler's order."""
+    values = {"present": PRESENT, "possible": POSSIBLE}
+    observations = [observation(f"finding-{index}", status, finding_code(claim["observation"]),
+                                values[claim["status"]], claim.get("side"))
+                    for index, claim in enumerate(record.get("claimed_findings", []), start=1)]
+    negatives = [name for name in FINDINGS if record.get("labels", {}).get(name) == NEGATIVE]
+    observations += [observation(f"negative-{index}", status, finding_code(name), ABSENT,
+                                 negative_side(record, name))
+                     for index, name in enumerate(negatives, start=1)]
+    return observations
+
+
+def checklist_observations(checklist, status):
+    """One Observation per finding of the head's label set: Present if the reader checked it, else Absent."""
+    probabilities = checklist.get("model_probabilities") or {}
+    checked = list(checklist.get("checked_by_reader") or [])
+    predicted = set(checklist.get("model_findings") or [])
+    names = list(probabilities) + [name for name in checked if name not in probabilities]
+    resources = []
+    for index, name in enumerate(names, start=1):
+        note = None
+        if name in probabilities:
+            note = (f"model probability {float(probabilities[name]):.2f}"
+                    f"{', predicted by the model' if name in predicted else ''}")
+        # the head's names ("nodule:right") are not labeler names: text only, no code
+        resources.append(observation(f"checklist-{index}", status, {"text": name},
+                                     PRESENT if name in checked else ABSENT, method=CHECKLIST_METHOD, note=note))
+    return resources
+
+
+def fhir_instant(moment):
+    """A FHIR instant (seconds and a time zone required) from a datetime or an ISO text."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.utcoffset() is None:
+        raise ValueError(f"{moment} has no time zone: a FHIR instant needs one")
+    return moment.isoformat(timespec="seconds")
+
+
+def fhir_diagnostic_report(record, signature=None):
+    """A FHIR R4 DiagnosticReport (JSON dict) of the record: "final" when signed, "preliminary" when not."""
+    signature = checked_signature(signature)
+    study = record.get("study", {})
+    status = "final" if signature else "preliminary"
+    contained = finding_observations(record, status)
+    if record.get("findings_checklist"):
+        contained += checklist_observations(record["findings_checklist"], status)
+    report = {"resourceType": "DiagnosticReport", "contained": contained, "status": status, "category": [RADIOLOGY],
+              "code": REPORT_CODE}
+    if study.get("accession_number"):
+        report["identifier"] = [{"type": ACCESSION_TYPE, "value": study["accession_number"]}]
+    if study.get("patient_id"):  # no ID in the files: no subject, rather than an invented one
+        report["subject"] = {"identifier": {"value": study["patient_id"]},
+                             "display": f"Patient ID {study['patient_id']}"}
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", study.get("study_date", "")):
+        report["effectiveDateTime"] = study["study_date"]
+    report["issued"] = fhir_instant(signature["signed_at"] if signature else record["exported_at"])
+    if signature:
+        reader = signature["reader"].strip()
+        contained.append({"resourceType": "Practitioner", "id": "reader", "name": [{"text": reader}]})
+        report["resultsInterpreter"] = [{"reference": "#reader", "display": reader}]
+    results = [{"reference": f"#{resource['id']}"} for resource in contained
+               if resource["resourceType"] == "Observation"]
+    if results:
+        report["result"] = results
+    if study.get("study_instance_uid"):
+        report["imagingStudy"] = [{"type": "ImagingStudy", "identifier": {
+            "system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study['study_instance_uid']}"}}]
+    if record.get("impression"):
+        report["conclusion"] = record["impression"]
+    document = report_document(record, signature).encode("utf-8")
+    report["presentedForm"] = [{"contentType": "text/plain; charset=utf-8",
+                                "data": base64.b64encode(document).decode("ascii"),
+                                "title": "Chest X-ray report" + ("" if signature else " (DRAFT, not signed)")}]
+    if not contained:  # FHIR forbids empty arrays
+        del report["contained"]
+    return copy.deepcopy(report)  # the caller's to change: no shared module-level codes in it
+
+
+# DICOM Basic Text SR
+
+
+def code_item(pydicom, code):
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def text_item(pydicom, concept, text):
+    if len(text.encode("utf-8")) > UT_MAX_BYTES:
+        raise ValueError(f"{concept[2]} text is longer than a DICOM UT value can hold")
+    item = pydicom.Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = [code_item(pydicom, concept)]
+    item.TextValue = text
+    return item
+
+
+def container(pydicom, concept, children, relationship="CONTAINS"):
+    item = pydicom.Dataset()
+    if relationship:
+        item.RelationshipType = relationship
+    item.ValueType = "CONTAINER"
+    item.ConceptNameCodeSequence = [code_item(pydicom, concept)]
+    item.ContinuityOfContent = "SEPARATE"
+    item.ContentSequence = children
+    return item
+
+
+def checked_references(record, references):
+    """The references' single Study Instance UID; refuses other studies than the images' or the record's."""
+    if not references:
+        raise NoDicomReferences()
+    for reference in references:
+        missing = [key for key in REFERENCE_KEYS if not str(reference.get(key) or "").strip()]
+        if missing:
+            raise ValueError(f"An image reference lacks {', '.join(missing)}.")
+    studies = sorted({reference["study_instance_uid"] for reference in references})
+    if len(studies) > 1:
+        raise ValueError(f"The images belong to {len(studies)} studies ({', '.join(studies)}): an SR reports on "
+                         "one study.")
+    recorded = record.get("study", {}).get("study_instance_uid")
+    if recorded and recorded != studies[0]:
+        raise ValueError(f"The report is of study {recorded}, the images of study {studies[0]}.")
+    return studies[0]
+
+
+def evidence(pydicom, study_uid, references):
+    """CurrentRequestedProcedureEvidenceSequence: every image, grouped by series (first-seen order, no repeats)."""
+    series = {}
+    for reference in references:
+        instances = series.setdefault(reference["series_instance_uid"], {})
+        instances.setdefault(reference["sop_instance_uid"], reference["sop_class_uid"])
+    study = pydicom.Dataset()
+    study.StudyInstanceUID = study_uid
+    study.ReferencedSeriesSequence = []
+    for series_uid, instances in series.items():
+        item = pydicom.Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedSOPSequence = []
+        for instance_uid, class_uid in instances.items():
+            sop = pydicom.Dataset()
+            sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = class_uid, instance_uid
+            item.ReferencedSOPSequence.append(sop)
+        study.ReferencedSeriesSequence.append(item)
+    return [study]
+
+
+def dicom_date(iso_date):
+    """"2024-03-01" -> "20240301"; "" when unknown or not a date (type 2: empty)."""
+    return iso_date.replace("-", "") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", iso_date or "") else ""
+
+
+def verifying_observer(pydicom, signature):
+    item = pydicom.Dataset()
+    item.VerifyingObserverName = signature["reader"].strip()
+    item.VerifyingObserverIdentificationCodeSequence = []  # type 2: no coded ID of the reader is known
+    item.VerifyingOrganization = str(signature.get("organization") or "").strip() or "not stated"  # type 1
+    item.VerificationDateTime = signature["signed_at"].strftime("%Y%m%d%H%M%S%z")
+    return item
+
+
+def basic_text_sr(record, references, signature=None, when=None):
+    """A Basic Text SR of the record in the referenced images' study (a new series); `when`: its content time."""
+    pydicom = import_pydicom()
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    signature = checked_signature(signature)
+    study_uid = checked_references(record, references)
+    study = record.get("study", {})
+    when = when or datetime.now().astimezone()
+
+    dataset = pydicom.Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names and report text need not be ASCII
+    dataset.SOPClassUID = BASIC_TEXT_SR
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    if when.utcoffset() is not None:
+        dataset.TimezoneOffsetFromUTC = when.strftime("%z")
+
+    # Patient and General Study: the headers' values, else empty (type 2); nothing is invented
+    dataset.PatientName = study.get("patient_name", "")
+    dataset.PatientID = study.get("patient_id", "")
+    dataset.PatientBirthDate = ""
+    dataset.PatientSex = ""
+    dataset.StudyInstanceUID = study_uid
+    dataset.StudyDate = dicom_date(study.get("study_date"))
+    dataset.StudyTime = ""
+    dataset.AccessionNumber = study.get("accession_number", "")
+    dataset.ReferringPhysicianName = ""
+    dataset.StudyID = ""
+
+    # SR Document Series and General Equipment
+    dataset.Modality = "SR"
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SeriesNumber = 1
+    dataset.SeriesDescription = "Chest X-ray report" + ("" if signature else " (DRAFT, not signed)")
+    dataset.ReferencedPerformedProcedureStepSequence = []
+    dataset.Manufacturer = ""
+
+    # SR Document General
+    dataset.InstanceNumber = 1
+    dataset.ContentDate = when.strftime("%Y%m%d")
+    dataset.ContentTime = when.strftime("%H%M%S")
+    if signature:
+        dataset.CompletionFlag, dataset.VerificationFlag, dataset.PreliminaryFlag = "COMPLETE", "VERIFIED", "FINAL"
+        dataset.VerifyingObserverSequence = [verifying_observer(pydicom, signature)]
+    else:
+        dataset.CompletionFlag, dataset.VerificationFlag = "PARTIAL", "UNVERIFIED"
+        dataset.PreliminaryFlag = "PRELIMINARY"
+    dataset.CurrentRequestedProcedureEvidenceSequence = evidence(pydicom, study_uid, references)
+    dataset.PerformedProcedureCodeSequence = []
+
+    # SR Document Content: the draft comment first, so that a reader of the SR sees it before the text
+    content = [] if signature else [text_item(pydicom, SR_COMMENT, DRAFT_BANNER)]
+    for section, item_concept, text in ((SR_FINDINGS, SR_FINDING, record.get("findings")),
+                                        (SR_IMPRESSIONS, SR_IMPRESSION, record.get("impression"))):
+        if (text or "").strip():
+            content.append(container(pydicom, section, [text_item(pydicom, item_concept, text.strip())]))
+    root = container(pydicom, SR_REPORT, content, relationship=None)
+    for element in root:
+        dataset.add(element)
+    return dataset
+
+
+def write_basic_text_sr(path, record, references, signature=None, when=None):
+    """Writes the SR to `path` whole or not at all (encoded in memory first, then an atomic rename)."""
+    dataset = basic_text_sr(record, references, signature, when)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    path = Path(path)
+    with atomic_file(path, "wb") as stream:
+        stream.write(buffer.getvalue())
+    return path
