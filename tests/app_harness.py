@@ -170,14 +170,20 @@ def draft(page, timeout_ms=120_000):
     return page.locator("#findings textarea").input_value()
 
 
-def export(page):
-    """Press Export; returns {suffix: (file name, text)} of the .txt and .json downloads the page offers."""
+EXPORT_LINKS = {"txt": 'a[download$=".txt"]', "json": 'a[download$=".json"]:not([download$="_fhir.json"])',
+                "fhir": 'a[download$="_fhir.json"]', "sr": 'a[download$="_sr.dcm"]'}
+
+
+def export(page, kinds=("txt", "json")):
+    """Press Export; returns {kind: (file name, content)} of the downloads the page offers (EXPORT_LINKS): text,
+    or bytes for the DICOM SR."""
     page.click("#export-button")
     exported = {}
-    for suffix in ("txt", "json"):
-        link = page.locator(f'#exported-files a[download$=".{suffix}"]')
+    for kind in kinds:
+        link = page.locator(f"#exported-files {EXPORT_LINKS[kind]}")
         link.wait_for()
         with page.expect_download() as download:
             link.click()
-        exported[suffix] = (download.value.suggested_filename, open(download.value.path(), encoding="utf-8").read())
+        content = Path(download.value.path()).read_bytes()
+        exported[kind] = (download.value.suggested_filename, content if kind == "sr" else content.decode("utf-8"))
     return exported

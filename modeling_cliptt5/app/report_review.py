@@ -11,6 +11,7 @@ from modeling_cliptt5.evaluation.labeler import (
     label_report,
     label_sentences,
     sentence_sides,
+    split_sentences,
 )
 from modeling_cliptt5.processing_cliptt5 import FINDINGS_HEADER, IMPRESSION_HEADER, format_report
 
@@ -34,6 +35,22 @@ def report_text(findings, impression):
     """The report as exported and copied: each section under its header, a blank line between them."""
     sections = ((FINDINGS_HEADER, findings), (IMPRESSION_HEADER, impression))
     return "\n\n".join(f"{header} {text.strip()}" for header, text in sections if (text or "").strip())
+
+
+def review_items(findings, impression):
+    """The sentences a reader accepts one by one, as "Findings: <sentence>" / "Impression: <sentence>"."""
+    items = [f"{section}: {sentence}" for section, text in (("Findings", findings), ("Impression", impression))
+             for sentence in split_sentences((text or "").strip())]
+    return list(dict.fromkeys(items))
+
+
+def reviewed_sentences(findings, impression, accepted, draft):
+    """(the text's review items, those reviewed): accepted before and still in the text word for word, or written
+    by the reader (no sentence of the model's draft). An edited sentence is the reader's own; a redraft's are not."""
+    items = review_items(findings, impression)
+    model = set(review_items((draft or {}).get("findings"), (draft or {}).get("impression")))
+    accepted = set(accepted or [])
+    return items, [item for item in items if item in accepted or item not in model]
 
 
 def sentence_tag(labels):

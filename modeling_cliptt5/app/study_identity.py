@@ -14,7 +14,10 @@ from modeling_cliptt5.images.views import dataset_view
 HEADER_FIELDS = {
     "patient_id": "PatientID", "patient_name": "PatientName", "accession_number": "AccessionNumber",
     "study_date": "StudyDate", "study_instance_uid": "StudyInstanceUID", "view_position": "ViewPosition",
+    "series_instance_uid": "SeriesInstanceUID", "sop_class_uid": "SOPClassUID", "sop_instance_uid": "SOPInstanceUID",
 }
+# What a DICOM SR of the report cites of each image (report_formats.basic_text_sr).
+REFERENCE_FIELDS = ("study_instance_uid", "series_instance_uid", "sop_class_uid", "sop_instance_uid")
 STUDY_FIELDS = ("patient_id", "patient_name", "accession_number", "study_date", "study_instance_uid")
 # Two files of one study never differ in these; a difference means another patient or another study.
 MATCHING_FIELDS = {"patient_id": "patient ID", "study_instance_uid": "Study Instance UID",
@@ -46,6 +49,12 @@ def file_identity(path):
         date = values["study_date"]
         values["study_date"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     return {field: value for field, value in values.items() if value}
+
+
+def file_reference(identity):
+    """{REFERENCE_FIELDS: UID} of a DICOM file's identity (file_identity), None without all four (PNG, JPEG)."""
+    return {field: identity[field] for field in REFERENCE_FIELDS} if all(
+        identity.get(field) for field in REFERENCE_FIELDS) else None
 
 
 def study_identity(identities):

@@ -33,12 +33,19 @@ from modeling_cliptt5.inference.drafting import ood_warning  # noqa: E402
 from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
+from modeling_cliptt5.app.report_formats import (  # noqa: E402
+    NoDicomReferences,
+    fhir_diagnostic_report,
+    report_document,
+    write_basic_text_sr,
+)
 from modeling_cliptt5.app.report_review import (  # noqa: E402
     NOTICE,
     claim_text,
     claimed_findings,
     export_record,
     report_text,
+    reviewed_sentences,
     tagged_sentences,
 )
 from modeling_cliptt5.app.study_identity import (  # noqa: E402
@@ -46,8 +53,8 @@ from modeling_cliptt5.app.study_identity import (  # noqa: E402
     exported_identity,
     file_identity,
     file_key,
+    file_reference,
     identity_html,
-    identity_lines,
     mismatch,
     study_identity,
 )
@@ -62,6 +69,57 @@ BUSY_MESSAGE = ("**The server is busy: try again in a moment.** (Other readers' 
                 "nothing on this page was changed.)")
 FAILED_MESSAGE = "**The draft did not finish: try again.** Nothing on this page was changed."
 
+REVIEW_LABEL = "Sentence review: accept each sentence before signing"
+REVIEW_INFO = ("Alt+Down / Alt+Up: next / previous sentence, Alt+A: accept it, Alt+E: edit it in its box; Ctrl+Enter: "
+               "draft. Sentences you wrote or changed count as yours. Unchecked findings of the checklist are "
+               "exported as absent (pertinent negatives).")
+
+# The review's keys, on the whole page (gr.HTML runs this once). A sentence is a checkbox of #sentence-review
+# labelled "Findings: <sentence>": accepting clicks it (so gradio hears it), editing selects the sentence in its box.
+REVIEW_KEYS_JS = """
+const boxes = () => [...document.querySelectorAll('#sentence-review input[type=checkbox]')];
+const sentenceOf = (box) => box.closest('label').innerText.trim();
+function current() {
+  const all = boxes(), focused = all.indexOf(document.activeElement);
+  return focused >= 0 ? focused : Math.max(all.findIndex((box) => !box.checked), 0);
+}
+function move(step) {
+  const all = boxes();
+  if (!all.length) return;
+  const index = document.activeElement && all.includes(document.activeElement)
+    ? Math.min(Math.max(all.indexOf(document.activeElement) + step, 0), all.length - 1) : current();
+  all[index].focus();
+  all[index].scrollIntoView({block: 'nearest'});
+}
+function edit(box) {
+  const text = sentenceOf(box), split = text.indexOf(': ');
+  const section = text.slice(0, split).toLowerCase(), sentence = text.slice(split + 2);
+  const area = document.querySelector(`#${section} textarea`);
+  const start = area ? area.value.indexOf(sentence) : -1;
+  if (start < 0) return;
+  area.focus();
+  area.setSelectionRange(start, start + sentence.length);
+}
+document.addEventListener('keydown', (event) => {
+  if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') {
+    const button = document.querySelector('#draft-button');
+    if (button && !button.disabled) { event.preventDefault(); button.click(); }
+    return;
+  }
+  if (!event.altKey || event.ctrlKey || event.metaKey) return;
+  const all = boxes();
+  if (event.key === 'ArrowDown' || event.key === 'ArrowUp') move(event.key === 'ArrowDown' ? 1 : -1);
+  else if (event.code === 'KeyA' && all.length) {
+    const index = current(), box = all[index];
+    if (!box.checked && !box.disabled) box.click();
+    const next = all.findIndex((other, position) => position > index && !other.checked);
+    (all[next] || box).focus();
+  } else if (event.code === 'KeyE' && all.length) edit(all[current()]);
+  else return;
+  event.preventDefault();
+});
+"""
+
 PAGE_CSS = VIEWER_CSS + """
 #notice { border: 2px solid #b45309; background: #fef3c7; color: #78350f; padding: 0.6em 1em; border-radius: 6px; }
 #critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
@@ -73,7 +131,9 @@ PAGE_CSS = VIEWER_CSS + """
 #study-identity .study-identity { border: 1px solid #94a3b8; background: #f1f5f9; padding: 0.4em 0.8em;
                                   border-radius: 6px; font-size: 1.05em; }
 #study-identity .unidentified { border-color: #b45309; background: #fef3c7; }
-#export-status .refused { color: #b91c1c; font-weight: 600; }
+#export-status .refused, #sign-status .refused { color: #b91c1c; font-weight: 600; }
+#sign-status .signed { border: 2px solid #15803d; background: #dcfce7; color: #14532d; padding: 0.4em 0.8em;
+                       border-radius: 6px; font-weight: 600; }
 /* Readable type: nothing under 14 px (gradio draws block labels, hints, paths and progress at 12 px). */
 .gradio-container label, .gradio-container .info-text, .gradio-container .progress-text,
 .gradio-container code { font-size: 14px !important; }
@@ -158,9 +218,9 @@ def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=N
 def update_study(paths, study):
     """The study after the file list changed to `paths`: (study, refused, notes, is_new).
 
-    A study is {"token", "files", "names", "keys", "listed", "identity", "views"}: the files used (content keys),
-    every file listed (refused ones too), the identity of the headers and each file's view, frontal views first
-    (images/views.py). A list that keeps
+    A study is {"token", "files", "names", "keys", "listed", "identity", "views", "references"}: the files used
+    (content keys), every file listed (refused ones too), the identity of the headers, each file's view and its
+    DICOM UIDs (None for PNG/JPEG), frontal views first (images/views.py). A list that keeps
     none of the study's files starts a new study (new token); files added to a study join it unless their header
     names another patient or study; a file without a header joins with a note.
     """
@@ -174,15 +234,16 @@ def update_study(paths, study):
     is_new = not set(listed) & set(study.get("listed", []))
     previous = {} if is_new else dict(zip(study.get("keys", []), study.get("names", [])))
     previous_views = {} if is_new else dict(zip(study.get("keys", []), study.get("views", [])))
+    previous_references = {} if is_new else dict(zip(study.get("keys", []), study.get("references", [])))
     identity = {} if is_new else dict(study.get("identity", {}))
-    files, names, keys, views, refused, notes = [], [], [], [], [], []
+    files, names, keys, views, references, refused, notes = [], [], [], [], [], [], []
     for path, key in unique:
         name = Path(path).name
-        if key in previous:  # already read: its header is in the study's identity and views
-            view = previous_views[key]
+        if key in previous:  # already read: its header is in the study's identity, views and references
+            view, reference = previous_views[key], previous_references.get(key)
         else:
             header = file_identity(path)
-            view = header.get("view_position", "")
+            view, reference = header.get("view_position", ""), file_reference(header)
             reason = mismatch(identity, header)
             if reason:
                 refused.append(f"{name} is of another patient or study, {reason}. Clear the study (x at the top "
@@ -198,13 +259,15 @@ def update_study(paths, study):
         names.append(name)
         keys.append(key)
         views.append(view)
+        references.append(reference)
     notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
     # Frontal first, as the headers say: the viewer's numbering, the identity line and the model agree.
     order = frontal_first(list(range(len(files))), views, names)[0]
-    files, names, keys, views = ([items[index] for index in order] for items in (files, names, keys, views))
+    files, names, keys, views, references = ([items[index] for index in order]
+                                             for items in (files, names, keys, views, references))
     token = new_token() if is_new else study["token"]
     return ({"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
-             "views": views}, refused, notes, is_new)
+             "views": views, "references": references}, refused, notes, is_new)
 
 
 def new_token():
@@ -327,38 +390,84 @@ class ExportRefused(ValueError):
     """Nothing was exported; the message says why (an empty report, a draft of other images)."""
 
 
+EXPORT_SUFFIXES = {"txt": ".txt", "json": ".json", "fhir": "_fhir.json", "sr": "_sr.dcm"}
+
+
 def export_report(drafter_name, findings, impression, indication, draft, checked=None, study=None,
-                  show_name=False, when=None):
-    """The EDITED text as report .txt and .json, named cxr_report_<study id>_<time>, in a fresh folder: the
-    study's identity from its headers, the labeler's reading of the edited text and, with a finding head, the
-    reader's findings checklist beside the model's probabilities. Raises ExportRefused for an empty report or a
-    draft of other images than the study's."""
+                  show_name=False, when=None, signature=None):
+    """The EDITED report, named cxr_report_<study id>_<time>, in a fresh folder, as text, as the JSON record (the
+    study's identity from its headers, the labeler's reading of the text and, with a finding head, the reader's
+    findings checklist beside the model's probabilities), as a FHIR DiagnosticReport and, for a study of DICOM
+    images, as a DICOM Basic Text SR in that study (app/report_formats.py). Unsigned (`signature` None) every
+    format says it is a draft; signed ({"reader", "signed_at"}) they carry the reader and the time.
+
+    Returns ({"txt"|"json"|"fhir"|"sr": path}, None or why there is no SR). Raises ExportRefused for an empty
+    report or a draft of other images than the study's."""
     if not (findings or "").strip() and not (impression or "").strip():
         raise ExportRefused("Nothing exported: the report is empty (FINDINGS and IMPRESSION).")
     study, draft = study or {}, draft or {}
     stale = stale_note(draft, study)
     if stale:
         raise ExportRefused(f"Nothing exported: {stale}")
-    when = when or datetime.now()
+    when = (when or datetime.now()).astimezone()  # a naive time is this machine's: the SR states its offset
+    signature = parsed_signature(signature)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=os.environ.get("GRADIO_TEMP_DIR")))
     record = export_record(findings, impression, indication,
                            model_draft={k: draft[k] for k in ("findings", "impression") if k in draft},
                            model_name=drafter_name, images=draft.get("images", 0),
                            draft_seconds=draft.get("seconds"))
     identity = exported_identity(study.get("identity", {}), study.get("views", []), show_name)
-    record = {"study": identity, **record}
+    record = {"study": identity, **record,
+              "signature": {"reader": signature["reader"], "signed_at": signature["signed_at"].isoformat()}
+              if signature else None}
     if "finding_probabilities" in draft:
         record["findings_checklist"] = {"checked_by_reader": list(checked or []),
                                         "model_findings": draft["predicted_findings"],
                                         "model_probabilities": draft["finding_probabilities"]}
     name = export_basename(study.get("identity", {}), when)
-    text_path, json_path = folder / f"{name}.txt", folder / f"{name}.json"
-    header = "\n".join([*identity_lines(identity), f"Exported: {when:%Y-%m-%d %H:%M:%S}"])
-    with atomic_file(text_path) as stream:
-        stream.write(f"{header}\n\n{record['report']}\n")
-    with atomic_file(json_path) as stream:
+    paths = {kind: folder / f"{name}{suffix}" for kind, suffix in EXPORT_SUFFIXES.items()}
+    with atomic_file(paths["txt"]) as stream:
+        stream.write(report_document(record, signature))
+    with atomic_file(paths["json"]) as stream:
         stream.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    return [str(text_path), str(json_path)]
+    with atomic_file(paths["fhir"]) as stream:
+        stream.write(json.dumps(fhir_diagnostic_report(record, signature), indent=2, ensure_ascii=False) + "\n")
+    references = [reference for reference in study.get("references", []) if reference]
+    try:
+        write_basic_text_sr(paths["sr"], record, references, signature, when)
+    except NoDicomReferences as reason:
+        del paths["sr"]
+        return {kind: str(path) for kind, path in paths.items()}, str(reason)
+    return {kind: str(path) for kind, path in paths.items()}, None
+
+
+def parsed_signature(signature):
+    """The page's signature state ({"reader", "signed_at" as ISO text}) for report_formats, None when unsigned."""
+    if not signature:
+        return None
+    return {"reader": signature["reader"], "signed_at": datetime.fromisoformat(signature["signed_at"])}
+
+
+class SignRefused(ValueError):
+    """The report was not signed; the message says what is missing."""
+
+
+def sign_report(reader, findings, impression, reviewed, draft, study, when=None):
+    """The signature {"reader", "signed_at"} for a report whose every sentence is reviewed, or SignRefused."""
+    if not (findings or "").strip() and not (impression or "").strip():
+        raise SignRefused("Not signed: the report is empty.")
+    stale = stale_note(draft or {}, study or {})
+    if stale:
+        raise SignRefused(f"Not signed: {stale}")
+    items, done = reviewed_sentences(findings, impression, reviewed, draft)
+    waiting = [item for item in items if item not in done]
+    if waiting:
+        raise SignRefused(f"Not signed: accept every sentence first ({len(waiting)} not yet accepted, the first: "
+                          f"\"{waiting[0]}\").")
+    if not (reader or "").strip():
+        raise SignRefused("Not signed: type the reader's name first.")
+    when = when or datetime.now().astimezone()
+    return {"reader": reader.strip(), "signed_at": when.isoformat(timespec="seconds")}
 
 
 def keep_version(versions, findings, impression, draft, label):
@@ -431,6 +540,17 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                 findings = gr.Textbox(label="FINDINGS (editable)", lines=6, buttons=["copy"], elem_id="findings")
                 impression = gr.Textbox(label="IMPRESSION (editable)", lines=3, buttons=["copy"],
                                         elem_id="impression")
+                with gr.Row():
+                    revert_findings = gr.Button("Revert FINDINGS to the model's draft", elem_id="revert-findings")
+                    revert_impression = gr.Button("Revert IMPRESSION to the model's draft",
+                                                  elem_id="revert-impression")
+                with gr.Group():
+                    review = gr.CheckboxGroup(label=REVIEW_LABEL, info=REVIEW_INFO, elem_id="sentence-review")
+                    with gr.Row(equal_height=True):
+                        reader = gr.Textbox(label="Reader (name signed under the report)", scale=3,
+                                            elem_id="reader-name")
+                        sign_button = gr.Button("Sign report", variant="primary", scale=1, elem_id="sign-button")
+                    sign_status = gr.HTML(elem_id="sign-status", js_on_load=REVIEW_KEYS_JS)
         with gr.Row():
             with gr.Column(scale=3):
                 tags = gr.HighlightedText(label="What the labeler reads in each sentence (approximate rule labeler)",
@@ -442,18 +562,27 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                 report = gr.Textbox(label="Report text (copy button at the top right)", lines=4,
                                     interactive=False, buttons=["copy"], elem_id="report-text")
             with gr.Column(scale=2):
-                export_button = gr.Button("Export edited report (.txt and .json)", elem_id="export-button")
+                export_button = gr.Button("Export report (text, JSON, FHIR, DICOM SR)", elem_id="export-button")
                 export_status = gr.HTML(elem_id="export-status")
                 exported = gr.File(label="Exported files", file_count="multiple", interactive=False, height=140,
                                    elem_id="exported-files")
-        study, draft, versions = gr.State({}), gr.State({}), gr.State([])
+        study, draft, versions, signature = gr.State({}), gr.State({}), gr.State([]), gr.State({})
+        review_items = gr.State([])  # the sentences the review shows
+        # What signing locks, and a new study unlocks.
+        locked = [findings, impression, checklist, review, reader, draft_button, redraft_button, revert_findings,
+                  revert_impression, restore_button, version_choice, sign_button]
 
         # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
         reset_outputs = [findings, impression, draft_info, draft, checklist, draft_check, critical, tags, claims,
-                         report, exported, export_status, versions, version_choice, restore_button]
-        no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
-        reset_values = ["", "", "", {}, no_checklist, "", "", None, "", "", None, "", [], versions_menu([]),
-                        gr.update(visible=False)]
+                         report, exported, export_status, versions, version_choice, restore_button, review,
+                         signature, sign_status, reader, draft_button, redraft_button, revert_findings,
+                         revert_impression, sign_button, review_items]
+        unlocked = gr.update(interactive=True)
+        reset_values = ["", "", "", {},
+                        gr.update(visible=bool(drafter.finding_labels), choices=[], value=[]), "",
+                        "", None, "", "", None, "", [], gr.update(choices=[], value=None, visible=False, interactive=True),
+                        gr.update(visible=False, interactive=True), gr.update(choices=[], value=[], interactive=True),
+                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, []]
 
         def files_changed(paths, current, drafted, request: gr.Request):
             new, refused, notes, is_new = update_study(paths, current)
@@ -470,9 +599,17 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
             info = f"**{stale}**" if stale else gr.skip()
             return [new, shown, text, header, *[gr.skip()] * 2, info, *[gr.skip()] * (len(reset_outputs) - 3)]
 
-        files.change(files_changed, inputs=[files, study, draft], outputs=[study, viewer, messages, identity,
+        files_changed_event = files.change(files_changed, inputs=[files, study, draft], outputs=[study, viewer, messages, identity,
                                                                           *reset_outputs],
                      api_visibility="private", show_progress="hidden")
+
+        def unlock_unsigned(signed):
+            # A new study is unsigned: its text boxes open again. (Set in the same update as their emptied value,
+            # gradio left the previous study's text in them.)
+            return [gr.skip()] * 3 if signed else [gr.update(interactive=True)] * 3
+
+        files_changed_event.then(unlock_unsigned, inputs=signature, outputs=[findings, impression, checklist],
+                                 api_visibility="private", show_progress="hidden")
 
         def start_draft(findings_text, impression_text, drafted, kept):
             # The old timing line goes at once, so nobody reads it as the new draft's while the model works; text
@@ -524,23 +661,64 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
 
         restore_button.click(restore, inputs=[version_choice, versions, findings, impression, draft],
                              outputs=[findings, impression, versions, version_choice], api_visibility="private")
-        gr.on([findings.change, impression.change, checklist.change],
-              lambda *values: check_draft(drafter.finding_labels, *values),
-              inputs=[findings, impression, checklist, draft], outputs=draft_check, api_name="check_draft",
-              show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
-        gr.on([findings.change, impression.change], review_report, inputs=[findings, impression],
-              outputs=[tags, claims, critical, report], api_name="review_report", show_progress="hidden",
-              trigger_mode="always_last", concurrency_limit=None)
+        def text_changed(findings_text, impression_text, checked, accepted, drafted, shown):
+            items, done = reviewed_sentences(findings_text, impression_text, accepted, drafted)
+            unchanged = items == shown and done == list(accepted or [])
+            return (check_draft(drafter.finding_labels, findings_text, impression_text, checked, drafted),
+                    *review_report(findings_text, impression_text),
+                    gr.skip() if unchanged else gr.update(choices=items, value=done),
+                    gr.skip() if unchanged else items)
 
-        def export(findings_text, impression_text, indication_text, drafted, checked, current):
+        # One handler for every edit: two handlers on the same textboxes made gradio fire their change events over
+        # and over (a server call a second while nobody typed, and the review's checks lost).
+        gr.on([findings.change, impression.change, checklist.change], text_changed,
+              inputs=[findings, impression, checklist, review, draft, review_items],
+              outputs=[draft_check, tags, claims, critical, report, review, review_items], api_name="review_report",
+              show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
+
+        def export(findings_text, impression_text, indication_text, drafted, checked, current, signed):
             try:
-                paths = export_report(drafter.name, findings_text, impression_text, indication_text, drafted,
-                                      checked, current, show_patient_name)
+                paths, no_sr = export_report(drafter.name, findings_text, impression_text, indication_text,
+                                             drafted, checked, current, show_patient_name, signature=signed)
             except ExportRefused as refusal:
                 return None, f'<p class="refused">{html.escape(str(refusal))}</p>'
-            return paths, f"<p>Exported {html.escape(Path(paths[0]).stem)} (.txt and .json).</p>"
+            formats = "text, JSON, FHIR" + ("" if no_sr else " and DICOM SR")
+            status = (f"signed by {html.escape(signed['reader'])}" if signed else
+                      "<b>as a DRAFT</b> (not signed: every file says so)")
+            lines = [f"<p>Exported {html.escape(Path(paths['txt']).stem)} ({formats}), {status}.</p>"]
+            if no_sr:
+                lines.append(f"<p>No DICOM SR: {html.escape(no_sr)}</p>")
+            return list(paths.values()), "".join(lines)
 
-        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study],
+        def revert(section, findings_text, impression_text, drafted, kept):
+            if not drafted:
+                return [gr.skip()] * 5
+            kept = keep_version(kept, findings_text, impression_text, drafted,
+                                f"Your text before reverting {section.upper()}, {datetime.now():%H:%M:%S}")
+            texts = {"findings": findings_text, "impression": impression_text, section: drafted.get(section, "")}
+            return texts["findings"], texts["impression"], kept, versions_menu(kept), gr.update(visible=bool(kept))
+
+        for button, section in ((revert_findings, "findings"), (revert_impression, "impression")):
+            button.click(lambda *values, section=section: revert(section, *values),
+                         inputs=[findings, impression, draft, versions],
+                         outputs=[findings, impression, versions, version_choice, restore_button],
+                         api_visibility="private")
+
+        def sign(name, findings_text, impression_text, accepted, drafted, current):
+            try:
+                signed = sign_report(name, findings_text, impression_text, accepted, drafted, current)
+            except SignRefused as refusal:
+                return [gr.skip(), f'<p class="refused">{html.escape(str(refusal))}</p>',
+                        *[gr.skip()] * len(locked)]
+            when = datetime.fromisoformat(signed["signed_at"])
+            status = (f'<p class="signed">Signed by {html.escape(signed["reader"])} on {when:%Y-%m-%d %H:%M}. '
+                      "The report is locked: export it below; Clear the study to start the next one.</p>")
+            return [signed, status, *[gr.update(interactive=False)] * len(locked)]
+
+        sign_button.click(sign, inputs=[reader, findings, impression, review, draft, study],
+                          outputs=[signature, sign_status, *locked], api_name="sign_report")
+
+        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study, signature],
                             outputs=[exported, export_status], api_name="export_report")
         def page_closed(request: gr.Request):
             open_studies.close(request.session_hash)
@@ -570,5 +748,5 @@ def launch(app, host="127.0.0.1", port=7860, **kwargs):
                       **kwargs)
 
 
-__all__ = ["ReportDrafter", "build_app", "check_draft", "draft_report", "export_report", "launch", "review_report",
+__all__ = ["ReportDrafter", "build_app", "check_draft", "draft_report", "export_report", "launch", "review_report", "sign_report",
            "serve_options", "show_study"]

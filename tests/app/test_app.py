@@ -193,7 +193,7 @@ def test_the_model_drafts_from_the_frontal_when_the_lateral_is_dropped_first(dra
 
 def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
     findings = "Large right pneumothorax. Small left pleural effusion. Heart size is normal."
-    tags, claims, critical, report = call(client, "review_report", findings, "No pneumonia.")
+    _, tags, claims, critical, report, *_ = call(client, "review_report", findings, "No pneumonia.", [], [])
     tagged = {piece["token"].strip(): piece["class_or_confidence"] for piece in tags["value"]}
     assert tagged["Large right pneumothorax."] == "Pneumothorax: present"
     assert tagged["Heart size is normal."] == "Cardiomegaly: absent"
@@ -204,19 +204,24 @@ def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
     assert "Pleural Effusion (left), present" in claims and "Pneumothorax" not in claims
     assert report == f"FINDINGS: {findings}\n\nIMPRESSION: No pneumonia."
 
-    _, claims, critical, _ = call(client, "review_report", "No pneumothorax. Possible left lower lobe pneumonia.", "")
+    _, _, claims, critical, *_ = call(client, "review_report", "No pneumothorax. Possible left lower lobe pneumonia.",
+                                      "", [], [])
     assert critical == ""  # a negated pneumothorax is no alarm
     assert "Pneumonia (left), possible" in claims
 
 
 def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
     findings, impression = "Large right pneumothorax, edited by the reader.", "Right pneumothorax."
-    (text_file, json_file), status = call(client, "export_report", findings, impression, "chest pain", [])
+    (text_file, json_file, fhir_file), status = call(client, "export_report", findings, impression, "chest pain",
+                                                     [])
     text = client.get(f"/gradio_api/file={text_file['path']}").text
     record = client.get(f"/gradio_api/file={json_file['path']}").json()
-    header, report = text.split("\n\n", 1)
-    assert report == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n"
-    assert header.startswith("Patient ID: not in the files") and re.search(r"\nExported: 20\d\d-", header)
+    header, report, notice = text.split("\n\n", 2)
+    assert re.fullmatch(r"DRAFT - NOT SIGNED: for review only, not a final report.\n"
+                        r"Patient ID: not in the files \(no DICOM header names one\)\nExported: 20\d\d-\S+", header)
+    assert report + "\n\n" + notice == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n\n{NOTICE}\n"
+    assert client.get(f"/gradio_api/file={fhir_file['path']}").json()["status"] == "preliminary"
+    assert "as a DRAFT" in status and "No DICOM SR" in status  # a PNG study has no DICOM UIDs to cite
     assert (record["findings"], record["impression"], record["indication"]) == (findings, impression, "chest pain")
     assert record["labels"]["Pneumothorax"] == POSITIVE
     assert {"observation": "Pneumothorax", "status": "present", "side": "right", "critical": True} in \
@@ -323,8 +328,8 @@ def test_the_export_keeps_the_readers_checklist_beside_the_models_probabilities(
     from modeling_cliptt5.app.web_app import draft_report, export_report
 
     findings, impression, _, _, draft, _, _ = draft_report(head_drafter, [str(enlarged_heart_png)], "")
-    _, json_path = export_report("model", findings, impression, "", draft, ["Lung Lesion"])
-    record = json.loads(Path(json_path).read_text())
+    paths, _ = export_report("model", findings, impression, "", draft, ["Lung Lesion"])
+    record = json.loads(Path(paths["json"]).read_text())
     assert record["findings_checklist"] == {"checked_by_reader": ["Lung Lesion"],
                                             "model_findings": draft["predicted_findings"],
                                             "model_probabilities": draft["finding_probabilities"]}

@@ -130,8 +130,9 @@ def test_review_a_study_in_the_browser(tiny_release_dir, tmp_path):
 
         exported = {suffix: text for suffix, (_, text) in export(page).items()}
         header, text = exported["txt"].split("\n\n", 1)
-        assert text == f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n"
-        assert header.startswith("Patient ID: not in the files")  # neither file's header names the patient
+        assert text.startswith(f"FINDINGS: {edited}\n\nIMPRESSION: Right pneumothorax.\n\n")
+        # unsigned: marked a draft; neither file's header names the patient
+        assert header.startswith("DRAFT - NOT SIGNED") and "\nPatient ID: not in the files" in header
         record = json.loads(exported["json"])
         assert record["findings"] == edited and record["edited_by_reader"] is True
         assert record["model_draft"]["findings"] == findings

@@ -99,7 +99,8 @@ def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_i
         (text_name, text), (json_name, record) = files["txt"], files["json"]
         assert re.fullmatch(r"cxr_report_ACC-1_20\d{6}-\d{6}\.txt", text_name), text_name
         assert json_name == text_name.replace(".txt", ".json")
-        assert text.startswith("Patient ID: P-1001\nAccession: ACC-1\nStudy date: 2026-11-30\nViews: PA\nExported: ")
+        assert text.startswith("DRAFT - NOT SIGNED: for review only, not a final report.\nPatient ID: P-1001\n"
+                               "Accession: ACC-1\nStudy date: 2026-11-30\nViews: PA\nExported: ")
         assert "FINDINGS: Large right pneumothorax." in text
         assert json.loads(record)["study"]["patient_id"] == "P-1001"
 

@@ -4,7 +4,7 @@ keeps, what an export refuses and how it is named, the bounded draft queue, and 
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +16,18 @@ from dicom_files import block_image, grayscale_dicom
 pytest.importorskip("gradio")
 from modeling_cliptt5.app.page_server import DraftTurns, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.web_app import (  # noqa: E402
-    ExportRefused, export_report, keep_version, show_study, stale_note, update_study,
+    ExportRefused, SignRefused, export_report, keep_version, show_study, sign_report, stale_note, update_study,
 )
+from modeling_cliptt5.app.report_review import reviewed_sentences  # noqa: E402
 
 PATIENT = {"PatientID": "P-1001", "PatientName": "Doe^Jane", "AccessionNumber": "ACC 77/1", "StudyDate": "20261130",
            "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}
 
 
 def dicom(path, view, **changes):
-    return str(grayscale_dicom(block_image(size=(24, 20)), path, header={**PATIENT, "ViewPosition": view, **changes}))
+    series = {"PA": 1, "AP": 2, "LL": 3}.get(view, 9)  # one series per view, as a modality writes them
+    header = {**PATIENT, "SeriesInstanceUID": f"{PATIENT['StudyInstanceUID']}.{series}", "ViewPosition": view}
+    return str(grayscale_dicom(block_image(size=(24, 20)), path, header={**header, **changes}))
 
 
 def png(path, seed=0):
@@ -105,24 +108,89 @@ def draft_of(study, **values):
 
 
 def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_shown(tmp_path, monkeypatch):
+    import pydicom
+
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], {})
     when = datetime(2026, 12, 1, 9, 30, 5)
-    text_path, json_path = export_report("model", "Edited findings.", "Normal.", "", draft_of(study), study=study,
-                                         when=when)
-    assert Path(text_path).name == "cxr_report_ACC-77-1_20261201-093005.txt"
-    assert Path(json_path).name == "cxr_report_ACC-77-1_20261201-093005.json"
-    text = Path(text_path).read_text()
-    assert text.startswith("Patient ID: P-1001\nAccession: ACC 77/1\nStudy date: 2026-11-30\nViews: PA, LL\n"
-                           "Exported: 2026-12-01 09:30:05\n\nFINDINGS: Edited findings.")
-    record = json.loads(Path(json_path).read_text())
+    paths, no_sr = export_report("model", "Edited findings.", "Normal.", "", draft_of(study), study=study,
+                                 when=when)
+    assert no_sr is None
+    assert {kind: Path(path).name for kind, path in paths.items()} == {
+        kind: f"cxr_report_ACC-77-1_20261201-093005{suffix}"
+        for kind, suffix in (("txt", ".txt"), ("json", ".json"), ("fhir", "_fhir.json"), ("sr", "_sr.dcm"))}
+    text = Path(paths["txt"]).read_text()
+    assert text.startswith("DRAFT - NOT SIGNED: for review only, not a final report.\nPatient ID: P-1001\n"
+                           "Accession: ACC 77/1\nStudy date: 2026-11-30\nViews: PA, LL\nExported: 20")
+    assert "\n\nFINDINGS: Edited findings." in text
+    record = json.loads(Path(paths["json"]).read_text())
     assert record["study"] == {"patient_id": "P-1001", "accession_number": "ACC 77/1", "study_date": "2026-11-30",
                                "study_instance_uid": PATIENT["StudyInstanceUID"], "view_positions": ["PA", "LL"]}
-    assert "Doe" not in text and "Doe" not in Path(json_path).read_text()
+    assert record["signature"] is None
+    # The SR belongs to the images' study and cites both images, frontal first.
+    sr = pydicom.dcmread(paths["sr"])
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    cited = [item.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence
+             for item in series.ReferencedSOPSequence]
+    assert evidence.StudyInstanceUID == sr.StudyInstanceUID == PATIENT["StudyInstanceUID"]
+    assert cited == [pydicom.dcmread(tmp_path / name).SOPInstanceUID for name in ("pa.dcm", "ll.dcm")]
+    assert sr.VerificationFlag == "UNVERIFIED" and str(sr.PatientName) == ""
+    for path in paths.values():
+        assert b"Doe" not in Path(path).read_bytes(), path
 
-    text_path, json_path = export_report("model", "Edited.", "", "", draft_of(study), study=study, show_name=True)
-    assert Path(text_path).read_text().startswith("Patient: Doe^Jane\nPatient ID: P-1001")
-    assert json.loads(Path(json_path).read_text())["study"]["patient_name"] == "Doe^Jane"
+    paths, _ = export_report("model", "Edited.", "", "", draft_of(study), study=study, show_name=True)
+    assert Path(paths["txt"]).read_text().startswith("DRAFT - NOT SIGNED: for review only, not a final report.\n"
+                                                     "Patient: Doe^Jane\nPatient ID: P-1001")
+    assert json.loads(Path(paths["json"]).read_text())["study"]["patient_name"] == "Doe^Jane"
+    assert str(pydicom.dcmread(paths["sr"]).PatientName) == "Doe^Jane"
+
+
+def test_a_png_study_exports_without_a_dicom_sr_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    study, _, _, _ = update_study([png(tmp_path / "a.png")], {})
+    paths, no_sr = export_report("model", "Lungs clear.", "Normal.", "", draft_of(study), study=study)
+    assert sorted(paths) == ["fhir", "json", "txt"] and "this study has none (PNG/JPEG only)" in no_sr
+    assert not list(tmp_path.glob("export-*/*.dcm"))
+
+
+def test_signing_needs_every_sentence_accepted_and_a_name_and_the_export_then_says_who_signed(tmp_path,
+                                                                                              monkeypatch):
+    import pydicom
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    draft = draft_of(study, findings="Lungs clear. No effusion.", impression="Normal.")
+    model_text = ("Lungs clear. No effusion.", "Normal.")
+    with pytest.raises(SignRefused, match=r'2 not yet accepted, the first: "Findings: No effusion."'):
+        sign_report("Dr Reader", *model_text, ["Findings: Lungs clear.", "Impression: Normal."][:1], draft, study)
+    everything = ["Findings: Lungs clear.", "Findings: No effusion.", "Impression: Normal."]
+    with pytest.raises(SignRefused, match="reader's name"):
+        sign_report("  ", *model_text, everything, draft, study)
+    # A sentence the reader rewrote is the reader's own: it needs no separate acceptance.
+    when = datetime(2026, 12, 1, 10, 15, tzinfo=timezone.utc)
+    signed = sign_report("Dr Reader", "Lungs clear. Small left effusion.", "Normal.",
+                         ["Findings: Lungs clear.", "Impression: Normal."], draft, study, when=when)
+    assert signed == {"reader": "Dr Reader", "signed_at": "2026-12-01T10:15:00+00:00"}
+
+    paths, _ = export_report("model", "Lungs clear. Small left effusion.", "Normal.", "", draft, study=study,
+                             signature=signed)
+    text = Path(paths["txt"]).read_text()
+    assert "DRAFT" not in text and "Signed by Dr Reader on 2026-12-01 10:15 +00:00" in text
+    assert json.loads(Path(paths["json"]).read_text())["signature"] == signed
+    assert json.loads(Path(paths["fhir"]).read_text())["status"] == "final"
+    sr = pydicom.dcmread(paths["sr"])
+    assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Dr Reader"
+
+
+def test_the_review_keeps_accepted_sentences_while_their_text_stands():
+    draft = {"findings": "Lungs clear. No effusion.", "impression": "Normal."}
+    items, done = reviewed_sentences("Lungs clear. No effusion.", "Normal.", ["Findings: No effusion."], draft)
+    assert items == ["Findings: Lungs clear.", "Findings: No effusion.", "Impression: Normal."]
+    assert done == ["Findings: No effusion."]
+    # the reader edits the accepted sentence: the new one is the reader's; the untouched ones wait as before
+    items, done = reviewed_sentences("Lungs clear. No large effusion.", "Normal.", done, draft)
+    assert done == ["Findings: No large effusion."]
 
 
 def test_an_empty_report_or_a_draft_of_other_images_is_not_exported(tmp_path, monkeypatch):
