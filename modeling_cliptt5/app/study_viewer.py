@@ -91,6 +91,7 @@ VIEWER_CSS = """
 # re-renders the viewer with heatmaps) leaves the reader's window as it was.
 VIEWER_JS = """
 const states = new Map();
+const decoded = new Map();  // content key -> the image's values, for a re-render that does not send them again
 const canvases = (viewer) => [...viewer.querySelectorAll('canvas.cxr-canvas')];
 const control = (viewer, name) => viewer.querySelector(`[data-control="${name}"]`);
 const frameOf = (canvas) => canvas.closest('.cxr-frame');
@@ -185,19 +186,33 @@ function showControls(viewer) {
     button.classList.toggle('cxr-chosen', button.dataset.window === state.windowKey));
 }
 
+async function valuesOf(canvas) {
+  if (!canvas.dataset.pixels) return decoded.get(canvas.dataset.key);
+  const response = await fetch('data:application/octet-stream;base64,' + canvas.dataset.pixels);
+  const bytes = await new Response(response.body.pipeThrough(new DecompressionStream('deflate'))).arrayBuffer();
+  canvas.removeAttribute('data-pixels');  // the values live in the array now, not twice in the page
+  const values = canvas.dataset.dtype === 'u2' ? new Uint16Array(bytes) : new Uint8Array(bytes);
+  let highest = 0;
+  for (const value of values) if (value > highest) highest = value;
+  const entry = {values, highest};
+  decoded.set(canvas.dataset.key, entry);
+  return entry;
+}
+
 async function start(canvas) {
   const viewer = canvas.closest('.cxr-viewer');
+  canvas.cxrValues = null;
   const kept = states.get(canvas.dataset.key);
   canvas.cxrState = kept ? {...kept} : defaultState(canvas);
   states.set(canvas.dataset.key, canvas.cxrState);
   viewer.cxrActive = viewer.cxrActive || canvas;
-  const response = await fetch('data:application/octet-stream;base64,' + canvas.dataset.pixels);
-  const bytes = await new Response(response.body.pipeThrough(new DecompressionStream('deflate'))).arrayBuffer();
-  canvas.removeAttribute('data-pixels');  // the values live in the array now, not twice in the page
-  canvas.cxrValues = canvas.dataset.dtype === 'u2' ? new Uint16Array(bytes) : new Uint8Array(bytes);
-  let highest = 0;
-  for (const value of canvas.cxrValues) if (value > highest) highest = value;
-  canvas.cxrTable = new Uint32Array(highest + 1);
+  const entry = await valuesOf(canvas);
+  if (!entry) {  // a re-render of images this page no longer holds (it cannot happen without a reload)
+    canvas.closest('figure').querySelector('.cxr-window-text').textContent = '(drop the files again to show it)';
+    return;
+  }
+  canvas.cxrValues = entry.values;
+  canvas.cxrTable = new Uint32Array(entry.highest + 1);
   canvas.cxrImage = canvas.getContext('2d').createImageData(canvas.width, canvas.height);
   if (canvas.cxrState.fitted) fit(canvas); else place(canvas);
   new ResizeObserver(() => { if (canvas.cxrState.fitted) fit(canvas); }).observe(frameOf(canvas));
@@ -205,12 +220,27 @@ async function start(canvas) {
   showControls(viewer);
 }
 
+// gradio patches a re-rendered viewer into the page in place: a canvas may stay the same element with new
+// attributes (another image, or the same one with its drawing and position reset), so each is checked by its key.
 function startNew() {
-  element.querySelectorAll('canvas.cxr-canvas').forEach((canvas) => {
-    if (!canvas.cxrStarted) { canvas.cxrStarted = true; start(canvas); }
+  const shown = [...element.querySelectorAll('canvas.cxr-canvas')];
+  if (shown.some((canvas) => canvas.dataset.pixels)) {  // values sent: a study shown anew, drop the others' values
+    const keys = new Set(shown.map((canvas) => canvas.dataset.key));
+    [...decoded.keys()].forEach((key) => { if (!keys.has(key)) decoded.delete(key); });
+  }
+  shown.forEach((canvas) => {
+    if (canvas.cxrKey !== canvas.dataset.key) {
+      canvas.cxrKey = canvas.dataset.key;
+      start(canvas);
+    } else if (canvas.cxrValues && !canvas.dataset.ready) {  // the same image, patched: draw and place it again
+      canvas.removeAttribute('data-pixels');
+      if (canvas.cxrState.fitted) fit(canvas); else place(canvas);
+      render(canvas);
+    }
   });
 }
-new MutationObserver(startNew).observe(element, {childList: true, subtree: true});
+new MutationObserver(startNew).observe(element, {childList: true, subtree: true, attributes: true,
+                                                 attributeFilter: ['data-key', 'data-ready', 'width', 'style']});
 startNew();
 
 function everyImage(viewer, change) {
@@ -343,11 +373,10 @@ element.addEventListener('keydown', (event) => {
 """
 
 
-def pixels_attribute(values):
-    """The values as the browser reads them: little-endian, zlib-compressed, base64 (for a data attribute)."""
-    dtype = "<u2" if values.dtype.itemsize == 2 else "u1"
-    raw = np.ascontiguousarray(values, dtype=dtype).tobytes()
-    return base64.b64encode(zlib.compress(raw, PIXEL_COMPRESSION_LEVEL)).decode("ascii"), dtype, raw
+def value_bytes(values):
+    """The values as the browser reads them: little-endian uint8 or uint16 bytes, and which."""
+    dtype = "u2" if values.dtype.itemsize == 2 else "u1"
+    return np.ascontiguousarray(values, dtype="<u2" if dtype == "u2" else "u1").tobytes(), dtype
 
 
 def heatmap_data_uri(size, finding_map):
@@ -368,8 +397,9 @@ def heatmap_data_uri(size, finding_map):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def figure_html(caption, display, maps):
-    pixels, dtype, raw = pixels_attribute(display.values)
+def figure_html(caption, display, maps, send_values=True):
+    raw, dtype = value_bytes(display.values)
+    pixels = base64.b64encode(zlib.compress(raw, PIXEL_COMPRESSION_LEVEL)).decode("ascii") if send_values else ""
     rows, columns = display.values.shape
     windows = {key: [label, round(center, 4), round(width, 4)] for key, (label, center, width)
                in display.windows().items()}
@@ -379,21 +409,23 @@ def figure_html(caption, display, maps):
                        for name, values in (maps or {}).items())
     return FIGURE_TEMPLATE.format(
         caption=html.escape(caption), columns=columns, rows=rows, key=hashlib.sha1(raw).hexdigest()[:16],
-        dtype="u2" if dtype == "<u2" else "u1", offset=repr(float(display.offset)), slope=repr(float(display.slope)),
+        dtype=dtype, offset=repr(float(display.offset)), slope=repr(float(display.slope)),
         monochrome1=int(display.monochrome1), units=html.escape(display.units),
         windows=html.escape(json.dumps(windows)), default=display.default_window(), pixels=pixels, overlays=overlays)
 
 
-def viewer_html(images, heatmaps=None):
+def viewer_html(images, heatmaps=None, send_values=True):
     """The viewer for [(caption, images/display.DisplayImage)], images side by side.
 
     `heatmaps`: per image, {finding name: grid x grid map} (or None for an image the model did not read); the
-    viewer then offers a heatmap choice and its opacity, shown over every image that has one."""
+    viewer then offers a heatmap choice and its opacity, shown over every image that has one. `send_values`
+    False: the page already shows these images (a draft adding heatmaps), so their values are not sent again
+    (megabytes for a full-size film); the browser keeps them by content key."""
     if not images:
         return EMPTY_VIEWER
     heatmaps = list(heatmaps or [])
     heatmaps += [None] * (len(images) - len(heatmaps))
-    figures = [figure_html(caption, display, maps) for (caption, display), maps in zip(images, heatmaps)]
+    figures = [figure_html(caption, display, maps, send_values) for (caption, display), maps in zip(images, heatmaps)]
     header_labels = [label for _, display in images for label, _, _ in display.header_windows[:1]]
     buttons = "".join(f'<button type="button" data-window="{key}">{label}</button>' for key, label in WINDOW_BUTTONS
                       if key != "header0" or header_labels)

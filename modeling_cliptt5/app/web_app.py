@@ -288,10 +288,11 @@ def checklist_choices(names, probabilities):
 
 
 def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False,
-                 views=None):
+                 views=None, shown=False):
     """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
     messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps). `views`: the
-    files' header views where already read (update_study), else they are read here.
+    files' header views where already read (update_study), else they are read here. `shown`: the page already
+    shows these images, so the viewer does not send their values again.
 
     The time shown covers decoding the files, preprocessing and generation.
     """
@@ -304,12 +305,13 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
         return "", "", "", messages_html(problems, note), {}, no_checklist, EMPTY_VIEWER
     views = views_of(images, files, views)
     view_notes = [view_note] if view_note else []
-    viewer = viewer_html(captions_of(images, views))
     try:
         report, view_warning = drafter.draft([image for _, image, _ in images], indication, findings)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
         return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
-                                                   f"{error})."), {}, no_checklist, viewer
+                                                   f"{error})."), {}, no_checklist, \
+            viewer_html(captions_of(images, views), send_values=not shown)
+    viewer = viewer_html(captions_of(images, views), send_values=not shown)
     seconds = time.perf_counter() - start
     used = min(len(images), drafter.num_views)
     if view_warning and len(images) > drafter.num_views:
@@ -333,7 +335,7 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
                      predicted_findings=report["predicted_findings"])
         maps = report["finding_maps"]  # [views, findings, grid, grid]
         heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
-        viewer = viewer_html(captions_of(images, views), heatmaps)
+        viewer = viewer_html(captions_of(images, views), heatmaps, send_values=not shown)
         checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
                               value=report["guidance"])
     return (draft["findings"], draft["impression"], info,
@@ -623,8 +625,10 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
             try:
                 with turns.turn():
                     # the study's files come frontal first with the views update_study read from their headers
+                    # the study's images are on the page already (files_changed showed them): not sent again
                     outputs = list(draft_report(drafter, current["files"] if token else paths, text, max_pixels,
-                                                checked, any_modality, current.get("views") if token else None))
+                                                checked, any_modality, current.get("views") if token else None,
+                                                shown=bool(token)))
             except ServerBusy:
                 return [gr.skip(), gr.skip(), BUSY_MESSAGE, *[gr.skip()] * 4]
             if token and not open_studies.is_current(request.session_hash, token):

@@ -133,6 +133,17 @@ def test_monochrome1_dicom_is_shown_and_drafted_with_bone_white(client, drafter,
     assert findings != model_draft(drafter, Image.fromarray(not_inverted))["findings"]
 
 
+def test_a_draft_of_images_the_page_shows_does_not_send_their_values_again(drafter, png_path):
+    from modeling_cliptt5.app.web_app import draft_report
+
+    first = draft_report(drafter, [str(png_path)], "")[-1]
+    again = draft_report(drafter, [str(png_path)], "", shown=True)[-1]
+    ((values, attributes),) = shown_images(first)
+    assert np.array_equal(values, np.asarray(Image.open(png_path)))
+    assert 'data-pixels=""' in again and f'data-key="{attributes["key"]}"' in again
+    assert len(again) < len(first) - values.size  # the values (compressed) are what the second leaves out
+
+
 def test_bad_files_get_a_message_naming_them_and_the_page_keeps_serving(client, drafter, png_path, tmp_path):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)

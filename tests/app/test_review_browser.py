@@ -70,6 +70,12 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         model_findings = page.locator("#findings textarea").input_value()
         model_impression = page.locator("#impression textarea").input_value()
         wait_review(page, "s => s.length >= 3")
+        # The findings checklist and the disagreements are on a 1440 x 900 screen without scrolling.
+        page.locator("#draft-check p").first.wait_for()
+        assert page.evaluate("window.scrollY") == 0
+        for element in ("#finding-checklist", "#draft-check"):
+            box = page.locator(element).bounding_box()
+            assert box["height"] > 0 and box["y"] >= 0 and box["y"] + box["height"] <= 900, (element, box)
         # Nobody types: the page makes no calls (two handlers on one textbox once made gradio call on and on).
         calls = []
         page.on("request", lambda request: calls.append(request.url) if "/queue/join" in request.url else None)

@@ -168,10 +168,15 @@ def test_the_viewer_windows_the_stored_values_in_modality_units(tiny_release_dir
         viewer.key("1")
         assert viewer.box()[2:4] == pytest.approx([COLUMNS, ROWS], abs=0.5)
 
-        # The reader's window survives a draft (the viewer is re-rendered with the draft's images).
+        # The reader's window survives a draft, which re-renders the viewer without sending the values again: the
+        # page shows them from what it holds.
+        page.evaluate("document.querySelector('#study-viewer canvas').dataset.before = '1'")
         draft(page)
-        page.locator("#study-viewer canvas.cxr-canvas[data-ready]").first.wait_for()
+        page.wait_for_function("() => { const c = document.querySelector('#study-viewer canvas.cxr-canvas');"
+                               " return c && !c.dataset.before && c.dataset.ready; }")  # re-rendered, drawn
         assert viewer.window() == (level, dragged_width)
+        page.locator("#study-viewer [data-action=fit]").click()
+        assert viewer.grey_at(*block) == pytest.approx(dicom_linear(block_value, level, dragged_width), abs=1)
 
         # Reset: the header's window, the whole image in its frame.
         page.locator("#study-viewer [data-action=reset]").click()
