@@ -2,7 +2,8 @@
 DICOM with a rescale and two header windows is shown at its own resolution, windowed in the modality's units (the
 grey on screen of a known stored value and window, as DICOM's LINEAR window function gives it), with the header's
 windows and the presets one key away, drag for window/level, the wheel zooming about the pointer, drag to pan,
-1:1 and reset, and the reader's window kept through a draft."""
+1:1 and reset, and the reader's window kept through a draft; then a study whose lateral is dropped first stands, and is
+drafted, frontal first by the views its headers name."""
 
 import io
 import os
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app_harness import browser_missing_reason, draft, open_browser, serve_app, upload_study
-from dicom_files import grayscale_dicom
+from dicom_files import block_image, grayscale_dicom
 
 MISSING = browser_missing_reason()
 IN_CI = os.environ.get("CI") == "true"
@@ -186,3 +187,14 @@ def test_the_viewer_windows_the_stored_values_in_modality_units(tiny_release_dir
         assert left >= frame["x"] - 0.5 and top >= frame["y"] - 0.5
         assert max(shown_width - frame["width"], shown_height - frame["height"]) < 0.5
         assert min(frame["width"] - shown_width, frame["height"] - shown_height) < 0.5  # fills one side
+
+        # Views by their header: a lateral dropped first still stands second, and the one-view model reads the frontal.
+        page.locator('#study-files button[aria-label="Clear"]').click()
+        page.wait_for_function("!document.querySelector('#study-viewer canvas.cxr-canvas')")
+        lateral = grayscale_dicom(block_image(size=(64, 80)), tmp_path / "side.dcm", header={"ViewPosition": "LL"})
+        frontal = grayscale_dicom(block_image(size=(80, 64)), tmp_path / "front.dcm", header={"ViewPosition": "PA"})
+        upload_study(page, [lateral, frontal])
+        captions = page.locator("#study-viewer figcaption").all_inner_texts()
+        assert captions[0].startswith("Image 1: front.dcm (PA)") and captions[1].startswith("Image 2: side.dcm (LL)")
+        draft(page)
+        assert "not read by the model: side.dcm" in page.locator("#study-messages").inner_text()
