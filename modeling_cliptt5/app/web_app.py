@@ -305,13 +305,13 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
         return "", "", "", messages_html(problems, note), {}, no_checklist, EMPTY_VIEWER
     views = views_of(images, files, views)
     view_notes = [view_note] if view_note else []
+    captions = captions_of(images, views)
     try:
         report, view_warning = drafter.draft([image for _, image, _ in images], indication, findings)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
         return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
                                                    f"{error})."), {}, no_checklist, \
-            viewer_html(captions_of(images, views), send_values=not shown)
-    viewer = viewer_html(captions_of(images, views), send_values=not shown)
+            viewer_html(captions, send_values=not shown)
     seconds = time.perf_counter() - start
     used = min(len(images), drafter.num_views)
     if view_warning and len(images) > drafter.num_views:
@@ -328,18 +328,18 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
              "seconds": round(seconds, 3), "images": used}
     if "ood_score" in report:
         draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"])
-    checklist = no_checklist
+    checklist, heatmaps = no_checklist, None
     if "finding_probabilities" in report:
         names = drafter.finding_labels
         draft.update(finding_probabilities=report["finding_probabilities"], guidance=report["guidance"],
                      predicted_findings=report["predicted_findings"])
         maps = report["finding_maps"]  # [views, findings, grid, grid]
         heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
-        viewer = viewer_html(captions_of(images, views), heatmaps, send_values=not shown)
         checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
                               value=report["guidance"])
-    return (draft["findings"], draft["impression"], info,
-            messages_html(problems, view_warning, doubts, notes=view_notes), draft, checklist, viewer)
+    return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts,
+                                                                          notes=view_notes),
+            draft, checklist, viewer_html(captions, heatmaps, send_values=not shown))
 
 
 def check_draft(names, findings, impression, checked, draft):
@@ -388,6 +388,13 @@ def review_report(findings, impression):
     return gr.HighlightedText(value=pieces, color_map=colors), claims_markdown, alert, report_text(findings, impression)
 
 
+def not_ready(findings, impression, draft, study):
+    """Why the report can be neither signed nor exported (it is empty, or a draft of other images), or None."""
+    if not (findings or "").strip() and not (impression or "").strip():
+        return "the report is empty (FINDINGS and IMPRESSION)."
+    return stale_note(draft, study)
+
+
 class ExportRefused(ValueError):
     """Nothing was exported; the message says why (an empty report, a draft of other images)."""
 
@@ -405,12 +412,10 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
 
     Returns ({"txt"|"json"|"fhir"|"sr": path}, None or why there is no SR). Raises ExportRefused for an empty
     report or a draft of other images than the study's."""
-    if not (findings or "").strip() and not (impression or "").strip():
-        raise ExportRefused("Nothing exported: the report is empty (FINDINGS and IMPRESSION).")
     study, draft = study or {}, draft or {}
-    stale = stale_note(draft, study)
-    if stale:
-        raise ExportRefused(f"Nothing exported: {stale}")
+    reason = not_ready(findings, impression, draft, study)
+    if reason:
+        raise ExportRefused(f"Nothing exported: {reason}")
     when = (when or datetime.now()).astimezone()  # a naive time is this machine's: the SR states its offset
     signature = parsed_signature(signature)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=os.environ.get("GRADIO_TEMP_DIR")))
@@ -456,11 +461,9 @@ class SignRefused(ValueError):
 
 def sign_report(reader, findings, impression, reviewed, draft, study, when=None):
     """The signature {"reader", "signed_at"} for a report whose every sentence is reviewed, or SignRefused."""
-    if not (findings or "").strip() and not (impression or "").strip():
-        raise SignRefused("Not signed: the report is empty.")
-    stale = stale_note(draft or {}, study or {})
-    if stale:
-        raise SignRefused(f"Not signed: {stale}")
+    reason = not_ready(findings, impression, draft or {}, study or {})
+    if reason:
+        raise SignRefused(f"Not signed: {reason}")
     items, done = reviewed_sentences(findings, impression, reviewed, draft)
     waiting = [item for item in items if item not in done]
     if waiting:
