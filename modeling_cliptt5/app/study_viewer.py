@@ -426,9 +426,9 @@ def viewer_html(images, heatmaps=None, send_values=True):
     heatmaps = list(heatmaps or [])
     heatmaps += [None] * (len(images) - len(heatmaps))
     figures = [figure_html(caption, display, maps, send_values) for (caption, display), maps in zip(images, heatmaps)]
-    header_labels = [label for _, display in images for label, _, _ in display.header_windows[:1]]
+    has_header_window = any(display.header_windows for _, display in images)
     buttons = "".join(f'<button type="button" data-window="{key}">{label}</button>' for key, label in WINDOW_BUTTONS
-                      if key != "header0" or header_labels)
+                      if key != "header0" or has_header_window)
     names = list(dict.fromkeys(name for maps in heatmaps if maps for name in maps))
     controls = HEATMAP_CONTROLS.format(
         options="".join(f'<option value="{html.escape(name)}">{html.escape(name)}</option>' for name in names),
