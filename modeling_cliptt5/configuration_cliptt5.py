@@ -79,6 +79,12 @@ class CLIPT5Config(T5Config):
         finding_positive_weights (`list[float]`, *optional*):
             Per-finding weight of positive examples in that loss (training sets it from label frequencies so that
             rare findings count); 1.0 each by default.
+        report_vocabulary (`list[int]`, *optional*):
+            The token ids a report may contain (the tokens of the training reports and the special tokens): in
+            evaluation mode every other token's logit is the lowest float, so drafts use these alone, and the fast
+            path's step graph computes only these rows of the output layer (the report vocabulary of a real corpus
+            is a few thousand of t5-small's 32,128 tokens, and the output layer is over a third of a decoding
+            step's weights). None, the default: the whole vocabulary. Set by `cliptt5-release --report-vocabulary`.
     """
 
     model_type = "cliptt5"
@@ -102,6 +108,7 @@ class CLIPT5Config(T5Config):
         finding_guidance="embeddings",
         finding_loss_weight=1.0,
         finding_positive_weights=None,
+        report_vocabulary=None,
         **kwargs,
     ):
         if vision_config is None:
@@ -143,6 +150,7 @@ class CLIPT5Config(T5Config):
         self.num_views = int(num_views)
         self.prompt = prompt
         self.max_prompt_tokens = int(max_prompt_tokens)
+        self.report_vocabulary = sorted({int(token) for token in report_vocabulary}) if report_vocabulary else None
         # T5Config() defaults leave decoder_start_token_id unset and generate() then refuses to run;
         # T5 checkpoints start decoding with the pad token (id 0).
         kwargs.setdefault("decoder_start_token_id", kwargs.get("pad_token_id", 0))
@@ -167,6 +175,8 @@ class CLIPT5Config(T5Config):
             **(kwargs.get("custom_pipelines") or {}),
         }
         super().__init__(**kwargs)
+        if self.report_vocabulary:
+            _check_report_vocabulary(self.report_vocabulary, self.vocab_size, self.eos_token_id)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -209,3 +219,14 @@ def _check_finding_settings(labels, thresholds, positive_weights, guidance, imag
         raise ValueError(f"finding_guidance must be one of {FINDING_GUIDANCE_CHOICES}, got {guidance!r}")
     if image_tokens != "patch":
         raise ValueError("the finding head reads the patch tokens: it needs image_tokens='patch'")
+
+
+def _check_report_vocabulary(tokens, vocab_size, eos_token_id):
+    """ValueErrors for a report vocabulary that names tokens the model does not have, or that could never end a
+    draft."""
+    if tokens[0] < 0 or tokens[-1] >= vocab_size:
+        raise ValueError(f"report_vocabulary holds token ids outside the vocabulary (0 to {vocab_size - 1}): "
+                         f"{tokens[0]} to {tokens[-1]}")
+    ends = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    if ends and not set(ends) & set(tokens):
+        raise ValueError(f"report_vocabulary lacks the end-of-sequence token {ends}: a draft could never end")

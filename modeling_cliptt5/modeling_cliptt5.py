@@ -159,6 +159,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         # One learned token per finding and status (absent 0, present 1), read by the T5 encoder after the image.
         self.finding_embeddings = (nn.Embedding(2 * len(config.finding_labels), config.d_model)
                                    if config.uses_finding_guidance else None)
+        self._report_vocabulary_mask = None  # made on first use, on the logits' device
         self.post_init()
 
     def _init_weights(self, module):
@@ -369,6 +370,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
+        if self.config.report_vocabulary is not None and not self.training and outputs.logits is not None:
+            outputs.logits = outputs.logits.masked_fill(~self.report_vocabulary_mask(outputs.logits.device),
+                                                        torch.finfo(outputs.logits.dtype).min)
         if finding_logits is None:
             return outputs
         finding_loss = None if finding_targets is None else self.finding_loss(finding_logits, finding_targets)
@@ -377,6 +381,16 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             weighted = self.config.finding_loss_weight * finding_loss
             fields["loss"] = weighted if outputs.loss is None else outputs.loss + weighted
         return CLIPT5Seq2SeqLMOutput(**fields, finding_logits=finding_logits, finding_loss=finding_loss)
+
+    def report_vocabulary_mask(self, device):
+        """[vocab_size] bool, True for the tokens of config.report_vocabulary: the only tokens a draft may use.
+        Applied in evaluation mode only, so that training still learns from any report."""
+        mask = self._report_vocabulary_mask
+        if mask is None or mask.device != device:
+            mask = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
+            mask[torch.tensor(self.config.report_vocabulary, device=device)] = True
+            self._report_vocabulary_mask = mask
+        return mask
 
     def finding_loss(self, finding_logits, finding_targets):
         """The head's loss (finding_bce), positives weighted per finding by config.finding_positive_weights."""

@@ -1,4 +1,5 @@
-"""Refill a release's model card, or upload the release to the Hub: `cliptt5-release RELEASE [--push-to-hub ID]`."""
+"""Refill a release's model card, limit its drafts to a report vocabulary, or upload it to the Hub:
+`cliptt5-release RELEASE [--report-vocabulary DATASET | --full-vocabulary] [--push-to-hub ID]`."""
 
 import argparse
 
@@ -6,11 +7,29 @@ from modeling_cliptt5.release import HubPushError, push_release, write_model_car
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Refill a release's model card and upload it to the Hub.")
+    parser = argparse.ArgumentParser(description="Refill a release's model card, limit its drafts to a report vocabulary, or upload it to the Hub.")
     parser.add_argument("release_dir", help="a release folder written by train.py (e.g. runs/demo/best)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Hub repo id to upload to")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    vocabulary = parser.add_mutually_exclusive_group()
+    vocabulary.add_argument("--report-vocabulary", metavar="DATASET",
+                            help="limit drafts to the tokens of this converted dataset's train-split reports: the "
+                                 "--optimize fast path then computes only those rows of the output layer")
+    vocabulary.add_argument("--full-vocabulary", action="store_true",
+                            help="lift a --report-vocabulary limit: drafts may use every token again")
     args = parser.parse_args(argv)
+    if args.report_vocabulary or args.full_vocabulary:
+        from modeling_cliptt5.report_vocabulary import set_release_vocabulary, training_reports
+
+        try:
+            reports = None if args.full_vocabulary else training_reports(args.report_vocabulary)
+            config = set_release_vocabulary(args.release_dir, reports)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        allowed = config.vocab_size if config.report_vocabulary is None else len(config.report_vocabulary)
+        print(f"{args.release_dir}: drafts may use {allowed:,} of {config.vocab_size:,} tokens")
+        if not args.push_to_hub:
+            return 0
     if not args.push_to_hub:
         print(f"wrote {write_model_card(args.release_dir)}")
         return 0

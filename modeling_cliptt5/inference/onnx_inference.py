@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.inference.ood import image_vectors
 
-EXPORT_FORMAT = 3  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 4  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
 
@@ -118,11 +118,18 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One greedy step through the model's own forward: last token, encoder mask, caches -> logits, grown caches."""
+    """One greedy step through the model's own forward: last token, encoder mask, caches -> logits, grown caches.
+    With a report vocabulary (config.report_vocabulary) the logits are those tokens' alone, from a copy of their
+    rows of the output layer: the full layer is then unused and left out of the graph."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        vocabulary = model.config.report_vocabulary
+        self.report_head = None
+        if vocabulary is not None:
+            self.report_head = nn.Linear(model.config.d_model, len(vocabulary), bias=False)
+            self.report_head.weight.data = model.lm_head.weight.data[torch.tensor(vocabulary)].clone()
 
     def forward(self, decoder_input_ids, encoder_attention_mask, *caches):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -141,13 +148,20 @@ class DecoderStepGraph(nn.Module):
         encoder_hidden = torch.zeros(batch, encoder_length, self.model.config.d_model)
         # The new token sees every earlier one: an all-zero additive mask over the cache and itself.
         decoder_mask = additive_mask(torch.ones(batch, caches[0].shape[2] + 1))
-        logits = self.model(encoder_outputs=(encoder_hidden,), attention_mask=additive_mask(encoder_attention_mask),
-                            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_mask,
-                            past_key_values=cache, use_cache=True).logits
+        outputs = self.model(encoder_outputs=(encoder_hidden,), attention_mask=additive_mask(encoder_attention_mask),
+                             decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_mask,
+                             past_key_values=cache, use_cache=True, output_hidden_states=self.report_head is not None)
+        if self.report_head is None:
+            logits = outputs.logits[:, -1]
+        else:
+            hidden = outputs.decoder_hidden_states[-1][:, -1]
+            if self.model.config.scale_decoder_outputs:  # T5 scales before a tied output layer (transformers 5)
+                hidden = hidden * self.model.config.d_model ** -0.5
+            logits = self.report_head(hidden)
         grown = []
         for layer in range(layers):
             grown += [self_cache.layers[layer].keys, self_cache.layers[layer].values]
-        return (logits[:, -1], *grown)
+        return (logits, *grown)
 
 
 def _cache_names(layers):
@@ -283,6 +297,16 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
 # Drafting with the two graphs
 # --------------------------------------------------------------------------------------------------------------
 
+def full_vocabulary_logits(logits, vocabulary, vocab_size):
+    """The step graph's logits [batch, tokens] spread over the whole vocabulary: with a report vocabulary (an
+    array of its token ids), every other token gets the lowest float, as the PyTorch model's masked logits."""
+    if vocabulary is None:
+        return logits
+    full = np.full((logits.shape[0], vocab_size), np.finfo(np.float32).min, np.float32)
+    full[:, vocabulary] = logits
+    return full
+
+
 class OnnxStepModel(PreTrainedModel, GenerationMixin):
     """A decoder whose forward is one call of the step graph, so that GenerationMixin.generate drives it as it
     drives the PyTorch model. The encoder graph runs first: `start_drafts` hands over its cross-attention keys and
@@ -302,6 +326,7 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.step_session = step_session
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # generate() reads device and dtype off it
+        self.vocabulary = None if config.report_vocabulary is None else np.array(config.report_vocabulary)
         self.cross = self.caches = None
         self.post_init()
 
@@ -327,6 +352,7 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = self.caches[2 * layer: 2 * layer + 2]
             feeds[f"cross_keys.{layer}"], feeds[f"cross_values.{layer}"] = self.cross[2 * layer: 2 * layer + 2]
         logits, *self.caches = self.step_session.run(None, feeds)
+        logits = full_vocabulary_logits(logits, self.vocabulary, self.config.vocab_size)
         output = Seq2SeqLMOutput(logits=torch.from_numpy(logits)[:, None])
         # transformers 5 calls the cache `cache`, 4.x `past_key_values`: generate() gets its own back
         for name in ("cache", "past_key_values"):
@@ -423,7 +449,7 @@ class OnnxCLIPT5:
         logits, *grown = self.step_session.run(None, {**feeds, "decoder_input_ids": tokens[:, None].astype(np.int64)})
         for layer in range(self.config.num_decoder_layers):
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
-        return logits
+        return full_vocabulary_logits(logits, self.decoder.vocabulary, self.config.vocab_size)
 
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **generate_kwargs):
         return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **generate_kwargs)[0]
