@@ -5,7 +5,8 @@
    tower learns contrastively from image-report pairs (configs/demo_contrastive.yaml), then CLIP-T5 learns to
    write the reports from that tower (configs/demo.yaml);
 3. the run keeps the best checkpoint as a release folder with its model card (<output-dir>/best);
-4. loads the release back with AutoModelForSeq2SeqLM + AutoProcessor (trust_remote_code=True) and drafts reports
+4. loads the release back with AutoModelForSeq2SeqLM + AutoProcessor (inference.load_release, as generate.py and
+   the page load it) and drafts reports
    for the test split and for a few example studies written as PNG and as DICOM files;
 5. prints a results table: findings against the generator's truth (per finding with its side, macro F1), the
    clinical labeler's micro/macro F1, BLEU-4 and ROUGE-L, for the model, a constant report and the report of the
@@ -136,15 +137,6 @@ def train(args, config, data_dir, output_dir, *extra, label="[2/6] training"):
 
 
 # --- 4. drafting with the release -----------------------------------------------------------------------------------
-
-def load_release(release_dir):
-    """The release as any user loads it: the Auto classes and the code files inside the folder."""
-    from transformers import AutoModelForSeq2SeqLM, AutoProcessor
-
-    model = AutoModelForSeq2SeqLM.from_pretrained(release_dir, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(release_dir, trust_remote_code=True)
-    return model, processor
-
 
 def first_views(rows):
     """The first view of each study as a PIL image (`datasets` decodes the image column)."""
@@ -408,6 +400,7 @@ def main(argv=None):
     import torch
 
     from modeling_cliptt5.data.schema import load_report_dataset
+    from modeling_cliptt5.inference.drafting import load_release
     from modeling_cliptt5.training.state import MetricsLog
 
     release_dir = output_dir / "best"

@@ -105,12 +105,13 @@ def main(argv=None):
         seconds[name] = train(output, data, stage1, args.steps, *extra)
 
     from modeling_cliptt5.data.schema import load_report_dataset
+    from modeling_cliptt5.inference.drafting import load_release
 
     test = load_report_dataset(str(demo_dir / "data"))["test"]
     truth = list(test["labels"])
     results = {}
     for name, (output, _, _) in runs.items():
-        model, processor = demo.load_release(output / "best")
+        model, processor = load_release(output / "best")
         if name == "guidance tokens":
             from_head = [draft["text"] for draft in demo.draft_split(model, processor, test)]
             from_truth = [draft["text"] for draft in demo.draft_split(model, processor, test, findings=truth)]

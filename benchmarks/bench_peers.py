@@ -108,15 +108,12 @@ def load(variant, work_dir, threads):
     """(model, pixel_values) of one variant."""
     import torch
 
-    if variant == "cliptt5_fp32":
-        from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+    if variant.startswith("cliptt5"):  # loaded as generate.py and the page load it, --optimize or not
+        from modeling_cliptt5.inference.drafting import load_model
 
-        model = CLIPT5ForConditionalGeneration.from_pretrained(cliptt5_release(work_dir)).eval()
-    elif variant == "cliptt5_onnx_int8":
-        from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
-
-        model = OnnxCLIPT5.from_pretrained(cliptt5_release(work_dir), "int8", cache_dir=work_dir / "cliptt5_onnx",
-                                           threads=threads)
+        os.environ["CLIPT5_ONNX_CACHE"] = str(work_dir / "cliptt5_onnx")
+        torch.set_num_threads(threads)
+        model = load_model(cliptt5_release(work_dir), optimize=variant == "cliptt5_onnx_int8")
     elif variant == "peer_fp32":
         from transformers import VisionEncoderDecoderModel
 

@@ -186,16 +186,26 @@ def read_study_images(study: Study, num_views: int, max_pixels: int,
 
 
 def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
-    """(model, processor) of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM /
-    AutoProcessor. This package registers CLIP-T5 with the Auto classes, so they build its own classes and no
-    code saved in the release runs. (transformers 5 prefers such registered classes even with
-    trust_remote_code=True, 4.x would run the release's files: passing False keeps the two alike. Without the
-    package, a release loads from its own code files with trust_remote_code=True: tests/test_remote_code.py.)
+    """(model, processor) of a CLIP-T5 release folder or Hub id: `load_model` and AutoProcessor. What generate.py,
+    the page and the demo draft with."""
+    from transformers import AutoProcessor
+
+    model = load_model(path_or_id, device, dtype, optimize)
+    return model, AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
+
+
+def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
+    """The model of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM: the one model
+    loader (load_release, the fast path's export and the benchmarks use it). This package registers CLIP-T5 with
+    the Auto classes, so they build its own classes and no code saved in the release runs. (transformers 5 prefers
+    such registered classes even with trust_remote_code=True, 4.x would run the release's files: passing False
+    keeps the two alike. Without the package, a release loads from its own code files with
+    trust_remote_code=True: tests/test_remote_code.py.)
 
     `optimize`: the CPU fast path (fast_inference.load_for_cpu). Raises ValueError
     for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
     OOD summary as `model.ood_summary` (None without one)."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 
@@ -205,7 +215,6 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
     if optimize and (device != "cpu" or dtype != "float32"):
         raise ValueError(f"--optimize is a CPU path with int8 weights; drop it, or use --device cpu and "
                          f"--dtype float32 (got {device}, {dtype})")
-    processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
     if optimize:
         from modeling_cliptt5.inference.fast_inference import load_for_cpu
 
@@ -214,7 +223,7 @@ def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
         model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
                                                       trust_remote_code=False).eval().to(device)
     model.ood_summary = release_ood_summary(path_or_id)
-    return model, processor
+    return model
 
 
 def release_ood_summary(path_or_id):

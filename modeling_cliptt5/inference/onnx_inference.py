@@ -274,7 +274,7 @@ def exported_folder(release_folder, weights="int8", cache_dir=None):
     building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         print(f"exporting {release_folder} to ONNX ({weights}) once, into {target} ...", file=sys.stderr, flush=True)
-        command = [sys.executable, "-m", "modeling_cliptt5.inference.onnx_inference", str(release_folder), str(building),
+        command = [sys.executable, "-m", "modeling_cliptt5.cli.export_onnx", str(release_folder), str(building),
                    "--weights", weights]
         completed = subprocess.run(command, capture_output=True, text=True,
                                    cwd=Path(__file__).resolve().parents[2],  # the source tree, for a run without install
@@ -489,22 +489,3 @@ class OnnxCLIPT5:
         feeds, *_ = self.start(pixel_values)
         ids = decoder_input_ids.numpy()
         return torch.from_numpy(np.stack([self.step(feeds, ids[:, position]) for position in range(ids.shape[1])], 1))
-
-
-def main(argv=None):
-    """`python -m modeling_cliptt5.inference.onnx_inference RELEASE FOLDER`: the export child process."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Export a CLIP-T5 release to the fast path's two ONNX graphs.")
-    parser.add_argument("release", help="release folder")
-    parser.add_argument("folder", help="where encoder.onnx and decoder_step.onnx are written")
-    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="int8")
-    args = parser.parse_args(argv)
-    from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
-
-    export_graphs(CLIPT5ForConditionalGeneration.from_pretrained(args.release), args.folder, args.weights)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
