@@ -77,7 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--model-note", help="what --model is (how it was trained), written into the JSON")
     parser.add_argument("--report-vocabulary", metavar="DATASET",
                         help="with --model: onnx_int8_vocab takes the tokens of this converted dataset's train-split "
-                             f"reports (without --model: {RANDOM_VOCABULARY_SIZE} token ids spread over the vocabulary)")
+                             f"reports (without --model: {RANDOM_VOCABULARY_SIZE} token ids spread over the "
+                             "vocabulary)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per scenario; the median is reported")
     parser.add_argument("--new-tokens", type=int, default=100, help="tokens decoded per study (default: 100)")

@@ -169,6 +169,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         t5_layers=config.get("num_layers"),
         t5_decoder_layers=config.get("num_decoder_layers") or config.get("num_layers"),
         vocab_size=config.get("vocab_size"),
+        report_vocabulary=len(config.get("report_vocabulary") or []),
         initialisation=info.get("initialisation", "unknown"),
         best_step=info.get("step", "?"),
         best_metric=info.get("best_metric", "loss"),

@@ -99,6 +99,18 @@ def test_the_release_command_refills_the_card_and_refuses_other_folders(release_
         release_command.main([str(tmp_path)])
 
 
+def test_a_release_limited_to_a_report_vocabulary_says_so_in_its_card(release_dir, tmp_path):
+    from training_helpers import make_tiny_dataset
+
+    card = os.path.join(release_dir, "README.md")
+    assert "drafts use" not in open(card).read()
+    release_command.main([release_dir, "--report-vocabulary", str(make_tiny_dataset(tmp_path / "dataset"))])
+    limit = len(json.loads(open(os.path.join(release_dir, "config.json")).read())["report_vocabulary"])
+    assert f"vocabulary 200; drafts use {limit} of these tokens" in open(card).read()
+    release_command.main([release_dir, "--full-vocabulary"])
+    assert "drafts use" not in open(card).read()
+
+
 def folder_bytes(folder):
     return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
 

@@ -2,12 +2,14 @@
 `cliptt5-release RELEASE [--report-vocabulary DATASET | --full-vocabulary] [--push-to-hub ID]`."""
 
 import argparse
+import os
 
-from modeling_cliptt5.release import HubPushError, push_release, write_model_card
+from modeling_cliptt5.release import RELEASE_INFO_FILE, HubPushError, push_release, write_model_card
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Refill a release's model card, limit its drafts to a report vocabulary, or upload it to the Hub.")
+    parser = argparse.ArgumentParser(
+        description="Refill a release's model card, limit its drafts to a report vocabulary, or upload it to the Hub.")
     parser.add_argument("release_dir", help="a release folder written by train.py (e.g. runs/demo/best)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Hub repo id to upload to")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -29,6 +31,9 @@ def main(argv=None):
         allowed = config.vocab_size if config.report_vocabulary is None else len(config.report_vocabulary)
         print(f"{args.release_dir}: drafts may use {allowed:,} of {config.vocab_size:,} tokens")
         if not args.push_to_hub:
+            # A training release's card says how many tokens its drafts use.
+            if os.path.isfile(os.path.join(args.release_dir, RELEASE_INFO_FILE)):
+                print(f"wrote {write_model_card(args.release_dir)}")
             return 0
     if not args.push_to_hub:
         print(f"wrote {write_model_card(args.release_dir)}")

@@ -85,8 +85,10 @@ def test_float32_graphs_of_a_limited_model_give_its_tokens_from_its_rows_alone(m
         assert len({tuple(row.tolist()) for row in expected}) == 3 and torch.equal(tokens, expected)
     # The step graph's weights: the output layer's rows of the vocabulary only (the embedding keeps every row).
     export_graphs(copy.deepcopy(model), tmp_path / "whole", weights="float32")
-    weights = {name: sum(initializer.ByteSize() for initializer in
-                         onnx.load(str(tmp_path / name / STEP_FILE)).graph.initializer) for name in ("limited", "whole")}
+    weights = {}
+    for name in ("limited", "whole"):
+        graph = onnx.load(str(tmp_path / name / STEP_FILE)).graph
+        weights[name] = sum(initializer.ByteSize() for initializer in graph.initializer)
     left_out = (200 - len(VOCABULARY)) * model.config.d_model * 4
     assert weights["whole"] - weights["limited"] == pytest.approx(left_out, rel=0.02)
 
