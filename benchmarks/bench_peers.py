@@ -6,7 +6,7 @@ int8 after onnxruntime's quantize_dynamic, per channel, as CLIP-T5's fast path).
 t5-small), eager float32 and `--optimize` (ONNX Runtime int8). All weights are random (seeded): the work per token
 is what is compared, not the reports.
 
-Each variant drafts at batch 1 exactly --new-tokens tokens (end of sequence suppressed until then), greedy and
+Each variant drafts at batch 1 exactly --new-tokens tokens (no token ends a draft), greedy and
 beam 3, with --threads threads, in a process of its own that loads the model, warms up and times one greedy and
 one beam-3 draft; variants take turns within each of --runs runs, so a machine that gets busier or quieter affects
 them alike. Medians and the ratio to CLIP-T5 eager float32 are printed; the JSON goes to --output.
@@ -141,11 +141,13 @@ def worker(variant, work_dir, new_tokens, threads):
     model, pixel_values = load(variant, Path(work_dir), threads)
     times = {}
     with torch.inference_mode():
+        # Exactly `new_tokens` tokens: no token ends a draft (as bench_cpu_inference.decode; min_new_tokens would add
+        # its logits processor's search of the whole vocabulary at every step, work no draft pays).
         for name, beams in (("greedy", 1), ("beam3", 3)):
-            model.generate(pixel_values=pixel_values, max_new_tokens=8, min_new_tokens=8, num_beams=beams,
+            model.generate(pixel_values=pixel_values, max_new_tokens=8, eos_token_id=None, num_beams=beams,
                            do_sample=False)  # warm-up: first calls allocate and pick kernels
             started = time.perf_counter()
-            tokens = model.generate(pixel_values=pixel_values, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            tokens = model.generate(pixel_values=pixel_values, max_new_tokens=new_tokens, eos_token_id=None,
                                     num_beams=beams, do_sample=False)
             times[name] = time.perf_counter() - started
             assert tokens.shape[-1] >= new_tokens, tokens.shape  # the same work for every variant
