@@ -108,7 +108,8 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         page.click("#revert-findings")
         page.wait_for_function(f"document.querySelector('#findings textarea').value === {json.dumps(model_findings)}")
         wait_review(page, f"s => s.length === {len(sentences)} && s[0][1] && !s[1][1]")
-        assert page.locator("#report-versions").is_visible()  # the edited text is kept as a version
+        # The edited text is kept as a version: the versions panel shows (it can arrive after the review's update).
+        page.wait_for_selector("#report-versions", state="visible", timeout=15000)
 
         # The unsigned export is marked a draft in every format.
         exported = export(page, ALL_FORMATS)
