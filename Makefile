@@ -32,8 +32,10 @@ $(MINIMAL_VENV)/.installed: requirements/minimal.txt
 	$(MINIMAL_VENV)/bin/pip install --quiet -r requirements/minimal.txt
 	touch $@
 
+# One worker process per core (pytest-xdist), each test file kept in one worker so that its fixtures are built once;
+# the slowest tests' times are printed at the end.
 test: install minimal-env
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 # phantoms -> accelerate launch train.py -> release -> reload with Auto* -> drafts, results table, figure
 demo: install

@@ -14,6 +14,11 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor, CLIPT5Processor
 from modeling_cliptt5.training.tokenizer import train_report_tokenizer
 
+# `make test` runs the suite in worker processes (pytest-xdist, one per core): each gets its share of the cores, so
+# that two workers' torch threads do not fight over the same ones.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 TINY_IMAGE_SIZE = 32
 MAX_NEW_TOKENS = 40  # drafts of the trained tiny release below
 TRAINED_IMAGES = 10
