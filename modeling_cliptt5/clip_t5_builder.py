@@ -3,20 +3,29 @@
 The timm ViT-B/16 trunk of BiomedCLIP becomes transformers' ViTModel (exact: same patch tokens), CLIP's image
 projection is kept for the pooled mode, T5 arrives through `from_pretrained` (so its tied or untied head is
 respected), and the CLIP text tower is left behind. Needs open_clip (the `train` extra); used by training
-(`init: pretrained`, stage-1 towers) and by conversion/convert_biomedclip_t5.py.
+(`init: pretrained`, stage-1 towers) and by cliptt5-convert-biomedclip.
+
+Every part named by a Hub id can be a local folder instead (model_sources): what `hf download ID --local-dir DIR`
+writes on a machine with internet access. BiomedCLIP's open_clip config names its text tower by Hub id too
+(microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract, whose config.json open_clip reads to build the tower);
+`text_model` points that at a folder.
 """
 
+import json
 import os
 import tempfile
 
 from safetensors.torch import save_file
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, ModelSourceError, resolve_pretrained
 from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 
-DEFAULT_CLIP_MODEL = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-DEFAULT_T5_MODEL = "t5-small"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+# What open_clip reads of a BiomedCLIP-style repo: its config, weights and tokenizer files.
+OPEN_CLIP_FILES = [OPEN_CLIP_CONFIG_FILE, "*.safetensors", "open_clip_pytorch_model.bin", "*.txt", "tokenizer*",
+                   "special_tokens_map.json"]
 DEMO_VIT = "vit_cliptt5_demo"  # the image tower of the demo's stage-1 model (demo.py: demo_open_clip_config)
 
 
@@ -50,15 +59,41 @@ class CheckpointError(ValueError):
     """A checkpoint that does not have the architecture the converter expects."""
 
 
-def load_open_clip_model(name_or_path):
+def open_clip_source(name_or_path, text_model=""):
+    """(open_clip model name, create_model keyword overrides) for `hf-hub:org/repo`, `local-dir:/path`, a plain
+    folder, or a model name registered with open_clip (the demo's and the tests' towers). Hub ids become local
+    folders first (model_sources), the text tower's among them, so that a machine without Hub access reads the
+    folders it was given and never waits on the network."""
+    what, flag = "the image-text model (clip_model)", "--clip_model"
+    if name_or_path.startswith("hf-hub:"):
+        folder = resolve_pretrained(name_or_path.removeprefix("hf-hub:"), what, flag, OPEN_CLIP_FILES)
+    elif name_or_path.startswith("local-dir:") or os.path.isdir(name_or_path) or os.sep in name_or_path:
+        folder = resolve_pretrained(name_or_path.removeprefix("local-dir:"), what, flag, OPEN_CLIP_FILES)
+    else:
+        return name_or_path, {}  # registered open_clip names have no path separator
+    config_path = os.path.join(folder, OPEN_CLIP_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise ModelSourceError(f"{name_or_path}: no {OPEN_CLIP_CONFIG_FILE} in {folder} (not an open_clip model)")
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    text_cfg = config.get("model_cfg", config).get("text_cfg", {})
+    named = text_cfg.get("hf_model_name")
+    overrides = {}
+    if text_model or (named and not os.path.isdir(named)):
+        # open_clip builds a Hugging Face text tower from its config.json (the weights come from the checkpoint)
+        text_folder = resolve_pretrained(text_model or named, "the text tower of clip_model (clip_text_model)",
+                                         "--clip_text_model")
+        overrides["text_cfg"] = {**text_cfg, "hf_model_name": text_folder, "hf_model_pretrained": False}
+    return f"local-dir:{folder}", overrides
+
+
+def load_open_clip_model(name_or_path, text_model=""):
     """An open_clip model from `hf-hub:org/repo`, `local-dir:/path`, a plain folder, or an open_clip model name."""
     import open_clip  # the `convert` / `train` extra: not needed to run a release
 
-
     register_demo_vit()  # a stage-1 checkpoint of the demo names its timm tower
-    if os.path.isdir(name_or_path):
-        name_or_path = f"local-dir:{name_or_path}"
-    return open_clip.create_model(name_or_path)
+    name, overrides = open_clip_source(name_or_path, text_model)
+    return open_clip.create_model(name, **overrides)
 
 
 def _timm_vit_trunk(clip_model):
@@ -143,6 +178,7 @@ def load_t5(t5_name_or_path):
     """Loads a T5 checkpoint through `from_pretrained`, refusing anything that is not a T5 encoder-decoder."""
     from transformers import AutoConfig, T5ForConditionalGeneration
 
+    t5_name_or_path = resolve_pretrained(t5_name_or_path, "T5 (t5_model)", "--t5_model")
     config = AutoConfig.from_pretrained(t5_name_or_path)
     if config.model_type not in ("t5", "cliptt5"):
         raise CheckpointError(
@@ -159,17 +195,18 @@ def _lm_head_is_tied(t5_model):
     return t5_model.lm_head.weight.data_ptr() == t5_model.shared.weight.data_ptr()
 
 
-def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, **config_overrides):
+def build_clip_t5(clip_model=DEFAULT_CLIP_MODEL, t5_model=DEFAULT_T5_MODEL, clip_text_model="", **config_overrides):
     """Returns a CLIPT5ForConditionalGeneration with BiomedCLIP's image tower and T5's weights.
 
     clip_model: an open_clip model object, or a name for `load_open_clip_model`.
     t5_model: a hub id or local folder of a T5 checkpoint.
+    clip_text_model: a folder (or Hub id) for the text tower clip_model's open_clip config names ("": as named).
     config_overrides: CLIP-T5 settings (image_tokens, image_token_pooling, projector_type, num_views, prompt...).
     `clip_projection` (and view embeddings, and a finding head with its guidance tokens) are new and start from
     random initialisation.
     """
     if isinstance(clip_model, str):
-        clip_model = load_open_clip_model(clip_model)
+        clip_model = load_open_clip_model(clip_model, clip_text_model)
     vision_state = vision_state_dict_from_open_clip(clip_model)
     vision_config = vision_config_from_open_clip(clip_model)
     t5 = load_t5(t5_model)
@@ -211,7 +248,7 @@ def build_processor(t5_model=DEFAULT_T5_MODEL, image_size=224, max_prompt_tokens
     )
     return CLIPT5Processor(
         image_processor=image_processor,
-        tokenizer=AutoTokenizer.from_pretrained(t5_model),
+        tokenizer=AutoTokenizer.from_pretrained(resolve_pretrained(t5_model, "T5 (t5_model)", "--t5_model")),
         max_prompt_tokens=max_prompt_tokens,
         max_report_tokens=max_report_tokens,
     )

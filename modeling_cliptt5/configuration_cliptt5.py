@@ -88,6 +88,8 @@ class CLIPT5Config(T5Config):
     """
 
     model_type = "cliptt5"
+    # What register_for_auto_class() sets: save_pretrained then copies this file into a release (remote code).
+    _auto_class = "AutoConfig"
     sub_configs = {"vision_config": ViTConfig}
 
     def __init__(
@@ -187,7 +189,7 @@ class CLIPT5Config(T5Config):
         if model_type != cls.model_type:
             raise ValueError(
                 f"{pretrained_model_name_or_path} is not a CLIP-T5 release: its config.json has model_type "
-                f"{model_type!r}, expected {cls.model_type!r} (build one with conversion/convert_biomedclip_t5.py)"
+                f"{model_type!r}, expected {cls.model_type!r} (build one with cliptt5-convert-biomedclip)"
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

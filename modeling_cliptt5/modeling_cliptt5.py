@@ -1,7 +1,7 @@
 """CLIP-T5: BiomedCLIP image tokens, projected to T5's width, read by a T5 encoder-decoder that writes the report.
 
 The image tower is transformers' `ViTModel` (BiomedCLIP's timm ViT-B/16 converts to it exactly, see
-conversion/convert_biomedclip_t5.py), so a release needs only torch and transformers. Image tokens meet the
+cliptt5-convert-biomedclip), so a release needs only torch and transformers. Image tokens meet the
 language model as in transformers' LLaVA / BLIP-2: they are projected (`clip_projection`) and enter the T5
 encoder through `inputs_embeds`, followed by the token embeddings of an optional text prompt.
 """
@@ -140,6 +140,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
 
     config_class = CLIPT5Config
     _no_split_modules = ["T5Block", "ViTLayer"]
+    # What register_for_auto_class() sets: save_pretrained copies this file into a release. The config's auto_map
+    # names this class for AutoModel and AutoModelForImageTextToText too (one auto class per class otherwise).
+    _auto_class = "AutoModelForSeq2SeqLM"
 
     def __init__(self, config):
         super().__init__(config)

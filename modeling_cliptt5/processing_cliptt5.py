@@ -121,6 +121,8 @@ def to_rgb_image(image):
 class CLIPT5ImageProcessor(_PilCLIPImageProcessor):
     """CLIP's image processor with BiomedCLIP's settings, taking radiographs in any bit depth (see `to_rgb_image`)."""
 
+    _auto_class = "AutoImageProcessor"  # as register_for_auto_class() sets it: a release carries this file
+
     def __init__(self, **kwargs):
         defaults = {
             "size": {"shortest_edge": 224},
@@ -151,6 +153,7 @@ class CLIPT5Processor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
+    _auto_class = "AutoProcessor"  # as register_for_auto_class() sets it: a release carries this file
     if TRANSFORMERS_MAJOR < 5:  # 5 finds both through the Auto classes and warns that these are deprecated
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
@@ -263,14 +266,22 @@ class CLIPT5Processor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
+def _image_locations(images):
+    """A path or URL, or a list of them: what transformers' image pipelines take beside images themselves."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    return bool(items) and all(isinstance(item, (str, os.PathLike)) for item in items)
+
+
 class CLIPT5ReportPipeline(ImageTextToTextPipeline):
     """`pipeline("image-text-to-text", model=release, trust_remote_code=True)` (config.custom_pipelines): an image
     alone drafts its report, and a prompt is optional (`text=`, or a chat). The output is the report alone: an
     encoder-decoder never writes its prompt back, so nothing is stripped from the report and, unless
-    `return_full_text=True`, nothing is glued onto it. Chats get the report as a new assistant message."""
+    `return_full_text=True`, nothing is glued onto it. Chats get the report as a new assistant message. Images are
+    PIL images, arrays, or file paths and URLs (loaded by the pipeline's `load_images`), as in transformers' image
+    pipelines."""
 
     def __call__(self, images=None, text=None, **kwargs):
-        if text is None and images is not None and valid_images(images):
+        if text is None and images is not None and (valid_images(images) or _image_locations(images)):
             text = [""] * len(images) if isinstance(images, (list, tuple)) else ""
         return super().__call__(images, text, **kwargs)
 

@@ -14,13 +14,19 @@ PROMPT = "Indication: cough"
 
 # Runs in a fresh interpreter where the package cannot be imported: the pipeline comes from the release's own code.
 PIPELINE_CALLS = r"""
-import json, sys
+import functools, http.server, json, os, sys, threading
 sys.modules["modeling_cliptt5"] = None
 from PIL import Image
 from transformers import pipeline
 release, max_new_tokens, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-images = [Image.open(path) for path in sys.argv[4:]]
+paths = sys.argv[4:]
+images = [Image.open(path) for path in paths]
 image = images[0]
+# The first image served over HTTP on this machine's loopback, as an image URL
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(paths[0]))
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{server.server_port}/{os.path.basename(paths[0])}"
 def attempt(call):  # each call on its own: one that fails is recorded, as "error: ...", and the rest still run
     try:
         return call()
@@ -39,6 +45,9 @@ outputs = {
     "image": attempt(lambda: drafts(drafter(images=image, max_new_tokens=max_new_tokens))),
     "empty_prompt": attempt(lambda: drafts(drafter(images=image, text="", max_new_tokens=max_new_tokens))),
     "batch": attempt(lambda: drafts(drafter(images=images, max_new_tokens=max_new_tokens))),
+    "path": attempt(lambda: drafts(drafter(paths[0], max_new_tokens=max_new_tokens))),
+    "paths": attempt(lambda: drafts(drafter(images=paths, max_new_tokens=max_new_tokens))),
+    "url": attempt(lambda: drafts(drafter(url, max_new_tokens=max_new_tokens))),
     "prompt": attempt(lambda: drafts(drafter(images=image, text=prompt, max_new_tokens=max_new_tokens))),
     "full_text": attempt(lambda: drafts(drafter(images=image, text=prompt, max_new_tokens=max_new_tokens,
                                                 return_full_text=True))),
@@ -105,6 +114,13 @@ def test_an_image_alone_drafts_what_generate_drafts(pipeline_outputs, drafted_by
     assert pipeline_outputs["batch"] == drafted_by_generate["batch"]
     assert drafted_by_generate["batch"][0] != drafted_by_generate["batch"][1]
     assert pipeline_outputs["image_chat"] == {"role": "assistant", "content": expected[0]}
+
+
+def test_a_path_or_url_drafts_what_the_image_drafts(pipeline_outputs, drafted_by_generate):
+    """As transformers' image pipelines, a file path or an http(s) URL stands for the image."""
+    assert pipeline_outputs["path"] == drafted_by_generate["image"]
+    assert pipeline_outputs["paths"] == drafted_by_generate["batch"]
+    assert pipeline_outputs["url"] == drafted_by_generate["image"]
 
 
 def test_a_prompt_is_read_and_not_glued_onto_the_report(pipeline_outputs, drafted_by_generate):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_IMAGE_SIZE, TINY_REPORTS
-from modeling_cliptt5.data.schema import REPORT_FEATURES, make_example, save_dataset_atomically
+from modeling_cliptt5.data.schema import make_example, report_features, save_dataset_atomically
 from modeling_cliptt5.processing_cliptt5 import split_report_sections
 
 TINY_MODEL = {
@@ -47,7 +47,7 @@ def make_tiny_dataset(folder, sizes=(("train", 40), ("validation", 8), ("test", 
                 images = [study_image(kind, rng) for _ in range(num_views)]
             rows.append(make_example(study_id, images, sections["findings"], sections["impression"], split, "tiny-test",
                                      indication="Cough." if index % 2 else ""))
-        splits[split] = Dataset.from_list(rows, features=REPORT_FEATURES)
+        splits[split] = Dataset.from_list(rows, features=report_features())
     save_dataset_atomically(DatasetDict(splits), folder)
     return folder
 

@@ -29,7 +29,7 @@ from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
 from modeling_cliptt5.images.display import open_for_display  # noqa: E402
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError  # noqa: E402
 from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E402
-from modeling_cliptt5.inference.drafting import ood_warning  # noqa: E402
+from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING, ood_warning  # noqa: E402
 from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
@@ -322,10 +322,12 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     source = "the findings you checked" if findings is not None else "its findings"
     info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
+    if report["truncated"]:  # above the timing line: read before the draft itself
+        info = f"**WARNING: {TRUNCATED_WARNING}**\n\n{info}"
     if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
         info = f"**WARNING: {ood_warning(report['ood_score'], drafter.model.ood_summary.threshold)}**\n\n{info}"
     draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
-             "seconds": round(seconds, 3), "images": used}
+             "seconds": round(seconds, 3), "images": used, "truncated": report["truncated"]}
     if "ood_score" in report:
         draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"])
     checklist, heatmaps = no_checklist, None

@@ -780,7 +780,7 @@ def _draw_study_png(seed, image_size, index):
 
 def make_phantom_dataset(num_studies, seed=0, image_size=256, split_fractions=(0.8, 0.1, 0.1),
                          report_target="both", progress=False, num_proc=1):
-    """A `datasets.DatasetDict` (train/validation/test) of phantom studies in the schema of `data.REPORT_FEATURES`.
+    """A `datasets.DatasetDict` (train/validation/test) of phantom studies in the schema of `data.schema.report_features()`.
 
     Splits are disjoint sets of studies (one study = one row); a split that gets no study is left out.
     Study i is drawn from seed [seed, 0, i], so it is the same whatever `num_studies` is; the same arguments give
@@ -790,7 +790,7 @@ def make_phantom_dataset(num_studies, seed=0, image_size=256, split_fractions=(0
     import datasets  # the schema needs it; generate_study and labels_from_report need only numpy and PIL
     from tqdm.auto import tqdm
 
-    from modeling_cliptt5.data.schema import REPORT_FEATURES, SPLITS, make_example
+    from modeling_cliptt5.data.schema import SPLITS, make_example, report_features
 
     if num_studies < 1:
         raise ValueError(f"num_studies must be at least 1, got {num_studies}")
@@ -808,9 +808,10 @@ def make_phantom_dataset(num_studies, seed=0, image_size=256, split_fractions=(0
             rows[splits[index]].append(make_example(
                 study_id(index), [{"bytes": study["image"], "path": None}], study["findings"], study["impression"],
                 splits[index], SOURCE, report_target=report_target, labels=study["labels"]))
+    features = report_features()
     info = datasets.DatasetInfo(description="Synthetic chest radiograph phantoms drawn by modeling_cliptt5.data.phantom: "
-                                            "not real patients; for demos and tests only.", features=REPORT_FEATURES)
+                                            "not real patients; for demos and tests only.", features=features)
     # A split with no study is left out: `datasets` saves an empty split without a data file and cannot load it.
     return datasets.DatasetDict({
-        split: datasets.Dataset.from_list(rows[split], features=REPORT_FEATURES, info=info.copy(), split=split)
+        split: datasets.Dataset.from_list(rows[split], features=features, info=info.copy(), split=split)
         for split in SPLITS if rows[split]})

@@ -1,37 +1,43 @@
 """The one dataset schema every converter writes and training/generation read, and safe writing of it."""
 
 import collections
+import functools
 import json
 import os
 import uuid
 
-import datasets
-
-from modeling_cliptt5.processing_cliptt5 import format_report
 from modeling_cliptt5.atomic_writes import cleaned_up_on_failure, replace_folder
 
 SPLITS = ("train", "validation", "test")
 
-# Every source becomes these columns. `images` holds one or more views of a study (frontal first);
-# `labels` holds finding names such as "pleural_effusion:left" where the source has truth labels.
-REPORT_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "images": datasets.List(datasets.Image()),
-        "findings": datasets.Value("string"),
-        "impression": datasets.Value("string"),
-        "report": datasets.Value("string"),
-        "indication": datasets.Value("string"),
-        "split": datasets.Value("string"),
-        "source": datasets.Value("string"),
-        "labels": datasets.List(datasets.Value("string")),
-    }
-)
+
+@functools.cache
+def report_features():
+    """Every source becomes these columns (`datasets.Features`). `images` holds one or more views of a study
+    (frontal first); `labels` holds finding names such as "pleural_effusion:left" where the source has truth
+    labels. A function, so that importing the schema (the converter commands' --help) does not import datasets."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "images": datasets.List(datasets.Image()),
+            "findings": datasets.Value("string"),
+            "impression": datasets.Value("string"),
+            "report": datasets.Value("string"),
+            "indication": datasets.Value("string"),
+            "split": datasets.Value("string"),
+            "source": datasets.Value("string"),
+            "labels": datasets.List(datasets.Value("string")),
+        }
+    )
 
 
 def make_example(study_id, images, findings, impression, split, source, report_target="both",
                  indication="", labels=()):
     """One row of the schema. `images` are file paths, PIL images or {"bytes": ..., "path": ...} dicts."""
+    from modeling_cliptt5.processing_cliptt5 import format_report
+
     return {
         "id": str(study_id),
         "images": list(images),
@@ -99,12 +105,14 @@ def save_dataset_atomically(dataset_dict, output_dir, log=None):
 
 def load_report_dataset(path):
     """Loads a converted dataset folder (a DatasetDict saved by `save_dataset_atomically`)."""
+    import datasets
+
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no converted dataset folder here (run a converter in conversion/ first)")
+        raise FileNotFoundError(f"{path}: no converted dataset folder here (convert one first: cliptt5-convert-*)")
     loaded = datasets.load_from_disk(path)
     if not isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"{path}: expected a DatasetDict with splits {SPLITS}, found a single Dataset")
-    missing = set(REPORT_FEATURES) - set(next(iter(loaded.values())).column_names)
+    missing = set(report_features()) - set(next(iter(loaded.values())).column_names)
     if missing:
         raise ValueError(f"{path}: not in the CLIP-T5 report schema, missing columns {sorted(missing)}")
     return loaded

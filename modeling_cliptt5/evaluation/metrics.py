@@ -14,8 +14,8 @@ It reproduces CvT2DistilGPT2's published IU X-ray numbers exactly (see tests/eva
 Baselines - the most frequent train report for every study, and a random train report per study - are scored
 the same way and belong beside every model score: on IU X-ray a constant report gets close to published models.
 
-CLI: python -m modeling_cliptt5.evaluation.metrics --generated FILE --references FILE [--train-reports FILE]
-     [--r2gen iu_xray|mimic_cxr] [--output scores.json]   (see --help)
+Command: cliptt5-score --generated FILE --references FILE [--train-reports FILE] [--r2gen iu_xray|mimic_cxr]
+         [--output scores.json]   (see --help)
 """
 
 import collections
@@ -299,6 +299,10 @@ def print_scores_table(results, file=None):
 
 # --- Files ---
 
+class ReportFileError(ValueError):
+    """A generated or reference file that cannot be scored, named with the reason (one line)."""
+
+
 ID_COLUMNS = ("id", "study_id", "dicom_id", "image_id")
 TEXT_COLUMNS = ("report", "text", "generated", "generated_report", "prediction", "findings")
 
@@ -306,7 +310,7 @@ TEXT_COLUMNS = ("report", "text", "generated", "generated_report", "prediction",
 def _read_rows(path, split="test"):
     """Rows (dicts) of a CSV, JSONL, JSON list, or R2Gen annotation.json (its `split` entries)."""
     if not os.path.isfile(path):
-        raise SystemExit(f"{path}: no such file")
+        raise ReportFileError(f"{path}: no such file")
     try:
         if path.endswith(".csv"):
             with open(path, newline="", encoding="utf-8") as handle:
@@ -316,28 +320,28 @@ def _read_rows(path, split="test"):
                 return [json.loads(line) for line in handle if line.strip()]
             data = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as error:
-        raise SystemExit(f"{path}: cannot be read as {os.path.splitext(path)[1] or 'JSON'} ({error})") from None
+        raise ReportFileError(f"{path}: cannot be read as {os.path.splitext(path)[1] or 'JSON'} ({error})") from None
     if isinstance(data, dict):  # R2Gen annotation.json: {"train": [...], "val": [...], "test": [...]}
         if split not in data:
-            raise SystemExit(f"{path}: has no {split!r} split (it has {sorted(data)})")
+            raise ReportFileError(f"{path}: has no {split!r} split (it has {sorted(data)})")
         return data[split]
     if isinstance(data, list):
         return data
-    raise SystemExit(f"{path}: expected a list of records or an R2Gen annotation.json")
+    raise ReportFileError(f"{path}: expected a list of records or an R2Gen annotation.json")
 
 
 def _pick_column(path, rows, wanted, candidates, role):
     if not rows:
-        raise SystemExit(f"{path}: no rows")
+        raise ReportFileError(f"{path}: no rows")
     columns = list(rows[0])
     if wanted:
         if wanted not in columns:
-            raise SystemExit(f"{path}: no {role} column {wanted!r} (columns: {columns})")
+            raise ReportFileError(f"{path}: no {role} column {wanted!r} (columns: {columns})")
         return wanted
     for candidate in candidates:
         if candidate in columns:
             return candidate
-    raise SystemExit(f"{path}: no {role} column found (looked for {list(candidates)}; columns: {columns}); "
+    raise ReportFileError(f"{path}: no {role} column found (looked for {list(candidates)}; columns: {columns}); "
                      f"name it with --{role}-column")
 
 
@@ -350,9 +354,9 @@ def read_reports_by_id(path, id_column=None, text_column=None, split="test"):
     for number, row in enumerate(rows, start=1):
         study_id = str(row.get(id_column) or "").strip()
         if not study_id:
-            raise SystemExit(f"{path}: record {number} has an empty {id_column!r}")
+            raise ReportFileError(f"{path}: record {number} has an empty {id_column!r}")
         if study_id in reports:
-            raise SystemExit(f"{path}: id {study_id!r} appears more than once")
+            raise ReportFileError(f"{path}: id {study_id!r} appears more than once")
         reports[study_id] = str(row.get(text_column) or "")
     return reports
 

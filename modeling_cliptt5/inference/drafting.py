@@ -1,7 +1,10 @@
 """Draft reports for image files: collect the inputs, group views into studies, run the model batch by batch.
 
-generate.py is the command line over these functions; a notebook or a service can call them directly
+cliptt5-generate is the command line over these functions; a notebook or a service can call them directly
 (`load_release`, then `draft_reports`).
+
+Imports stay light until a model is loaded (torch and transformers inside the functions that need them), so that
+the command's --help answers at once.
 
 Studies and views
 - `group_studies(files, study_by)`:
@@ -25,10 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
 from modeling_cliptt5.images.views import frontal_first, header_view
+from modeling_cliptt5.model_sources import resolve_release
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 STUDY_GROUPINGS = ("folder", "prefix", "none")
@@ -53,6 +55,9 @@ class DraftedReport:
     findings: str | None = None
     impression: str | None = None
     seconds: float = 0.0
+    # The draft never wrote its end token: it stopped at the token limit (max_new_tokens), cut off mid-report or
+    # caught in a repeating loop. A reader should know before reading it.
+    truncated: bool = False
     labels: dict | None = None
     error: str | None = None
     # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
@@ -186,30 +191,36 @@ def read_study_images(study: Study, num_views: int, max_pixels: int,
 
 
 def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
-    """(model, processor) of a CLIP-T5 release folder or Hub id: `load_model` and AutoProcessor. What generate.py,
-    the page and the demo draft with."""
+    """(model, processor) of a CLIP-T5 release folder or Hub id: `load_model` and AutoProcessor. What
+    cliptt5-generate, the page and the demo draft with."""
     from transformers import AutoProcessor
 
-    model = load_model(path_or_id, device, dtype, optimize)
-    return model, AutoProcessor.from_pretrained(path_or_id, trust_remote_code=False)
+    folder = resolve_release(path_or_id)
+    model = load_model(folder, device, dtype, optimize)
+    return model, AutoProcessor.from_pretrained(folder, trust_remote_code=False)
 
 
 def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
     """The model of a CLIP-T5 release folder or Hub id, through AutoConfig / AutoModelForSeq2SeqLM: the one model
-    loader (load_release, the fast path's export and the benchmarks use it). This package registers CLIP-T5 with
-    the Auto classes, so they build its own classes and no code saved in the release runs. (transformers 5 prefers
-    such registered classes even with trust_remote_code=True, 4.x would run the release's files: passing False
-    keeps the two alike. Without the package, a release loads from its own code files with
+    loader (load_release, the fast path's export and the benchmarks use it). A name that is neither a folder nor a
+    Hub id that can be reached raises model_sources.ModelSourceError, one line. This package registers CLIP-T5
+    with the Auto classes, so they build its own classes and no code saved in the release runs. (transformers 5
+    prefers such registered classes even with trust_remote_code=True, 4.x would run the release's files: passing
+    False keeps the two alike. Without the package, a release loads from its own code files with
     trust_remote_code=True: tests/test_remote_code.py.)
 
     `optimize`: the CPU fast path (fast_inference.load_for_cpu). Raises ValueError
     for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
     OOD summary as `model.ood_summary` (None without one)."""
+    import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
+    from modeling_cliptt5 import register_auto_classes
     from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 
-    config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=False)
+    register_auto_classes()
+    folder = resolve_release(path_or_id)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     if config.model_type != CLIPT5Config.model_type:
         raise ValueError(f"{path_or_id} holds a {config.model_type!r} model, not a CLIP-T5 release")
     if optimize and (device != "cpu" or dtype != "float32"):
@@ -218,23 +229,19 @@ def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
     if optimize:
         from modeling_cliptt5.inference.fast_inference import load_for_cpu
 
-        model = load_for_cpu(path_or_id)
+        model = load_for_cpu(folder)
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, config=config, dtype=getattr(torch, dtype),
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config, dtype=getattr(torch, dtype),
                                                       trust_remote_code=False).eval().to(device)
-    model.ood_summary = release_ood_summary(path_or_id)
+    model.ood_summary = release_ood_summary(folder)
     return model
 
 
-def release_ood_summary(path_or_id):
+def release_ood_summary(folder):
     """The release's OOD summary (ood.py), or None when it has none (releases written before it, or converted)."""
-    from transformers.utils import cached_file
+    from modeling_cliptt5.inference.ood import load_summary
 
-    from modeling_cliptt5.inference.ood import OOD_FILE, load_summary
-
-    path = cached_file(path_or_id, OOD_FILE, _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False)
-    return None if path is None else load_summary(Path(path).parent)
+    return load_summary(folder)
 
 
 def generate_with_findings(model, inputs: dict, generate_kwargs: dict, findings=None):
@@ -266,13 +273,25 @@ def guidance_names(names, present, given):
     return [name for name in names if name in given]
 
 
+def stopped_at_limit(sequences, eos_token_id):
+    """[drafts] bool: True where a generated sequence holds no end token, i.e. generation stopped at the length
+    limit (beams and padding keep the end token of a finished draft)."""
+    import torch
+
+    ends = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    return ~torch.isin(sequences, torch.tensor(ends, dtype=sequences.dtype)).any(dim=1)
+
+
 def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict,
                 findings: list | None = None) -> list[dict]:
-    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression"}], plus, with a
-    finding head, "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance"
-    (what the draft followed: the head's findings, or `findings` where given), "disagreements" and
-    "finding_maps"; with the release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the
-    99th percentile of its validation studies: unlike the training images)."""
+    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression", "truncated"}]
+    ("truncated": the draft stopped at the token limit, see `stopped_at_limit`), plus, with a finding head,
+    "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance" (what the draft
+    followed: the head's findings, or `findings` where given), "disagreements" and "finding_maps"; with the
+    release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the 99th percentile of its
+    validation studies: unlike the training images)."""
+    import torch
+
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
 
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
@@ -280,6 +299,9 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
     with torch.inference_mode():
         sequences, head, vectors = generate_with_findings(model, inputs, generate_kwargs, findings)
     reports = processor.batch_decode_reports(sequences)
+    ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+    for report, truncated in zip(reports, stopped_at_limit(sequences, ends).tolist()):
+        report["truncated"] = truncated
     summary = getattr(model, "ood_summary", None)
     if summary is not None:
         scores = summary.study_scores(vectors)
@@ -366,6 +388,7 @@ def draft_reports(
                 findings=draft["findings"],
                 impression=draft["impression"],
                 seconds=seconds,
+                truncated=draft["truncated"],
                 finding_probabilities=draft.get("finding_probabilities"),
                 predicted_findings=draft.get("predicted_findings"),
                 guidance=draft.get("guidance"),
@@ -379,6 +402,10 @@ def draft_reports(
 def ood_refusal(score, threshold):
     return (f"not drafted: unlike this model's training images (ood_score {score:.2f}, beyond {threshold:.2f}, the "
             f"99th percentile of its validation studies; --refuse-ood)")
+
+
+TRUNCATED_WARNING = ("This draft stopped at the token limit (max_new_tokens) without ending: it may be cut off or "
+                     "repeat itself.")
 
 
 def ood_warning(score, threshold):

@@ -1,4 +1,4 @@
-"""The CPU fast path behind `generate.py --optimize`: int8 weights for the Linear layers, same image tokens.
+"""The CPU fast path behind `cliptt5-generate --optimize`: int8 weights for the Linear layers, same image tokens.
 
 `load_for_cpu` picks the engine: ONNX Runtime (onnx_inference.py: the same int8 weights, each decoding step one
 graph call instead of ~100 eager operations, every generate() setting), or, where onnxruntime is not installed,
@@ -65,29 +65,20 @@ def optimize_for_cpu(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.M
     return model
 
 
-def load_for_cpu(path_or_id):
+def load_for_cpu(release_folder):
     """The model `--optimize` drafts with: an OnnxCLIPT5 (every generate() setting, on ONNX Runtime), or, when
     onnxruntime is not installed, the PyTorch model with int8 Linear layers, with a warning saying so. Both have
-    `config`, `generation_config`, `device` and `generate()`."""
+    `config`, `generation_config`, `device` and `generate()`. `release_folder`: a local folder (model_sources)."""
     from transformers import AutoModelForSeq2SeqLM
 
     from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
 
     try:
-        return OnnxCLIPT5.from_pretrained(local_release_folder(path_or_id))
+        return OnnxCLIPT5.from_pretrained(release_folder)
     except ImportError as error:
         warnings.warn(f"{error}; drafting with PyTorch int8 weights instead (about 2.5x slower)", stacklevel=2)
-    model = AutoModelForSeq2SeqLM.from_pretrained(path_or_id, trust_remote_code=False)  # see load_release
+    model = AutoModelForSeq2SeqLM.from_pretrained(release_folder, trust_remote_code=False)  # see load_release
     return optimize_for_cpu(model)
-
-
-def local_release_folder(path_or_id):
-    """A release folder on disk: the folder itself, or the Hub snapshot in the local cache (downloaded if missing)."""
-    if Path(path_or_id).is_dir():
-        return Path(path_or_id)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(path_or_id)))
 
 
 def fast_path_name(model) -> str:

@@ -1,4 +1,4 @@
-"""The CPU fast path behind `generate.py --optimize`: CLIP-T5 exported to ONNX and run by ONNX Runtime.
+"""The CPU fast path behind `cliptt5-generate --optimize`: CLIP-T5 exported to ONNX and run by ONNX Runtime.
 
 Why not the PyTorch model with int8 weights alone (fast_inference.py)? Per decoding step, t5-small's decoder
 does ~100 small operations, and in eager PyTorch their Python overhead is about half of a step. ONNX Runtime runs
@@ -263,7 +263,7 @@ def export_key(release_folder, weights):
 
 def exported_folder(release_folder, weights="int8", cache_dir=None):
     """The cached export of a local release folder; made (in a child process) when missing. Returns its path."""
-    release_folder = Path(release_folder)
+    release_folder = Path(release_folder).resolve()  # the child runs in another folder
     if not (release_folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{release_folder}: no model.safetensors (--optimize needs a local release folder "
                                 "or a downloaded hub snapshot)")

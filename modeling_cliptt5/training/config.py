@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import importlib.resources
 import os
 import sys
 import warnings
@@ -9,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import yaml
-from transformers import HfArgumentParser
 
-from modeling_cliptt5.clip_t5_builder import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
+from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _setting(default, help):
@@ -31,7 +33,7 @@ class TrainingConfig:
     resume: bool = _setting(False, "continue from the latest complete training state in output_dir")
 
     # --- data -------------------------------------------------------------------------------------------------
-    dataset: str = _setting("", "a converted dataset folder (conversion/*), or 'phantom' for synthetic studies")
+    dataset: str = _setting("", "a converted dataset folder (cliptt5-convert-*), or 'phantom' for synthetic studies")
     phantom_studies: int = _setting(2000, "dataset=phantom: number of synthetic studies")
     phantom_image_size: int = _setting(256, "dataset=phantom: stored image size in pixels")
     train_split: str = _setting("train", "split to train on")
@@ -44,13 +46,16 @@ class TrainingConfig:
     # --- model (stage 2) --------------------------------------------------------------------------------------
     init: Literal["config", "release", "pretrained"] = _setting(
         "config", "config: random weights from `model`; release: continue from a CLIP-T5 folder (init_from); "
-        "pretrained: BiomedCLIP (clip_model) + T5 (t5_model) via conversion/convert_biomedclip_t5.py")
+        "pretrained: BiomedCLIP (clip_model) + T5 (t5_model), as cliptt5-convert-biomedclip builds them")
     init_from: str = _setting("", "init=release: the CLIP-T5 release folder to start from")
     init_vision_from: str = _setting("", "init=config: start the image tower (its sizes and weights, replacing "
                                      "model.vision_config) from this open_clip model, e.g. a stage-1 checkpoint "
                                      "folder; the rest starts from random weights")
     clip_model: str = _setting(DEFAULT_CLIP_MODEL, "open_clip model: hf-hub:org/repo, local-dir:/path, a stage-1 "
                                "checkpoint folder or a registered name (stage 1's start; stage 2's image tower)")
+    clip_text_model: str = _setting("", "the text tower clip_model's open_clip config names by Hub id "
+                                    "(BiomedCLIP: microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract), as a folder "
+                                    "for a machine without Hub access ('': as named)")
     t5_model: str = _setting(DEFAULT_T5_MODEL, "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
     model: Optional[str] = _setting(None, "CLIP-T5 config fields as a YAML/JSON mapping, merged over the config "
                                     "file's (init=config: the whole architecture; init=pretrained: image_tokens...)")
@@ -189,11 +194,43 @@ def _merge(base, update):
     return merged
 
 
+def packaged_configs():
+    """The folder of the configs that ship with the package (demo, contrastive, biomedclip_t5small; accelerate/)."""
+    return importlib.resources.files("modeling_cliptt5") / "configs"
+
+
+def packaged_config_names():
+    return sorted(entry.name.rsplit(".", 1)[0] for entry in packaged_configs().iterdir()
+                  if entry.name.endswith(CONFIG_SUFFIXES))
+
+
+def config_file(name):
+    """The settings file `--config NAME` means: a file at that path, else the packaged config of that name."""
+    if os.path.isfile(name):
+        return name
+    if os.sep not in name:
+        for suffix in ("", *CONFIG_SUFFIXES):
+            packaged = packaged_configs() / f"{name}{suffix}"
+            if packaged.is_file():
+                return str(packaged)
+    raise FileNotFoundError(f"{name}: config file not found (packaged configs, by name: "
+                            f"{', '.join(packaged_config_names())})")
+
+
 def build_parser():
-    parser = HfArgumentParser(TrainingConfig, description=(
+    from transformers import HfArgumentParser
+
+    folder = packaged_configs()
+    parser = HfArgumentParser(TrainingConfig, prog="cliptt5-train", description=(
         "Train CLIP-T5. Settings come from --config (YAML/JSON); any flag below overrides the file. "
-        "Run with python or `accelerate launch` (see configs/accelerate/)."))
-    parser.add_argument("--config", default=None, help="YAML/JSON file of settings (see configs/)")
+        "Run with `cliptt5-train` (one process) or `accelerate launch [--config_file FILE] -m "
+        "modeling_cliptt5.cli.train` (several processes or machines)."),
+        epilog=(f"Packaged configs, by name: {', '.join(packaged_config_names())} (in {folder}). Launch files for "
+                f"accelerate's --config_file (one GPU, several GPUs, several machines, FSDP, 2 CPU processes): "
+                f"{folder / 'accelerate'}. Exit status: 0 when training finished, 2 for bad settings or a model that "
+                "cannot be found, 1 when the run failed."))
+    parser.add_argument("--config", default=None,
+                        help="YAML/JSON file of settings, or the name of a packaged config (e.g. demo)")
     return parser
 
 
@@ -202,6 +239,8 @@ def parse_config(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     config_path = _config_path_from(argv)
+    if config_path:
+        config_path = config_file(config_path)
     file_values = read_config_file(config_path) if config_path else {}
     model_from_file = file_values.pop("model", None) or {}
     parser.set_defaults(**file_values)  # the file's values become defaults; flags still win (and --help shows them)
@@ -243,7 +282,7 @@ def validate(config, source="settings"):
     if not config.dataset:
         fail("no dataset: set `dataset` to a converted dataset folder or to 'phantom'")
     if config.dataset != "phantom" and not os.path.isdir(config.dataset):
-        fail(f"dataset folder {config.dataset!r} does not exist (convert one with conversion/, or use 'phantom')")
+        fail(f"dataset folder {config.dataset!r} does not exist (convert one with cliptt5-convert-*, or use 'phantom')")
     if not isinstance(config.model, dict):
         fail(f"`model` must be a mapping of CLIP-T5 config fields, got {type(config.model).__name__}")
     if not 0.0 <= config.prompt_dropout <= 1.0:

@@ -1,5 +1,5 @@
 """Stage 1: adapt BiomedCLIP (an open_clip model) to the report data with CLIP's contrastive loss, before its image
-tower becomes CLIP-T5's (conversion/convert_biomedclip_t5.py reads the saved checkpoint folder).
+tower becomes CLIP-T5's (cliptt5-convert-biomedclip reads the saved checkpoint folder).
 
 Image-report pairs come from the report schema (the frontal view and the `report_column` text); training crops
 with RandomResizedCrop(scale=(crop_scale_min, 1)) and never flips (a flip would swap left and right findings);
@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.clip_t5_builder import register_demo_vit
+from modeling_cliptt5.clip_t5_builder import open_clip_source, register_demo_vit
 from modeling_cliptt5.evaluation.findings import FINDING_HEAD_FILE, FINDING_HEAD_INFO
 from modeling_cliptt5.modeling_cliptt5 import finding_bce
 from modeling_cliptt5.processing_cliptt5 import to_rgb_image
@@ -36,15 +36,16 @@ OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 RECALL_AT = (1, 5, 10)
 def load_open_clip(config):
-    """(model, tokenizer, model name) for config.clip_model; a folder is read as a stage-1 checkpoint."""
+    """(model, tokenizer, model name) for config.clip_model; a folder is read as a stage-1 checkpoint, and Hub ids
+    (the model's and its text tower's) as local folders where the Hub cannot be reached (clip_t5_builder)."""
     import open_clip
 
     register_demo_vit()
     if config.clip_model_config_dir:
         open_clip.add_model_config(config.clip_model_config_dir)
-    name = f"local-dir:{config.clip_model}" if os.path.isdir(config.clip_model) else config.clip_model
+    name, overrides = open_clip_source(config.clip_model, config.clip_text_model)
     model = open_clip.create_model(name, load_weights=config.clip_pretrained, pretrained_text=config.clip_pretrained,
-                                   output_dict=True)
+                                   output_dict=True, **overrides)
     return model, open_clip.get_tokenizer(name), name
 
 
@@ -222,7 +223,7 @@ def config_finding_names(config):
 
 def save_open_clip_checkpoint(accelerator, model, tokenizer, model_name, folder, extra=None, finding_labels=None):
     """An open_clip checkpoint folder (open_clip_config.json + safetensors weights + tokenizer files) that
-    `open_clip.create_model("local-dir:FOLDER")` and conversion/convert_biomedclip_t5.py load; with a finding head
+    `open_clip.create_model("local-dir:FOLDER")` and cliptt5-convert-biomedclip load; with a finding head
     (`model` a ContrastiveWithFindings), also its weights and label names."""
     import open_clip
     from safetensors.torch import save_file
@@ -383,7 +384,7 @@ def train_contrastive(config):
         elapsed = time.perf_counter() - started
         print(f"done: {trainer_state['step'] - start_step} steps in {elapsed:.0f} s; best validation "
               f"{config.best_metric} = {trainer_state['best_value']} at step {trainer_state['best_step']}; "
-              f"open_clip checkpoint {config.release_dir} (convert with conversion/convert_biomedclip_t5.py "
+              f"open_clip checkpoint {config.release_dir} (convert with cliptt5-convert-biomedclip "
               f"--clip-model {config.release_dir})")
     accelerator.wait_for_everyone()
     accelerator.end_training()

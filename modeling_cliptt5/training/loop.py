@@ -153,8 +153,11 @@ def _refuse_fsdp_without_gpus():
     on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
     has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     if on_cpu or not has_device:
+        from modeling_cliptt5.training.config import packaged_configs
+
         raise LaunchError("FSDP needs GPUs: accelerate shards a model only on accelerator devices, and this launch has "
-                          "none. On CPUs launch with configs/accelerate/cpu_2proc.yaml (DDP) instead.")
+                          f"none. On CPUs launch with {packaged_configs() / 'accelerate' / 'cpu_2proc.yaml'} (DDP) "
+                          "instead.")
 
 
 def lost_contact(error):

@@ -29,24 +29,27 @@ def build_model_and_processor(config, train_rows, accelerator):
     or loaded), "release" (a CLIP-T5 folder) or "pretrained" (BiomedCLIP + T5 through the converter)."""
     overrides = {**finding_overrides(config), **dict(config.model or {})}
     if config.init == "release":
-        release_config = CLIPT5Config.from_pretrained(config.init_from)
+        from modeling_cliptt5.model_sources import resolve_release
+
+        init_from = resolve_release(config.init_from)
+        release_config = CLIPT5Config.from_pretrained(init_from)
         head = finding_overrides(config)
         if release_config.finding_head and head and release_config.finding_labels != head["finding_labels"]:
             raise ValueError(f"init_from {config.init_from!r} has a finding head over {release_config.finding_labels}, "
                              f"but finding_labels={config.finding_labels!r} asks for {head['finding_labels']}")
-        model = CLIPT5ForConditionalGeneration.from_pretrained(config.init_from, **head)
-        processor = CLIPT5Processor.from_pretrained(config.init_from)
+        model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head)
+        processor = CLIPT5Processor.from_pretrained(init_from)
     elif config.init == "pretrained":
         from modeling_cliptt5.clip_t5_builder import build_clip_t5, build_processor  # needs open_clip
 
-        model = build_clip_t5(config.clip_model, config.t5_model, **overrides)
+        model = build_clip_t5(config.clip_model, config.t5_model, config.clip_text_model, **overrides)
         if os.path.isdir(config.clip_model):  # a stage-1 checkpoint: its finding head too
             _load_finding_head(model, config.clip_model)
         processor = build_processor(config.t5_model, image_size=model.config.vision_config.image_size,
                                     max_prompt_tokens=model.config.max_prompt_tokens)
     else:
         tokenizer = _tokenizer_for(config, train_rows, accelerator)
-        vision_config, vision_state = _open_clip_image_tower(config.init_vision_from)
+        vision_config, vision_state = _open_clip_image_tower(config.init_vision_from, config.clip_text_model)
         if vision_config:
             overrides["vision_config"] = vision_config
         model_config = CLIPT5Config(**{
@@ -73,7 +76,7 @@ def build_model_and_processor(config, train_rows, accelerator):
     return model, processor
 
 
-def _open_clip_image_tower(name_or_path):
+def _open_clip_image_tower(name_or_path, text_model=""):
     """(vision config, CLIP-T5 state dict of the image tower) of an open_clip model, or (None, None) for ""."""
     if not name_or_path:
         return None, None
@@ -81,7 +84,7 @@ def _open_clip_image_tower(name_or_path):
         load_open_clip_model, vision_config_from_open_clip, vision_state_dict_from_open_clip,
     )
 
-    clip_model = load_open_clip_model(name_or_path)
+    clip_model = load_open_clip_model(name_or_path, text_model)
     return vision_config_from_open_clip(clip_model), vision_state_dict_from_open_clip(clip_model)
 
 
@@ -134,8 +137,11 @@ def _tokenizer_for(config, train_rows, accelerator):
     resumed run, loads that copy."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from modeling_cliptt5.model_sources import resolve_pretrained
+
     if config.tokenizer != "train":
-        return AutoTokenizer.from_pretrained(config.tokenizer)
+        return AutoTokenizer.from_pretrained(resolve_pretrained(config.tokenizer, "the tokenizer (tokenizer)",
+                                                                "--tokenizer"))
     folder = os.path.join(config.output_dir, "tokenizer")
     if accelerator.is_main_process and not os.path.isdir(folder):
         tokenizer = train_report_tokenizer(train_rows[config.report_column], vocab_size=config.tokenizer_vocab_size)

@@ -275,7 +275,7 @@ def test_app_py_defaults_are_the_pages():
 
     assert app.MAX_WAITING_DRAFTS == web_app.MAX_WAITING_DRAFTS
     assert app.DELETE_AFTER_SECONDS == web_app.DELETE_AFTER_SECONDS
-    arguments = app.parse_args([])
+    arguments = app.parse_args(["--model", "any"])
     assert (arguments.max_waiting, arguments.delete_uploads_after * 60) == (16, 3600)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from modeling_cliptt5.cli import make_demo_data
-from modeling_cliptt5.data.schema import REPORT_FEATURES, load_report_dataset
+from modeling_cliptt5.data.schema import load_report_dataset, report_features
 from modeling_cliptt5.data.phantom import (PHANTOM_LABELS, SOURCE, PhantomFindings, assign_splits, encode_png,
                                       generate_study, labels_from_report, make_phantom_dataset)
 from modeling_cliptt5.processing_cliptt5 import format_report
@@ -71,7 +71,7 @@ def test_dataset_has_the_schema_disjoint_splits_and_same_bytes_with_any_num_proc
     assert sorted(all_ids) == [f"phantom-{index:06d}" for index in range(12)]
     assert not set(ids["train"]) & set(ids["validation"]) and not set(ids["train"]) & set(ids["test"])
     for split in dataset:
-        assert dataset[split].features == REPORT_FEATURES
+        assert dataset[split].features == report_features()
         assert png_bytes(dataset[split]) == png_bytes(again[split])
         assert dataset[split]["report"] == again[split]["report"]
         for row in dataset[split]:
@@ -227,9 +227,10 @@ def test_cli_writes_a_loadable_dataset_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_cli_report_target_choices_are_the_packages():
+    from modeling_cliptt5.cli import arguments
     from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
 
-    assert make_demo_data.REPORT_TARGETS == REPORT_TARGETS
+    assert make_demo_data.REPORT_TARGETS == arguments.REPORT_TARGETS == REPORT_TARGETS
 
 
 @pytest.mark.parametrize("command", [["conversion/make_demo_data.py"], ["-m", "modeling_cliptt5.cli.make_demo_data"]])

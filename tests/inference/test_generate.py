@@ -69,7 +69,7 @@ def test_png_jpeg_dicom_to_jsonl_match_the_model(trained_release_dir, mixed_inpu
     assert [row["report"] for row in rows] == expected
     assert len(set(expected)) > 1  # the three images give different drafts: the check above is not vacuous
     for row in rows:
-        assert set(row) == {"id", "input_files", "report", "findings", "impression", "seconds"}
+        assert set(row) == {"id", "input_files", "report", "findings", "impression", "truncated", "seconds"}
         assert row["seconds"] > 0
     assert [path.name for path in output.parent.iterdir()] == ["reports.jsonl"]  # no temp file left behind
 
@@ -84,7 +84,7 @@ def test_csv_output_with_labels_and_beams(trained_release_dir, mixed_inputs, tmp
     with output.open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["id"] for row in rows] == ["a_png", "c_dicom"]
-    assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "seconds", "labels",
+    assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "truncated", "seconds", "labels",
                             "uncertain_labels"}
     paths = [mixed_inputs / "a_png.png", mixed_inputs / "c_dicom.dcm"]
     assert [row["report"] for row in rows] == direct_reports(trained_release_dir, paths, num_beams=2)
@@ -237,12 +237,15 @@ def test_the_auto_classes_load_the_package_classes(trained_release_dir):
     assert not model.training
 
 
-def test_a_folder_of_another_model_type_is_refused(tmp_path):
+def test_a_folder_of_another_model_type_is_refused(tmp_path, capsys):
     from transformers import T5Config
 
     T5Config(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64, vocab_size=50).save_pretrained(tmp_path)
-    with pytest.raises(SystemExit, match="holds a 't5' model, not a CLIP-T5 release"):
+    with pytest.raises(SystemExit) as refused:
         generate.load_model(str(tmp_path), "cpu", "float32", False)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == (f"cliptt5-generate: error: {tmp_path} holds a 't5' model, not a CLIP-T5 "
+                                       "release\n")
 
 
 def test_optimize_flag_end_to_end(trained_release_dir, mixed_inputs, tmp_path):
@@ -325,3 +328,54 @@ def test_a_ct_slice_is_refused_in_one_line_and_drafted_only_with_any_modality(ti
     err = capsys.readouterr().err
     assert code == 0 and [row["id"] for row in read_jsonl(output)] == ["CT_small"]
     assert any(line.startswith("warning: ") and "modality CT" in line for line in err.splitlines())
+
+
+def test_a_draft_that_stops_at_the_token_limit_is_marked_warned_and_counted(trained_release_dir, tmp_path, capsys):
+    from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for seed in range(3):  # trained images: the drafts are whole reports of 16-33 tokens and their end token
+        noise_image(seed).save(inputs / f"s{seed}.png")
+    ended, cut = tmp_path / "ended.jsonl", tmp_path / "cut.csv"
+    assert generate.main(["--model", str(trained_release_dir), str(inputs), "--output", str(ended),
+                          "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    assert [row["truncated"] for row in read_jsonl(ended)] == [False] * 3
+    assert "0 stopped at the token limit (truncated)" in capsys.readouterr().err
+    assert generate.main(["--model", str(trained_release_dir), str(inputs), "--output", str(cut),
+                          "--max-new-tokens", "5"]) == 0
+    with open(cut, newline="") as handle:
+        assert [row["truncated"] for row in csv.DictReader(handle)] == ["True"] * 3
+    assert "3 stopped at the token limit (truncated)" in capsys.readouterr().err
+    # printed drafts carry the warning above the text
+    assert generate.main(["--model", str(trained_release_dir), str(inputs / "s0.png"), "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["== s0 (s0.png)", f"WARNING: {TRUNCATED_WARNING}"]
+
+
+def test_the_page_warns_above_a_draft_that_stopped_at_the_token_limit_only(trained_release_dir, tmp_path):
+    pytest.importorskip("gradio")
+    from modeling_cliptt5.app.web_app import ReportDrafter, draft_report
+    from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING
+
+    drafter = ReportDrafter.from_pretrained(trained_release_dir)
+    image = tmp_path / "page_study.png"
+    noise_image(1).save(image)
+    drafter.model.generation_config.max_new_tokens = MAX_NEW_TOKENS
+    _, _, info, _, draft, *_ = draft_report(drafter, [str(image)], "")
+    assert info.startswith("Drafted in") and draft["truncated"] is False
+    drafter.model.generation_config.max_new_tokens = 5
+    _, _, info, _, draft, *_ = draft_report(drafter, [str(image)], "")
+    assert info.startswith(f"**WARNING: {TRUNCATED_WARNING}**\n\nDrafted in") and draft["truncated"] is True
+
+
+def test_stopped_at_limit_reads_the_end_token_in_any_row_form():
+    from modeling_cliptt5.inference.drafting import stopped_at_limit
+
+    pad, end = 0, 1
+    sequences = torch.tensor([[pad, 5, 6, end, pad],   # ended, padded after
+                              [pad, 5, 6, 7, 8],       # never ended
+                              [pad, end, pad, pad, pad]])  # ended at once (an empty draft)
+    assert stopped_at_limit(sequences, end).tolist() == [False, True, False]
+    assert stopped_at_limit(sequences, [end, 8]).tolist() == [False, False, False]
+    assert stopped_at_limit(sequences, None).tolist() == [True, True, True]  # no end token: nothing ends

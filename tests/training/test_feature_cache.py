@@ -27,9 +27,9 @@ def data(tmp_path_factory):
     rows[2]["images"] = rows[1]["images"]
     from datasets import Dataset, DatasetDict
 
-    from modeling_cliptt5.data.schema import REPORT_FEATURES
+    from modeling_cliptt5.data.schema import report_features
 
-    return DatasetDict({"train": Dataset.from_list(rows, features=REPORT_FEATURES),
+    return DatasetDict({"train": Dataset.from_list(rows, features=report_features()),
                         "validation": dataset["validation"]}), folder
 
 

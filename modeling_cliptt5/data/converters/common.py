@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.data.schema import REPORT_FEATURES, SPLITS, ConversionLog, make_example, save_dataset_atomically
+from modeling_cliptt5.data.schema import SPLITS, ConversionLog, make_example, report_features, save_dataset_atomically
 from modeling_cliptt5.data.reports import clean_report_text
 from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
 
@@ -215,7 +215,7 @@ def write_report_dataset(examples, output_dir, log):
     try:
         with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.cache-", dir=output_dir.parent) as cache_dir:
             try:
-                dataset = datasets.Dataset.from_generator(lambda: examples, features=REPORT_FEATURES,
+                dataset = datasets.Dataset.from_generator(lambda: examples, features=report_features(),
                                                           cache_dir=cache_dir, fingerprint=uuid.uuid4().hex)
             except DatasetGenerationError as error:
                 raise (error.__cause__ or error)  # the converter's own error, not datasets' wrapper around it
