@@ -1,6 +1,7 @@
 """The converter turns an open_clip BiomedCLIP-shaped model + a T5 checkpoint into CLIP-T5, exactly."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -106,7 +107,7 @@ def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_to
 
     save_tiny_t5(tmp_path / "t5")
     tiny_tokenizer.save_pretrained(tmp_path / "t5")
-    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name: tiny_clip)
+    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name, text_model="": tiny_clip)
     main(["--clip-model", "local-dir:unused", "--t5-model", str(tmp_path / "t5"), "--output", str(tmp_path / "release"),
           "--image-token-pooling", "2"])
     files = {path.name for path in (tmp_path / "release").iterdir()}
@@ -122,15 +123,17 @@ def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_to
     assert "NOT a medical device" in card and "clip_projection untrained" in card
 
 
-def test_the_cli_names_a_wrong_checkpoint_in_one_line_and_writes_nothing(tiny_clip, tmp_path, monkeypatch):
+def test_the_cli_names_a_wrong_checkpoint_in_one_line_and_writes_nothing(tiny_clip, tmp_path, monkeypatch, capsys):
     from transformers import BertConfig, BertModel
 
     from modeling_cliptt5 import clip_t5_builder
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(tmp_path / "bert")
-    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name: tiny_clip)
-    with pytest.raises(SystemExit, match=r"^convert_biomedclip_t5\.py: error: .*model_type 'bert'"):
-        main(["--clip-model", "local-dir:unused", "--t5-model", str(tmp_path / "bert"), "--output",
-              str(tmp_path / "release")])
+    monkeypatch.setattr(clip_t5_builder, "load_open_clip_model", lambda name, text_model="": tiny_clip)
+    capsys.readouterr()  # what saving the BERT folder printed
+    assert main(["--clip-model", "local-dir:unused", "--t5-model", str(tmp_path / "bert"), "--output",
+                 str(tmp_path / "release")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.match(r"^cliptt5-convert-biomedclip: error: .*model_type 'bert'", line), line
     assert not (tmp_path / "release").exists()

@@ -124,7 +124,7 @@ def test_training_on_a_full_disk_names_the_folder_and_leaves_only_complete_ones(
     code, stderr, _, after = run_on_small_disk(tmp_path, "1200k",
                                                [sys.executable, "train.py", "--config", str(config)])
     assert code == 1
-    assert last_line(stderr) == (f"train.py: error: {output}/states/state-00000004: not written, the disk is full "
+    assert last_line(stderr) == (f"cliptt5-train: error: {output}/states/state-00000004: not written, the disk is full "
                                  "(No space left on device); nothing was replaced. Free some space and run again.")
     assert "Traceback" not in stderr
     assert not [path for path in after if any(part.startswith(".") for part in Path(path).parts)]

@@ -107,13 +107,17 @@ COMMANDS = ["cliptt5-train", "cliptt5-generate", "cliptt5-app", "cliptt5-release
             "cliptt5-convert-imagefolder", "cliptt5-convert-biomedclip"]
 
 
-def run_command(python, command, *args, cwd):
+def run_command(python, command, *args, cwd, status=0):
     env = subprocess_env()
     env.pop("PYTHONPATH", None)
     finished = subprocess.run([str(python.parent / command), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=600)
-    assert finished.returncode == 0, (command, finished.stdout[-3000:] + finished.stderr[-3000:])
+    assert finished.returncode == status, (command, finished.stdout[-3000:] + finished.stderr[-3000:])
     return finished
+
+
+# What only a source checkout has: an installed user is never told to run these
+SOURCE_TREE_ONLY = ("train.py", "generate.py", "app.py", "conversion/", "make demo", "python ")
 
 
 def image_folder(folder, count=36):
@@ -139,7 +143,15 @@ def test_the_installed_commands_convert_train_release_draft_and_serve_from_anoth
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for command in COMMANDS:
-        assert "usage:" in run_command(installed_python, command, "--help", cwd=elsewhere).stdout, command
+        helped = run_command(installed_python, command, "--help", cwd=elsewhere).stdout
+        assert "usage:" in helped, command
+        assert not [text for text in SOURCE_TREE_ONLY if text in helped], (command, helped)
+    # The configs the commands name travel in the wheel: `--config demo` reads the packaged demo settings
+    refused = run_command(installed_python, "cliptt5-train", "--config", "demo", "--dataset", "nowhere",
+                          cwd=elsewhere, status=2)
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("cliptt5-train: error: ") and "site-packages/modeling_cliptt5/configs/demo.yaml: dataset " \
+        "folder 'nowhere' does not exist" in line, line
     run_command(installed_python, "cliptt5-convert-imagefolder", image_folder(tmp_path / "cxr"), "--output", "data",
                 cwd=elsewhere)
     settings = tiny_settings(elsewhere / "data", elsewhere / "run", max_steps=4, eval_every_steps=2,
@@ -154,6 +166,12 @@ def test_the_installed_commands_convert_train_release_draft_and_serve_from_anoth
     (draft,) = [json.loads(line) for line in (elsewhere / "drafts.jsonl").read_text().splitlines()]
     # the tiny run's text can be empty: that the draft of this file was written is the point here
     assert draft["input_files"] == [str(tmp_path / "cxr" / "study01.png")] and isinstance(draft["report"], str)
+    # Relative paths, read from the folder the user is in, --optimize's export (a child process) included
+    shutil.copy(tmp_path / "cxr" / "study01.png", elsewhere / "study01.png")
+    fast = run_command(installed_python, "cliptt5-generate", "--model", "run/best", "study01.png", "--optimize",
+                       "--output", "fast.jsonl", "--max-new-tokens", "8", cwd=elsewhere)
+    (fast_draft,) = [json.loads(line) for line in (elsewhere / "fast.jsonl").read_text().splitlines()]
+    assert fast_draft["input_files"] == ["study01.png"] and "ONNX Runtime int8" in fast.stderr
     page = f"""
         from fastapi import FastAPI
         from fastapi.testclient import TestClient

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,8 +96,15 @@ def test_the_release_command_refills_the_card_and_refuses_other_folders(release_
     release_command.main([release_dir])
     assert "NOT a medical device" in open(os.path.join(release_dir, "README.md")).read()
     assert "wrote" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="not a training release"):
-        release_command.main([str(tmp_path)])
+    converted = tmp_path / "converted"  # a release folder without a training record (as the converter writes)
+    shutil.copytree(release_dir, converted)
+    os.remove(converted / "release_info.json")
+    assert release_command.main([str(converted)]) == 1
+    assert f"cliptt5-release: error: {converted / 'release_info.json'}: not a training release" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # not a release at all: the command was given the wrong folder
+        release_command.main([str(tmp_path / "empty")])
+    assert refused.value.code == 2 and "no release folder at" in capsys.readouterr().err
 
 
 def test_a_release_limited_to_a_report_vocabulary_says_so_in_its_card(release_dir, tmp_path):
@@ -126,7 +134,7 @@ def test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_and_changes_nothin
                                timeout=300)
     assert completed.returncode == 1
     lines = [line for line in completed.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: could not upload"), completed.stderr
+    assert len(lines) == 1 and lines[0].startswith("cliptt5-release: error: could not upload"), completed.stderr
     assert "nothing was uploaded and the folder is unchanged" in lines[0]
     assert folder_bytes(release_dir) == before
 

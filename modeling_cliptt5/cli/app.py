@@ -5,7 +5,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP, non_negative_int, positive_minutes
 
@@ -13,7 +12,6 @@ from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP, non_negative_int, 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-DEFAULT_MODEL = "demo_output/best"  # what `make demo` writes
 MAX_WAITING_DRAFTS = 16  # as modeling_cliptt5.app.web_app (not imported here: --help stays quick, without gradio)
 DELETE_AFTER_SECONDS = 3600
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -24,16 +22,18 @@ def parse_args(argv=None):
         description="Serve a web page that drafts chest X-ray reports (FINDINGS and IMPRESSION) from dropped PNG, "
                     "JPEG or DICOM images, tags each sentence with the finding a rule labeler reads in it, and "
                     "exports the reader's edited text. Research prototype, not a medical device.",
+        epilog="Exit status: 0 after Ctrl+C or a plain kill, 2 when the release cannot be loaded or an option is wrong.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"release folder or Hub id of a CLIP-T5 model (default: {DEFAULT_MODEL}, from make demo)")
+    parser.add_argument("--model", required=True,
+                        help="release folder or Hub id of a CLIP-T5 model (e.g. runs/my_run/best, written by "
+                             "cliptt5-train)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this computer only; the page has no login, "
                              "so anything else exposes patient images to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--optimize", action="store_true",
-                        help="int8 weights on CPU, as generate.py --optimize: faster drafts, slightly different "
-                             "numerics")
+                        help="int8 weights on CPU, as cliptt5-generate --optimize: faster drafts, slightly "
+                             "different numerics")
     parser.add_argument("--any-modality", action="store_true", help=ANY_MODALITY_HELP)
     parser.add_argument("--show-patient-name", action="store_true",
                         help="show the DICOM header's patient name above the images and put it in exports (by "
@@ -51,8 +51,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.model == DEFAULT_MODEL and not Path(DEFAULT_MODEL).is_dir():
-        sys.exit(f"{DEFAULT_MODEL}: no release there yet; run `make demo` first or pass --model DIR_OR_HUB_ID")
     if args.host not in LOCAL_HOSTS:
         print(f"WARNING: listening on {args.host}: anyone who can reach this address can upload images and read "
               "drafts (no login).", file=sys.stderr)
@@ -62,8 +60,9 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         drafter = ReportDrafter.from_pretrained(args.model, optimize=args.optimize)
-    except (OSError, ValueError) as error:
-        sys.exit(f"{args.model}: cannot load a CLIP-T5 release ({error})")
+    except (OSError, ValueError) as error:  # no such folder or reachable Hub id (model_sources), not a CLIP-T5 release
+        print(f"cliptt5-app: error: {error}", file=sys.stderr)
+        return 2
     print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s "
           f"({drafter.num_views} image(s) per study, prompt: {drafter.default_prompt!r}).")
     app = build_app(drafter, any_modality=args.any_modality, show_patient_name=args.show_patient_name,
@@ -75,7 +74,8 @@ def main(argv=None):
     print(f"Serving on http://{args.host}:{args.port} (Ctrl+C stops it and deletes the uploaded images).")
     launch(app, host=args.host, port=args.port, quiet=True)
     print(f"Stopped after {drafter.drafts_made} draft(s); uploaded images and exports are deleted at exit.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,9 @@ import argparse
 import sys
 
 from modeling_cliptt5.atomic_writes import DiskFullError
-from modeling_cliptt5.processing_cliptt5 import REPORT_TARGETS
+
+# = processing_cliptt5.REPORT_TARGETS, written out so that --help does not import transformers (a test checks the two)
+REPORT_TARGETS = ("findings", "impression", "both")
 
 ANY_MODALITY_HELP = ("draft DICOM objects that are not a single projection radiograph (CT, MR, NM, multi-frame...) "
                      "instead of refusing them; the model was trained on chest radiographs")

@@ -4,18 +4,19 @@ The timm ViT-B/16 trunk of BiomedCLIP becomes transformers' ViTModel (exact: sam
 projection is kept for the pooled mode, T5 arrives through `from_pretrained` (so its tied or untied head is
 respected), and the CLIP text tower is left behind.
 
-    python conversion/convert_biomedclip_t5.py --output releases/biomedclip-t5-small
-    python conversion/convert_biomedclip_t5.py --clip-model local-dir:runs/stage1/open_clip --t5-model ./my-t5 ...
+    cliptt5-convert-biomedclip --output releases/biomedclip-t5-small
+    cliptt5-convert-biomedclip --clip-model runs/stage1/best --t5-model ./t5-small --output releases/mine
+
+Every model can be a local folder (`hf download ID --local-dir DIR` on a machine with internet access).
+Exit status: 0 when written, 1 when a model cannot be found or does not have the expected architecture, 2 for a
+bad option.
 """
 
 import argparse
 import os
 import sys
 
-from modeling_cliptt5.clip_t5_builder import (
-    DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, CheckpointError, build_clip_t5, build_processor,
-)
-from modeling_cliptt5.release import write_release
+from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
 
 
 def release_info(output_dir, clip_model, t5_model):
@@ -31,12 +32,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Build a CLIP-T5 release folder from an open_clip BiomedCLIP model and a T5 checkpoint. "
         "The CLIP text tower is not copied; clip_projection starts untrained.",
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                         help="open_clip model: hf-hub:org/repo, local-dir:/path, or a folder holding "
                         "open_clip_config.json + weights (e.g. a stage-1 checkpoint). Default: %(default)s")
     parser.add_argument("--t5-model", default=DEFAULT_T5_MODEL,
                         help="T5 hub id or local folder (its tokenizer is used too). Default: %(default)s")
+    parser.add_argument("--clip-text-model", default="",
+                        help="folder (or Hub id) of the text tower the open_clip config names by Hub id (BiomedCLIP: "
+                             "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract); default: as named")
     parser.add_argument("--output", required=True, help="release folder to write (replaced only when complete)")
     parser.add_argument("--image-tokens", choices=["patch", "pooled"], default="patch",
                         help="patch: CLS + patch tokens go to T5; pooled: the CLIP image embedding only")
@@ -50,20 +55,26 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from modeling_cliptt5.clip_t5_builder import CheckpointError, build_clip_t5, build_processor
+    from modeling_cliptt5.model_sources import ModelSourceError
+    from modeling_cliptt5.release import write_release
+
     try:
         model = build_clip_t5(
-            args.clip_model, args.t5_model, image_tokens=args.image_tokens,
+            args.clip_model, args.t5_model, clip_text_model=args.clip_text_model, image_tokens=args.image_tokens,
             image_token_pooling=args.image_token_pooling, projector_type=args.projector_type,
             num_views=args.num_views, prompt=args.prompt,
         )
-    except CheckpointError as error:  # not the architecture expected: say which, without a traceback
-        sys.exit(f"convert_biomedclip_t5.py: error: {error}")
+    except (CheckpointError, ModelSourceError) as error:  # not found, or not the architecture expected: say which
+        print(f"cliptt5-convert-biomedclip: error: {error}", file=sys.stderr)
+        return 1
     processor = build_processor(args.t5_model, image_size=model.config.vision_config.image_size,
                                 max_prompt_tokens=model.config.max_prompt_tokens)
     write_release(model, processor, args.output, release_info(args.output, args.clip_model, args.t5_model))
     parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"wrote {args.output}: {parameters / 1e6:.1f} M parameters")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

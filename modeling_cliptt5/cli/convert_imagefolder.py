@@ -11,8 +11,8 @@ from modeling_cliptt5.data.converters.common import ConversionError, run_convers
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="convert_imagefolder", description=imagefolder.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: python conversion/convert_imagefolder.py my_cxr_folder --output data/my_cxr")
+        prog="cliptt5-convert-imagefolder", description=imagefolder.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: cliptt5-convert-imagefolder my_cxr_folder --output data/my_cxr")
     parser.add_argument("folder", help="the image folder holding metadata.jsonl or metadata.csv")
     add_common_arguments(parser, default_output="outputs/datasets/imagefolder")
     add_split_arguments(parser)

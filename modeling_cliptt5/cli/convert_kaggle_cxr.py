@@ -10,8 +10,8 @@ from modeling_cliptt5.data.converters.common import run_conversion, sample_recor
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="convert_kaggle_cxr", description=kaggle_cxr.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: python conversion/convert_kaggle_cxr.py ~/data/curated-cxr --output data/kaggle_cxr")
+        prog="cliptt5-convert-kaggle", description=kaggle_cxr.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: cliptt5-convert-kaggle ~/data/curated-cxr --output data/kaggle_cxr")
     parser.add_argument("dataset_root", nargs="?", default=None,
                         help="the unpacked Kaggle dataset (holds 'Cleanses csv tfrecords/' and 'mimic_dset/'); image "
                              "paths are resolved inside it (not needed with --tfrecords)")

@@ -11,8 +11,8 @@ from modeling_cliptt5.data.converters.common import ConversionError, run_convers
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="convert_openi", description=openi.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: python conversion/convert_openi.py --images ~/data/NLMCXR_png --reports ecgen-radiology")
+        prog="cliptt5-convert-openi", description=openi.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: cliptt5-convert-openi --images ~/data/NLMCXR_png --reports ecgen-radiology")
     parser.add_argument("--images", required=True, help="folder of the OpenI images named by parentImage id")
     bundled = openi.bundled_reports()
     parser.add_argument("--reports", default=bundled, required=bundled is None,

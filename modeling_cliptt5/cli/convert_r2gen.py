@@ -11,8 +11,8 @@ from modeling_cliptt5.data.converters.common import run_conversion, sample_recor
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="convert_r2gen", description=r2gen.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: python conversion/convert_r2gen.py data/iu_xray/annotation.json --report-target findings")
+        prog="cliptt5-convert-r2gen", description=r2gen.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: cliptt5-convert-r2gen data/iu_xray/annotation.json --report-target findings")
     parser.add_argument("annotation", help="R2Gen annotation.json")
     parser.add_argument("--images", default=None,
                         help="folder the image_path entries are relative to (default: 'images' beside the file)")

@@ -1,9 +1,9 @@
 """Draft chest X-ray reports (FINDINGS / IMPRESSION) from PNG, JPEG or DICOM files with a CLIP-T5 release.
 
 Examples:
-  python generate.py --model path/to/release scans/*.png
-  python generate.py --model path/to/release study_folders/ --study-by folder --output drafts.jsonl
-  python generate.py --model path/to/release chest.dcm --optimize --labels
+  cliptt5-generate --model path/to/release scans/*.png
+  cliptt5-generate --model path/to/release study_folders/ --study-by folder --output drafts.jsonl
+  cliptt5-generate --model path/to/release chest.dcm --optimize --labels
 
 Inputs are files, folders (searched recursively for .png/.jpg/.jpeg/.dcm/.tif/.bmp and suffix-less DICOM files)
 or glob patterns. How files become studies when the model reads several views (--study-by):
@@ -20,14 +20,18 @@ unless --any-modality; a secondary capture, a DICOM without Modality or of anoth
 warning.
 
 Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
-.csv, with id, input_files, report, findings (the FINDINGS section's text), impression, seconds (the study's
-share of its batch's wall time) and, with --labels, labels / uncertain_labels (approximate CheXpert observations
+.csv, with id, input_files, report, findings (the FINDINGS section's text), impression, truncated (true when the
+draft stopped at --max-new-tokens without ending: cut off, or caught in a loop), seconds (the study's share of its
+batch's wall time) and, with --labels, labels / uncertain_labels (approximate CheXpert observations
 from the rule labeler). A release with a finding head adds finding_probabilities (each finding's probability),
 predicted_findings (those at or above the release's threshold, which the draft follows) and disagreements
 (findings the head calls present that the draft text does not state, or the reverse, read by the rule reader of
 the label set). A release with a summary of its training images adds ood_score (how unlike them the study is) and
-ood_flag (beyond the 99th percentile of its validation studies; --refuse-ood skips such studies). These are drafts
-for a radiologist to check, not diagnoses.
+ood_flag (beyond the 99th percentile of its validation studies; --refuse-ood skips such studies). The last line
+counts the drafts, the flagged studies and the truncated drafts, then the failures.
+
+Exit status: 0 when every study was drafted, 1 when some inputs failed (each named above), 2 when the command
+itself is wrong (a bad option, no release at --model). These are drafts for a radiologist to check, not diagnoses.
 """
 
 import argparse
@@ -42,13 +46,12 @@ from tqdm.auto import tqdm
 
 from modeling_cliptt5.atomic_writes import atomic_file
 from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
-from modeling_cliptt5.inference.fast_inference import fast_path_name
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference.drafting import (
-    STUDY_GROUPINGS, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
+    STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
 )
 
-OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "seconds")
+OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "seconds")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
 FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
 OOD_COLUMNS = ("ood_score", "ood_flag")
@@ -101,11 +104,13 @@ def resolve_device(name, optimize=False):
 
 
 def load_model(model_name, device, dtype, optimize):
-    """inference.load_release, its refusals (not a CLIP-T5 release, --optimize off the CPU) as a one-line exit."""
+    """inference.load_release, its refusals (no such folder or reachable Hub id, not a CLIP-T5 release, --optimize
+    off the CPU) as a one-line exit (status 2: what the command was given is wrong)."""
     try:
         return load_release(model_name, device, dtype, optimize)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    except ValueError as error:  # model_sources.ModelSourceError is one
+        print(f"cliptt5-generate: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def generate_kwargs(args):
@@ -125,6 +130,7 @@ def record(draft, with_labels):
         "report": draft.report,
         "findings": draft.findings,
         "impression": draft.impression,
+        "truncated": draft.truncated,
         "seconds": round(draft.seconds, 3),
     }
     if with_labels:
@@ -172,6 +178,8 @@ def print_draft(row, out):
     if row.get("ood_flag"):
         out(f"WARNING: unlike this model's training images (ood_score {row['ood_score']:.2f}): the draft may be "
             "meaningless")
+    if row["truncated"]:
+        out(f"WARNING: {TRUNCATED_WARNING}")
     if row["findings"] is None and row["impression"] is None:
         out(row["report"] or "(empty draft)")
     else:
@@ -203,6 +211,8 @@ def main(argv=None):
     if not files:
         print("error: no image files to draft reports for", file=sys.stderr)
         return 1
+
+    from modeling_cliptt5.inference.fast_inference import fast_path_name
 
     device = resolve_device(args.device, args.optimize)
     model, processor = load_model(args.model, device, args.dtype, args.optimize)
@@ -240,16 +250,22 @@ def main(argv=None):
 
     if args.output:
         write_outputs(args.output, rows, args.labels)
-    elapsed = time.perf_counter() - started
-    where = f", written to {args.output}" if args.output else ""
-    print(
-        f"{len(rows)} of {len(studies)} studies drafted from {len(files)} files in {elapsed:.1f} s "
-        f"({num_views} view(s) per study, grouped by {study_by}, device {device}"
-        f"{', ' + fast_path_name(model) if args.optimize else ''}){where}; "
-        f"{failed} studies failed, {len(problems)} problems",
-        file=sys.stderr,
-    )
+    print(run_summary(rows, len(studies), len(files), time.perf_counter() - started,
+                      f"{num_views} view(s) per study, grouped by {study_by}, device {device}"
+                      f"{', ' + fast_path_name(model) if args.optimize else ''}", args.output, failed, len(problems)),
+          file=sys.stderr)
     return 1 if problems or failed else 0
+
+
+def run_summary(rows, studies, files, seconds, how, output, failed, problems):
+    """The run's last line: what was drafted, and what of it a reader must look at twice (studies unlike the
+    training images, drafts that stopped at the token limit), then failures and problems."""
+    flagged = sum(bool(row.get("ood_flag")) for row in rows)
+    truncated = sum(row["truncated"] for row in rows)
+    where = f", written to {output}" if output else ""
+    return (f"{len(rows)} of {studies} studies drafted from {files} files in {seconds:.1f} s ({how}){where}; "
+            f"{flagged} flagged as unlike the training images (ood_flag), {truncated} stopped at the token limit "
+            f"(truncated); {failed} studies failed, {problems} problems")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Writes the built-in synthetic chest X-ray phantom dataset (demo and test data; not real patients) to disk.
 
 Example:
-    python conversion/make_demo_data.py --num-studies 2000 --seed 0 --image-size 256 --output data/demo
+    cliptt5-make-demo-data --num-studies 2000 --seed 0 --image-size 256 --output data/demo
 """
 
 import argparse
 import collections
+import sys
 import time
 from pathlib import Path
 
-# The package (transformers, datasets) is imported in main(), after parsing: `--help` answers at once.
-REPORT_TARGETS = ("findings", "impression", "both")  # = modeling_cliptt5.processing_cliptt5.REPORT_TARGETS
+from modeling_cliptt5.cli.arguments import REPORT_TARGETS
+
+# The package's heavy parts (transformers, datasets) are imported in main(), after parsing: `--help` answers at once.
 
 
 def parse_args(argv=None):
@@ -77,7 +79,8 @@ def main(argv=None):
     print(log.summary())
     print(f"wrote {output} in {time.perf_counter() - start:.1f} s (synthetic phantoms, seed {args.seed}, "
           f"{args.image_size} px)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,11 +2,12 @@
 `cliptt5-score --generated gen.csv --references annotation.json --r2gen iu_xray`."""
 
 import argparse
+import sys
 
 from modeling_cliptt5.atomic_writes import write_json_atomically
 from modeling_cliptt5.evaluation.metrics import (
-    ID_COLUMNS, R2GEN_SETTINGS, TEXT_COLUMNS, is_r2gen_annotation, print_scores_table, read_reports_by_id, read_train_reports,
-    score_with_baselines,
+    ID_COLUMNS, R2GEN_SETTINGS, TEXT_COLUMNS, ReportFileError, is_r2gen_annotation, print_scores_table,
+    read_reports_by_id, read_train_reports, score_with_baselines,
 )
 
 
@@ -16,7 +17,8 @@ def parse_args(argv):
         description="Score generated reports against references (BLEU-1..4, METEOR, ROUGE-L, CIDEr with "
                     "pycocoevalcap), beside a constant-report and a random-report baseline drawn from the "
                     "train reports. Files: CSV, JSONL, or an R2Gen annotation.json (its --split entries; "
-                    "its train split also serves as --train-reports).")
+                    "its train split also serves as --train-reports). Exit status: 0 when scored, 1 when a file "
+                    "cannot be scored (the message names it), 2 for a bad option.")
     parser.add_argument("--generated", required=True, help="generated reports, one per study id")
     parser.add_argument("--references", required=True, help="reference reports, one per study id")
     parser.add_argument("--train-reports", help="train reports for the <unk> vocabulary and the baselines "
@@ -39,13 +41,24 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """The command: prints the table (and writes --output); returns the exit status."""
     args = parse_args(argv)
+    try:
+        score(args)
+    except ReportFileError as error:
+        print(f"cliptt5-score: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def score(args):
+    """Scores the files the arguments name; returns the scores ({variant: {metric: value}})."""
     references = read_reports_by_id(args.references, args.id_column, args.text_column, args.split)
     generated = read_reports_by_id(args.generated, args.id_column, args.text_column, args.split)
     missing = [study_id for study_id in references if study_id not in generated]
     if missing:
-        raise SystemExit(f"{args.generated}: no generated report for {len(missing)} of {len(references)} "
-                         f"reference ids, e.g. {missing[:3]}")
+        raise ReportFileError(f"{args.generated}: no generated report for {len(missing)} of {len(references)} "
+                              f"reference ids, e.g. {missing[:3]}")
     extra = len(generated) - len(references)
     study_ids = list(references)
 
@@ -79,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

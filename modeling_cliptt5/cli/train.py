@@ -1,9 +1,9 @@
 """Train CLIP-T5: stage 1 (contrastive BiomedCLIP on image-report pairs) or stage 2 (report generation).
 
-    python train.py --config configs/demo.yaml
-    python train.py --config configs/demo.yaml --max-steps 50 --output-dir runs/try
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml train.py --config configs/biomedclip_t5small.yaml
-    python train.py --config configs/demo.yaml --resume          # continue from the latest saved state
+    cliptt5-train --config demo --dataset phantom
+    cliptt5-train --config my_settings.yaml --max-steps 50 --output-dir runs/try
+    accelerate launch --config_file FILE -m modeling_cliptt5.cli.train --config biomedclip_t5small --dataset data/x
+    cliptt5-train --config my_settings.yaml --resume          # continue from the latest saved state
 
 Every setting of the YAML file can be overridden by its flag (--help lists them with the file's values).
 """
@@ -12,19 +12,32 @@ import sys
 
 from modeling_cliptt5.training.config import parse_config
 
+PROG = "cliptt5-train"
+
+
+class UsageError(Exception):
+    """Settings the run cannot start with (a bad value, a model that cannot be found): exit status 2."""
+
 
 def main(argv=None):
-    """The command (returns nothing: console scripts exit with what main returns)."""
-    run(argv)
+    """The command: returns its exit status (console scripts exit with what main returns)."""
+    try:
+        run(argv)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(argv=None):
-    """Trains as the settings say, with the command's error messages; returns the training result."""
+    """Trains as the settings say, with the command's error messages; returns the training result. Settings that
+    cannot work raise UsageError; a run that fails on the way exits with status 1 and one line saying why."""
     try:
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
-        sys.exit(f"train.py: error: {error}")
+        raise UsageError(error) from None
     from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
+    from modeling_cliptt5.model_sources import ModelSourceError
     from modeling_cliptt5.training.loop import LaunchError, lost_contact
 
     try:
@@ -36,20 +49,22 @@ def run(argv=None):
             from modeling_cliptt5.training.generation import train_generation
 
             return train_generation(config)
+    except ModelSourceError as error:  # a pretrained part neither here nor reachable: what to fetch, and where
+        raise UsageError(error) from None
     except LaunchError as error:
-        sys.exit(f"train.py: error: {error}")
+        sys.exit(f"{PROG}: error: {error}")
     except RuntimeError as error:
         if not lost_contact(error):
             raise
-        sys.exit(f"train.py: error: lost contact with another process of the run: {_first_line(error)}\n"
+        sys.exit(f"{PROG}: error: lost contact with another process of the run: {_first_line(error)}\n"
                  f"A machine that went down or ran out of memory stops every process; its own log says why. "
                  f"{_resume_hint(config)}")
     except DiskFullError as error:  # the folder named is not there (or is the previous complete one): say so
-        sys.exit(f"train.py: error: {error}")
+        sys.exit(f"{PROG}: error: {error}")
     except OSError as error:  # a log or plot beside the folders
         if not is_disk_full(error):
             raise
-        sys.exit(f"train.py: error: {error.filename or config.output_dir}: not written, the disk is full "
+        sys.exit(f"{PROG}: error: {error.filename or config.output_dir}: not written, the disk is full "
                  f"({error.strerror}). Free some space and run again (--resume continues from the last state).")
 
 
@@ -68,4 +83,4 @@ def _resume_hint(config):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -174,8 +174,10 @@ def test_cli_writes_scores_atomically(tmp_path, monkeypatch, capsys):
     output = tmp_path / "out" / "scores.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        score_reports.main(["--generated", str(generated), "--references", _write_jsonl(tmp_path / "ref.jsonl", references),
-                      "--train-reports", train, "--r2gen", "iu_xray", "--clean-generated", "--output", str(output)])
+        status = score_reports.main(["--generated", str(generated), "--references",
+                                     _write_jsonl(tmp_path / "ref.jsonl", references), "--train-reports", train,
+                                     "--r2gen", "iu_xray", "--clean-generated", "--output", str(output)])
+    assert status == 0
     printed = capsys.readouterr().out
     assert "3 studies scored (1 generated reports without a reference ignored)" in printed
     saved = json.loads(output.read_text())
@@ -185,14 +187,14 @@ def test_cli_writes_scores_atomically(tmp_path, monkeypatch, capsys):
     assert [path.name for path in output.parent.iterdir()] == ["scores.json"]  # no temporary file left
 
 
-def test_cli_errors_name_the_file(tmp_path):
+def test_cli_errors_name_the_file(tmp_path, capsys):
     references = _write_jsonl(tmp_path / "ref.jsonl", [{"id": "a", "report": "x."}, {"id": "b", "report": "y."}])
     generated = _write_jsonl(tmp_path / "gen.jsonl", [{"id": "a", "report": "x."}])
-    with pytest.raises(SystemExit, match="gen.jsonl: no generated report for 1 of 2"):
-        score_reports.main(["--generated", generated, "--references", references])
     duplicated = _write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "report": "x."}] * 2)
-    with pytest.raises(SystemExit, match="dup.jsonl: id 'a' appears more than once"):
-        score_reports.main(["--generated", duplicated, "--references", references])
     no_text = _write_jsonl(tmp_path / "notext.jsonl", [{"id": "a", "body": "x."}])
-    with pytest.raises(SystemExit, match="notext.jsonl: no text column found"):
-        score_reports.main(["--generated", no_text, "--references", references])
+    for given, message in ((generated, "gen.jsonl: no generated report for 1 of 2"),
+                           (duplicated, "dup.jsonl: id 'a' appears more than once"),
+                           (no_text, "notext.jsonl: no text column found")):
+        assert score_reports.main(["--generated", given, "--references", references]) == 1  # an input failed
+        printed = capsys.readouterr()
+        assert f"cliptt5-score: error: {tmp_path / message}" in printed.err and "Traceback" not in printed.err
