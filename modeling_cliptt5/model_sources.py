@@ -8,6 +8,8 @@ else taken from the cache; with HF_HUB_OFFLINE=1 the network is never tried. A f
 --local-dir DIR` writes it serves as well as the id.
 """
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -97,3 +99,20 @@ def is_hub_id(name):
     except HFValidationError:
         return False
     return True
+
+
+def release_identity(folder):
+    """{"name", "revision"} of a release folder, for exports to say which model drafted: a Hub snapshot's repo id and
+    commit; else the training record's model name (the folder's name without one) and the first 16 hex digits of
+    the SHA-256 of its weights (which change with every training run)."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return {"name": folder.parent.parent.name.removeprefix("models--").replace("--", "/"),
+                "revision": folder.name}
+    info = folder / "release_info.json"
+    name = (json.loads(info.read_text(encoding="utf-8")).get("model_name") if info.is_file() else None) or folder.name
+    digest = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"name": name, "revision": f"sha256:{digest.hexdigest()[:16]}"}

@@ -1,6 +1,7 @@
 """A released CLIP-T5 and its processor, drafting the report of the one study shown on the page."""
 
 from modeling_cliptt5.inference.drafting import draft_batch, fit_views, load_release
+from modeling_cliptt5.model_sources import release_identity, resolve_release
 
 STUDY_ID = "this study"  # how view warnings name the study on the page
 
@@ -8,20 +9,23 @@ STUDY_ID = "this study"  # how view warnings name the study on the page
 class ReportDrafter:
     """Drafts {"text", "findings", "impression"} for one study with the release's generation settings."""
 
-    def __init__(self, model, processor, name="model"):
+    def __init__(self, model, processor, name="model", release=None):
         self.model = model
         self.processor = processor
         self.name = name
+        self.release = release  # {"name", "revision"}: which model drafted, for the exports
         self.drafts_made = 0
 
     @classmethod
     def from_pretrained(cls, path_or_id, optimize=False):
-        """Load a release folder or Hub id as generate.py does (inference.load_release); `optimize`: its CPU
-        fast path (`generate.py --optimize`)."""
+        """Load a release folder or Hub id as cliptt5-generate does (inference.load_release); `optimize`: its CPU
+        fast path (`cliptt5-generate --optimize`)."""
         from modeling_cliptt5.inference.fast_inference import fast_path_name
 
-        model, processor = load_release(path_or_id, optimize=optimize)
-        return cls(model, processor, name=f"{path_or_id}{f' ({fast_path_name(model)})' if optimize else ''}")
+        folder = resolve_release(path_or_id)
+        model, processor = load_release(folder, optimize=optimize)
+        return cls(model, processor, name=f"{path_or_id}{f' ({fast_path_name(model)})' if optimize else ''}",
+                   release=release_identity(folder))
 
     @property
     def num_views(self):
@@ -47,7 +51,7 @@ class ReportDrafter:
         """(report, warning or None) for one study: `images` are its views in order (PIL), `prompt` optional,
         `findings` (the names the reader marks present) replace the finding head's in the guidance.
 
-        Views are fitted to the model as generate.py does (inference.fit_views): too few are repeated in
+        Views are fitted to the model as cliptt5-generate does (inference.fit_views): too few are repeated in
         order, extra ones are left out; the warning says which. With a finding head the report carries its
         probabilities, the findings the draft followed, the disagreements and the heatmaps (draft_batch).
         """

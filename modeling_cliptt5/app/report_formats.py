@@ -6,16 +6,20 @@ Exports:
   "Signed by" line when signed, the research-prototype notice last);
 - `fhir_diagnostic_report(record, signature=None)`: a FHIR R4 DiagnosticReport as a plain JSON dict, with one
   contained Observation per claimed finding, pertinent negative and findings-checklist entry;
-- `basic_text_sr(record, references, signature=None, when=None)`: a DICOM Basic Text SR (pydicom Dataset) in the
-  study of the referenced DICOM images, and `write_basic_text_sr(path, ...)`, which writes it whole or not at all;
+- `basic_text_sr(record, references, signature=None, when=None, identity=None, series=None, predecessor=None)`: a
+  DICOM Basic Text SR (pydicom Dataset) in the study of the referenced DICOM images, in a report series of its own,
+  with the images' Patient and General Study values; a signed SR cites the draft SR it supersedes; and
+  `write_basic_text_sr(path, ...)`, which writes it whole or not at all;
 - `NoDicomReferences`: why there is no SR for a PNG/JPEG-only study.
 
-A `signature` is None (an unsigned draft) or {"reader": "Dr A. Reader", "signed_at": <timezone-aware datetime>}
-(optionally "organization", the SR's Verifying Organization).
+A `signature` is None (an unsigned draft) or {"reader": "Reader, Ada", "signed_at": <timezone-aware datetime>}
+(optionally "organization", the SR's Verifying Organization). The reader's name is "Family, Given" (a title such as
+"Dr" may lead the given names): the SR stores it in DICOM's person-name form ("Reader^Ada^^Dr"), FHIR as a
+HumanName with family and given names (`person_name`).
 
-Terminology codes (SNOMED CT, LOINC, DICOM) are given only where known; a finding without a code we are sure of
-is named in text only. No identity is invented: what the study's headers did not say is left out (FHIR) or empty
-(DICOM type 2 attributes).
+Terminology codes (SNOMED CT, LOINC, DICOM) are given only where known, from one table for FHIR and the SR
+(`finding_concept`); a finding without a code we are sure of is named in text only. No identity is invented: what
+the study's headers did not say is left out (FHIR) or empty (DICOM type 2 attributes).
 """
 
 import base64
@@ -48,6 +52,12 @@ FINDING_CODES = {
     "Consolidation": ("95436008", "Lung consolidation"),
     "Fracture": ("125605004", "Fracture of bone"),
 }
+# The findings of the phantom label set ("pleural_effusion:right") that have one of the codes above; nodule, mass and
+# support device are named in text only.
+PHANTOM_FINDINGS = {"cardiomegaly": "Cardiomegaly", "pleural_effusion": "Pleural Effusion",
+                    "pneumothorax": "Pneumothorax", "consolidation": "Consolidation"}
+LATERALITY_CODES = {"right": ("24028007", "Right"), "left": ("7771000", "Left"),
+                    "bilateral": ("51440002", "Right and left")}
 PRESENT = {"coding": [{"system": SNOMED, "code": "52101004", "display": "Present"}], "text": "present"}
 ABSENT = {"coding": [{"system": SNOMED, "code": "2667000", "display": "Absent"}], "text": "absent"}
 POSSIBLE = {"text": "possible"}  # SNOMED has no plain "possible" qualifier we are sure of: text only
@@ -67,6 +77,8 @@ SR_REPORT = ("18748-4", "LN", "Diagnostic Imaging Report")
 SR_FINDINGS, SR_FINDING = ("121070", "DCM", "Findings"), ("121071", "DCM", "Finding")
 SR_IMPRESSIONS, SR_IMPRESSION = ("121072", "DCM", "Impressions"), ("121073", "DCM", "Impression")
 SR_COMMENT = ("121106", "DCM", "Comment")
+SR_LATERALITY = ("272741003", "SCT", "Laterality")
+SR_ALGORITHM_NAME, SR_ALGORITHM_VERSION = ("111001", "DCM", "Algorithm Name"), ("111003", "DCM", "Algorithm Version")
 UT_MAX_BYTES = 2 ** 32 - 2  # the longest value the VR UT allows
 REFERENCE_KEYS = ("study_instance_uid", "series_instance_uid", "sop_class_uid", "sop_instance_uid")
 
@@ -79,12 +91,39 @@ class NoDicomReferences(ValueError):
                          "export the text or FHIR report instead.")
 
 
+TITLES = ("Dr", "Dr.", "Prof", "Prof.", "Professor")
+
+
+def person_name(text):
+    """"Reader, Dr Ada" -> {"family": "Reader", "given": ["Ada"], "prefix": "Dr"}; ValueError unless the text is
+    "Family, Given" (family and given names are the reader's to say: no rule splits "Ada van der Berg" reliably)."""
+    family, comma, given = str(text or "").partition(",")
+    words = given.split()
+    prefix = words.pop(0) if words and words[0] in TITLES else ""
+    if not comma or not family.strip() or not words or "^" in text or "," in given:
+        raise ValueError(f"Type the reader's name as Family, Given (for example: Reader, Ada), not {text!r}.")
+    return {"family": " ".join(family.split()), "given": words, "prefix": prefix}
+
+
+def display_name(name):
+    """"Dr Ada Reader": the name as the text report and the page show it."""
+    return " ".join([name["prefix"], *name["given"], name["family"]]).strip()
+
+
+def dicom_person_name(name):
+    """DICOM PN: family^given^middle^prefix ("Reader^Ada^^Dr"), trailing empty components dropped."""
+    components = [name["family"], name["given"][0], " ".join(name["given"][1:]), name["prefix"]]
+    return "^".join(components).rstrip("^")
+
+
 def checked_signature(signature):
-    """The signature, after checking that it names a reader and a time a reader of the export can place."""
+    """The signature, after checking that it names a reader (as Family, Given) and a time a reader of the export can
+    place."""
     if signature is None:
         return None
     if not str(signature.get("reader") or "").strip():
         raise ValueError("A signature needs the reader's name.")
+    person_name(signature["reader"])
     signed_at = signature.get("signed_at")
     if not isinstance(signed_at, datetime) or signed_at.utcoffset() is None:
         raise ValueError("A signature needs its time as a timezone-aware datetime.")
@@ -99,14 +138,45 @@ def utc_offset(moment):
 
 def signature_line(signature):
     signed_at = signature["signed_at"]
-    return f"Signed by {signature['reader'].strip()} on {signed_at:%Y-%m-%d %H:%M} {utc_offset(signed_at)}"
+    reader = display_name(person_name(signature["reader"]))
+    return f"Signed by {reader} on {signed_at:%Y-%m-%d %H:%M} {utc_offset(signed_at)}"
+
+
+def provenance_lines(record):
+    """How the draft was made, as every export says it: the release and its revision, the images the model read,
+    the unfamiliar-image check."""
+    lines = []
+    release = record.get("release")
+    if release:
+        lines.append(f"Drafted by: {release['name']} (revision {release['revision']})")
+    images = record.get("images_read")
+    if images:
+        lines.append("Images read by the model: " + "; ".join(image_text(index, image) for index, image in
+                                                                enumerate(images, start=1)))
+    ood = record.get("ood")
+    if ood:
+        verdict = ("FLAGGED: unlike the model's training images, the draft may be meaningless" if ood["flag"] else
+                   "like the model's training images")
+        lines.append(f"Unfamiliar-image check: {verdict} (score {ood['score']:.2f}, flagged beyond "
+                     f"{ood['threshold']:.2f})")
+    return lines
+
+
+def image_text(index, image):
+    """"1: PA (SOP Instance UID 1.2.3)" or "1: view not stated (SHA-1 ab12...)" for a file without a header."""
+    view = image.get("view") or "view not stated"
+    which = f"SOP Instance UID {image['sop_instance_uid']}" if image.get("sop_instance_uid") else \
+        f"file SHA-1 {image.get('sha1', 'unknown')}"
+    return f"{index}: {view} ({which})"
 
 
 def report_document(record, signature=None):
-    """The plain-text report: DRAFT banner (unsigned), identity, FINDINGS/IMPRESSION, signature (signed), notice."""
+    """The plain-text report: DRAFT banner (unsigned), identity, how it was drafted, FINDINGS/IMPRESSION, signature
+    (signed), notice."""
     signature = checked_signature(signature)
     lines = [] if signature else [DRAFT_BANNER]
     lines += identity_lines(record["study"])
+    lines += provenance_lines(record)
     if record.get("exported_at"):
         lines.append(f"Exported: {record['exported_at']}")
     lines += ["", record["report"]]
@@ -127,19 +197,33 @@ def negative_side(record, observation):
     return sides.pop() if len(sides) == 1 and None not in sides else None
 
 
-def finding_code(observation):
-    code = {"text": observation}
-    if observation in FINDING_CODES:
-        value, display = FINDING_CODES[observation]
-        code["coding"] = [{"system": SNOMED, "code": value, "display": display}]
+def finding_concept(name):
+    """(SNOMED CT (code, display) or None, side or None) of a finding name: the labeler's ("Pleural Effusion") or the
+    phantom label set's ("pleural_effusion:right"). The one table FHIR and the SR take their codes from."""
+    base, _, side = name.partition(":")
+    labeler_name = PHANTOM_FINDINGS.get(base, base)
+    return FINDING_CODES.get(labeler_name), (side if side in LATERALITY_CODES else None)
+
+
+def finding_code(name):
+    code = {"text": name}
+    concept, _ = finding_concept(name)
+    if concept:
+        code["coding"] = [{"system": SNOMED, "code": concept[0], "display": concept[1]}]
     return code
+
+
+def laterality(side):
+    """FHIR bodySite of a side: SNOMED CT's laterality qualifier (Right, Left, Right and left)."""
+    value, display = LATERALITY_CODES[side]
+    return {"coding": [{"system": SNOMED, "code": value, "display": display}], "text": side}
 
 
 def observation(resource_id, status, code, value, side=None, method=None, note=None):
     resource = {"resourceType": "Observation", "id": resource_id, "status": status, "category": [IMAGING],
                 "code": code, "valueCodeableConcept": value}
     if side:
-        resource["bodySite"] = {"text": side}
+        resource["bodySite"] = laterality(side) if side in LATERALITY_CODES else {"text": side}
     if method:
         resource["method"] = method
     if note:
@@ -172,9 +256,33 @@ def checklist_observations(checklist, status):
         if name in probabilities:
             note = (f"model probability {float(probabilities[name]):.2f}"
                     f"{', predicted by the model' if name in predicted else ''}")
-        # the head's names ("nodule:right") are not labeler names: text only, no code
-        resources.append(observation(f"checklist-{index}", status, {"text": name},
-                                     PRESENT if name in checked else ABSENT, method=CHECKLIST_METHOD, note=note))
+        # the head's names ("pleural_effusion:right"): the finding coded where known, its side in bodySite
+        resources.append(observation(f"checklist-{index}", status, finding_code(name),
+                                     PRESENT if name in checked else ABSENT, finding_concept(name)[1],
+                                     method=CHECKLIST_METHOD, note=note))
+    return resources
+
+
+def provenance_resources(record, status):
+    """The drafting model as a Device, and the unfamiliar-image check as an Observation by it (with the images the
+    model read), for a record that says how it was drafted; [] otherwise."""
+    release, ood = record.get("release"), record.get("ood")
+    if not release:
+        return []
+    device = {"resourceType": "Device", "id": "drafting-model",
+              "deviceName": [{"name": release["name"], "type": "model-name"}],
+              "version": [{"value": str(release["revision"])}]}
+    resources = [device]
+    if ood:
+        check = {"resourceType": "Observation", "id": "unfamiliar-image-check", "status": status,
+                 "category": [IMAGING], "code": {"text": "Image unlike the drafting model's training images"},
+                 "valueBoolean": bool(ood["flag"]), "device": {"reference": "#drafting-model"},
+                 "component": [{"code": {"text": "unfamiliar-image score"}, "valueQuantity": {"value": ood["score"]}},
+                               {"code": {"text": "flagged beyond"}, "valueQuantity": {"value": ood["threshold"]}}]}
+        images = provenance_lines({"images_read": record.get("images_read")})
+        if images:
+            check["note"] = [{"text": images[0]}]
+        resources.append(check)
     return resources
 
 
@@ -195,6 +303,7 @@ def fhir_diagnostic_report(record, signature=None):
     contained = finding_observations(record, status)
     if record.get("findings_checklist"):
         contained += checklist_observations(record["findings_checklist"], status)
+    contained += provenance_resources(record, status)
     report = {"resourceType": "DiagnosticReport", "contained": contained, "status": status, "category": [RADIOLOGY],
               "code": REPORT_CODE}
     if study.get("accession_number"):
@@ -206,9 +315,12 @@ def fhir_diagnostic_report(record, signature=None):
         report["effectiveDateTime"] = study["study_date"]
     report["issued"] = fhir_instant(signature["signed_at"] if signature else record["exported_at"])
     if signature:
-        reader = signature["reader"].strip()
-        contained.append({"resourceType": "Practitioner", "id": "reader", "name": [{"text": reader}]})
-        report["resultsInterpreter"] = [{"reference": "#reader", "display": reader}]
+        name = person_name(signature["reader"])
+        human_name = {"text": display_name(name), "family": name["family"], "given": name["given"]}
+        if name["prefix"]:
+            human_name["prefix"] = [name["prefix"]]
+        contained.append({"resourceType": "Practitioner", "id": "reader", "name": [human_name]})
+        report["resultsInterpreter"] = [{"reference": "#reader", "display": display_name(name)}]
     results = [{"reference": f"#{resource['id']}"} for resource in contained
                if resource["resourceType"] == "Observation"]
     if results:
@@ -304,23 +416,77 @@ def dicom_date(iso_date):
 
 def verifying_observer(pydicom, signature):
     item = pydicom.Dataset()
-    item.VerifyingObserverName = signature["reader"].strip()
+    item.VerifyingObserverName = dicom_person_name(person_name(signature["reader"]))
     item.VerifyingObserverIdentificationCodeSequence = []  # type 2: no coded ID of the reader is known
     item.VerifyingOrganization = str(signature.get("organization") or "").strip() or "not stated"  # type 1
     item.VerificationDateTime = signature["signed_at"].strftime("%Y%m%d%H%M%S%z")
     return item
 
 
-def basic_text_sr(record, references, signature=None, when=None):
-    """A Basic Text SR of the record in the referenced images' study (a new series); `when`: its content time."""
+def code_content(pydicom, concept, code, relationship):
+    item = pydicom.Dataset()
+    item.RelationshipType = relationship
+    item.ValueType = "CODE"
+    item.ConceptNameCodeSequence = [code_item(pydicom, concept)]
+    item.ConceptCodeSequence = [code_item(pydicom, code)]
+    return item
+
+
+def coded_findings(pydicom, record):
+    """A CODE item (Finding = the SNOMED CT concept, with its laterality) per finding the report claims present or
+    possible and `finding_concept` has a code for: the same codes as the FHIR export."""
+    items = []
+    for claim in record.get("claimed_findings", []):
+        concept, _ = finding_concept(claim["observation"])
+        if not concept:
+            continue
+        item = code_content(pydicom, SR_FINDING, (concept[0], "SCT", concept[1]), "CONTAINS")
+        if claim.get("side") in LATERALITY_CODES:
+            value, display = LATERALITY_CODES[claim["side"]]
+            item.ContentSequence = [code_content(pydicom, SR_LATERALITY, (value, "SCT", display),
+                                                 "HAS CONCEPT MOD")]
+        items.append(item)
+    return items
+
+
+def sr_series_number(references):
+    """The SR's own series number: after the highest of the images' series (1 when none is known)."""
+    return max((reference.get("series_number") or 0 for reference in references), default=0) + 1
+
+
+def predecessor_documents(pydicom, predecessor):
+    """PredecessorDocumentsSequence citing the SR this one supersedes ({study, series, SOP class, SOP instance})."""
+    sop = pydicom.Dataset()
+    sop.ReferencedSOPClassUID = predecessor["sop_class_uid"]
+    sop.ReferencedSOPInstanceUID = predecessor["sop_instance_uid"]
+    series = pydicom.Dataset()
+    series.SeriesInstanceUID = predecessor["series_instance_uid"]
+    series.ReferencedSOPSequence = [sop]
+    study = pydicom.Dataset()
+    study.StudyInstanceUID = predecessor["study_instance_uid"]
+    study.ReferencedSeriesSequence = [series]
+    return [study]
+
+
+def basic_text_sr(record, references, signature=None, when=None, identity=None, series=None, predecessor=None):
+    """A Basic Text SR of the record in the referenced images' study; `when`: its content time.
+
+    `identity`: the study's header values (study_identity: patient name, ID, birth date and sex, study date and time,
+    study ID, accession number, referring physician), copied into the SR's Patient and General Study modules so that
+    a PACS files it with the images without a mismatch (the record's own, privacy-filtered identity otherwise).
+    `series`: {"series_instance_uid", "series_number", "instance_number"} of the report series this SR joins (a
+    draft SR exported earlier, which a signed one supersedes); None starts one after the images' series.
+    `predecessor`: the SR this one supersedes (PredecessorDocumentsSequence), as a `sr_reference`."""
     pydicom = import_pydicom()
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     signature = checked_signature(signature)
     study_uid = checked_references(record, references)
-    study = record.get("study", {})
+    study = identity if identity is not None else record.get("study", {})
     when = when or datetime.now().astimezone()
+    series = series or {"series_instance_uid": generate_uid(), "series_number": sr_series_number(references),
+                        "instance_number": 1}
 
     dataset = pydicom.Dataset()
     dataset.file_meta = FileMetaDataset()
@@ -336,25 +502,25 @@ def basic_text_sr(record, references, signature=None, when=None):
     # Patient and General Study: the headers' values, else empty (type 2); nothing is invented
     dataset.PatientName = study.get("patient_name", "")
     dataset.PatientID = study.get("patient_id", "")
-    dataset.PatientBirthDate = ""
-    dataset.PatientSex = ""
+    dataset.PatientBirthDate = study.get("patient_birth_date", "")
+    dataset.PatientSex = study.get("patient_sex", "")
     dataset.StudyInstanceUID = study_uid
     dataset.StudyDate = dicom_date(study.get("study_date"))
-    dataset.StudyTime = ""
+    dataset.StudyTime = study.get("study_time", "")
     dataset.AccessionNumber = study.get("accession_number", "")
-    dataset.ReferringPhysicianName = ""
-    dataset.StudyID = ""
+    dataset.ReferringPhysicianName = study.get("referring_physician", "")
+    dataset.StudyID = study.get("study_id", "")
 
-    # SR Document Series and General Equipment
+    # SR Document Series and General Equipment: the report's own series, after the images'
     dataset.Modality = "SR"
-    dataset.SeriesInstanceUID = generate_uid()
-    dataset.SeriesNumber = 1
-    dataset.SeriesDescription = "Chest X-ray report" + ("" if signature else " (DRAFT, not signed)")
+    dataset.SeriesInstanceUID = series["series_instance_uid"]
+    dataset.SeriesNumber = series["series_number"]
+    dataset.SeriesDescription = "Chest X-ray report (cliptt5)"
     dataset.ReferencedPerformedProcedureStepSequence = []
     dataset.Manufacturer = ""
 
     # SR Document General
-    dataset.InstanceNumber = 1
+    dataset.InstanceNumber = series["instance_number"]
     dataset.ContentDate = when.strftime("%Y%m%d")
     dataset.ContentTime = when.strftime("%H%M%S")
     if signature:
@@ -363,24 +529,46 @@ def basic_text_sr(record, references, signature=None, when=None):
     else:
         dataset.CompletionFlag, dataset.VerificationFlag = "PARTIAL", "UNVERIFIED"
         dataset.PreliminaryFlag = "PRELIMINARY"
+    if predecessor:
+        dataset.PredecessorDocumentsSequence = predecessor_documents(pydicom, predecessor)
     dataset.CurrentRequestedProcedureEvidenceSequence = evidence(pydicom, study_uid, references)
     dataset.PerformedProcedureCodeSequence = []
 
-    # SR Document Content: the draft comment first, so that a reader of the SR sees it before the text
+    # SR Document Content: the draft comment first, so that a reader of the SR sees it before the text; the
+    # findings as text and, where a code is known, coded; then how the draft was made
     content = [] if signature else [text_item(pydicom, SR_COMMENT, DRAFT_BANNER)]
     for section, item_concept, text in ((SR_FINDINGS, SR_FINDING, record.get("findings")),
                                         (SR_IMPRESSIONS, SR_IMPRESSION, record.get("impression"))):
         if (text or "").strip():
-            content.append(container(pydicom, section, [text_item(pydicom, item_concept, text.strip())]))
+            items = [text_item(pydicom, item_concept, text.strip())]
+            if section == SR_FINDINGS:
+                items += coded_findings(pydicom, record)
+            content.append(container(pydicom, section, items))
+    release = record.get("release")
+    if release:
+        content += [text_item(pydicom, SR_ALGORITHM_NAME, str(release["name"])),
+                    text_item(pydicom, SR_ALGORITHM_VERSION, str(release["revision"]))]
+    content += [text_item(pydicom, SR_COMMENT, line) for line in provenance_lines(record)[1 if release else 0:]]
     root = container(pydicom, SR_REPORT, content, relationship=None)
     for element in root:
         dataset.add(element)
     return dataset
 
 
-def write_basic_text_sr(path, record, references, signature=None, when=None):
-    """Writes the SR to `path` whole or not at all (encoded in memory first, then an atomic rename)."""
-    dataset = basic_text_sr(record, references, signature, when)
+def sr_reference(dataset):
+    """What a later SR cites of this one (its predecessor) and the series it continues."""
+    return {"study_instance_uid": dataset.StudyInstanceUID, "series_instance_uid": dataset.SeriesInstanceUID,
+            "sop_class_uid": dataset.SOPClassUID, "sop_instance_uid": dataset.SOPInstanceUID,
+            "series_number": int(dataset.SeriesNumber), "instance_number": int(dataset.InstanceNumber)}
+
+
+def write_basic_text_sr(path, record, references, signature=None, when=None, **placement):
+    """Writes the SR (`basic_text_sr`; `placement`: its identity, series and predecessor) to `path`."""
+    return write_dicom(path, basic_text_sr(record, references, signature, when, **placement))
+
+
+def write_dicom(path, dataset):
+    """Writes a dataset to `path` whole or not at all (encoded in memory first, then an atomic rename)."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     path = Path(path)

@@ -15,10 +15,18 @@ HEADER_FIELDS = {
     "patient_id": "PatientID", "patient_name": "PatientName", "accession_number": "AccessionNumber",
     "study_date": "StudyDate", "study_instance_uid": "StudyInstanceUID", "view_position": "ViewPosition",
     "series_instance_uid": "SeriesInstanceUID", "sop_class_uid": "SOPClassUID", "sop_instance_uid": "SOPInstanceUID",
+    "series_number": "SeriesNumber",
+    # the rest of the Patient and General Study modules, which a DICOM SR of the report repeats (as DICOM text)
+    "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex", "study_time": "StudyTime",
+    "study_id": "StudyID", "referring_physician": "ReferringPhysicianName",
 }
-# What a DICOM SR of the report cites of each image (report_formats.basic_text_sr).
+# What a DICOM SR of the report cites of each image (report_formats.basic_text_sr), and the image's series number
+# (the SR's own series takes the next one).
 REFERENCE_FIELDS = ("study_instance_uid", "series_instance_uid", "sop_class_uid", "sop_instance_uid")
-STUDY_FIELDS = ("patient_id", "patient_name", "accession_number", "study_date", "study_instance_uid")
+STUDY_FIELDS = ("patient_id", "patient_name", "accession_number", "study_date", "study_instance_uid",
+                "patient_birth_date", "patient_sex", "study_time", "study_id", "referring_physician")
+# What the text, JSON and FHIR exports carry of it (the name only when shown): enough to file the report
+EXPORTED_FIELDS = ("patient_id", "patient_name", "accession_number", "study_date", "study_instance_uid")
 # Two files of one study never differ in these; a difference means another patient or another study.
 MATCHING_FIELDS = {"patient_id": "patient ID", "study_instance_uid": "Study Instance UID",
                    "accession_number": "accession number"}
@@ -52,9 +60,14 @@ def file_identity(path):
 
 
 def file_reference(identity):
-    """{REFERENCE_FIELDS: UID} of a DICOM file's identity (file_identity), None without all four (PNG, JPEG)."""
-    return {field: identity[field] for field in REFERENCE_FIELDS} if all(
-        identity.get(field) for field in REFERENCE_FIELDS) else None
+    """{REFERENCE_FIELDS: UID} of a DICOM file's identity (file_identity), with its series number where the header
+    has one; None without all four UIDs (PNG, JPEG)."""
+    if not all(identity.get(field) for field in REFERENCE_FIELDS):
+        return None
+    reference = {field: identity[field] for field in REFERENCE_FIELDS}
+    if identity.get("series_number", "").isdigit():
+        reference["series_number"] = int(identity["series_number"])
+    return reference
 
 
 def study_identity(identities):
@@ -90,7 +103,7 @@ def identity_html(study, views, show_name=False):
 
 def exported_identity(study, views, show_name=False):
     """The identity written into an export (the name only when shown on the page)."""
-    record = {field: study[field] for field in STUDY_FIELDS if field in study
+    record = {field: study[field] for field in EXPORTED_FIELDS if field in study
               and (show_name or field != "patient_name")}
     return {**record, "view_positions": list(views)}
 

@@ -35,9 +35,13 @@ from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy
 from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
 from modeling_cliptt5.app.report_formats import (  # noqa: E402
     NoDicomReferences,
+    basic_text_sr,
+    display_name,
     fhir_diagnostic_report,
+    person_name,
     report_document,
-    write_basic_text_sr,
+    sr_reference,
+    write_dicom,
 )
 from modeling_cliptt5.app.report_review import (  # noqa: E402
     NOTICE,
@@ -327,9 +331,11 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
         info = f"**WARNING: {ood_warning(report['ood_score'], drafter.model.ood_summary.threshold)}**\n\n{info}"
     draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
-             "seconds": round(seconds, 3), "images": used, "truncated": report["truncated"]}
+             "seconds": round(seconds, 3), "images": used, "truncated": report["truncated"],
+             "read": [name for name, *_ in images[:used]]}  # the files the model read, for the exports
     if "ood_score" in report:
-        draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"])
+        draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"],
+                     ood_threshold=round(drafter.model.ood_summary.threshold, 3))
     checklist, heatmaps = no_checklist, None
     if "finding_probabilities" in report:
         names = drafter.finding_labels
@@ -405,15 +411,18 @@ EXPORT_SUFFIXES = {"txt": ".txt", "json": ".json", "fhir": "_fhir.json", "sr": "
 
 
 def export_report(drafter_name, findings, impression, indication, draft, checked=None, study=None,
-                  show_name=False, when=None, signature=None):
+                  show_name=False, when=None, signature=None, release=None, earlier_sr=None):
     """The EDITED report, named cxr_report_<study id>_<time>, in a fresh folder, as text, as the JSON record (the
-    study's identity from its headers, the labeler's reading of the text and, with a finding head, the reader's
+    study's identity from its headers, the labeler's reading of the text, how it was drafted: `release` {"name",
+    "revision"}, the images the model read and the unfamiliar-image check, and, with a finding head, the reader's
     findings checklist beside the model's probabilities), as a FHIR DiagnosticReport and, for a study of DICOM
-    images, as a DICOM Basic Text SR in that study (app/report_formats.py). Unsigned (`signature` None) every
+    images, as a DICOM Basic Text SR in that study (app/report_formats.py): the images' Patient and General Study
+    values, a report series of its own; `earlier_sr` (the `sr_reference` of this study's last exported SR) puts the
+    new one in the same series and, when signed, cites a draft SR it supersedes. Unsigned (`signature` None) every
     format says it is a draft; signed ({"reader", "signed_at"}) they carry the reader and the time.
 
-    Returns ({"txt"|"json"|"fhir"|"sr": path}, None or why there is no SR). Raises ExportRefused for an empty
-    report or a draft of other images than the study's."""
+    Returns ({"txt"|"json"|"fhir"|"sr": path}, None or why there is no SR, the SR's `sr_reference` or None). Raises
+    ExportRefused for an empty report or a draft of other images than the study's."""
     study, draft = study or {}, draft or {}
     reason = not_ready(findings, impression, draft, study)
     if reason:
@@ -426,7 +435,7 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
                            model_name=drafter_name, images=draft.get("images", 0),
                            draft_seconds=draft.get("seconds"))
     identity = exported_identity(study.get("identity", {}), study.get("views", []), show_name)
-    record = {"study": identity, **record,
+    record = {"study": identity, **record, **drafting_provenance(draft, study, release),
               "signature": {"reader": signature["reader"], "signed_at": signature["signed_at"].isoformat()}
               if signature else None}
     if "finding_probabilities" in draft:
@@ -443,11 +452,35 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
         stream.write(json.dumps(fhir_diagnostic_report(record, signature), indent=2, ensure_ascii=False) + "\n")
     references = [reference for reference in study.get("references", []) if reference]
     try:
-        write_basic_text_sr(paths["sr"], record, references, signature, when)
+        series = None if earlier_sr is None else {
+            "series_instance_uid": earlier_sr["series_instance_uid"], "series_number": earlier_sr["series_number"],
+            "instance_number": earlier_sr["instance_number"] + 1}
+        predecessor = earlier_sr if signature and earlier_sr and not earlier_sr.get("signed") else None
+        dataset = basic_text_sr(record, references, signature, when, identity=study.get("identity", {}),
+                                series=series, predecessor=predecessor)
     except NoDicomReferences as reason:
         del paths["sr"]
-        return {kind: str(path) for kind, path in paths.items()}, str(reason)
-    return {kind: str(path) for kind, path in paths.items()}, None
+        return {kind: str(path) for kind, path in paths.items()}, str(reason), None
+    write_dicom(paths["sr"], dataset)
+    return ({kind: str(path) for kind, path in paths.items()}, None,
+            {**sr_reference(dataset), "signed": signature is not None})
+
+
+def drafting_provenance(draft, study, release):
+    """How the draft was made, for every export: the release (name, revision), the images the model read (each
+    image's view and SOP Instance UID, or a file without a header by its content hash: no file names, which can
+    carry a patient's name), and the unfamiliar-image check where the release has one."""
+    by_name = {name: (view, reference, key) for name, view, reference, key in
+               zip(study.get("names", []), study.get("views", []), study.get("references", []), study.get("keys", []))}
+    images = [by_name[name] for name in draft.get("read", []) if name in by_name]
+    provenance = {"release": release,
+                  "images_read": [{"view": view, **({"sop_instance_uid": reference["sop_instance_uid"]}
+                                                    if reference else {"sha1": key})}
+                                  for view, reference, key in images]}
+    if "ood_score" in draft:
+        provenance["ood"] = {"score": draft["ood_score"], "flag": draft["ood_flag"],
+                             "threshold": draft.get("ood_threshold")}
+    return provenance
 
 
 def parsed_signature(signature):
@@ -472,9 +505,14 @@ def sign_report(reader, findings, impression, reviewed, draft, study, when=None)
         raise SignRefused(f"Not signed: accept every sentence first ({len(waiting)} not yet accepted, the first: "
                           f"\"{waiting[0]}\").")
     if not (reader or "").strip():
-        raise SignRefused("Not signed: type the reader's name first.")
+        raise SignRefused("Not signed: type the reader's name first (Family, Given).")
+    try:
+        name = person_name(reader)  # DICOM and FHIR store family and given names apart: the reader says which is which
+    except ValueError as refusal:
+        raise SignRefused(f"Not signed: {refusal}") from None
     when = when or datetime.now().astimezone()
-    return {"reader": reader.strip(), "signed_at": when.isoformat(timespec="seconds")}
+    return {"reader": f"{name['family']}, {' '.join([name['prefix'], *name['given']]).strip()}",
+            "signed_at": when.isoformat(timespec="seconds")}
 
 
 def keep_version(versions, findings, impression, draft, label):
@@ -554,8 +592,8 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                 with gr.Group():
                     review = gr.CheckboxGroup(label=REVIEW_LABEL, info=REVIEW_INFO, elem_id="sentence-review")
                     with gr.Row(equal_height=True):
-                        reader = gr.Textbox(label="Reader (name signed under the report)", scale=3,
-                                            elem_id="reader-name")
+                        reader = gr.Textbox(label="Reader (Family, Given: the name signed under the report)",
+                                            placeholder="Reader, Ada", scale=3, elem_id="reader-name")
                         sign_button = gr.Button("Sign report", variant="primary", scale=1, elem_id="sign-button")
                     sign_status = gr.HTML(elem_id="sign-status", js_on_load=REVIEW_KEYS_JS)
         with gr.Row():
@@ -575,6 +613,7 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                                    elem_id="exported-files")
         study, draft, versions, signature = gr.State({}), gr.State({}), gr.State([]), gr.State({})
         review_items = gr.State([])  # the sentences the review shows
+        report_sr = gr.State({})  # the study's last exported SR: the next one joins its series, a signed one cites it
         # What signing locks, and a new study unlocks.
         locked = [findings, impression, checklist, review, reader, draft_button, redraft_button, revert_findings,
                   revert_impression, restore_button, version_choice, sign_button]
@@ -583,13 +622,13 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
         reset_outputs = [findings, impression, draft_info, draft, checklist, draft_check, critical, tags, claims,
                          report, exported, export_status, versions, version_choice, restore_button, review,
                          signature, sign_status, reader, draft_button, redraft_button, revert_findings,
-                         revert_impression, sign_button, review_items]
+                         revert_impression, sign_button, review_items, report_sr]
         unlocked = gr.update(interactive=True)
         reset_values = ["", "", "", {},
                         gr.update(visible=bool(drafter.finding_labels), choices=[], value=[]), "",
                         "", None, "", "", None, "", [], gr.update(choices=[], value=None, visible=False, interactive=True),
                         gr.update(visible=False, interactive=True), gr.update(choices=[], value=[], interactive=True),
-                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, []]
+                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, [], {}]
 
         def files_changed(paths, current, drafted, request: gr.Request):
             new, refused, notes, is_new = update_study(paths, current)
@@ -685,19 +724,20 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
               outputs=[draft_check, tags, claims, critical, report, review, review_items], api_name="review_report",
               show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
 
-        def export(findings_text, impression_text, indication_text, drafted, checked, current, signed):
+        def export(findings_text, impression_text, indication_text, drafted, checked, current, signed, earlier):
             try:
-                paths, no_sr = export_report(drafter.name, findings_text, impression_text, indication_text,
-                                             drafted, checked, current, show_patient_name, signature=signed)
+                paths, no_sr, sr = export_report(drafter.name, findings_text, impression_text, indication_text,
+                                                 drafted, checked, current, show_patient_name, signature=signed,
+                                                 release=drafter.release, earlier_sr=earlier or None)
             except ExportRefused as refusal:
-                return None, f'<p class="refused">{html.escape(str(refusal))}</p>'
+                return None, f'<p class="refused">{html.escape(str(refusal))}</p>', gr.skip()
             formats = "text, JSON, FHIR" + ("" if no_sr else " and DICOM SR")
-            status = (f"signed by {html.escape(signed['reader'])}" if signed else
+            status = (f"signed by {html.escape(display_name(person_name(signed['reader'])))}" if signed else
                       "<b>as a DRAFT</b> (not signed: every file says so)")
             lines = [f"<p>Exported {html.escape(Path(paths['txt']).stem)} ({formats}), {status}.</p>"]
             if no_sr:
                 lines.append(f"<p>No DICOM SR: {html.escape(no_sr)}</p>")
-            return list(paths.values()), "".join(lines)
+            return list(paths.values()), "".join(lines), sr or gr.skip()
 
         def revert(section, findings_text, impression_text, drafted, kept):
             if not drafted:
@@ -720,15 +760,17 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                 return [gr.skip(), f'<p class="refused">{html.escape(str(refusal))}</p>',
                         *[gr.skip()] * len(locked)]
             when = datetime.fromisoformat(signed["signed_at"])
-            status = (f'<p class="signed">Signed by {html.escape(signed["reader"])} on {when:%Y-%m-%d %H:%M}. '
+            reader_name = display_name(person_name(signed["reader"]))
+            status = (f'<p class="signed">Signed by {html.escape(reader_name)} on {when:%Y-%m-%d %H:%M}. '
                       "The report is locked: export it below; Clear the study to start the next one.</p>")
             return [signed, status, *[gr.update(interactive=False)] * len(locked)]
 
         sign_button.click(sign, inputs=[reader, findings, impression, review, draft, study],
                           outputs=[signature, sign_status, *locked], api_name="sign_report")
 
-        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study, signature],
-                            outputs=[exported, export_status], api_name="export_report")
+        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study, signature,
+                                            report_sr], outputs=[exported, export_status, report_sr],
+                            api_name="export_report")
         def page_closed(request: gr.Request):
             open_studies.close(request.session_hash)
 

@@ -229,13 +229,14 @@ def test_review_tags_each_sentence_and_sets_critical_findings_apart(client):
 
 def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
     findings, impression = "Large right pneumothorax, edited by the reader.", "Right pneumothorax."
-    (text_file, json_file, fhir_file), status = call(client, "export_report", findings, impression, "chest pain",
-                                                     [])
+    (text_file, json_file, fhir_file), status, _ = call(client, "export_report", findings, impression,
+                                                        "chest pain", [])
     text = client.get(f"/gradio_api/file={text_file['path']}").text
     record = client.get(f"/gradio_api/file={json_file['path']}").json()
     header, report, notice = text.split("\n\n", 2)
     assert re.fullmatch(r"DRAFT - NOT SIGNED: for review only, not a final report.\n"
-                        r"Patient ID: not in the files \(no DICOM header names one\)\nExported: 20\d\d-\S+", header)
+                        r"Patient ID: not in the files \(no DICOM header names one\)\n"
+                        r"Drafted by: release \(revision sha256:[0-9a-f]{16}\)\nExported: 20\d\d-\S+", header)
     assert report + "\n\n" + notice == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n\n{NOTICE}\n"
     assert client.get(f"/gradio_api/file={fhir_file['path']}").json()["status"] == "preliminary"
     assert "as a DRAFT" in status and "No DICOM SR" in status  # a PNG study has no DICOM UIDs to cite
@@ -347,7 +348,7 @@ def test_the_export_keeps_the_readers_checklist_beside_the_models_probabilities(
     from modeling_cliptt5.app.web_app import draft_report, export_report
 
     findings, impression, _, _, draft, _, _ = draft_report(head_drafter, [str(enlarged_heart_png)], "")
-    paths, _ = export_report("model", findings, impression, "", draft, ["Lung Lesion"])
+    paths, _, _ = export_report("model", findings, impression, "", draft, ["Lung Lesion"])
     record = json.loads(Path(paths["json"]).read_text())
     assert record["findings_checklist"] == {"checked_by_reader": ["Lung Lesion"],
                                             "model_findings": draft["predicted_findings"],

@@ -99,8 +99,11 @@ def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_i
         (text_name, text), (json_name, record) = files["txt"], files["json"]
         assert re.fullmatch(r"cxr_report_ACC-1_20\d{6}-\d{6}\.txt", text_name), text_name
         assert json_name == text_name.replace(".txt", ".json")
-        assert text.startswith("DRAFT - NOT SIGNED: for review only, not a final report.\nPatient ID: P-1001\n"
-                               "Accession: ACC-1\nStudy date: 2026-11-30\nViews: PA\nExported: ")
+        assert re.match(r"DRAFT - NOT SIGNED: for review only, not a final report.\nPatient ID: P-1001\n"
+                        r"Accession: ACC-1\nStudy date: 2026-11-30\nViews: PA\n"
+                        r"Drafted by: release \(revision sha256:[0-9a-f]{16}\)\n"
+                        # this test's file names no series: no UIDs to cite, so the file by its content hash
+                        r"Images read by the model: 1: PA \(file SHA-1 [0-9a-f]{40}\)\nExported: ", text), text
         assert "FINDINGS: Large right pneumothorax." in text
         assert json.loads(record)["study"]["patient_id"] == "P-1001"
 

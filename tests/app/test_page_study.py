@@ -113,8 +113,8 @@ def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_sho
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], {})
     when = datetime(2026, 12, 1, 9, 30, 5)
-    paths, no_sr = export_report("model", "Edited findings.", "Normal.", "", draft_of(study), study=study,
-                                 when=when)
+    paths, no_sr, _ = export_report("model", "Edited findings.", "Normal.", "", draft_of(study), study=study,
+                                    when=when)
     assert no_sr is None
     assert {kind: Path(path).name for kind, path in paths.items()} == {
         kind: f"cxr_report_ACC-77-1_20261201-093005{suffix}"
@@ -134,11 +134,14 @@ def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_sho
              for item in series.ReferencedSOPSequence]
     assert evidence.StudyInstanceUID == sr.StudyInstanceUID == PATIENT["StudyInstanceUID"]
     assert cited == [pydicom.dcmread(tmp_path / name).SOPInstanceUID for name in ("pa.dcm", "ll.dcm")]
-    assert sr.VerificationFlag == "UNVERIFIED" and str(sr.PatientName) == ""
-    for path in paths.values():
-        assert b"Doe" not in Path(path).read_bytes(), path
+    assert sr.VerificationFlag == "UNVERIFIED"
+    # The name stays off the text, JSON and FHIR exports unless the page shows it; the SR goes back into the study
+    # that holds the images, and repeats their Patient module as it is (a PACS flags an SR that differs).
+    assert str(sr.PatientName) == "Doe^Jane"
+    for kind in ("txt", "json", "fhir"):
+        assert b"Doe" not in Path(paths[kind]).read_bytes(), kind
 
-    paths, _ = export_report("model", "Edited.", "", "", draft_of(study), study=study, show_name=True)
+    paths, _, _ = export_report("model", "Edited.", "", "", draft_of(study), study=study, show_name=True)
     assert Path(paths["txt"]).read_text().startswith("DRAFT - NOT SIGNED: for review only, not a final report.\n"
                                                      "Patient: Doe^Jane\nPatient ID: P-1001")
     assert json.loads(Path(paths["json"]).read_text())["study"]["patient_name"] == "Doe^Jane"
@@ -148,8 +151,9 @@ def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_sho
 def test_a_png_study_exports_without_a_dicom_sr_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     study, _, _, _ = update_study([png(tmp_path / "a.png")], {})
-    paths, no_sr = export_report("model", "Lungs clear.", "Normal.", "", draft_of(study), study=study)
+    paths, no_sr, sr = export_report("model", "Lungs clear.", "Normal.", "", draft_of(study), study=study)
     assert sorted(paths) == ["fhir", "json", "txt"] and "this study has none (PNG/JPEG only)" in no_sr
+    assert sr is None
     assert not list(tmp_path.glob("export-*/*.dcm"))
 
 
@@ -162,25 +166,32 @@ def test_signing_needs_every_sentence_accepted_and_a_name_and_the_export_then_sa
     draft = draft_of(study, findings="Lungs clear. No effusion.", impression="Normal.")
     model_text = ("Lungs clear. No effusion.", "Normal.")
     with pytest.raises(SignRefused, match=r'2 not yet accepted, the first: "Findings: No effusion."'):
-        sign_report("Dr Reader", *model_text, ["Findings: Lungs clear.", "Impression: Normal."][:1], draft, study)
+        sign_report("Reader, Dr Ada", *model_text, ["Findings: Lungs clear.", "Impression: Normal."][:1], draft,
+                    study)
     everything = ["Findings: Lungs clear.", "Findings: No effusion.", "Impression: Normal."]
     with pytest.raises(SignRefused, match="reader's name"):
         sign_report("  ", *model_text, everything, draft, study)
+    # DICOM and FHIR keep family and given names apart: the reader says which is which
+    with pytest.raises(SignRefused, match=r"Type the reader's name as Family, Given \(for example: Reader, Ada\)"):
+        sign_report("Dr Ada Reader", *model_text, everything, draft, study)
     # A sentence the reader rewrote is the reader's own: it needs no separate acceptance.
     when = datetime(2026, 12, 1, 10, 15, tzinfo=timezone.utc)
-    signed = sign_report("Dr Reader", "Lungs clear. Small left effusion.", "Normal.",
+    signed = sign_report(" Reader ,  Dr Ada ", "Lungs clear. Small left effusion.", "Normal.",
                          ["Findings: Lungs clear.", "Impression: Normal."], draft, study, when=when)
-    assert signed == {"reader": "Dr Reader", "signed_at": "2026-12-01T10:15:00+00:00"}
+    assert signed == {"reader": "Reader, Dr Ada", "signed_at": "2026-12-01T10:15:00+00:00"}
 
-    paths, _ = export_report("model", "Lungs clear. Small left effusion.", "Normal.", "", draft, study=study,
-                             signature=signed)
+    paths, _, _ = export_report("model", "Lungs clear. Small left effusion.", "Normal.", "", draft, study=study,
+                                signature=signed)
     text = Path(paths["txt"]).read_text()
-    assert "DRAFT" not in text and "Signed by Dr Reader on 2026-12-01 10:15 +00:00" in text
+    assert "DRAFT" not in text and "Signed by Dr Ada Reader on 2026-12-01 10:15 +00:00" in text
     assert json.loads(Path(paths["json"]).read_text())["signature"] == signed
     assert json.loads(Path(paths["fhir"]).read_text())["status"] == "final"
     sr = pydicom.dcmread(paths["sr"])
     assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
-    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Dr Reader"
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Reader^Ada^^Dr"
+    practitioner = next(resource for resource in json.loads(Path(paths["fhir"]).read_text())["contained"]
+                        if resource["resourceType"] == "Practitioner")
+    assert practitioner["name"] == [{"text": "Dr Ada Reader", "family": "Reader", "given": ["Ada"], "prefix": ["Dr"]}]
 
 
 def test_the_review_keeps_accepted_sentences_while_their_text_stands():
@@ -289,3 +300,104 @@ def test_the_identity_line_shows_the_name_only_when_asked_and_says_when_there_is
     assert "Patient</b> Doe^Jane" in identity_html(study["identity"], study["views"], show_name=True)
     unnamed, _, _, _ = update_study([png(tmp_path / "a.png")], {})
     assert "No patient identity" in identity_html(unnamed["identity"], unnamed["views"])
+
+
+# The SR a PACS receives: the images' Patient and General Study modules, a series of its own, a signed SR that
+# supersedes the draft, names in person-name form; and every export saying how the draft was made.
+
+FULL_HEADER = {"PatientBirthDate": "19800214", "PatientSex": "F", "StudyTime": "101530", "StudyID": "S-77",
+               "ReferringPhysicianName": "Referrer^Rita"}
+SR_MODULES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+              "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+def dciodvfy_findings(path):
+    """dicom3tools' validator on a file: its Error lines and Warning lines."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dicom3tools (dciodvfy) not installed: apt-get install -y dicom3tools")
+    output = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (output.stdout + output.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
+
+
+def test_the_sr_files_into_the_images_study_supersedes_its_draft_and_validates(tmp_path, monkeypatch):
+    import pydicom
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    files = [dicom(tmp_path / "pa.dcm", "PA", SeriesNumber=3, **FULL_HEADER),
+             dicom(tmp_path / "ll.dcm", "LL", SeriesNumber=4, **FULL_HEADER)]
+    study, _, _, _ = update_study(files, {})
+    draft = draft_of(study, findings="Right pneumothorax. No pleural effusion.", impression="Right pneumothorax.")
+    paths, _, earlier = export_report("model", draft["findings"], draft["impression"], "", draft, study=study)
+    signed = sign_report("Reader, Dr Ada", draft["findings"], draft["impression"],
+                         ["Findings: Right pneumothorax.", "Findings: No pleural effusion.",
+                          "Impression: Right pneumothorax."], draft, study)
+    signed_paths, _, _ = export_report("model", draft["findings"], draft["impression"], "", draft, study=study,
+                                       signature=signed, earlier_sr=earlier)
+    source = pydicom.dcmread(files[0])
+    draft_sr, signed_sr = pydicom.dcmread(paths["sr"]), pydicom.dcmread(signed_paths["sr"])
+    for sr in (draft_sr, signed_sr):
+        # what the images' headers say, attribute for attribute (the name too: the SR goes back to their study)
+        assert [str(sr.get(keyword, "")) for keyword in SR_MODULES] == [
+            str(source.get(keyword, "")) for keyword in SR_MODULES]
+        assert sr.SeriesNumber == 5  # after the images' series 3 and 4, its own
+    # the signed SR continues the draft's series and cites it as the document it supersedes
+    assert signed_sr.SeriesInstanceUID == draft_sr.SeriesInstanceUID
+    assert (draft_sr.InstanceNumber, signed_sr.InstanceNumber) == (1, 2)
+    (study_item,) = signed_sr.PredecessorDocumentsSequence
+    (series_item,) = study_item.ReferencedSeriesSequence
+    (sop,) = series_item.ReferencedSOPSequence
+    assert (study_item.StudyInstanceUID, series_item.SeriesInstanceUID, sop.ReferencedSOPInstanceUID) == (
+        draft_sr.StudyInstanceUID, draft_sr.SeriesInstanceUID, draft_sr.SOPInstanceUID)
+    assert "PredecessorDocumentsSequence" not in draft_sr
+    # the findings also coded, with their laterality (the codes of the FHIR export)
+    findings = next(item for item in signed_sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121070")
+    (coded,) = [item for item in findings.ContentSequence if item.ValueType == "CODE"]
+    assert coded.ConceptCodeSequence[0].CodeValue == "36118008"  # Pneumothorax
+    assert coded.ContentSequence[0].ConceptCodeSequence[0].CodeValue == "24028007"  # right
+    for path in (paths["sr"], signed_paths["sr"]):
+        errors, warnings = dciodvfy_findings(path)
+        assert errors == [], errors
+        assert not [line for line in warnings if "Study Time" in line or "Study ID" in line
+                    or "Person Name" in line], warnings
+
+
+def test_every_export_says_which_release_drafted_from_which_images_and_the_unfamiliar_image_check(tmp_path,
+                                                                                                    monkeypatch):
+    import pydicom
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    files = [dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL"), png(tmp_path / "photo.png")]
+    study, _, _, _ = update_study(files, {})
+    # the model read the frontal and the photo (two views), not the lateral
+    draft = draft_of(study, images=2, read=["pa.dcm", "photo.png"], ood_score=4.25, ood_flag=True,
+                     ood_threshold=3.12)
+    release = {"name": "cliptt5-iu-xray", "revision": "sha256:0123456789abcdef"}
+    paths, _, _ = export_report("model", "Lungs clear.", "Normal.", "", draft, study=study, release=release)
+    frontal = pydicom.dcmread(files[0]).SOPInstanceUID
+    record = json.loads(Path(paths["json"]).read_text())
+    assert record["release"] == release
+    assert record["images_read"] == [{"view": "PA", "sop_instance_uid": frontal},
+                                     {"view": "", "sha1": study["keys"][study["files"].index(files[2])]}]
+    assert record["ood"] == {"score": 4.25, "flag": True, "threshold": 3.12}
+    text = Path(paths["txt"]).read_text()
+    assert "Drafted by: cliptt5-iu-xray (revision sha256:0123456789abcdef)" in text
+    assert f"Images read by the model: 1: PA (SOP Instance UID {frontal}); 2: view not stated (file SHA-1 " in text
+    assert ("Unfamiliar-image check: FLAGGED: unlike the model's training images, the draft may be meaningless "
+            "(score 4.25, flagged beyond 3.12)") in text
+    fhir = json.loads(Path(paths["fhir"]).read_text())
+    DiagnosticReport.model_validate(fhir)
+    resources = {resource["id"]: resource for resource in fhir["contained"]}
+    assert resources["drafting-model"]["deviceName"] == [{"name": "cliptt5-iu-xray", "type": "model-name"}]
+    check = resources["unfamiliar-image-check"]
+    assert check["valueBoolean"] is True and check["device"] == {"reference": "#drafting-model"}
+    assert frontal in check["note"][0]["text"]
+    sr = pydicom.dcmread(paths["sr"])
+    texts = {(item.ConceptNameCodeSequence[0].CodeValue, item.TextValue) for item in sr.ContentSequence
+             if item.ValueType == "TEXT"}
+    assert {("111001", "cliptt5-iu-xray"), ("111003", "sha256:0123456789abcdef")} <= texts
+    assert any(code == "121106" and value.startswith("Unfamiliar-image check: FLAGGED") for code, value in texts)

@@ -21,12 +21,14 @@ from modeling_cliptt5.app.study_identity import exported_identity
 
 FINDINGS_TEXT = "Right pneumothorax. No pleural effusion. Heart size is normal."
 IMPRESSION_TEXT = "Right pneumothorax."
-READER = "Dr A. Reader"
+READER = "Reader, Dr A."  # Family, Given as the page asks for it
 SIGNED_AT = datetime(2025, 1, 2, 10, 30, 15, tzinfo=timezone(timedelta(hours=1)))
 SIGNATURE = {"reader": READER, "signed_at": SIGNED_AT}
 DIGITAL_XRAY = "1.2.840.10008.5.1.4.1.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SNOMED = "http://snomed.info/sct"
+RIGHT = {"coding": [{"system": SNOMED, "code": "24028007", "display": "Right"}], "text": "right"}
+LEFT = {"coding": [{"system": SNOMED, "code": "7771000", "display": "Left"}], "text": "left"}
 STUDY_UID = generate_uid()
 HEADERS = {"patient_id": "P-0042", "patient_name": "Doe^Jane", "accession_number": "ACC123",
            "study_date": "2024-03-01", "study_instance_uid": STUDY_UID}
@@ -68,7 +70,7 @@ def test_signed_document_closes_with_the_signature_line():
     lines = text.splitlines()
     assert "DRAFT" not in text
     assert lines[0] == "Patient ID: P-0042"
-    signature = lines.index("Signed by Dr A. Reader on 2025-01-02 10:30 +01:00")
+    signature = lines.index("Signed by Dr A. Reader on 2025-01-02 10:30 +01:00")  # the name in reading order
     assert lines.index(f"IMPRESSION: {IMPRESSION_TEXT}") < signature < lines.index(NOTICE)
 
 
@@ -127,7 +129,7 @@ def test_fhir_claims_and_pertinent_negatives():
     pneumothorax = finding(report, "Pneumothorax")
     assert snomed_codes(pneumothorax["code"]) == ["36118008"]
     assert snomed_codes(pneumothorax["valueCodeableConcept"]) == ["52101004"]  # Present
-    assert pneumothorax["bodySite"]["text"] == "right"
+    assert pneumothorax["bodySite"] == RIGHT
     for name, code in (("Pleural Effusion", "60046008"), ("Cardiomegaly", "8186001")):  # "No ...", "normal"
         negative = finding(report, name)
         assert snomed_codes(negative["code"]) == [code]
@@ -144,10 +146,10 @@ def test_fhir_possible_findings_sided_negatives_and_uncoded_findings():
     pneumonia = finding(report, "Pneumonia")
     assert snomed_codes(pneumonia["code"]) == ["233604007"]
     assert pneumonia["valueCodeableConcept"] == {"text": "possible"}
-    assert pneumonia["bodySite"]["text"] == "left"
+    assert pneumonia["bodySite"] == LEFT
     effusion = finding(report, "Pleural Effusion")  # only the right side is said to be clear
     assert snomed_codes(effusion["valueCodeableConcept"]) == ["2667000"]
-    assert effusion["bodySite"]["text"] == "right"
+    assert effusion["bodySite"] == RIGHT
     devices = finding(report, "Support Devices")  # no SNOMED code we are sure of: text only
     assert "coding" not in devices["code"]
     assert snomed_codes(devices["valueCodeableConcept"]) == ["52101004"]
@@ -174,7 +176,7 @@ def test_fhir_conclusion_and_presented_form_of_a_signed_report():
     (interpreter,) = report["resultsInterpreter"]
     (practitioner,) = contained(report, "Practitioner")
     assert interpreter["reference"] == f"#{practitioner['id']}"
-    assert practitioner["name"][0]["text"] == READER
+    assert practitioner["name"] == [{"text": "Dr A. Reader", "family": "Reader", "given": ["A."], "prefix": ["Dr"]}]
 
 
 def test_fhir_identity_from_the_headers():
@@ -203,7 +205,13 @@ def test_fhir_findings_checklist_observations():
     values = {entry["code"]["text"]: snomed_codes(entry["valueCodeableConcept"]) for entry in entries}
     assert values == {"nodule:right": ["52101004"], "pleural effusion": ["52101004"],
                       "pneumothorax:left": ["2667000"]}
-    assert all("coding" not in entry["code"] and entry["status"] == "final" for entry in entries)
+    assert all(entry["status"] == "final" for entry in entries)
+    by_name = {entry["code"]["text"]: entry for entry in entries}
+    # the finding coded where the one table knows it (the SR's codes), its side as a coded laterality
+    assert snomed_codes(by_name["pneumothorax:left"]["code"]) == ["36118008"]
+    assert by_name["pneumothorax:left"]["bodySite"] == LEFT
+    assert "coding" not in by_name["nodule:right"]["code"] and by_name["nodule:right"]["bodySite"] == RIGHT
+    assert "coding" not in by_name["pleural effusion"]["code"] and "bodySite" not in by_name["pleural effusion"]
     references = {item["reference"] for item in report["result"]}
     assert {f"#{entry['id']}" for entry in entries} <= references
     assert not contained(fhir_diagnostic_report(make_record()), method="reader-confirmed finding checklist")
@@ -219,8 +227,9 @@ def content_items(dataset):
 
 
 def section_text(dataset, section, entry):
-    (item,) = content_items(dataset)[section].ContentSequence
-    assert item.RelationshipType == "CONTAINS" and item.ValueType == "TEXT"
+    """The section's text (its one TEXT item; the Findings section also holds the findings coded)."""
+    (item,) = [item for item in content_items(dataset)[section].ContentSequence if item.ValueType == "TEXT"]
+    assert item.RelationshipType == "CONTAINS"
     assert (item.ConceptNameCodeSequence[0].CodeValue, item.ConceptNameCodeSequence[0].CodeMeaning) == entry
     return item.TextValue
 
@@ -238,7 +247,7 @@ def test_signed_sr_round_trip(tmp_path):
     assert (dataset.CompletionFlag, dataset.VerificationFlag, dataset.PreliminaryFlag) == (
         "COMPLETE", "VERIFIED", "FINAL")
     (observer,) = dataset.VerifyingObserverSequence
-    assert str(observer.VerifyingObserverName) == READER
+    assert str(observer.VerifyingObserverName) == "Reader^A.^^Dr"  # DICOM person-name form
     assert observer.VerificationDateTime == "20250102103015+0100"
     assert dataset.ValueType == "CONTAINER" and dataset.ContinuityOfContent == "SEPARATE"
     assert dataset.ConceptNameCodeSequence[0].CodeValue == "18748-4"

@@ -87,7 +87,7 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
             [f"Impression: {model_impression}"]
 
         # Signing is refused until every sentence is accepted and a name is given.
-        page.locator("#reader-name textarea, #reader-name input").first.fill("Dr Ada Reader")
+        page.locator("#reader-name textarea, #reader-name input").first.fill("Reader, Dr Ada")
         page.click("#sign-button")
         page.locator("#sign-status .refused").wait_for()
         assert "accept every sentence first" in page.locator("#sign-status").inner_text()
@@ -134,15 +134,18 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         text, record, fhir, sr = read_exports(exported, tmp_path, "signed")
         assert "DRAFT" not in text and "Signed by Dr Ada Reader on " in text
         assert f"FINDINGS: {model_findings}\n\nIMPRESSION: {model_impression}" in text
-        assert record["signature"]["reader"] == "Dr Ada Reader"
+        assert record["signature"]["reader"] == "Reader, Dr Ada"
         assert fhir["status"] == "final" and fhir["conclusion"] == model_impression
         assert fhir["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{STUDY['StudyInstanceUID']}"
         assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
-        assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Dr Ada Reader"
+        assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Reader^Ada^^Dr"
         (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
         assert evidence.StudyInstanceUID == STUDY["StudyInstanceUID"]
         assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image_uid
         assert sr.AccessionNumber == STUDY["AccessionNumber"] and sr.PatientID == STUDY["PatientID"]
+        # the signed SR supersedes the draft SR exported before it, in the same report series
+        (superseded,) = sr.PredecessorDocumentsSequence
+        assert superseded.ReferencedSeriesSequence[0].SeriesInstanceUID == sr.SeriesInstanceUID
 
         # Clear: the next study starts unlocked and unsigned.
         page.locator("#study-files button[aria-label='Clear']").first.click()
