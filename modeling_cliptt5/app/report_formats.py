@@ -142,6 +142,12 @@ def signature_line(signature):
     return f"Signed by {reader} on {signed_at:%Y-%m-%d %H:%M} {utc_offset(signed_at)}"
 
 
+def override_lines(signature):
+    """What the reader signed over, where the text disagreed with the checklist or itself ([] otherwise)."""
+    open_items = (signature or {}).get("override") or []
+    return [f"Signed despite {len(open_items)} open disagreement(s): {'; '.join(open_items)}"] if open_items else []
+
+
 def provenance_lines(record):
     """How the draft was made, as every export says it: the release and its revision, the images the model read,
     the unfamiliar-image check."""
@@ -181,7 +187,7 @@ def report_document(record, signature=None):
         lines.append(f"Exported: {record['exported_at']}")
     lines += ["", record["report"]]
     if signature:
-        lines += ["", signature_line(signature)]
+        lines += ["", signature_line(signature), *override_lines(signature)]
     lines += ["", NOTICE]
     return "\n".join(lines) + "\n"
 
@@ -549,6 +555,7 @@ def basic_text_sr(record, references, signature=None, when=None, identity=None, 
         content += [text_item(pydicom, SR_ALGORITHM_NAME, str(release["name"])),
                     text_item(pydicom, SR_ALGORITHM_VERSION, str(release["revision"]))]
     content += [text_item(pydicom, SR_COMMENT, line) for line in provenance_lines(record)[1 if release else 0:]]
+    content += [text_item(pydicom, SR_COMMENT, line) for line in override_lines(signature)]
     root = container(pydicom, SR_REPORT, content, relationship=None)
     for element in root:
         dataset.add(element)

@@ -13,6 +13,7 @@ from modeling_cliptt5.evaluation.labeler import (
     sentence_sides,
     split_sentences,
 )
+from modeling_cliptt5.evaluation.repetition import numbered_sentences
 from modeling_cliptt5.processing_cliptt5 import FINDINGS_HEADER, IMPRESSION_HEADER, format_report
 
 NOTICE = ("Research prototype, not a medical device. Drafts are written by a model and can be wrong or miss "
@@ -38,10 +39,12 @@ def report_text(findings, impression):
 
 
 def review_items(findings, impression):
-    """The sentences a reader accepts one by one, as "Findings: <sentence>" / "Impression: <sentence>"."""
-    items = [f"{section}: {sentence}" for section, text in (("Findings", findings), ("Impression", impression))
-             for sentence in split_sentences((text or "").strip())]
-    return list(dict.fromkeys(items))
+    """The sentences a reader accepts one by one, as "Findings: <sentence>" / "Impression: <sentence>": every
+    sentence as often as the section says it, a repeat marked "[repeat 2]", "[repeat 3]"... so that each copy that
+    would go into the signed report is seen and accepted (a degenerate draft repeats sentences)."""
+    return [f"{section}: {sentence}{'' if occurrence == 1 else f' [repeat {occurrence}]'}"
+            for section, text in (("Findings", findings), ("Impression", impression))
+            for sentence, occurrence in numbered_sentences(text)]
 
 
 def reviewed_sentences(findings, impression, accepted, draft):
@@ -113,6 +116,35 @@ def claimed_findings(findings, impression):
         claims.append({"observation": observation, "status": STATUS_WORDS[labels[observation]], "side": side,
                        "critical": observation in CRITICAL_FINDINGS})
     return claims
+
+
+def contradictions(findings, impression):
+    """Where the text says a finding is there and also that it is not, as the labeler reads its sentences: [{"finding",
+    "claimed": sentence, "denied": sentence}], one per finding. Sides count: "No left effusion." does not deny a
+    right effusion; a statement without a side ("No pleural effusion or pneumothorax.") covers both."""
+    claimed, denied = {}, {}
+    for section in (findings, impression):
+        for sentence, labels in label_sentences(section or ""):
+            sides = sentence_sides(sentence)
+            for observation in FINDINGS:
+                target = claimed if labels.get(observation) in (POSITIVE, UNCERTAIN) else \
+                    denied if labels.get(observation) == NEGATIVE else None
+                if target is not None:
+                    target.setdefault(observation, []).append((sentence, sides.get(observation)))
+    found = []
+    for observation in FINDINGS:
+        pair = next(((said, unsaid) for said, claim_side in claimed.get(observation, [])
+                     for unsaid, denial_side in denied.get(observation, [])
+                     if claim_side == denial_side or None in (claim_side, denial_side)
+                     or "bilateral" in (claim_side, denial_side)), None)
+        if pair:
+            found.append({"finding": observation, "claimed": pair[0], "denied": pair[1]})
+    return found
+
+
+def contradiction_text(contradiction):
+    """"Pneumothorax: "Right pneumothorax." but "No pleural effusion or pneumothorax."" for the page and exports."""
+    return f'{contradiction["finding"]}: "{contradiction["claimed"]}" but "{contradiction["denied"]}"'
 
 
 def claim_text(claim):

@@ -47,6 +47,8 @@ from modeling_cliptt5.app.report_review import (  # noqa: E402
     NOTICE,
     claim_text,
     claimed_findings,
+    contradiction_text,
+    contradictions,
     export_record,
     report_text,
     reviewed_sentences,
@@ -96,10 +98,17 @@ function move(step) {
   all[index].scrollIntoView({block: 'nearest'});
 }
 function edit(box) {
+  // "Impression: <sentence>", a repeat "Impression: <sentence> [repeat 2]": the n-th copy in its box
   const text = sentenceOf(box), split = text.indexOf(': ');
-  const section = text.slice(0, split).toLowerCase(), sentence = text.slice(split + 2);
+  const section = text.slice(0, split).toLowerCase();
+  const marked = text.slice(split + 2).match(/^(.*) \\[repeat (\\d+)\\]$/);
+  const sentence = marked ? marked[1] : text.slice(split + 2), copy = marked ? Number(marked[2]) : 1;
   const area = document.querySelector(`#${section} textarea`);
-  const start = area ? area.value.indexOf(sentence) : -1;
+  let start = -1;
+  for (let seen = 0; area && seen < copy; seen++) {
+    start = area.value.indexOf(sentence, start + 1);
+    if (start < 0) return;
+  }
   if (start < 0) return;
   area.focus();
   area.setSelectionRange(start, start + sentence.length);
@@ -326,6 +335,9 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     source = "the findings you checked" if findings is not None else "its findings"
     info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
+    if report["repeated_sentences"]:
+        info = (f"**WARNING: this draft says {report['repeated_sentences']} sentence(s) again: each copy is listed in "
+                f"the review.**\n\n{info}")
     if report["truncated"]:  # above the timing line: read before the draft itself
         info = f"**WARNING: {TRUNCATED_WARNING}**\n\n{info}"
     if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
@@ -351,36 +363,57 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
 
 
 def check_draft(names, findings, impression, checked, draft):
-    """HTML comparing the report's text with the findings checklist: sentences that state a finding the checklist
-    does not hold are marked, and checked findings the text does not state are listed. Empty without a draft or
-    without a rule reader for the label set."""
-    reader = text_reader(names) if names else None
-    if reader is None or not draft:
+    """HTML comparing the report's text with the findings checklist, and with itself: sentences that state a finding
+    the checklist does not hold are marked, checked findings the text does not state are listed, and so are findings
+    the text both claims and denies (report_review.contradictions). Empty without a draft; without a rule reader for
+    the label set, only the text's own contradictions."""
+    if not draft:
         return ""
-    checked = set(checked or [])
-    stated_anywhere, parts = set(), []
-    for header, text in (("FINDINGS:", findings), ("IMPRESSION:", impression)):
-        sentences = split_sentences((text or "").strip())
-        if not sentences:
-            continue
-        pieces = []
-        for sentence in sentences:
-            stated = reader(sentence)
-            stated_anywhere |= stated
-            extra = sorted(stated - checked)
-            if extra:
-                pieces.append(f'<mark class="disagree" title="not in the findings checklist: '
-                              f'{html.escape(", ".join(extra))}">{html.escape(sentence)}</mark>')
-            else:
-                pieces.append(html.escape(sentence))
-        parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
-    missing = [name for name in names if name in checked and name not in stated_anywhere]
-    notes = [f'<p class="missing">Checked but not stated in the text: {html.escape(", ".join(missing))}</p>'] \
-        if missing else []
-    if not missing and "<mark" not in "".join(parts):
-        return "<div><p>The text and the findings checklist agree.</p></div>"
-    summary = "The text and the findings checklist disagree: check the marked sentences and the list below."
+    parts, notes = [], []
+    reader = text_reader(names) if names else None
+    if reader is not None:
+        checked = set(checked or [])
+        stated_anywhere = set()
+        for header, text in (("FINDINGS:", findings), ("IMPRESSION:", impression)):
+            sentences = split_sentences((text or "").strip())
+            if not sentences:
+                continue
+            pieces = []
+            for sentence in sentences:
+                stated = reader(sentence)
+                stated_anywhere |= stated
+                extra = sorted(stated - checked)
+                if extra:
+                    pieces.append(f'<mark class="disagree" title="not in the findings checklist: '
+                                  f'{html.escape(", ".join(extra))}">{html.escape(sentence)}</mark>')
+                else:
+                    pieces.append(html.escape(sentence))
+            parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
+        missing = [name for name in names if name in checked and name not in stated_anywhere]
+        if missing:
+            notes.append(f'<p class="missing">Checked but not stated in the text: '
+                         f'{html.escape(", ".join(missing))}</p>')
+    notes += [f'<p class="missing">The text says both: {html.escape(contradiction_text(item))}</p>'
+              for item in contradictions(findings, impression)]
+    if not notes and "<mark" not in "".join(parts):
+        return "<div><p>The text and the findings checklist agree.</p></div>" if reader is not None else ""
+    summary = ("The text and the findings checklist disagree, or the text with itself: check the marked sentences "
+               "and the list below.")
     return f"<div><p>{summary}</p>{''.join(parts)}{''.join(notes)}</div>"
+
+
+def open_disagreements(names, findings, impression, checked):
+    """What signing would leave unresolved, one line each: findings the text states that the checklist does not hold
+    (or the reverse), and findings the text both claims and denies."""
+    lines = []
+    reader = text_reader(names) if names else None
+    if reader is not None:
+        stated = set().union(*(reader(sentence) for text in (findings, impression)
+                               for sentence in split_sentences((text or "").strip())))
+        checked = set(checked or [])
+        lines += [f"{name}: stated in the text, not checked" for name in names if name in stated - checked]
+        lines += [f"{name}: checked, not stated in the text" for name in names if name in checked - stated]
+    return lines + [f"the text says both: {contradiction_text(item)}" for item in contradictions(findings, impression)]
 
 
 def review_report(findings, impression):
@@ -436,8 +469,7 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
                            draft_seconds=draft.get("seconds"))
     identity = exported_identity(study.get("identity", {}), study.get("views", []), show_name)
     record = {"study": identity, **record, **drafting_provenance(draft, study, release),
-              "signature": {"reader": signature["reader"], "signed_at": signature["signed_at"].isoformat()}
-              if signature else None}
+              "signature": {**signature, "signed_at": signature["signed_at"].isoformat()} if signature else None}
     if "finding_probabilities" in draft:
         record["findings_checklist"] = {"checked_by_reader": list(checked or []),
                                         "model_findings": draft["predicted_findings"],
@@ -487,15 +519,19 @@ def parsed_signature(signature):
     """The page's signature state ({"reader", "signed_at" as ISO text}) for report_formats, None when unsigned."""
     if not signature:
         return None
-    return {"reader": signature["reader"], "signed_at": datetime.fromisoformat(signature["signed_at"])}
+    return {**signature, "signed_at": datetime.fromisoformat(signature["signed_at"])}
 
 
 class SignRefused(ValueError):
     """The report was not signed; the message says what is missing."""
 
 
-def sign_report(reader, findings, impression, reviewed, draft, study, when=None):
-    """The signature {"reader", "signed_at"} for a report whose every sentence is reviewed, or SignRefused."""
+def sign_report(reader, findings, impression, reviewed, draft, study, when=None, names=(), checked=None,
+                override=False):
+    """The signature {"reader", "signed_at"} for a report whose every sentence is reviewed, or SignRefused. A report
+    whose text disagrees with the findings checklist (`names`: the head's label set, `checked`: the reader's
+    checklist) or with itself is signed only with `override`, and the signature then lists what was left open
+    ("override"), which every export repeats."""
     reason = not_ready(findings, impression, draft or {}, study or {})
     if reason:
         raise SignRefused(f"Not signed: {reason}")
@@ -510,9 +546,17 @@ def sign_report(reader, findings, impression, reviewed, draft, study, when=None)
         name = person_name(reader)  # DICOM and FHIR store family and given names apart: the reader says which is which
     except ValueError as refusal:
         raise SignRefused(f"Not signed: {refusal}") from None
+    disagreements = open_disagreements(list(names or []), findings, impression, checked)
+    if disagreements and not override:
+        raise SignRefused(f"Not signed: {len(disagreements)} disagreement(s) open ({'; '.join(disagreements)}). "
+                          "Change the text or the checklist, or tick \"Sign despite the disagreements\" (recorded in "
+                          "every export).")
     when = when or datetime.now().astimezone()
-    return {"reader": f"{name['family']}, {' '.join([name['prefix'], *name['given']]).strip()}",
-            "signed_at": when.isoformat(timespec="seconds")}
+    signature = {"reader": f"{name['family']}, {' '.join([name['prefix'], *name['given']]).strip()}",
+                 "signed_at": when.isoformat(timespec="seconds")}
+    if disagreements:
+        signature["override"] = disagreements
+    return signature
 
 
 def keep_version(versions, findings, impression, draft, label):
@@ -595,6 +639,8 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                         reader = gr.Textbox(label="Reader (Family, Given: the name signed under the report)",
                                             placeholder="Reader, Ada", scale=3, elem_id="reader-name")
                         sign_button = gr.Button("Sign report", variant="primary", scale=1, elem_id="sign-button")
+                    sign_anyway = gr.Checkbox(label="Sign despite the disagreements shown above (they are recorded in "
+                                                    "every export)", value=False, elem_id="sign-anyway")
                     sign_status = gr.HTML(elem_id="sign-status", js_on_load=REVIEW_KEYS_JS)
         with gr.Row():
             with gr.Column(scale=3):
@@ -616,19 +662,20 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
         report_sr = gr.State({})  # the study's last exported SR: the next one joins its series, a signed one cites it
         # What signing locks, and a new study unlocks.
         locked = [findings, impression, checklist, review, reader, draft_button, redraft_button, revert_findings,
-                  revert_impression, restore_button, version_choice, sign_button]
+                  revert_impression, restore_button, version_choice, sign_button, sign_anyway]
 
         # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
         reset_outputs = [findings, impression, draft_info, draft, checklist, draft_check, critical, tags, claims,
                          report, exported, export_status, versions, version_choice, restore_button, review,
                          signature, sign_status, reader, draft_button, redraft_button, revert_findings,
-                         revert_impression, sign_button, review_items, report_sr]
+                         revert_impression, sign_button, review_items, report_sr, sign_anyway]
         unlocked = gr.update(interactive=True)
         reset_values = ["", "", "", {},
                         gr.update(visible=bool(drafter.finding_labels), choices=[], value=[]), "",
                         "", None, "", "", None, "", [], gr.update(choices=[], value=None, visible=False, interactive=True),
                         gr.update(visible=False, interactive=True), gr.update(choices=[], value=[], interactive=True),
-                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, [], {}]
+                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, [], {},
+                        gr.update(value=False, interactive=True)]
 
         def files_changed(paths, current, drafted, request: gr.Request):
             new, refused, notes, is_new = update_study(paths, current)
@@ -753,9 +800,11 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                          outputs=[findings, impression, versions, version_choice, restore_button],
                          api_visibility="private")
 
-        def sign(name, findings_text, impression_text, accepted, drafted, current):
+        def sign(name, findings_text, impression_text, accepted, drafted, current, checked, anyway):
             try:
-                signed = sign_report(name, findings_text, impression_text, accepted, drafted, current)
+                signed = sign_report(name, findings_text, impression_text, accepted, drafted, current,
+                                     names=drafter.finding_labels if "finding_probabilities" in (drafted or {})
+                                     else (), checked=checked, override=anyway)
             except SignRefused as refusal:
                 return [gr.skip(), f'<p class="refused">{html.escape(str(refusal))}</p>',
                         *[gr.skip()] * len(locked)]
@@ -765,7 +814,7 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                       "The report is locked: export it below; Clear the study to start the next one.</p>")
             return [signed, status, *[gr.update(interactive=False)] * len(locked)]
 
-        sign_button.click(sign, inputs=[reader, findings, impression, review, draft, study],
+        sign_button.click(sign, inputs=[reader, findings, impression, review, draft, study, checklist, sign_anyway],
                           outputs=[signature, sign_status, *locked], api_name="sign_report")
 
         export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study, signature,

@@ -21,14 +21,14 @@ warning.
 
 Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
 .csv, with id, input_files, report, findings (the FINDINGS section's text), impression, truncated (true when the
-draft stopped at --max-new-tokens without ending: cut off, or caught in a loop), seconds (the study's share of its
-batch's wall time) and, with --labels, labels / uncertain_labels (approximate CheXpert observations
-from the rule labeler). A release with a finding head adds finding_probabilities (each finding's probability),
-predicted_findings (those at or above the release's threshold, which the draft follows) and disagreements
-(findings the head calls present that the draft text does not state, or the reverse, read by the rule reader of
-the label set). A release with a summary of its training images adds ood_score (how unlike them the study is) and
+draft stopped at --max-new-tokens without ending: cut off, or caught in a loop), repeated_sentences (how many
+sentences say again what the same section said before), seconds (the study's share of its batch's wall time)
+and, with --labels, labels / uncertain_labels (approximate CheXpert observations from the rule labeler). A release
+with a finding head adds finding_probabilities (each finding's probability), predicted_findings (those at or above
+the release's threshold, which the draft follows) and disagreements (findings the head calls present that the draft
+text does not state, or the reverse, read by the rule reader of the label set). A release with a summary of its training images adds ood_score (how unlike them the study is) and
 ood_flag (beyond the 99th percentile of its validation studies; --refuse-ood skips such studies). The last line
-counts the drafts, the flagged studies and the truncated drafts, then the failures.
+counts the drafts, the flagged studies, the truncated drafts and those that repeat a sentence, then the failures.
 
 Exit status: 0 when every study was drafted, 1 when some inputs failed (each named above), 2 when the command
 itself is wrong (a bad option, no release at --model). These are drafts for a radiologist to check, not diagnoses.
@@ -51,7 +51,8 @@ from modeling_cliptt5.inference.drafting import (
     STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
 )
 
-OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "seconds")
+OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "repeated_sentences",
+                  "seconds")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
 FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
 OOD_COLUMNS = ("ood_score", "ood_flag")
@@ -131,6 +132,7 @@ def record(draft, with_labels):
         "findings": draft.findings,
         "impression": draft.impression,
         "truncated": draft.truncated,
+        "repeated_sentences": draft.repeated_sentences,
         "seconds": round(draft.seconds, 3),
     }
     if with_labels:
@@ -180,6 +182,8 @@ def print_draft(row, out):
             "meaningless")
     if row["truncated"]:
         out(f"WARNING: {TRUNCATED_WARNING}")
+    if row["repeated_sentences"]:
+        out(f"WARNING: {row['repeated_sentences']} sentence(s) of this draft repeat an earlier one")
     if row["findings"] is None and row["impression"] is None:
         out(row["report"] or "(empty draft)")
     else:
@@ -262,10 +266,12 @@ def run_summary(rows, studies, files, seconds, how, output, failed, problems):
     training images, drafts that stopped at the token limit), then failures and problems."""
     flagged = sum(bool(row.get("ood_flag")) for row in rows)
     truncated = sum(row["truncated"] for row in rows)
+    repeating = sum(row["repeated_sentences"] > 0 for row in rows)
     where = f", written to {output}" if output else ""
     return (f"{len(rows)} of {studies} studies drafted from {files} files in {seconds:.1f} s ({how}){where}; "
             f"{flagged} flagged as unlike the training images (ood_flag), {truncated} stopped at the token limit "
-            f"(truncated); {failed} studies failed, {problems} problems")
+            f"(truncated), {repeating} repeat a sentence (repeated_sentences); {failed} studies failed, "
+            f"{problems} problems")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ class DraftedReport:
     # The draft never wrote its end token: it stopped at the token limit (max_new_tokens), cut off mid-report or
     # caught in a repeating loop. A reader should know before reading it.
     truncated: bool = False
+    # Sentences the draft says again in the same section (evaluation/repetition.py): degenerate output to check
+    repeated_sentences: int = 0
     labels: dict | None = None
     error: str | None = None
     # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
@@ -284,8 +286,9 @@ def stopped_at_limit(sequences, eos_token_id):
 
 def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict,
                 findings: list | None = None) -> list[dict]:
-    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression", "truncated"}]
-    ("truncated": the draft stopped at the token limit, see `stopped_at_limit`), plus, with a finding head,
+    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression", "truncated",
+    "repeated_sentences"}] ("truncated": the draft stopped at the token limit, see `stopped_at_limit`;
+    "repeated_sentences": sentences said again in their section), plus, with a finding head,
     "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance" (what the draft
     followed: the head's findings, or `findings` where given), "disagreements" and "finding_maps"; with the
     release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the 99th percentile of its
@@ -293,6 +296,7 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
     import torch
 
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
+    from modeling_cliptt5.evaluation.repetition import report_repeats
 
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
@@ -301,7 +305,7 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
     reports = processor.batch_decode_reports(sequences)
     ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
     for report, truncated in zip(reports, stopped_at_limit(sequences, ends).tolist()):
-        report["truncated"] = truncated
+        report.update(truncated=truncated, repeated_sentences=report_repeats(report["text"]))
     summary = getattr(model, "ood_summary", None)
     if summary is not None:
         scores = summary.study_scores(vectors)
@@ -389,6 +393,7 @@ def draft_reports(
                 impression=draft["impression"],
                 seconds=seconds,
                 truncated=draft["truncated"],
+                repeated_sentences=draft["repeated_sentences"],
                 finding_probabilities=draft.get("finding_probabilities"),
                 predicted_findings=draft.get("predicted_findings"),
                 guidance=draft.get("guidance"),

@@ -132,6 +132,11 @@ class TrainingConfig:
         "available), none (loss only)")
     generation_max_new_tokens: int = _setting(128, "validation and release default: longest generated report")
     generation_num_beams: int = _setting(1, "validation and release default: beam size")
+    generation_no_repeat_ngram_size: int = _setting(
+        4, "validation and release default: no run of this many tokens twice in a draft, which keeps a draft from "
+        "repeating its sentences (0: off). 4 measured best on the demo (benchmarks/bench_repetition.py): drafts "
+        "repeating a sentence 2.9%% -> 0.0%% of test studies, 10.5%% -> 2.0%% of foreign images, findings macro F1 "
+        "0.780 -> 0.776; 3 cost F1 0.03, 5 and more left the repeats")
     best_metric: str = _setting("loss", "validation metric that picks the release: loss (lower is better) or a "
                                 "generated-report metric such as bleu_4 (higher is better)")
     save_every_steps: int = _setting(500, "save a resumable training state every N optimizer steps")

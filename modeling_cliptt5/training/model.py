@@ -73,6 +73,8 @@ def build_model_and_processor(config, train_rows, accelerator):
     # Generation defaults travel with the release (generation_config.json).
     model.generation_config.max_new_tokens = config.generation_max_new_tokens
     model.generation_config.num_beams = config.generation_num_beams
+    if config.generation_no_repeat_ngram_size:
+        model.generation_config.no_repeat_ngram_size = config.generation_no_repeat_ngram_size
     return model, processor
 
 

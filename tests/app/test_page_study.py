@@ -401,3 +401,66 @@ def test_every_export_says_which_release_drafted_from_which_images_and_the_unfam
              if item.ValueType == "TEXT"}
     assert {("111001", "cliptt5-iu-xray"), ("111003", "sha256:0123456789abcdef")} <= texts
     assert any(code == "121106" and value.startswith("Unfamiliar-image check: FLAGGED") for code, value in texts)
+
+
+# Review and sign: every copy of a repeated sentence, and no silent contradiction
+
+NODULE = "Right upper lobe pulmonary nodule; CT recommended."
+
+
+def test_a_repeated_sentence_is_reviewed_as_often_as_it_is_written(tmp_path):
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    impression = " ".join([NODULE] * 10)
+    draft = draft_of(study, findings="Lungs otherwise clear. No effusion. Heart normal. Mediastinum normal. No "
+                                     "fracture.", impression=impression)
+    items, done = reviewed_sentences(draft["findings"], impression, [], draft)
+    assert len(items) == 15  # 5 findings sentences and all 10 copies of the impression's one
+    assert items[5:7] == [f"Impression: {NODULE}", f"Impression: {NODULE} [repeat 2]"]
+    assert items[-1] == f"Impression: {NODULE} [repeat 10]"
+    accepted = items[:6]  # one tick for the sentence no longer covers its nine copies
+    with pytest.raises(SignRefused, match=r"9 not yet accepted, the first: \"Impression: .* \[repeat 2\]\""):
+        sign_report("Reader, Ada", draft["findings"], impression, accepted, draft, study)
+    # the reader deletes the copies: what is left is reviewed
+    assert reviewed_sentences(draft["findings"], NODULE, accepted, draft)[1] == items[:6]
+
+
+def test_signing_over_a_contradiction_or_the_checklist_needs_an_override_that_every_export_records(tmp_path,
+                                                                                                    monkeypatch):
+    import pydicom
+
+    from modeling_cliptt5.app.web_app import check_draft
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    findings, impression = "No pleural effusion or pneumothorax.", "Right pneumothorax."
+    draft = draft_of(study, findings=findings, impression=impression)
+    every = [f"Findings: {findings}", f"Impression: {impression}"]
+    assert ("The text says both: Pneumothorax: &quot;Right pneumothorax.&quot; but &quot;No pleural effusion or "
+            "pneumothorax.&quot;") in check_draft([], findings, impression, [], draft)
+    with pytest.raises(SignRefused, match=r"1 disagreement\(s\) open \(the text says both: Pneumothorax: "
+                                          r"\"Right pneumothorax.\" but \"No pleural effusion or pneumothorax.\"\)"):
+        sign_report("Reader, Ada", findings, impression, every, draft, study)
+    # a finding head's checklist the text does not follow is a disagreement too
+    names = ["Pneumothorax", "Pleural Effusion"]
+    with pytest.raises(SignRefused, match=r"2 disagreement\(s\) open \(Pneumothorax: stated in the text, not checked"):
+        sign_report("Reader, Ada", findings, impression, every, draft, study, names=names, checked=[])
+    # "No left effusion" does not contradict a right one; the checklist agreeing, nothing is open
+    agreed = sign_report("Reader, Ada", "No left pleural effusion.", "Small right pleural effusion.",
+                         ["Findings: No left pleural effusion.", "Impression: Small right pleural effusion."],
+                         draft_of(study, findings="No left pleural effusion.",
+                                  impression="Small right pleural effusion."), study,
+                         names=names, checked=["Pleural Effusion"])
+    assert "override" not in agreed
+
+    signed = sign_report("Reader, Ada", findings, impression, every, draft, study, override=True)
+    assert signed["override"] == ['the text says both: Pneumothorax: "Right pneumothorax." but "No pleural effusion or '
+                                  'pneumothorax."']
+    paths, _, _ = export_report("model", findings, impression, "", draft, study=study, signature=signed)
+    line = f"Signed despite 1 open disagreement(s): {signed['override'][0]}"
+    assert line in Path(paths["txt"]).read_text().splitlines()
+    assert json.loads(Path(paths["json"]).read_text())["signature"]["override"] == signed["override"]
+    fhir = json.loads(Path(paths["fhir"]).read_text())
+    import base64
+    assert line in base64.b64decode(fhir["presentedForm"][0]["data"]).decode()
+    sr = pydicom.dcmread(paths["sr"])
+    assert line in [item.TextValue for item in sr.ContentSequence if item.ValueType == "TEXT"]

@@ -1,7 +1,8 @@
 """The review workflow in a real browser (headless Debian Chromium via Playwright) against `python app.py`: Ctrl+Enter
 drafts, sentences are accepted and edited from the keyboard, a section reverts to the model's draft, signing needs
-every sentence and a name and then locks the report, and each export format is read back: the unsigned export
-marked a draft, the signed one carrying the reader (text, JSON, FHIR DiagnosticReport validated with fhir.resources,
+every sentence and a name (and, with the text and the checklist disagreeing, the reader's deliberate override) and
+then locks the report, and each export format is read back: the unsigned export marked a draft, the signed one
+carrying the reader and the override (text, JSON, FHIR DiagnosticReport validated with fhir.resources,
 DICOM Basic Text SR read with pydicom, citing the study's image)."""
 
 import json
@@ -111,6 +112,17 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         # The edited text is kept as a version: the versions panel shows (it can arrive after the review's update).
         page.wait_for_selector("#report-versions", state="visible", timeout=15000)
 
+        # A sentence written twice is two items, the copy marked; Alt+E selects that copy, not the first.
+        page.locator("#impression textarea").fill(f"{model_impression} {model_impression}")
+        repeat = f"Impression: {model_impression} [repeat 2]"
+        wait_review(page, f"s => s.some(([label]) => label === {json.dumps(repeat)})")
+        boxes = page.locator("#sentence-review input[type=checkbox]")
+        boxes.nth([label for label, _ in review_state(page)].index(repeat)).focus()
+        page.keyboard.press("Alt+E")
+        assert page.evaluate("() => document.activeElement.selectionStart") == len(model_impression) + 1
+        page.locator("#impression textarea").fill(model_impression)
+        wait_review(page, f"s => s.length === {len(sentences)}")
+
         # The unsigned export is marked a draft in every format.
         exported = export(page, ALL_FORMATS)
         text, record, fhir, sr = read_exports(exported, tmp_path, "draft")
@@ -119,11 +131,16 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("PARTIAL", "UNVERIFIED", "PRELIMINARY")
         assert "as a DRAFT" in page.locator("#export-status").inner_text()
 
-        # Accept the rest from the keyboard, then sign: the report locks.
+        # Accept the rest from the keyboard, then sign. The head's release writes the effusion its checklist leaves
+        # unchecked: signing asks to resolve that, or to sign over it on purpose. Then the report locks.
         page.locator("#sentence-review input[type=checkbox]").first.focus()
         for _ in range(len(sentences)):
             page.keyboard.press("Alt+A")
         wait_review(page, "s => s.every(([, checked]) => checked)")
+        page.click("#sign-button")
+        page.wait_for_function("document.querySelector('#sign-status').innerText.includes('disagreement(s) open')")
+        assert "Pleural Effusion: stated in the text, not checked" in page.locator("#sign-status").inner_text()
+        page.locator("#sign-anyway input").check()
         page.click("#sign-button")
         page.locator("#sign-status .signed").wait_for()
         assert "Signed by Dr Ada Reader" in page.locator("#sign-status").inner_text()
@@ -135,6 +152,8 @@ def test_accept_edit_revert_sign_and_export_every_format(head_release_dir, tmp_p
         assert "DRAFT" not in text and "Signed by Dr Ada Reader on " in text
         assert f"FINDINGS: {model_findings}\n\nIMPRESSION: {model_impression}" in text
         assert record["signature"]["reader"] == "Reader, Dr Ada"
+        assert "Pleural Effusion: stated in the text, not checked" in record["signature"]["override"]
+        assert "Signed despite " in text
         assert fhir["status"] == "final" and fhir["conclusion"] == model_impression
         assert fhir["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{STUDY['StudyInstanceUID']}"
         assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")

@@ -69,7 +69,8 @@ def test_png_jpeg_dicom_to_jsonl_match_the_model(trained_release_dir, mixed_inpu
     assert [row["report"] for row in rows] == expected
     assert len(set(expected)) > 1  # the three images give different drafts: the check above is not vacuous
     for row in rows:
-        assert set(row) == {"id", "input_files", "report", "findings", "impression", "truncated", "seconds"}
+        assert set(row) == {"id", "input_files", "report", "findings", "impression", "truncated",
+                            "repeated_sentences", "seconds"}
         assert row["seconds"] > 0
     assert [path.name for path in output.parent.iterdir()] == ["reports.jsonl"]  # no temp file left behind
 
@@ -84,8 +85,8 @@ def test_csv_output_with_labels_and_beams(trained_release_dir, mixed_inputs, tmp
     with output.open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["id"] for row in rows] == ["a_png", "c_dicom"]
-    assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "truncated", "seconds", "labels",
-                            "uncertain_labels"}
+    assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "truncated",
+                            "repeated_sentences", "seconds", "labels", "uncertain_labels"}
     paths = [mixed_inputs / "a_png.png", mixed_inputs / "c_dicom.dcm"]
     assert [row["report"] for row in rows] == direct_reports(trained_release_dir, paths, num_beams=2)
 
@@ -379,3 +380,13 @@ def test_stopped_at_limit_reads_the_end_token_in_any_row_form():
     assert stopped_at_limit(sequences, end).tolist() == [False, True, False]
     assert stopped_at_limit(sequences, [end, 8]).tolist() == [False, False, False]
     assert stopped_at_limit(sequences, None).tolist() == [True, True, True]  # no end token: nothing ends
+
+
+def test_the_run_summary_counts_what_a_reader_must_look_at_twice():
+    rows = [{"ood_flag": True, "truncated": False, "repeated_sentences": 2},
+            {"ood_flag": False, "truncated": True, "repeated_sentences": 0},
+            {"truncated": False, "repeated_sentences": 1}]  # a release without an OOD summary: no ood_flag
+    line = generate.run_summary(rows, 4, 5, 1.25, "how", None, 1, 2)
+    assert line == ("3 of 4 studies drafted from 5 files in 1.2 s (how); 1 flagged as unlike the training images "
+                    "(ood_flag), 1 stopped at the token limit (truncated), 2 repeat a sentence (repeated_sentences); "
+                    "1 studies failed, 2 problems")

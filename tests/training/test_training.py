@@ -248,6 +248,7 @@ def test_a_run_learns_skips_the_bad_study_and_releases_the_best_checkpoint(tmp_p
     model = AutoModelForSeq2SeqLM.from_pretrained(release, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(release, trust_remote_code=True)
     assert model.generation_config.max_new_tokens == 12
+    assert model.generation_config.no_repeat_ngram_size == 4  # the release keeps its drafts from repeating sentences
     inputs = processor(images=[torch.zeros(40, 40, dtype=torch.uint8).numpy()])
     assert model.generate(**inputs).shape[0] == 1
     if best["step"] == 12:  # the release holds the final weights
