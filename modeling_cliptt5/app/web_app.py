@@ -200,14 +200,15 @@ def captions_of(images, views=()):
             for index, ((name, _, display), view) in enumerate(zip(images, views), start=1)]
 
 
-def in_view_order(files, views=None):
+def in_view_order(files, views=None, frontal=None):
     """(files, their views, note or None): the study's files frontal first as their headers say (images/views.py),
-    in the order dropped otherwise; the note says which image is taken as the frontal when no header names one.
+    in the order dropped otherwise, or with the image the reader named (`frontal`, a file name) first; the note says
+    which image is taken as the frontal when no header names one, or where a header disagrees with the reader.
     `views` are the files' header views where already read (update_study), else they are read here."""
     files = list(files or [])
     if views is None or len(views) != len(files):
         views = [header_view(path) for path in files]
-    files, views, note = frontal_first(files, list(views), [Path(path).name for path in files])
+    files, views, note = frontal_first(files, list(views), [Path(path).name for path in files], frontal)
     return files, views, (f"Views: {note[0].upper()}{note[1:]}." if note else None)
 
 
@@ -217,10 +218,12 @@ def views_of(images, files, views):
     return [view_by_name.get(name, "") for name, *_ in images]
 
 
-def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=None, refused=(), notes=()):
-    """A study's files -> (viewer HTML, messages HTML), frontal first; `views` (the headers') label the images,
-    `refused` and `notes` say what was not added and what changed (update_study)."""
-    files, views, view_note = in_view_order(files, views)
+def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=None, refused=(), notes=(),
+               frontal=None):
+    """A study's files -> (viewer HTML, messages HTML), frontal first (`frontal`: the file name the reader chose);
+    `views` (the headers') label the images, `refused` and `notes` say what was not added and what changed
+    (update_study)."""
+    files, views, view_note = in_view_order(files, views, frontal)
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
     viewer = viewer_html(captions_of(images, views_of(images, files, views))) if images else EMPTY_VIEWER
@@ -275,12 +278,27 @@ def update_study(paths, study):
         references.append(reference)
     notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
     # Frontal first, as the headers say: the viewer's numbering, the identity line and the model agree.
-    order = frontal_first(list(range(len(files))), views, names)[0]
+    frontal = study.get("frontal") if not is_new and study.get("frontal") in names else None
+    order = frontal_first(list(range(len(files))), views, names, frontal)[0]
     files, names, keys, views, references = ([items[index] for index in order]
                                              for items in (files, names, keys, views, references))
     token = new_token() if is_new else study["token"]
-    return ({"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
-             "views": views, "references": references}, refused, notes, is_new)
+    new = {"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
+           "views": views, "references": references}
+    if frontal:
+        new["frontal"] = frontal
+    return new, refused, notes, is_new
+
+
+def choose_frontal(study, name):
+    """The study with the image the reader named (`name`, a file name of the study) first: the one the model reads
+    as the frontal, whatever the headers say; and a note where a header disagrees (views.frontal_first)."""
+    if not study or name not in study.get("names", []) or name == study["names"][0]:
+        return study, None
+    order, _, note = frontal_first(list(range(len(study["names"]))), study["views"], study["names"], name)
+    chosen = {**study, **{field: [study[field][index] for index in order]
+                          for field in ("files", "names", "keys", "views", "references")}, "frontal": name}
+    return chosen, note
 
 
 def new_token():
@@ -291,6 +309,8 @@ def stale_note(draft, study):
     """Why the draft no longer matches the study's images, or None."""
     if not draft or "keys" not in draft or draft["keys"] == study.get("keys"):
         return None
+    if sorted(draft["keys"]) == sorted(study.get("keys", [])):
+        return "Another image was chosen as the frontal after this draft: draft again before exporting."
     return (f"The images changed after this draft (drafted from {draft['images']} image(s); the study now has "
             f"{len(study.get('keys', []))}): draft again before exporting.")
 
@@ -301,16 +321,17 @@ def checklist_choices(names, probabilities):
 
 
 def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False,
-                 views=None, shown=False):
+                 views=None, shown=False, frontal=None):
     """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
     messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps). `views`: the
     files' header views where already read (update_study), else they are read here. `shown`: the page already
-    shows these images, so the viewer does not send their values again.
+    shows these images, so the viewer does not send their values again. `frontal`: the file name of the image the
+    reader chose as the frontal one (choose_frontal), read first whatever the headers say.
 
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
-    files, views, view_note = in_view_order(files, views)  # the model's first image is the frontal one
+    files, views, view_note = in_view_order(files, views, frontal)  # the model's first image is the frontal one
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
@@ -601,6 +622,9 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                 files.preprocess = uploaded_paths
                 messages = gr.HTML(elem_id="study-messages")
                 identity = gr.HTML(elem_id="study-identity")
+                frontal_choice = gr.Dropdown(label="Frontal image: the model reads this one first (the headers' "
+                                                   "frontal, else the first dropped)", choices=[], visible=False,
+                                             interactive=True, elem_id="frontal-choice")
                 viewer = gr.HTML(EMPTY_VIEWER, js_on_load=VIEWER_JS, elem_id="study-viewer")
             with gr.Column(scale=2):
                 indication = gr.Textbox(
@@ -677,24 +701,45 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                         {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, [], {},
                         gr.update(value=False, interactive=True)]
 
+        def frontal_menu(current):
+            names = current.get("names", []) if current else []
+            return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+
         def files_changed(paths, current, drafted, request: gr.Request):
             new, refused, notes, is_new = update_study(paths, current)
             if new["listed"] == current.get("listed"):  # the same files (a re-sent list): nothing to do
-                return [gr.skip()] * (4 + len(reset_outputs))
-            shown, text = show_study(new["files"], max_pixels, any_modality, new["views"], refused, notes)
+                return [gr.skip()] * (5 + len(reset_outputs))
+            shown, text = show_study(new["files"], max_pixels, any_modality, new["views"], refused, notes,
+                                     new.get("frontal"))
             header = identity_html(new["identity"], new["views"], show_patient_name) if new["files"] else ""
             if not new["listed"]:
                 new = {}
             open_studies.show(request.session_hash, new.get("token"))
             if is_new:
-                return [new, shown, text, header, *reset_values]
+                return [new, shown, text, header, frontal_menu(new), *reset_values]
             stale = stale_note(drafted, new)
             info = f"**{stale}**" if stale else gr.skip()
-            return [new, shown, text, header, *[gr.skip()] * 2, info, *[gr.skip()] * (len(reset_outputs) - 3)]
+            return [new, shown, text, header, frontal_menu(new), *[gr.skip()] * 2, info,
+                    *[gr.skip()] * (len(reset_outputs) - 3)]
 
-        files_changed_event = files.change(files_changed, inputs=[files, study, draft], outputs=[study, viewer, messages, identity,
-                                                                          *reset_outputs],
-                     api_visibility="private", show_progress="hidden")
+        files_changed_event = files.change(files_changed, inputs=[files, study, draft],
+                                           outputs=[study, viewer, messages, identity, frontal_choice, *reset_outputs],
+                                           api_visibility="private", show_progress="hidden")
+
+        def frontal_chosen(name, current, drafted):
+            # The reader names the frontal image (PNG/JPEG carry no view): the study's order, the viewer's numbering
+            # and the model's first image follow it; a draft of the old order is stale.
+            chosen, note = choose_frontal(current, name)
+            if chosen is current:
+                return [gr.skip()] * 4
+            shown, text = show_study(chosen["files"], max_pixels, any_modality, chosen["views"],
+                                     notes=[note] if note else (), frontal=name)
+            stale = stale_note(drafted, chosen)
+            return chosen, shown, text, f"**{stale}**" if stale else gr.skip()
+
+        frontal_choice.input(frontal_chosen, inputs=[frontal_choice, study, draft],
+                             outputs=[study, viewer, messages, draft_info], api_visibility="private",
+                             show_progress="hidden")
 
         def unlock_unsigned(signed):
             # A new study is unsigned: its text boxes open again. (Set in the same update as their emptied value,
@@ -719,7 +764,7 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
                     # the study's images are on the page already (files_changed showed them): not sent again
                     outputs = list(draft_report(drafter, current["files"] if token else paths, text, max_pixels,
                                                 checked, any_modality, current.get("views") if token else None,
-                                                shown=bool(token)))
+                                                shown=bool(token), frontal=current.get("frontal")))
             except ServerBusy:
                 return [gr.skip(), gr.skip(), BUSY_MESSAGE, *[gr.skip()] * 4]
             if token and not open_studies.is_current(request.session_hash, token):

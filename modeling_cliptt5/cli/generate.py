@@ -12,8 +12,8 @@ or glob patterns. How files become studies when the model reads several views (-
   none    every file is its own study (study id: the file name)
 Within a study the frontal view comes first where the DICOM headers name the views (ViewPosition, else the View
 Code Sequence: PA/AP before LL/lateral), else the files keep their name order and a warning says which one is
-taken as the frontal. A study with fewer views than the model reads repeats its views; one with more keeps the
-first ones; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
+taken as the frontal; --frontal PATTERN names it by file name instead. A study with fewer views than the model
+reads repeats its views; one with more keeps the first ones; both are reported as warnings. A file that cannot be read is reported on one line (FILE: REASON) and
 skipped; the other studies are still drafted and written, and the exit code is 1. A DICOM object that is not a
 projection radiograph (Modality other than CR, DX or RG, e.g. a CT slice; or several frames) is refused that way
 unless --any-modality; a secondary capture, a DICOM without Modality or of another body part is drafted with a
@@ -69,6 +69,10 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, help="write drafts to this .jsonl or .csv file instead of printing")
     parser.add_argument("--study-by", choices=("auto",) + STUDY_GROUPINGS, default="auto",
                         help="how files group into studies (default: 'none' for a one-view model, 'folder' otherwise)")
+    parser.add_argument("--frontal", metavar="PATTERN",
+                        help="name each study's frontal image by its file name (fnmatch pattern, e.g. '*_pa.*' or "
+                             "'*frontal*'): for PNG/JPEG studies, whose files carry no view; it also overrides the "
+                             "headers, with a warning where a header names another view")
     parser.add_argument("--num-beams", type=int, help="beam search width (default: the release's generation config)")
     parser.add_argument("--max-new-tokens", type=int,
                         help="longest draft in tokens (default: the release's generation config, as on the page)")
@@ -240,7 +244,7 @@ def main(argv=None):
                 model, processor, studies, batch_size=args.batch_size, prompt=prompt,
                 generate_kwargs=generate_kwargs(args), max_pixels=args.max_pixels,
                 on_error=report_problem, on_warning=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
-                any_modality=args.any_modality, refuse_ood=args.refuse_ood,
+                any_modality=args.any_modality, refuse_ood=args.refuse_ood, frontal=args.frontal,
             )
             for draft in drafts:
                 bar.update(1)

@@ -4,7 +4,8 @@ A one-view model reads a study's first image and a two-view model expects the fr
 matters, and the order files arrive in (file names, upload order) says nothing about it. A DICOM header does:
 ViewPosition (PA, AP, LL, RL, LATERAL), else the first item of the View Code Sequence (its code meaning, e.g.
 "postero-anterior", "left lateral"). PNG and JPEG carry no view; where no header names a frontal view, the order
-given stays and the note says which image is taken as the frontal.
+given stays and the note says which image is taken as the frontal. A reader (on the page) or the command line
+(`--frontal`) can name the frontal image itself: it then goes first, and a note says when its header disagrees.
 """
 
 from __future__ import annotations
@@ -49,16 +50,26 @@ def dataset_view(dataset) -> str:
     return view
 
 
-def frontal_first(items: list, views: list[str], names: list[str]) -> tuple[list, list[str], str | None]:
+def frontal_first(items: list, views: list[str], names: list[str],
+                  chosen: str | None = None) -> tuple[list, list[str], str | None]:
     """(items, views) reordered so that a view the headers name frontal comes first (then laterals, then images of
     no stated view; without a named frontal, images of no stated view before the laterals), the given order within
     each, and a note, or None: which image is taken as the frontal when no header names one, or that the only image
-    is a lateral."""
+    is a lateral. `chosen`: the name of the image someone named the frontal one; it comes first whatever the
+    headers say, and the note says when its header names a lateral view, or another image's a frontal one."""
     kinds = [view_kind(view) for view in views]
     rank = _ORDER[FRONTAL in kinds]
     order = sorted(range(len(items)), key=lambda index: rank[kinds[index]])
     note = None
-    if len(items) > 1 and FRONTAL not in kinds:
+    if chosen is not None and chosen in names:
+        index = names.index(chosen)
+        order = [index] + [other for other in order if other != index]
+        others = [names[other] for other in order[1:] if kinds[other] == FRONTAL]
+        if kinds[index] == LATERAL:
+            note = f"{chosen} was named the frontal image, but its header names a lateral view ({views[index]})"
+        elif kinds[index] != FRONTAL and others:
+            note = f"{chosen} was named the frontal image, while the header of {others[0]} names a frontal view"
+    elif len(items) > 1 and FRONTAL not in kinds:
         first = names[order[0]]
         if kinds[order[0]] == LATERAL:
             note = f"every header names a lateral view: {first} is read first, where the model expects a frontal one"

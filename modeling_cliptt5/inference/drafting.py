@@ -23,6 +23,7 @@ Studies and views
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import time
 from dataclasses import dataclass, field
@@ -164,11 +165,13 @@ def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | N
     )
 
 
-def read_study_images(study: Study, num_views: int, max_pixels: int,
-                      any_modality: bool = False) -> tuple[list, list[str]]:
+def read_study_images(study: Study, num_views: int, max_pixels: int, any_modality: bool = False,
+                      frontal: str | None = None) -> tuple[list, list[str]]:
     """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors).
 
-    The readers' doubts about a file (a DICOM without Modality, another body part...) join `study.warnings`."""
+    `frontal`: a file-name pattern (fnmatch, e.g. "*_pa.*") naming the study's frontal image, which then comes first
+    whatever the headers say (views.frontal_first). The readers' doubts about a file (a DICOM without Modality,
+    another body part...) join `study.warnings`, and so does a pattern that matches none of the study's files."""
     images, used, errors = [], [], []
     for path in study.files:
         try:
@@ -179,9 +182,13 @@ def read_study_images(study: Study, num_views: int, max_pixels: int,
             errors.append(str(error))
     if not images:
         return [], errors
-    # The headers, not the file names, say which view is the frontal one (images/views.py).
-    pairs, _, note = frontal_first(list(zip(images, used)), [header_view(path) for path in used],
-                                   [path.name for path in used])
+    # The headers, not the file names, say which view is the frontal one (images/views.py), unless told otherwise.
+    names = [path.name for path in used]
+    chosen = next((name for name in names if fnmatch.fnmatch(name, frontal)), None) if frontal else None
+    if frontal and chosen is None:
+        study.warnings.append(f"{study.study_id}: no file matches --frontal {frontal!r}: the headers (else the file "
+                              "names) order the views")
+    pairs, _, note = frontal_first(list(zip(images, used)), [header_view(path) for path in used], names, chosen)
     if note:
         study.warnings.append(f"{study.study_id}: {note}")
     images, used = [image for image, _ in pairs], [path for _, path in pairs]
@@ -339,6 +346,7 @@ def draft_reports(
     on_warning=None,
     any_modality: bool = False,
     refuse_ood: bool = False,
+    frontal: str | None = None,
 ):
     """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
 
@@ -347,6 +355,7 @@ def draft_reports(
     REASON"), `on_warning(message)` about each study whose views were repeated or trimmed and each file the readers
     doubt. `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph).
     `refuse_ood`: a study the release's OOD summary flags gets `error` (and on_error) instead of its draft.
+    `frontal`: a file-name pattern naming each study's frontal image (read_study_images).
     """
     generate_kwargs = generate_kwargs or {}
     on_error = on_error or (lambda message: None)
@@ -357,7 +366,7 @@ def draft_reports(
         started = time.perf_counter()
         ready, batch_images = [], []
         for study in studies[start : start + batch_size]:
-            images, errors = read_study_images(study, num_views, max_pixels, any_modality)
+            images, errors = read_study_images(study, num_views, max_pixels, any_modality, frontal)
             for message in errors:
                 on_error(message)
             for message in study.warnings:

@@ -16,7 +16,8 @@ from dicom_files import block_image, grayscale_dicom
 pytest.importorskip("gradio")
 from modeling_cliptt5.app.page_server import DraftTurns, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.web_app import (  # noqa: E402
-    ExportRefused, SignRefused, export_report, keep_version, show_study, sign_report, stale_note, update_study,
+    ExportRefused, SignRefused, choose_frontal, export_report, keep_version, show_study, sign_report, stale_note,
+    update_study,
 )
 from modeling_cliptt5.app.report_review import reviewed_sentences  # noqa: E402
 
@@ -464,3 +465,32 @@ def test_signing_over_a_contradiction_or_the_checklist_needs_an_override_that_ev
     assert line in base64.b64decode(fhir["presentedForm"][0]["data"]).decode()
     sr = pydicom.dcmread(paths["sr"])
     assert line in [item.TextValue for item in sr.ContentSequence if item.ValueType == "TEXT"]
+
+
+def test_the_reader_chooses_the_frontal_and_the_draft_follows(tmp_path):
+    # PNGs carry no view: dropped lateral first, the lateral would be read as the frontal
+    lateral, frontal = png(tmp_path / "lateral.png", seed=1), png(tmp_path / "frontal.png", seed=2)
+    study, _, notes, _ = update_study([lateral, frontal], {})
+    assert study["names"] == ["lateral.png", "frontal.png"]
+    drafted = draft_of(study)
+    chosen, note = choose_frontal(study, "frontal.png")
+    assert chosen["names"] == ["frontal.png", "lateral.png"] and chosen["files"] == [frontal, lateral]
+    assert chosen["keys"] == study["keys"][::-1] and chosen["frontal"] == "frontal.png" and note is None
+    assert stale_note(drafted, chosen) == ("Another image was chosen as the frontal after this draft: draft again "
+                                           "before exporting.")
+    # the choice holds when another file joins the study
+    grown, _, _, _ = update_study([lateral, frontal, png(tmp_path / "third.png", seed=3)], chosen)
+    assert grown["names"][0] == "frontal.png"
+    # named against a header: the note says which header disagrees
+    headed, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], {})
+    _, note = choose_frontal(headed, "ll.dcm")
+    assert note == "ll.dcm was named the frontal image, but its header names a lateral view (LL)"
+
+
+def test_the_draft_reads_the_frontal_the_reader_chose(head_release_dir, tmp_path):
+    from modeling_cliptt5.app.web_app import ReportDrafter, draft_report
+
+    drafter = ReportDrafter.from_pretrained(head_release_dir)
+    lateral, frontal = png(tmp_path / "lateral.png", seed=1), png(tmp_path / "frontal.png", seed=2)
+    _, _, info, messages, *_ = draft_report(drafter, [lateral, frontal], "", frontal="frontal.png")
+    assert "drafted from frontal.png; shown for review only, not read by the model: lateral.png" in messages

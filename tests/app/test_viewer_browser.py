@@ -198,3 +198,18 @@ def test_the_viewer_windows_the_stored_values_in_modality_units(tiny_release_dir
         assert captions[0].startswith("Image 1: front.dcm (PA)") and captions[1].startswith("Image 2: side.dcm (LL)")
         draft(page)
         assert "not read by the model: side.dcm" in page.locator("#study-messages").inner_text()
+
+        # PNGs name no view: the reader chooses the frontal, and the viewer and the model follow the choice.
+        page.locator('#study-files button[aria-label="Clear"]').click()
+        page.wait_for_function("!document.querySelector('#study-viewer canvas.cxr-canvas')")
+        lateral, frontal = tmp_path / "lateral.png", tmp_path / "frontal.png"
+        Image.fromarray(block_image(size=(64, 80))).save(lateral)
+        Image.fromarray(block_image(size=(80, 64))).save(frontal)
+        upload_study(page, [lateral, frontal])
+        assert page.locator("#frontal-choice input").input_value() == "lateral.png"  # dropped first: taken first
+        page.locator("#frontal-choice input").click()
+        page.get_by_role("option", name="frontal.png").click()
+        page.wait_for_function("document.querySelector('#study-viewer figcaption').innerText"
+                               ".startsWith('Image 1: frontal.png')")
+        draft(page)
+        assert "not read by the model: lateral.png" in page.locator("#study-messages").inner_text()

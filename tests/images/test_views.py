@@ -77,6 +77,28 @@ def test_generate_reads_the_frontal_first_whatever_the_file_names(tmp_path):
     assert "s2: no header names a frontal view: s2_a.png is taken as the frontal" in unnamed.warnings
 
 
+def test_a_named_frontal_comes_first_and_a_header_that_disagrees_is_said(tmp_path):
+    # PNGs carry no view: the file-name order would make the lateral the frontal; --frontal names it instead
+    lateral, frontal = tmp_path / "s3_lat.png", tmp_path / "s3_pa.png"
+    Image.new("L", (20, 24), 90).save(lateral)
+    Image.new("L", (26, 30), 90).save(frontal)
+    study = Study("s3", [lateral, frontal])
+    images, _ = read_study_images(study, num_views=1, max_pixels=10 ** 7, frontal="*_pa.*")
+    assert study.files == [frontal, lateral] and images[0].size == (26, 30)
+    assert not any("taken as the frontal" in warning for warning in study.warnings)
+    # a pattern that names nothing leaves the usual order, and says so
+    missed = Study("s3", [lateral, frontal])
+    read_study_images(missed, num_views=1, max_pixels=10 ** 7, frontal="*frontal*")
+    assert missed.files == [lateral, frontal]
+    assert "s3: no file matches --frontal '*frontal*': the headers (else the file names) order the views" in \
+        missed.warnings
+    # named against the headers: it is read first, with a note naming the header that disagrees
+    headed = Study("s1", [dicom_view(tmp_path / "s1_a.dcm", "LL"), dicom_view(tmp_path / "s1_b.dcm", "PA")])
+    read_study_images(headed, num_views=1, max_pixels=10 ** 7, frontal="s1_a.*")
+    assert [path.name for path in headed.files] == ["s1_a.dcm", "s1_b.dcm"]
+    assert "s1: s1_a.dcm was named the frontal image, but its header names a lateral view (LL)" in headed.warnings
+
+
 def test_the_image_folder_converter_puts_the_frontal_first_by_its_header(tmp_path):
     dicom_view(tmp_path / "lat.dcm", "LL")
     dicom_view(tmp_path / "front.dcm", code_meaning="antero-posterior")

@@ -390,3 +390,16 @@ def test_the_run_summary_counts_what_a_reader_must_look_at_twice():
     assert line == ("3 of 4 studies drafted from 5 files in 1.2 s (how); 1 flagged as unlike the training images "
                     "(ood_flag), 1 stopped at the token limit (truncated), 2 repeat a sentence (repeated_sentences); "
                     "1 studies failed, 2 problems")
+
+
+def test_frontal_names_each_studys_frontal_by_file_name(two_view_release_dir, tmp_path, capsys):
+    folder = tmp_path / "s1"
+    folder.mkdir()
+    noise_image(0).save(folder / "s1_lat.png")  # first by name: without a header, it would be taken as the frontal
+    noise_image(1).save(folder / "s1_pa.png")
+    output = tmp_path / "reports.jsonl"
+    assert generate.main(["--model", str(two_view_release_dir), str(folder), "--frontal", "*_pa.*", "--output",
+                          str(output), "--max-new-tokens", "4"]) == 0
+    (row,) = read_jsonl(output)
+    assert [Path(name).name for name in row["input_files"]] == ["s1_pa.png", "s1_lat.png"]
+    assert "taken as the frontal" not in capsys.readouterr().err
