@@ -93,7 +93,7 @@ def demo_open_clip_config(tokenizer_dir, vocab_size):
     The text side is still most of a step: 80 tokens (99% of the phantom reports fit) and 64 wide instead of 128
     and 128 made a step 0.127 -> 0.039 s (batch 32, 1 thread); 1,600 such steps in about the time of 800 raised
     stage 1's validation mean recall 0.12 -> 0.31 (measured)."""
-    from modeling_cliptt5.clip_t5_builder import DEMO_VIT
+    from modeling_cliptt5.training.clip_t5_builder import DEMO_VIT
 
     return {
         "embed_dim": 128,
@@ -109,7 +109,7 @@ def prepare_stage1(data_dir, output_dir, stage2_config):
     model config that names it; returns the config folder."""
     from modeling_cliptt5.data.schema import load_report_dataset
     from modeling_cliptt5.training.tokenizer import train_report_tokenizer
-    from modeling_cliptt5.atomic_writes import atomic_folder
+    from modeling_cliptt5.data.atomic_writes import atomic_folder
 
     tokenizer_dir = output_dir / "tokenizer"
     vocab_size = stage2_config.get("tokenizer_vocab_size", 1000)  # the tokenizer's upper bound: enough embedding rows
@@ -337,7 +337,7 @@ def write_figure(path, metrics_records, example_images, drafted, references, hea
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modeling_cliptt5.atomic_writes import atomic_path
+    from modeling_cliptt5.data.atomic_writes import atomic_path
     from modeling_cliptt5.training.state import draw_loss_curves
 
     count = len(example_images)

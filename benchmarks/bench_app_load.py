@@ -26,7 +26,7 @@ from app_harness import (  # noqa: E402
 )
 from bench_app import build_tiny_release, phantom_study  # noqa: E402
 
-from modeling_cliptt5.atomic_writes import write_json_atomically  # noqa: E402
+from modeling_cliptt5.data.atomic_writes import write_json_atomically  # noqa: E402
 
 # Per page: when its draft line settled, and on what (a draft, busy, or still waiting).
 OUTCOME = """() => {

@@ -48,7 +48,7 @@ from modeling_cliptt5.inference.drafting import load_model
 from modeling_cliptt5.inference.fast_inference import optimize_for_cpu
 from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, exported_folder
 from modeling_cliptt5.data.phantom import generate_study
-from modeling_cliptt5.report_vocabulary import report_token_ids, training_reports
+from modeling_cliptt5.training.report_vocabulary import report_token_ids, training_reports
 
 VARIANTS = ("fp32", "bf16", "int8", "onnx_fp32", "onnx_int8", "onnx_int8_vocab")
 VARIANT_NOTES = {

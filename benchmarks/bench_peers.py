@@ -213,7 +213,7 @@ def main(argv=None):
                                      **({"ratio_to_cliptt5_fp32": {name: medians[variant][name] / base[name]
                                                                     for name in base}} if base else {})}
                            for variant in args.variants}}
-    from modeling_cliptt5.atomic_writes import write_json_atomically
+    from modeling_cliptt5.data.atomic_writes import write_json_atomically
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.output, result, indent=1)

@@ -6,7 +6,7 @@ import stat
 import pytest
 from datasets import Dataset, DatasetDict
 
-from modeling_cliptt5.atomic_writes import atomic_file, write_json_atomically
+from modeling_cliptt5.data.atomic_writes import atomic_file, write_json_atomically
 from modeling_cliptt5.data.schema import save_dataset_atomically
 
 

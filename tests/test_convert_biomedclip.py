@@ -10,7 +10,7 @@ pytest.importorskip("open_clip")
 
 from conftest import build_tiny_open_clip  # noqa: E402
 from modeling_cliptt5.cli.convert_biomedclip_t5 import main  # noqa: E402
-from modeling_cliptt5.clip_t5_builder import CheckpointError, build_clip_t5  # noqa: E402
+from modeling_cliptt5.training.clip_t5_builder import CheckpointError, build_clip_t5  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def test_wrong_architectures_are_refused_with_the_reason(tiny_clip, tmp_path):
 
 
 def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_tokenizer):
-    from modeling_cliptt5 import clip_t5_builder
+    from modeling_cliptt5.training import clip_t5_builder
 
     save_tiny_t5(tmp_path / "t5")
     tiny_tokenizer.save_pretrained(tmp_path / "t5")
@@ -126,7 +126,7 @@ def test_cli_writes_a_complete_release(tiny_clip, tmp_path, monkeypatch, tiny_to
 def test_the_cli_names_a_wrong_checkpoint_in_one_line_and_writes_nothing(tiny_clip, tmp_path, monkeypatch, capsys):
     from transformers import BertConfig, BertModel
 
-    from modeling_cliptt5 import clip_t5_builder
+    from modeling_cliptt5.training import clip_t5_builder
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(tmp_path / "bert")

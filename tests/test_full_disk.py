@@ -135,8 +135,8 @@ def test_training_on_a_full_disk_names_the_folder_and_leaves_only_complete_ones(
 RELEASE_REWRITER = """
 import sys
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
-from modeling_cliptt5.release import write_release
-from modeling_cliptt5.atomic_writes import DiskFullError
+from modeling_cliptt5.training.release import write_release
+from modeling_cliptt5.data.atomic_writes import DiskFullError
 
 release = sys.argv[1]
 model = CLIPT5ForConditionalGeneration.from_pretrained(release)
@@ -174,7 +174,7 @@ from conftest import TINY_IMAGE_SIZE, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5ImageProcessor
 from modeling_cliptt5.data.schema import load_report_dataset
 from modeling_cliptt5.training.feature_cache import build_feature_cache
-from modeling_cliptt5.atomic_writes import DiskFullError
+from modeling_cliptt5.data.atomic_writes import DiskFullError
 
 dataset, cache_root = load_report_dataset(sys.argv[1]), sys.argv[2]
 model = CLIPT5ForConditionalGeneration(tiny_config()).eval()

@@ -6,7 +6,7 @@ import os
 import pytest
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from modeling_cliptt5.release import write_release
+from modeling_cliptt5.training.release import write_release
 
 INFO = {
     "model_name": "cliptt5-test", "dataset": "openi_prepared", "sources": {"openi": 30, "synthetic-phantom": 10},

@@ -13,7 +13,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from conftest import subprocess_env
 from modeling_cliptt5.cli import release as release_command
-from modeling_cliptt5.release import push_release, save_release
+from modeling_cliptt5.training.release import push_release, save_release
 
 INFO = {
     "model_name": "cliptt5-test", "dataset": "tiny", "sources": {"openi": 30, "synthetic-phantom": 10},
@@ -143,7 +143,7 @@ KILLED_WRITER = """
 import sys, time
 from accelerate import Accelerator
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
-from modeling_cliptt5.release import save_release
+from modeling_cliptt5.training.release import save_release
 
 release_dir = sys.argv[1]
 model = CLIPT5ForConditionalGeneration.from_pretrained(release_dir)
@@ -161,7 +161,7 @@ save_release(Accelerator(), model, SlowProcessor(), release_dir, info)
 
 
 def test_a_release_write_killed_midway_leaves_the_previous_release_whole(release_dir):
-    from modeling_cliptt5.atomic_writes import remove_leftovers
+    from modeling_cliptt5.data.atomic_writes import remove_leftovers
 
     before = folder_bytes(release_dir)
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, release_dir], stdout=subprocess.PIPE, text=True,
@@ -177,7 +177,7 @@ def test_a_release_write_killed_midway_leaves_the_previous_release_whole(release
 
 
 def test_a_kill_between_the_two_renames_puts_the_previous_release_back(release_dir):
-    from modeling_cliptt5.atomic_writes import remove_leftovers
+    from modeling_cliptt5.data.atomic_writes import remove_leftovers
 
     before = folder_bytes(release_dir)
     parent = Path(release_dir).parent

@@ -1,7 +1,7 @@
 """A released CLIP-T5 and its processor, drafting the report of the one study shown on the page."""
 
 from modeling_cliptt5.inference.drafting import draft_batch, fit_views, load_release
-from modeling_cliptt5.model_sources import release_identity, resolve_release
+from modeling_cliptt5.inference.model_sources import release_identity, resolve_release
 
 STUDY_ID = "this study"  # how view warnings name the study on the page
 

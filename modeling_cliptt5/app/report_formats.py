@@ -31,7 +31,7 @@ from pathlib import Path
 
 from modeling_cliptt5.app.report_review import NOTICE
 from modeling_cliptt5.app.study_identity import identity_lines
-from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.data.atomic_writes import atomic_file
 from modeling_cliptt5.evaluation.labeler import FINDINGS, NEGATIVE
 from modeling_cliptt5.images.dicom import import_pydicom
 

@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from modeling_cliptt5.atomic_writes import atomic_file  # noqa: E402
+from modeling_cliptt5.data.atomic_writes import atomic_file  # noqa: E402
 from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
 from modeling_cliptt5.images.display import open_for_display  # noqa: E402
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError  # noqa: E402

@@ -1,2 +1,2 @@
-"""The package's commands (cliptt5-train, cliptt5-generate, cliptt5-app, cliptt5-convert-*): argument parsing over the
-library. Library code never imports them."""
+"""The package's commands: argument parsing over the library, which never imports them (the modules:
+docs/modules.md)."""

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from modeling_cliptt5.atomic_writes import DiskFullError
+from modeling_cliptt5.data.atomic_writes import DiskFullError
 
 # = processing_cliptt5.REPORT_TARGETS, written out so that --help does not import transformers (a test checks the two)
 REPORT_TARGETS = ("findings", "impression", "both")

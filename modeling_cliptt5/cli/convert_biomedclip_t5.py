@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
+from modeling_cliptt5.inference.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
 
 
 def release_info(output_dir, clip_model, t5_model):
@@ -55,9 +55,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from modeling_cliptt5.clip_t5_builder import CheckpointError, build_clip_t5, build_processor
-    from modeling_cliptt5.model_sources import ModelSourceError
-    from modeling_cliptt5.release import write_release
+    from modeling_cliptt5.training.clip_t5_builder import CheckpointError, build_clip_t5, build_processor
+    from modeling_cliptt5.inference.model_sources import ModelSourceError
+    from modeling_cliptt5.training.release import write_release
 
     try:
         model = build_clip_t5(

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.data.atomic_writes import atomic_file
 from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference.drafting import (

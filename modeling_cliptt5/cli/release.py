@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from modeling_cliptt5.release import RELEASE_INFO_FILE, HubPushError, push_release, write_model_card
+from modeling_cliptt5.training.release import RELEASE_INFO_FILE, HubPushError, push_release, write_model_card
 
 
 def main(argv=None):
@@ -28,7 +28,7 @@ def main(argv=None):
     if not os.path.isfile(os.path.join(args.release_dir, "config.json")):
         parser.error(f"no release folder at {args.release_dir} (a folder holding config.json)")
     if args.report_vocabulary or args.full_vocabulary:
-        from modeling_cliptt5.report_vocabulary import set_release_vocabulary, training_reports
+        from modeling_cliptt5.training.report_vocabulary import set_release_vocabulary, training_reports
 
         try:
             reports = None if args.full_vocabulary else training_reports(args.report_vocabulary)

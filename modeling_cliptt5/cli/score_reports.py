@@ -4,7 +4,7 @@
 import argparse
 import sys
 
-from modeling_cliptt5.atomic_writes import write_json_atomically
+from modeling_cliptt5.data.atomic_writes import write_json_atomically
 from modeling_cliptt5.evaluation.metrics import (
     ID_COLUMNS, R2GEN_SETTINGS, TEXT_COLUMNS, ReportFileError, is_r2gen_annotation, print_scores_table,
     read_reports_by_id, read_train_reports, score_with_baselines,

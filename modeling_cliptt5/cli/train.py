@@ -36,8 +36,8 @@ def run(argv=None):
         config = parse_config(argv)
     except (ValueError, FileNotFoundError) as error:  # bad settings: say which, without a traceback
         raise UsageError(error) from None
-    from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
-    from modeling_cliptt5.model_sources import ModelSourceError
+    from modeling_cliptt5.data.atomic_writes import DiskFullError, is_disk_full
+    from modeling_cliptt5.inference.model_sources import ModelSourceError
     from modeling_cliptt5.training.loop import LaunchError, lost_contact
 
     try:

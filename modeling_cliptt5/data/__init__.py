@@ -1,2 +1,2 @@
-"""Datasets: the one report schema (schema.py), the built-in synthetic phantoms (phantom.py), report text cleaning
-(reports.py), the dataset sources training reads (sources.py) and the converters of public sets (converters/)."""
+"""Datasets: the one report schema, the built-in phantoms, the converters of public sets and files written whole or
+not at all (the modules: docs/modules.md)."""

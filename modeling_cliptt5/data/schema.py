@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 
-from modeling_cliptt5.atomic_writes import cleaned_up_on_failure, replace_folder
+from modeling_cliptt5.data.atomic_writes import cleaned_up_on_failure, replace_folder
 
 SPLITS = ("train", "validation", "test")
 

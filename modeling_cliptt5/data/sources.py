@@ -4,7 +4,7 @@ phantoms ("phantom"), drawn once into a folder and from then on read like any co
 import json
 import os
 
-from modeling_cliptt5.atomic_writes import write_json_atomically
+from modeling_cliptt5.data.atomic_writes import write_json_atomically
 from modeling_cliptt5.data.schema import save_dataset_atomically
 
 PHANTOM = "phantom"

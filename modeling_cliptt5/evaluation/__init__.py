@@ -1,2 +1,2 @@
-"""Scoring: report metrics on the R2Gen protocol (metrics.py), the offline rule labeler (labeler.py) and the finding
-head's label sets, thresholds and scores (findings.py)."""
+"""Scoring drafts: report metrics, the offline rule labeler and the finding head's scores (the modules:
+docs/modules.md)."""

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from modeling_cliptt5.atomic_writes import atomic_file
+from modeling_cliptt5.data.atomic_writes import atomic_file
 from modeling_cliptt5.configuration_cliptt5 import CHEXPERT_OBSERVATIONS
 
 # A stage-1 checkpoint trained with a finding head keeps it beside its open_clip weights (contrastive.py).

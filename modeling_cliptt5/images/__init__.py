@@ -1,2 +1,1 @@
-"""Reading images for drafting and training: PNG/JPEG (image_io.py), DICOM (dicom.py), bytes and limits
-(image_source.py)."""
+"""Reading images (PNG, JPEG, DICOM) for training, drafting and the page (the modules: docs/modules.md)."""

@@ -1,2 +1,2 @@
-"""Drafting reports from a release: loading and drafting (drafting.py), the ONNX Runtime fast path
-(fast_inference.py, onnx_inference.py) and the unfamiliar-study check (ood.py)."""
+"""Drafting reports from a release, on PyTorch or the ONNX Runtime fast path, with the unfamiliar-study check
+(the modules: docs/modules.md)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
 from modeling_cliptt5.images.views import frontal_first, header_view
-from modeling_cliptt5.model_sources import resolve_release
+from modeling_cliptt5.inference.model_sources import resolve_release
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 STUDY_GROUPINGS = ("folder", "prefix", "none")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_cliptt5.atomic_writes import atomic_path
+from modeling_cliptt5.data.atomic_writes import atomic_path
 
 OOD_FILE = "ood_summary.safetensors"
 QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
+from modeling_cliptt5.inference.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 

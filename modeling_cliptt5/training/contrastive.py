@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.clip_t5_builder import open_clip_source, register_demo_vit
+from modeling_cliptt5.training.clip_t5_builder import open_clip_source, register_demo_vit
 from modeling_cliptt5.evaluation.findings import FINDING_HEAD_FILE, FINDING_HEAD_INFO
 from modeling_cliptt5.modeling_cliptt5 import finding_bce
 from modeling_cliptt5.processing_cliptt5 import to_rgb_image
@@ -29,7 +29,7 @@ from modeling_cliptt5.training.loop import (
     Stage, full_parameters, make_accelerator, parameter_groups, prepare_training, resume_if_asked,
     run_training_loop, start_run,
 )
-from modeling_cliptt5.atomic_writes import atomic_folder
+from modeling_cliptt5.data.atomic_writes import atomic_folder
 from modeling_cliptt5.training.state import plot_curves
 
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"

@@ -23,7 +23,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import choose_views
-from modeling_cliptt5.atomic_writes import cleaned_up_on_failure, replace_folder, temp_path_for
+from modeling_cliptt5.data.atomic_writes import cleaned_up_on_failure, replace_folder, temp_path_for
 
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.json"

@@ -299,7 +299,7 @@ class GenerationStage(Stage):
         return metrics
 
     def save_best(self, step, metrics):
-        from modeling_cliptt5.release import save_release
+        from modeling_cliptt5.training.release import save_release
 
         info = _release_info(self.config, self.data_summary, step,
                              {f"validation/{name}": value for name, value in metrics.items()}, self.head_scores)
@@ -376,7 +376,7 @@ def train_generation(config):
               f"{trainer_state['best_step']}; release {config.release_dir}; curves {curves}; "
               f"{bad_log.count} unreadable studies skipped")
         if config.push_to_hub:
-            from modeling_cliptt5.release import HubPushError, push_release
+            from modeling_cliptt5.training.release import HubPushError, push_release
 
             try:
                 push_release(config.release_dir, config.push_to_hub, private=config.hub_private)

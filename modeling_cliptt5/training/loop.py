@@ -13,7 +13,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.atomic_writes import remove_leftovers
+from modeling_cliptt5.data.atomic_writes import remove_leftovers
 from modeling_cliptt5.training.data import BadSampleLog, training_loader, validation_loader
 from modeling_cliptt5.training.state import MetricsLog, list_states, load_training_state, save_training_state
 

@@ -10,7 +10,7 @@ from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 from modeling_cliptt5.training.tokenizer import train_report_tokenizer
-from modeling_cliptt5.atomic_writes import atomic_folder
+from modeling_cliptt5.data.atomic_writes import atomic_folder
 from modeling_cliptt5.training.loop import parameter_groups as shared_parameter_groups
 
 
@@ -29,7 +29,7 @@ def build_model_and_processor(config, train_rows, accelerator):
     or loaded), "release" (a CLIP-T5 folder) or "pretrained" (BiomedCLIP + T5 through the converter)."""
     overrides = {**finding_overrides(config), **dict(config.model or {})}
     if config.init == "release":
-        from modeling_cliptt5.model_sources import resolve_release
+        from modeling_cliptt5.inference.model_sources import resolve_release
 
         init_from = resolve_release(config.init_from)
         release_config = CLIPT5Config.from_pretrained(init_from)
@@ -40,7 +40,7 @@ def build_model_and_processor(config, train_rows, accelerator):
         model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head)
         processor = CLIPT5Processor.from_pretrained(init_from)
     elif config.init == "pretrained":
-        from modeling_cliptt5.clip_t5_builder import build_clip_t5, build_processor  # needs open_clip
+        from modeling_cliptt5.training.clip_t5_builder import build_clip_t5, build_processor  # needs open_clip
 
         model = build_clip_t5(config.clip_model, config.t5_model, config.clip_text_model, **overrides)
         if os.path.isdir(config.clip_model):  # a stage-1 checkpoint: its finding head too
@@ -82,7 +82,7 @@ def _open_clip_image_tower(name_or_path, text_model=""):
     """(vision config, CLIP-T5 state dict of the image tower) of an open_clip model, or (None, None) for ""."""
     if not name_or_path:
         return None, None
-    from modeling_cliptt5.clip_t5_builder import (  # needs open_clip
+    from modeling_cliptt5.training.clip_t5_builder import (  # needs open_clip
         load_open_clip_model, vision_config_from_open_clip, vision_state_dict_from_open_clip,
     )
 
@@ -139,7 +139,7 @@ def _tokenizer_for(config, train_rows, accelerator):
     resumed run, loads that copy."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from modeling_cliptt5.model_sources import resolve_pretrained
+    from modeling_cliptt5.inference.model_sources import resolve_pretrained
 
     if config.tokenizer != "train":
         return AutoTokenizer.from_pretrained(resolve_pretrained(config.tokenizer, "the tokenizer (tokenizer)",

@@ -5,7 +5,7 @@ import os
 import re
 import shutil
 
-from modeling_cliptt5.atomic_writes import (
+from modeling_cliptt5.data.atomic_writes import (
     atomic_file, atomic_path, cleaned_up_on_failure, replace_folder, temp_path_for, write_json_atomically,
 )
 

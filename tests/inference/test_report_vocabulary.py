@@ -10,7 +10,7 @@ import torch
 from conftest import MAX_NEW_TOKENS, TINY_REPORTS, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
 from modeling_cliptt5 import CLIPT5Config, CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.cli import release as release_cli
-from modeling_cliptt5.report_vocabulary import report_token_ids
+from modeling_cliptt5.training.report_vocabulary import report_token_ids
 from training_helpers import make_tiny_dataset
 
 # Every third token of the tiny vocabulary, with pad (the decoder's start), end and unknown.

@@ -50,7 +50,7 @@ def save_biomedbert(folder):
 def save_biomedclip(folder, text_folder):
     """BiomedCLIP's snapshot, tiny: open_clip_config.json naming its text tower by Hub id as the real one does,
     open_clip_pytorch_model.bin and the tokenizer files."""
-    from modeling_cliptt5.clip_t5_builder import DEMO_VIT, register_demo_vit
+    from modeling_cliptt5.training.clip_t5_builder import DEMO_VIT, register_demo_vit
 
     register_demo_vit()  # the timm tower the config names is registered by the package that loads it
     text_cfg = {"hf_model_name": BIOMEDBERT, "hf_tokenizer_name": BIOMEDBERT, "hf_proj_type": "mlp",

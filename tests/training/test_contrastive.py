@@ -92,7 +92,7 @@ def test_contrastive_training_lowers_the_loss_and_saves_a_convertible_checkpoint
     from accelerate.utils import set_seed
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from modeling_cliptt5.clip_t5_builder import build_clip_t5
+    from modeling_cliptt5.training.clip_t5_builder import build_clip_t5
     from modeling_cliptt5.training.contrastive import train_contrastive
 
     # This tiny CLIP sits on a plateau (loss ln 8, every pair alike) for a random number of steps: 100 steps left

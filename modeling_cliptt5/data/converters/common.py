@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from modeling_cliptt5.data.schema import SPLITS, ConversionLog, make_example, report_features, save_dataset_atomically
 from modeling_cliptt5.data.reports import clean_report_text
-from modeling_cliptt5.atomic_writes import DiskFullError, is_disk_full
+from modeling_cliptt5.data.atomic_writes import DiskFullError, is_disk_full
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from modeling_cliptt5.atomic_writes import atomic_folder
+from modeling_cliptt5.data.atomic_writes import atomic_folder
 
 RELEASE_INFO_FILE = "release_info.json"
 TRAINING_CONFIG_FILE = "training_config.yaml"

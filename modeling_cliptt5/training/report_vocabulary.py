@@ -10,7 +10,7 @@ otherwise over a third of each decoding step's weights (benchmarks/bench_cpu_inf
 
 import os
 
-from modeling_cliptt5.atomic_writes import atomic_path
+from modeling_cliptt5.data.atomic_writes import atomic_path
 
 
 def report_token_ids(tokenizer, reports, batch_size=1000):

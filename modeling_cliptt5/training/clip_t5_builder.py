@@ -18,7 +18,7 @@ import tempfile
 from safetensors.torch import save_file
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
-from modeling_cliptt5.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, ModelSourceError, resolve_pretrained
+from modeling_cliptt5.inference.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL, ModelSourceError, resolve_pretrained
 from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 
