@@ -143,7 +143,7 @@ def first_views(rows):
     return [images[0] for images in rows["images"]]
 
 
-def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128, findings=None, desc="drafting the test split"):
+def draft_split(release, rows, batch_size=64, max_new_tokens=128, findings=None, desc="drafting the test split"):
     """Drafts of the rows' first views (dicts of inference.draft_batch); `findings`, one label list per row, guide
     the drafts instead of the finding head."""
     from tqdm.auto import tqdm
@@ -154,7 +154,7 @@ def draft_split(model, processor, rows, batch_size=64, max_new_tokens=128, findi
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         images = first_views(rows[start:start + batch_size])
         given = None if findings is None else findings[start:start + batch_size]
-        drafts += draft_batch(model, processor, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1},
+        drafts += draft_batch(release, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1},
                               given)
     return drafts
 
@@ -215,12 +215,12 @@ def write_dicom(image, path):
     dataset.save_as(path, enforce_file_format=True)
 
 
-def draft_files(model, processor, paths):
+def draft_files(release, paths):
     """The files through the same functions generate.py uses (DICOM decoding included)."""
     from modeling_cliptt5.inference.drafting import draft_reports, group_studies
 
     studies = group_studies(paths, "none")
-    drafted = list(draft_reports(model, processor, studies, batch_size=len(studies),
+    drafted = list(draft_reports(release, studies, batch_size=len(studies),
                                  generate_kwargs={"max_new_tokens": 128}))
     failed = [f"{report.study_id}: {report.error}" for report in drafted if report.error]
     if failed:
@@ -407,20 +407,21 @@ def main(argv=None):
     print(f"[3/6] release with its model card: {release_dir} ({', '.join(sorted(os.listdir(release_dir)))})")
     print("[4/6] loading the release with AutoModelForSeq2SeqLM + AutoProcessor and drafting reports")
     torch.manual_seed(args.seed)
-    model, processor = load_release(release_dir)
+    release = load_release(release_dir)
+    model = release.model
     dataset = load_report_dataset(str(data_dir))
     train_rows, test_rows = dataset["train"], dataset["test"]
-    drafts = draft_split(model, processor, test_rows)
+    drafts = draft_split(release, test_rows)
     drafted = [draft["text"] for draft in drafts]
     truth_labels = list(test_rows["labels"])
     head, guided_by_truth = None, None
     if model.finding_head is not None:
         head = head_scores(drafts, truth_labels, model.config.finding_labels, model.config.finding_thresholds)
         # the same model guided by the true findings: what the text side writes when the head is right
-        guided_by_truth = draft_split(model, processor, test_rows, findings=truth_labels,
+        guided_by_truth = draft_split(release, test_rows, findings=truth_labels,
                                       desc="drafting guided by the true findings")
     example_rows = test_rows[:args.examples]
-    example_drafts = draft_files(model, processor, write_example_files(example_rows, output_dir / "examples"))
+    example_drafts = draft_files(release, write_example_files(example_rows, output_dir / "examples"))
     for name, report in example_drafts.items():
         print(f"  examples/{name}: {report}")
 

@@ -111,10 +111,11 @@ def main(argv=None):
     truth = list(test["labels"])
     results = {}
     for name, (output, _, _) in runs.items():
-        model, processor = load_release(output / "best")
+        release = load_release(output / "best")
+        model, processor = release.model, release.processor
         if name == "guidance tokens":
-            from_head = [draft["text"] for draft in demo.draft_split(model, processor, test)]
-            from_truth = [draft["text"] for draft in demo.draft_split(model, processor, test, findings=truth)]
+            from_head = [draft["text"] for draft in demo.draft_split(release, test)]
+            from_truth = [draft["text"] for draft in demo.draft_split(release, test, findings=truth)]
         else:
             predicted = head_findings(model, processor, test)
             from_head = draft_with_prompts(model, processor, test, [findings_prompt(found) for found in predicted])

@@ -43,11 +43,11 @@ def foreign_images(count, size=128, seed=0):
     return images
 
 
-def drafts_of(model, processor, images, size, batch_size=64):
+def drafts_of(release, images, size, batch_size=64):
     settings = {"max_new_tokens": 128, "num_beams": 1, "no_repeat_ngram_size": size}
     texts = []
     for start in range(0, len(images), batch_size):
-        texts += [draft["text"] for draft in draft_batch(model, processor, images[start:start + batch_size], None,
+        texts += [draft["text"] for draft in draft_batch(release, images[start:start + batch_size], None,
                                                           settings)]
     return texts
 
@@ -74,12 +74,12 @@ def main():
     truth = test["labels"]
     foreign = foreign_images(args.foreign)
     torch.set_num_threads(2)
-    model, processor = load_release(release)
+    loaded = load_release(release)
     results = {}
     for size in args.sizes:
         started = time.perf_counter()
-        own = drafts_of(model, processor, images, size)
-        other = drafts_of(model, processor, foreign, size)
+        own = drafts_of(loaded, images, size)
+        other = drafts_of(loaded, foreign, size)
         scores = finding_scores(own, truth)
         results[size] = {"test_repeat_share": repeat_share(own), "foreign_repeat_share": repeat_share(other),
                          "findings_macro_f1": round(scores["macro"]["f1"], 4),

@@ -87,9 +87,9 @@ def test_an_installed_package_trains_writes_its_release_with_a_card_resumes_and_
         settings = json.loads({json.dumps(json.dumps(settings))})
         train_generation(config_from_dict(settings))
         resumed = train_generation(config_from_dict({{**settings, "max_steps": 6, "resume": True}}))
-        model, processor = load_release(resumed.release_dir)
+        release = load_release(resumed.release_dir)
         Image.new("L", (40, 40), 90).save("study.png")
-        (draft,) = draft_reports(model, processor, group_studies([Path("study.png")], "none"),
+        (draft,) = draft_reports(release, group_studies([Path("study.png")], "none"),
                                  generate_kwargs={{"max_new_tokens": 8}})
         print(json.dumps({{"package": modeling_cliptt5.__file__, "step": resumed.step, "error": draft.error}}))
     """

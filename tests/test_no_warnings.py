@@ -23,8 +23,8 @@ DRAFT = r"""
 import sys
 from pathlib import Path
 from modeling_cliptt5.inference.drafting import draft_reports, group_studies, load_release
-model, processor = load_release(sys.argv[1])
-drafts = list(draft_reports(model, processor, group_studies([Path(sys.argv[2])], "none"),
+release = load_release(sys.argv[1])
+drafts = list(draft_reports(release, group_studies([Path(sys.argv[2])], "none"),
                             generate_kwargs={"max_new_tokens": 5}))
 assert [draft.error for draft in drafts] == [None], drafts
 """

@@ -1,7 +1,6 @@
 """A released CLIP-T5 and its processor, drafting the report of the one study shown on the page."""
 
 from modeling_cliptt5.inference.drafting import draft_batch, fit_views, load_release
-from modeling_cliptt5.inference.model_sources import release_identity, resolve_release
 
 STUDY_ID = "this study"  # how view warnings name the study on the page
 
@@ -9,23 +8,26 @@ STUDY_ID = "this study"  # how view warnings name the study on the page
 class ReportDrafter:
     """Drafts {"text", "findings", "impression"} for one study with the release's generation settings."""
 
-    def __init__(self, model, processor, name="model", release=None):
-        self.model = model
-        self.processor = processor
+    def __init__(self, release, name="model"):
+        self.release = release  # inference.engines.Release: engine, processor, OOD summary, identity
         self.name = name
-        self.release = release  # {"name", "revision"}: which model drafted, for the exports
         self.drafts_made = 0
 
     @classmethod
     def from_pretrained(cls, path_or_id, optimize=False):
         """Load a release folder or Hub id as cliptt5-generate does (inference.load_release); `optimize`: its CPU
         fast path (`cliptt5-generate --optimize`)."""
-        from modeling_cliptt5.inference.fast_inference import fast_path_name
+        release = load_release(path_or_id, optimize=optimize)
+        return cls(release, name=f"{path_or_id}{f' ({release.engine.name})' if optimize else ''}")
 
-        folder = resolve_release(path_or_id)
-        model, processor = load_release(folder, optimize=optimize)
-        return cls(model, processor, name=f"{path_or_id}{f' ({fast_path_name(model)})' if optimize else ''}",
-                   release=release_identity(folder))
+    @property
+    def model(self):
+        """What drafts: the transformers model, or the fast path's ONNX Runtime model."""
+        return self.release.model
+
+    @property
+    def processor(self):
+        return self.release.processor
 
     @property
     def num_views(self):
@@ -58,6 +60,6 @@ class ReportDrafter:
         views, warning = fit_views(list(images), self.num_views, STUDY_ID)
         study = views if self.num_views > 1 else views[0]
         given = None if findings is None or not self.takes_findings else [list(findings)]
-        report = draft_batch(self.model, self.processor, [study], (prompt or "").strip() or None, {}, given)[0]
+        report = draft_batch(self.release, [study], (prompt or "").strip() or None, {}, given)[0]
         self.drafts_made += 1
         return report, warning

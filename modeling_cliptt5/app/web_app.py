@@ -362,13 +362,13 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     if report["truncated"]:  # above the timing line: read before the draft itself
         info = f"**WARNING: {TRUNCATED_WARNING}**\n\n{info}"
     if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
-        info = f"**WARNING: {ood_warning(report['ood_score'], drafter.model.ood_summary.threshold)}**\n\n{info}"
+        info = f"**WARNING: {ood_warning(report['ood_score'], drafter.release.ood_summary.threshold)}**\n\n{info}"
     draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
              "seconds": round(seconds, 3), "images": used, "truncated": report["truncated"],
              "read": [name for name, *_ in images[:used]]}  # the files the model read, for the exports
     if "ood_score" in report:
         draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"],
-                     ood_threshold=round(drafter.model.ood_summary.threshold, 3))
+                     ood_threshold=round(drafter.release.ood_summary.threshold, 3))
     checklist, heatmaps = no_checklist, None
     if "finding_probabilities" in report:
         names = drafter.finding_labels
@@ -820,7 +820,7 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
             try:
                 paths, no_sr, sr = export_report(drafter.name, findings_text, impression_text, indication_text,
                                                  drafted, checked, current, show_patient_name, signature=signed,
-                                                 release=drafter.release, earlier_sr=earlier or None)
+                                                 release=drafter.release.identity, earlier_sr=earlier or None)
             except ExportRefused as refusal:
                 return None, f'<p class="refused">{html.escape(str(refusal))}</p>', gr.skip()
             formats = "text, JSON, FHIR" + ("" if no_sr else " and DICOM SR")

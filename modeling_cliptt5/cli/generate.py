@@ -108,7 +108,7 @@ def resolve_device(name, optimize=False):
     return name
 
 
-def load_model(model_name, device, dtype, optimize):
+def open_release(model_name, device, dtype, optimize):
     """inference.load_release, its refusals (no such folder or reachable Hub id, not a CLIP-T5 release, --optimize
     off the CPU) as a one-line exit (status 2: what the command was given is wrong)."""
     try:
@@ -220,17 +220,15 @@ def main(argv=None):
         print("error: no image files to draft reports for", file=sys.stderr)
         return 1
 
-    from modeling_cliptt5.inference.fast_inference import fast_path_name
-
     device = resolve_device(args.device, args.optimize)
-    model, processor = load_model(args.model, device, args.dtype, args.optimize)
-    num_views = model.config.num_views
-    if model.ood_summary is None:
+    release = open_release(args.model, device, args.dtype, args.optimize)
+    num_views = release.config.num_views
+    if release.ood_summary is None:
         print("note: this release has no summary of its training images (ood_summary.safetensors): studies unlike "
               "them cannot be flagged", file=sys.stderr)
     study_by = args.study_by if args.study_by != "auto" else ("none" if num_views == 1 else "folder")
     studies = group_studies(files, study_by)
-    prompt = args.prompt if args.prompt is not None else model.config.prompt
+    prompt = args.prompt if args.prompt is not None else release.config.prompt
 
     rows, failed = [], 0
     with tqdm(total=len(studies), unit="study", disable=len(studies) <= PROGRESS_AFTER, file=sys.stderr) as bar:
@@ -241,7 +239,7 @@ def main(argv=None):
             warnings.filterwarnings("always", module="modeling_cliptt5")
             warnings.showwarning = lambda message, *_, **__: tqdm.write(f"warning: {message}", file=sys.stderr)
             drafts = draft_reports(
-                model, processor, studies, batch_size=args.batch_size, prompt=prompt,
+                release, studies, batch_size=args.batch_size, prompt=prompt,
                 generate_kwargs=generate_kwargs(args), max_pixels=args.max_pixels,
                 on_error=report_problem, on_warning=lambda message: tqdm.write(f"warning: {message}", file=sys.stderr),
                 any_modality=args.any_modality, refuse_ood=args.refuse_ood, frontal=args.frontal,
@@ -260,7 +258,7 @@ def main(argv=None):
         write_outputs(args.output, rows, args.labels)
     print(run_summary(rows, len(studies), len(files), time.perf_counter() - started,
                       f"{num_views} view(s) per study, grouped by {study_by}, device {device}"
-                      f"{', ' + fast_path_name(model) if args.optimize else ''}", args.output, failed, len(problems)),
+                      f"{', ' + release.engine.name if args.optimize else ''}", args.output, failed, len(problems)),
           file=sys.stderr)
     return 1 if problems or failed else 0
 

@@ -200,13 +200,21 @@ def read_study_images(study: Study, num_views: int, max_pixels: int, any_modalit
 
 
 def load_release(path_or_id, device="cpu", dtype="float32", optimize=False):
-    """(model, processor) of a CLIP-T5 release folder or Hub id: `load_model` and AutoProcessor. What
-    cliptt5-generate, the page and the demo draft with."""
+    """The `Release` (engines.py) of a CLIP-T5 release folder or Hub id: its engine (`load_model`; `optimize`: the
+    CPU fast path, ONNX Runtime where installed), AutoProcessor, OOD summary and identity. What cliptt5-generate,
+    the page and the demo draft with."""
     from transformers import AutoProcessor
+
+    from modeling_cliptt5.inference.engines import OnnxEngine, Release, TorchEngine
+    from modeling_cliptt5.inference.model_sources import release_identity
+    from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
+    from modeling_cliptt5.inference.ood import load_summary
 
     folder = resolve_release(path_or_id)
     model = load_model(folder, device, dtype, optimize)
-    return model, AutoProcessor.from_pretrained(folder, trust_remote_code=False)
+    engine = OnnxEngine(model) if isinstance(model, OnnxCLIPT5) else TorchEngine(model)
+    return Release(engine, AutoProcessor.from_pretrained(folder, trust_remote_code=False),
+                   ood_summary=load_summary(folder), folder=Path(folder), identity=release_identity(folder))
 
 
 def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
@@ -218,9 +226,9 @@ def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
     False keeps the two alike. Without the package, a release loads from its own code files with
     trust_remote_code=True: tests/test_remote_code.py.)
 
-    `optimize`: the CPU fast path (fast_inference.load_for_cpu). Raises ValueError
-    for a folder of another model type, or `optimize` with another device or dtype. The model carries the release's
-    OOD summary as `model.ood_summary` (None without one)."""
+    `optimize`: the CPU fast path (fast_inference.load_for_cpu: an onnx_inference.OnnxCLIPT5, or the PyTorch model
+    with int8 layers). Raises ValueError for a folder of another model type, or `optimize` with another device or
+    dtype."""
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
@@ -238,38 +246,9 @@ def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
     if optimize:
         from modeling_cliptt5.inference.fast_inference import load_for_cpu
 
-        model = load_for_cpu(folder)
-    else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config, dtype=getattr(torch, dtype),
-                                                      trust_remote_code=False).eval().to(device)
-    model.ood_summary = release_ood_summary(folder)
-    return model
-
-
-def release_ood_summary(folder):
-    """The release's OOD summary (ood.py), or None when it has none (releases written before it, or converted)."""
-    from modeling_cliptt5.inference.ood import load_summary
-
-    return load_summary(folder)
-
-
-def generate_with_findings(model, inputs: dict, generate_kwargs: dict, findings=None):
-    """(sequences, CLIPT5FindingOutput or None, image vectors [studies, views, dim] for the OOD summary): the drafts
-    and, with a finding head, what the head says, from one pass of the image tower. `findings` (one entry per
-    study, see CLIPT5ForConditionalGeneration.findings_tensor) replace the head's decisions in the guidance."""
-    from modeling_cliptt5.inference.ood import image_vectors
-
-    if hasattr(model, "generate_with_findings"):  # the ONNX fast path computes all three in its encoder graph
-        return model.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
-    has_head = getattr(model, "finding_head", None) is not None
-    if findings is not None and not has_head:
-        raise ValueError("this model has no finding head: it cannot take findings")
-    inputs = dict(inputs)
-    vision_features = model.get_vision_features(inputs.pop("pixel_values"))
-    head = model.predict_findings(vision_features=vision_features) if has_head else None
-    guidance = {"findings": findings} if has_head else {}
-    sequences = model.generate(vision_features=vision_features, **guidance, **inputs, **generate_kwargs)
-    return sequences, head, image_vectors(vision_features)
+        return load_for_cpu(folder)
+    return AutoModelForSeq2SeqLM.from_pretrained(folder, config=config, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=False).eval().to(device)
 
 
 def guidance_names(names, present, given):
@@ -291,29 +270,31 @@ def stopped_at_limit(sequences, eos_token_id):
     return ~torch.isin(sequences, torch.tensor(ends, dtype=sequences.dtype)).any(dim=1)
 
 
-def draft_batch(model, processor, images: list, prompt: str | None, generate_kwargs: dict,
+def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict,
                 findings: list | None = None) -> list[dict]:
     """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression", "truncated",
     "repeated_sentences"}] ("truncated": the draft stopped at the token limit, see `stopped_at_limit`;
     "repeated_sentences": sentences said again in their section), plus, with a finding head,
     "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance" (what the draft
     followed: the head's findings, or `findings` where given), "disagreements" and "finding_maps"; with the
-    release's OOD summary (`model.ood_summary`), "ood_score" and "ood_flag" (beyond the 99th percentile of its
+    release's OOD summary (`release.ood_summary`), "ood_score" and "ood_flag" (beyond the 99th percentile of its
     validation studies: unlike the training images)."""
     import torch
 
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
     from modeling_cliptt5.evaluation.repetition import report_repeats
 
+    model, processor = release.model, release.processor
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     with torch.inference_mode():
-        sequences, head, vectors = generate_with_findings(model, inputs, generate_kwargs, findings)
+        sequences, head, vectors = release.engine.generate_with_findings(**inputs, findings=findings,
+                                                                         **generate_kwargs)
     reports = processor.batch_decode_reports(sequences)
     ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
     for report, truncated in zip(reports, stopped_at_limit(sequences, ends).tolist()):
         report.update(truncated=truncated, repeated_sentences=report_repeats(report["text"]))
-    summary = getattr(model, "ood_summary", None)
+    summary = release.ood_summary
     if summary is not None:
         scores = summary.study_scores(vectors)
         for report, score, flag in zip(reports, scores.tolist(), summary.flags(scores).tolist()):
@@ -335,8 +316,7 @@ def draft_batch(model, processor, images: list, prompt: str | None, generate_kwa
 
 
 def draft_reports(
-    model,
-    processor,
+    release,
     studies: list[Study],
     batch_size: int = 4,
     prompt: str | None = None,
@@ -360,7 +340,7 @@ def draft_reports(
     generate_kwargs = generate_kwargs or {}
     on_error = on_error or (lambda message: None)
     on_warning = on_warning or (lambda message: None)
-    num_views = model.config.num_views
+    num_views = release.config.num_views
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     for start in range(0, len(studies), batch_size):
         started = time.perf_counter()
@@ -379,7 +359,7 @@ def draft_reports(
         if not ready:
             continue
         try:
-            drafts = draft_batch(model, processor, batch_images, prompt, generate_kwargs)
+            drafts = draft_batch(release, batch_images, prompt, generate_kwargs)
         except Exception as error:  # one failing batch (e.g. out of memory) must not stop the run
             message = f"generation failed for this batch ({type(error).__name__}: {error})"
             for study in ready:
@@ -389,7 +369,7 @@ def draft_reports(
         seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
         for study, draft in zip(ready, drafts):
             if refuse_ood and draft.get("ood_flag"):
-                message = ood_refusal(draft["ood_score"], model.ood_summary.threshold)
+                message = ood_refusal(draft["ood_score"], release.ood_summary.threshold)
                 on_error(f"{study.study_id}: {message}")
                 yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft["ood_score"],
                                     ood_flag=True)

@@ -81,15 +81,6 @@ def load_for_cpu(release_folder):
     return optimize_for_cpu(model)
 
 
-def fast_path_name(model) -> str:
-    """How `model` drafts, for logs: "ONNX Runtime int8", "PyTorch int8" or "PyTorch"."""
-    from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
-
-    if isinstance(model, OnnxCLIPT5):
-        return f"ONNX Runtime {model.weights}"
-    return "PyTorch int8" if is_optimized(model) else "PyTorch"
-
-
 def use_eager_t5_attention(model: nn.Module) -> None:
     """T5's attention as plain matmuls; the ViT keeps its attention implementation.
 

@@ -233,7 +233,8 @@ def write_release_summary(release_dir, training, validation, max_training_images
     from modeling_cliptt5.inference.drafting import load_release
     from modeling_cliptt5.inference.ood import fit_summary, vectors_of_rows
 
-    model, processor = load_release(release_dir, device=str(device))
+    release = load_release(release_dir, device=str(device))
+    model, processor = release.model, release.processor
     views = model.config.num_views
 
     def vectors(rows, encode, max_rows):

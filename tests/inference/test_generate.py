@@ -233,7 +233,8 @@ def test_optimized_model_gives_the_same_greedy_tokens(trained_release_dir):
 
 
 def test_the_auto_classes_load_the_package_classes(trained_release_dir):
-    model, processor = generate.load_model(str(trained_release_dir), "cpu", "float32", False)
+    release = generate.open_release(str(trained_release_dir), "cpu", "float32", False)
+    model, processor = release.model, release.processor
     assert type(model) is CLIPT5ForConditionalGeneration and type(processor) is CLIPT5Processor
     assert not model.training
 
@@ -243,7 +244,7 @@ def test_a_folder_of_another_model_type_is_refused(tmp_path, capsys):
 
     T5Config(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64, vocab_size=50).save_pretrained(tmp_path)
     with pytest.raises(SystemExit) as refused:
-        generate.load_model(str(tmp_path), "cpu", "float32", False)
+        generate.open_release(str(tmp_path), "cpu", "float32", False)
     assert refused.value.code == 2
     assert capsys.readouterr().err == (f"cliptt5-generate: error: {tmp_path} holds a 't5' model, not a CLIP-T5 "
                                        "release\n")

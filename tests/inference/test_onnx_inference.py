@@ -12,7 +12,8 @@ import torch
 
 from conftest import MAX_NEW_TOKENS, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
-from modeling_cliptt5.inference.fast_inference import fast_path_name, is_optimized, load_for_cpu
+from modeling_cliptt5.inference.engines import OnnxEngine, TorchEngine
+from modeling_cliptt5.inference.fast_inference import is_optimized, load_for_cpu
 from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5, export_graphs, export_key, exported_folder
 from modeling_cliptt5.app.report_drafter import ReportDrafter
 
@@ -220,12 +221,12 @@ def test_optimize_drafts_on_onnx_and_falls_back_to_pytorch_int8_without_onnxrunt
                                                                                      monkeypatch):
     monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
     model = load_for_cpu(trained_release_dir)
-    assert isinstance(model, OnnxCLIPT5) and fast_path_name(model) == "ONNX Runtime int8"
+    assert isinstance(model, OnnxCLIPT5) and OnnxEngine(model).name == "ONNX Runtime int8"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fallback = load_for_cpu(trained_release_dir)
-    assert is_optimized(fallback) and fast_path_name(fallback) == "PyTorch int8"
+    assert is_optimized(fallback) and TorchEngine(fallback).name == "PyTorch int8"
     assert any("pip install 'cliptt5[fast]'" in str(warning.message) for warning in caught)
 
 

@@ -76,10 +76,10 @@ def foreign_images(own):
     }
 
 
-def scores_of(model, processor, images):
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+def scores_of(release, images):
+    pixels = release.processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        return model.ood_summary.study_scores(image_vectors(model.get_vision_features(pixels)))
+        return release.ood_summary.study_scores(image_vectors(release.model.get_vision_features(pixels)))
 
 
 def test_the_release_flags_foreign_images_and_few_of_its_own_test_phantoms(release, phantoms):
@@ -87,14 +87,14 @@ def test_the_release_flags_foreign_images_and_few_of_its_own_test_phantoms(relea
 
     summary = load_summary(release)
     assert summary is not None and summary.training_images == 1200 and summary.validation_studies == 400
-    model, processor = load_release(release)
+    loaded = load_release(release)
     own = [row["images"][0] for row in load_from_disk(str(phantoms))["test"]]
-    own_flagged = model.ood_summary.flags(scores_of(model, processor, own)).float().mean().item()
+    own_flagged = loaded.ood_summary.flags(scores_of(loaded, own)).float().mean().item()
     # The flag sits at the 99th percentile of 400 validation studies: about 1% of the 400 exchangeable test
     # studies lie beyond it, give or take the draw (binomial spread ~0.5%).
     print(f"own test phantoms flagged: {own_flagged:.4f}")
     assert own_flagged <= 0.02, own_flagged
-    flagged = {kind: model.ood_summary.flags(scores_of(model, processor, images)).float().mean().item()
+    flagged = {kind: loaded.ood_summary.flags(scores_of(loaded, images)).float().mean().item()
                for kind, images in foreign_images(own).items()}
     total = sum(flagged[kind] * len(images) for kind, images in foreign_images(own).items())
     print(f"foreign images flagged: {flagged}")
@@ -130,7 +130,8 @@ def test_generate_writes_score_and_flag_and_refuse_ood_skips_the_foreign_study(r
 def test_the_onnx_fast_path_scores_as_pytorch_does(release, phantoms):
     from modeling_cliptt5.inference.onnx_inference import OnnxCLIPT5
 
-    model, processor = load_release(release)
+    loaded = load_release(release)
+    model, processor = loaded.model, loaded.processor
     images = foreign_images([Image.new("L", (SIZE, SIZE), 90)] * 10)["noise"][:3] + [Image.new("L", (SIZE, SIZE), 90)]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     engine = OnnxCLIPT5.from_pretrained(release, weights="float32")
