@@ -13,7 +13,6 @@ the contrastive loss, so the tower learns the findings from the labels too; the 
 import json
 import math
 import os
-import time
 
 import torch
 from tqdm.auto import tqdm
@@ -22,15 +21,9 @@ from modeling_cliptt5.training.clip_t5_builder import open_clip_source, register
 from modeling_cliptt5.evaluation.findings import FINDING_HEAD_FILE, FINDING_HEAD_INFO
 from modeling_cliptt5.modeling_cliptt5 import finding_bce
 from modeling_cliptt5.processing_cliptt5 import to_rgb_image
-from modeling_cliptt5.training.data import (
-    StudyDataset, choose_views, finding_targets_for, load_training_dataset, micro_batches, take_first, total_steps,
-)
-from modeling_cliptt5.training.loop import (
-    Stage, full_parameters, make_accelerator, parameter_groups, prepare_training, resume_if_asked,
-    run_training_loop, start_run,
-)
+from modeling_cliptt5.training.data import StudyDataset, choose_views, finding_targets_for, take_first
+from modeling_cliptt5.training.loop import Stage, StageParts, full_parameters, parameter_groups, run_stage
 from modeling_cliptt5.data.atomic_writes import atomic_folder
-from modeling_cliptt5.training.state import plot_curves
 
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -288,17 +281,50 @@ def _stage1_targets(config, rows, train_rows, names, accelerator, split):
 
 
 class ContrastiveStage(Stage):
-    """Stage 1 in the shared loop: CLIP's contrastive loss over all ranks (plus the finding head's), the temperature
-    capped; validation recall@k; the best model saved as an open_clip checkpoint folder."""
+    """Stage 1 in the shared run: BiomedCLIP (open_clip) on image-report pairs; CLIP's contrastive loss over all
+    ranks (plus the finding head's), the temperature capped; validation recall@k; the best model saved as an
+    open_clip checkpoint folder."""
 
     description = "contrastive training"
 
-    def __init__(self, config, accelerator, model, loss_fn, names, finding_weights, eval_loader, tokenizer,
-                 model_name):
-        self.config, self.accelerator, self.model, self.loss_fn = config, accelerator, model, loss_fn
-        self.names, self.finding_weights, self.eval_loader = names, finding_weights, eval_loader
-        self.tokenizer, self.model_name = tokenizer, model_name
+    def build(self, data):
+        import open_clip
+
+        config, accelerator = self.config, self.accelerator
+        model, self.tokenizer, self.model_name = load_open_clip(config)
+        train_transform, eval_transform = image_transforms(model, config.crop_scale_min)
+        self.names = names = config_finding_names(config)
+        if names:
+            model = ContrastiveWithFindings(model, len(names))
+        splits = [take_first(data[config.train_split], config.max_train_samples)]
+        if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
+            splits.append(take_first(data[config.validation_split], config.eval_max_samples))
+        encoders = [SeededImageEncoder(train_transform, config.seed), frontal_image_encoder(eval_transform)]
+        if config.image_cache:
+            splits, encoders = _cached_images(config, splits, eval_transform, model, accelerator)
+        targets = [_stage1_targets(config, rows, splits[0], names, accelerator, split)
+                   for rows, split in zip(splits, ("train", "validation"))]
+        studies = [StudyDataset(rows, encoder, config.report_column, max_bad_samples=config.max_bad_samples,
+                                finding_targets=split_targets)
+                   for rows, encoder, split_targets in zip(splits, encoders, targets)]
+        self.train_set = studies[0]
+        self.finding_weights = None
+        if names and config.finding_balance:
+            from modeling_cliptt5.evaluation.findings import positive_weights
+
+            self.finding_weights = torch.tensor(positive_weights(targets[0]))
+        # open_clip's AdamW settings; one learning rate for the whole model
+        optimizer = torch.optim.AdamW(parameter_groups(model, {"clip": config.learning_rate}, config.weight_decay,
+                                                       part_of=lambda name: "clip"), betas=(0.9, 0.98), eps=1e-6)
+        self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
+                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.logit_scale = None
+        return StageParts(model, optimizer, studies[0], studies[1] if len(studies) > 1 else None,
+                          ContrastiveCollator(self.tokenizer))
+
+    def describe(self, num_steps):
+        return (f"stage 1: {self.model_name}, {len(self.train_set)} image-report pairs, {num_steps} steps on "
+                f"{self.accelerator.num_processes} process(es) ({self.accelerator.device})")
 
     def train_mode(self):
         self.model.train()
@@ -329,64 +355,18 @@ class ContrastiveStage(Stage):
                                   self.names)
 
 
+    def curve_metrics(self, last_metrics):
+        return [name for name in last_metrics if "recall@1" in name]
+
+    def written(self):
+        return (f"open_clip checkpoint {self.config.release_dir} (convert with cliptt5-convert-biomedclip "
+                f"--clip-model {self.config.release_dir})")
+
+    def result(self, trainer_state, last_metrics):
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return (unwrapped.clip if self.names else unwrapped), last_metrics
+
+
 def train_contrastive(config):
     """Runs stage 1; returns (the unwrapped open_clip model, last validation metrics)."""
-    import open_clip
-    from accelerate.utils import set_seed
-
-    accelerator = make_accelerator(config)
-    metrics_log = start_run(config, accelerator)
-    set_seed(config.seed)
-    data = load_training_dataset(config, accelerator)
-    model, tokenizer, model_name = load_open_clip(config)
-    train_transform, eval_transform = image_transforms(model, config.crop_scale_min)
-    names = config_finding_names(config)
-    if names:
-        model = ContrastiveWithFindings(model, len(names))
-    collate = ContrastiveCollator(tokenizer)
-    splits = [take_first(data[config.train_split], config.max_train_samples)]
-    if config.validation_split and config.validation_split in data and len(data[config.validation_split]):
-        splits.append(take_first(data[config.validation_split], config.eval_max_samples))
-    encoders = [SeededImageEncoder(train_transform, config.seed), frontal_image_encoder(eval_transform)]
-    if config.image_cache:
-        splits, encoders = _cached_images(config, splits, eval_transform, model, accelerator)
-    targets = [_stage1_targets(config, rows, splits[0], names, accelerator, split)
-               for rows, split in zip(splits, ("train", "validation"))]
-    studies = [StudyDataset(rows, encoder, config.report_column, max_bad_samples=config.max_bad_samples,
-                            finding_targets=split_targets) for rows, encoder, split_targets in zip(splits, encoders, targets)]
-    train_set, validation_set = studies[0], (studies[1] if len(studies) > 1 else None)
-    finding_weights = None
-    if names and config.finding_balance:
-        from modeling_cliptt5.evaluation.findings import positive_weights
-
-        finding_weights = torch.tensor(positive_weights(targets[0]))
-    num_steps = total_steps(config, len(train_set), accelerator.num_processes)
-    # open_clip's AdamW settings; one learning rate for the whole model
-    optimizer = torch.optim.AdamW(parameter_groups(model, {"clip": config.learning_rate}, config.weight_decay,
-                                                   part_of=lambda name: "clip"), betas=(0.9, 0.98), eps=1e-6)
-    model, optimizer, scheduler, train_loader, eval_loader = prepare_training(
-        config, accelerator, model, optimizer, num_steps, train_set, validation_set, collate)
-    loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
-                                 rank=accelerator.process_index, world_size=accelerator.num_processes)
-    trainer_state, bad_log = resume_if_asked(config, accelerator, metrics_log)
-    accelerator.print(f"stage 1: {model_name}, {len(train_set)} image-report pairs, {num_steps} steps on "
-                      f"{accelerator.num_processes} process(es) ({accelerator.device})")
-
-    stage = ContrastiveStage(config, accelerator, model, loss_fn, names, finding_weights, eval_loader, tokenizer,
-                             model_name)
-    started, start_step = time.perf_counter(), trainer_state["step"]
-    last_metrics = run_training_loop(stage, config, accelerator, model, optimizer, scheduler,
-                                     micro_batches(train_loader, accelerator, config, trainer_state["step"]),
-                                     num_steps, trainer_state, bad_log, metrics_log, validates=eval_loader is not None)
-    if accelerator.is_main_process:
-        plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
-                    metric_names=[name for name in last_metrics if "recall@1" in name])
-        elapsed = time.perf_counter() - started
-        print(f"done: {trainer_state['step'] - start_step} steps in {elapsed:.0f} s; best validation "
-              f"{config.best_metric} = {trainer_state['best_value']} at step {trainer_state['best_step']}; "
-              f"open_clip checkpoint {config.release_dir} (convert with cliptt5-convert-biomedclip "
-              f"--clip-model {config.release_dir})")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    unwrapped = accelerator.unwrap_model(model)
-    return (unwrapped.clip if names else unwrapped), last_metrics
+    return run_stage(config, ContrastiveStage)

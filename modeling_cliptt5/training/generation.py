@@ -1,11 +1,10 @@
-"""Stage 2: train CLIP-T5 to write reports (training.loop runs the steps): validation loss and report metrics, the
+"""Stage 2: train CLIP-T5 to write reports (training.loop runs the run): validation loss and report metrics, the
 finding head's scores and thresholds, the best release, the OOD summary and the push to the Hub."""
 
 import collections
 import dataclasses
 import json
 import os
-import time
 import warnings
 
 import torch
@@ -13,17 +12,13 @@ from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import (
     GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_findings, guidance_truth_share,
-    load_training_dataset, micro_batches, model_inputs, pixel_encoder, prompt_generator, take_first,
-    total_steps, validation_loader,
+    model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
 )
 from modeling_cliptt5.training.model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
     set_trainable_parts,
 )
-from modeling_cliptt5.training.loop import (
-    Stage, full_parameters, make_accelerator, prepare_training, resume_if_asked, run_training_loop, start_run,
-)
-from modeling_cliptt5.training.state import plot_curves
+from modeling_cliptt5.training.loop import Stage, StageParts, full_parameters, run_stage
 
 
 # --- validation --------------------------------------------------------------------------------------------------
@@ -251,17 +246,45 @@ def write_release_summary(release_dir, training, validation, max_training_images
 
 
 class GenerationStage(Stage):
-    """Stage 2 in the shared loop: report loss (plus the finding head's), prompt dropout and finding guidance;
-    validation loss, report metrics and the head's scores; the best model saved as a release."""
+    """Stage 2 in the shared run: CLIP-T5 from a config, a release or pretrained parts; report loss (plus the finding
+    head's), prompt dropout and finding guidance; validation loss, report metrics and the head's scores; the best
+    model saved as a release, which the end of the run completes with the OOD summary and pushes to the Hub."""
 
     description = "training"
 
-    def __init__(self, config, accelerator, model, processor, eval_loader, head_loader, bad_log, data_summary):
-        self.config, self.accelerator, self.model, self.processor = config, accelerator, model, processor
-        self.eval_loader, self.head_loader, self.bad_log, self.data_summary = eval_loader, head_loader, bad_log, data_summary
-        self.guided = accelerator.unwrap_model(model).config.uses_finding_guidance
-        self.truth_share = None
-        self.head_scores = {}
+    def build(self, data):
+        config, accelerator = self.config, self.accelerator
+        if config.train_split not in data:
+            raise ValueError(f"{config.dataset}: no {config.train_split!r} split (has {sorted(data)})")
+        model, processor = build_model_and_processor(config, take_first(data[config.train_split],
+                                                                         config.max_train_samples), accelerator)
+        set_trainable_parts(model, config)
+        if config.gradient_checkpointing:
+            enable_activation_checkpointing(model)
+        sets = _datasets_for(config, data, model, processor, accelerator)
+        if model.finding_head is not None:
+            if config.finding_balance:
+                from modeling_cliptt5.evaluation.findings import positive_weights
+
+                model.config.finding_positive_weights = positive_weights(sets.train.finding_targets)
+            accelerator.print(f"finding head over {len(model.config.finding_labels)} findings, labels from "
+                              f"{sets.label_source}; positive weights {model.config.finding_positive_weights}")
+        self.data, self.sets, self.processor = data, sets, processor
+        self.data_summary = _data_summary(config, data, sets.validation_rows)
+        self.guided = model.config.uses_finding_guidance
+        self.truth_share, self.head_scores = None, {}
+        return StageParts(model, make_optimizer(model, config), sets.train, sets.validation, sets.collate)
+
+    def prepared(self, model, eval_loader):
+        super().prepared(model, eval_loader)
+        self.head_loader = (None if self.sets.head is None
+                            else validation_loader(self.sets.head, self.sets.collate, self.config, self.accelerator))
+
+    def describe(self, num_steps):
+        total, trainable = count_parameters(self.model)
+        return (f"CLIP-T5 {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
+                f"{len(self.sets.train)} training studies, {num_steps} steps on {self.accelerator.num_processes} "
+                f"process(es) ({self.accelerator.device}, precision {self.config.mixed_precision})")
 
     def train_mode(self):
         set_train_mode(self.model, self.config)
@@ -308,74 +331,26 @@ class GenerationStage(Stage):
                      self.config.to_dict())
 
 
-def train_generation(config):
-    """Runs stage 2 as `config` says; returns a TrainingResult (the model is the trained, unwrapped one)."""
-    from accelerate.utils import set_seed
-
-    accelerator = make_accelerator(config)
-    metrics_log = start_run(config, accelerator)
-    set_seed(config.seed)
-    data = load_training_dataset(config, accelerator)
-    if config.train_split not in data:
-        raise ValueError(f"{config.dataset}: no {config.train_split!r} split (has {sorted(data)})")
-    model, processor = build_model_and_processor(config, take_first(data[config.train_split], config.max_train_samples),
-                                                 accelerator)
-    set_trainable_parts(model, config)
-    if config.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    sets = _datasets_for(config, data, model, processor, accelerator)
-    train_set, validation_set, validation_rows, collate = sets.train, sets.validation, sets.validation_rows, sets.collate
-    if model.finding_head is not None:
-        if config.finding_balance:
-            from modeling_cliptt5.evaluation.findings import positive_weights
-
-            model.config.finding_positive_weights = positive_weights(train_set.finding_targets)
-        accelerator.print(f"finding head over {len(model.config.finding_labels)} findings, labels from "
-                          f"{sets.label_source}; positive weights {model.config.finding_positive_weights}")
-    num_steps = total_steps(config, len(train_set), accelerator.num_processes)
-    optimizer = make_optimizer(model, config)
-    model, optimizer, scheduler, train_loader, eval_loader = prepare_training(
-        config, accelerator, model, optimizer, num_steps, train_set, validation_set, collate)
-    head_loader = None if sets.head is None else validation_loader(sets.head, collate, config, accelerator)
-    trainer_state, bad_log = resume_if_asked(config, accelerator, metrics_log)
-    total, trainable = count_parameters(model)
-    accelerator.print(f"CLIP-T5 {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
-                      f"{len(train_set)} training studies, {num_steps} steps on {accelerator.num_processes} "
-                      f"process(es) ({accelerator.device}, precision {config.mixed_precision})")
-    stage = GenerationStage(config, accelerator, model, processor, eval_loader, head_loader, bad_log,
-                            _data_summary(config, data, validation_rows))
-    started, start_step = time.perf_counter(), trainer_state["step"]
-    last_metrics = run_training_loop(stage, config, accelerator, model, optimizer, scheduler,
-                                     micro_batches(train_loader, accelerator, config, trainer_state["step"]),
-                                     num_steps, trainer_state, bad_log, metrics_log, validates=eval_loader is not None)
-
-    if (config.ood_summary and validation_rows is not None and accelerator.is_main_process
-            and os.path.isdir(config.release_dir)):
-        if config.feature_cache:  # the cached features are the frozen tower's: no pixel is read again
-            validation_studies = sets.head or sets.validation
-            sources = ((sets.train.rows, sets.train.encode_images),
-                       (validation_studies.rows, validation_studies.encode_images))
-        else:
-            sources = ((data[config.train_split], None), (data[config.validation_split], None))
-        try:
-            summary = write_release_summary(config.release_dir, *sources, max_training_images=config.ood_max_images,
-                                            device=accelerator.device)
-            print(f"summary of {summary.training_images} training images written to the release: a study is "
-                  f"flagged unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
-                  f"{summary.validation_studies} validation studies)")
-        except ValueError as error:  # too few readable images: the release is complete without it
-            print(f"note: no summary of the training images in the release ({error}): unfamiliar studies will "
-                  "not be flagged")
-    if accelerator.is_main_process:
-        curves = plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
-                             metric_names=[name for name in last_metrics if name != "loss"])
-        elapsed = time.perf_counter() - started
-        steps_done = trainer_state["step"] - start_step
-        samples = steps_done * config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
-        print(f"done: {steps_done} steps in {elapsed:.0f} s ({samples / max(elapsed, 1e-9):.1f} studies/s); "
-              f"best validation {config.best_metric} = {trainer_state['best_value']} at step "
-              f"{trainer_state['best_step']}; release {config.release_dir}; curves {curves}; "
-              f"{bad_log.count} unreadable studies skipped")
+    def finish(self):
+        """The release completed: the summary of its training images (OOD flag), then the push to the Hub."""
+        config, sets = self.config, self.sets
+        if config.ood_summary and sets.validation_rows is not None and os.path.isdir(config.release_dir):
+            if config.feature_cache:  # the cached features are the frozen tower's: no pixel is read again
+                validation_studies = sets.head or sets.validation
+                sources = ((sets.train.rows, sets.train.encode_images),
+                           (validation_studies.rows, validation_studies.encode_images))
+            else:
+                sources = ((self.data[config.train_split], None), (self.data[config.validation_split], None))
+            try:
+                summary = write_release_summary(config.release_dir, *sources,
+                                                max_training_images=config.ood_max_images,
+                                                device=self.accelerator.device)
+                print(f"summary of {summary.training_images} training images written to the release: a study is "
+                      f"flagged unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
+                      f"{summary.validation_studies} validation studies)")
+            except ValueError as error:  # too few readable images: the release is complete without it
+                print(f"note: no summary of the training images in the release ({error}): unfamiliar studies will "
+                      "not be flagged")
         if config.push_to_hub:
             from modeling_cliptt5.training.release import HubPushError, push_release
 
@@ -385,8 +360,20 @@ def train_generation(config):
             except HubPushError as error:  # the run and its release are complete: say so, do not crash
                 print(f"error: {error}; push later with cliptt5-release {config.release_dir} "
                       f"--push-to-hub {config.push_to_hub}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainingResult(model=accelerator.unwrap_model(model), processor=processor, step=trainer_state["step"],
-                          best_value=trainer_state["best_value"], best_step=trainer_state["best_step"],
-                          release_dir=config.release_dir, metrics=last_metrics)
+
+    def curve_metrics(self, last_metrics):
+        return [name for name in last_metrics if name != "loss"]
+
+    def written(self):
+        return f"release {self.config.release_dir}"
+
+    def result(self, trainer_state, last_metrics):
+        return TrainingResult(model=self.accelerator.unwrap_model(self.model), processor=self.processor,
+                              step=trainer_state["step"], best_value=trainer_state["best_value"],
+                              best_step=trainer_state["best_step"], release_dir=self.config.release_dir,
+                              metrics=last_metrics)
+
+
+def train_generation(config):
+    """Runs stage 2 as `config` says; returns a TrainingResult (the model is the trained, unwrapped one)."""
+    return run_stage(config, GenerationStage)

@@ -1,10 +1,13 @@
-"""The training loop both stages run, and the machinery around it: the accelerator, the run folder, resume, the
-optimizer's parameter groups, the scheduler, logging and the best checkpoint.
+"""A training run, the same for both stages: the run's steps in order (`run_stage`), the loop over the batches
+(`run_training_loop`) and the machinery around them: the accelerator, the run folder, resume, the optimizer's
+parameter groups, the scheduler, logging and the best checkpoint.
 
-A stage (contrastive.py's stage 1, generation.py's stage 2) says only what differs: the loss of a batch, what it
-validates, what it saves as its best model and what it logs beside the loss. See `Stage`."""
+A stage (contrastive.py's stage 1, generation.py's stage 2) says only what differs: its model, data and optimizer,
+the loss of a batch, what it validates, what it saves as its best model, what it logs beside the loss and what it
+does with its release at the end. See `Stage`."""
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,15 +17,52 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.data.atomic_writes import remove_leftovers
-from modeling_cliptt5.training.data import BadSampleLog, training_loader, validation_loader
-from modeling_cliptt5.training.state import MetricsLog, list_states, load_training_state, save_training_state
+from modeling_cliptt5.training.data import (
+    BadSampleLog, load_training_dataset, micro_batches, total_steps, training_loader, validation_loader,
+)
+from modeling_cliptt5.training.state import (
+    MetricsLog, list_states, load_training_state, plot_curves, save_training_state,
+)
+
+
+@dataclasses.dataclass
+class StageParts:
+    """What a stage builds for its run, before the run prepares it for its devices and processes."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: object  # training.data.StudyDataset
+    validation_set: object  # None without a validation split
+    collate: object
 
 
 class Stage:
-    """What a stage adds to `run_training_loop`; the loop owns the steps, accumulation, clipping, logging, the
-    validation schedule, the best-model choice and the states."""
+    """What a stage adds to the run (`run_stage`) and its loop (`run_training_loop`); the run owns the order of the
+    steps, the loop owns the steps, accumulation, clipping, logging, the validation schedule, the best-model choice
+    and the states. `bad_log` is the run's log of unreadable studies (set by run_stage before the loop)."""
 
     description = "training"  # the progress bar's label
+
+    def __init__(self, config, accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.model = self.eval_loader = self.bad_log = None
+
+    # --- before the loop ---
+
+    def build(self, data):
+        """StageParts for `data` ({split: rows}): the model, its optimizer, the training and validation studies."""
+        raise NotImplementedError
+
+    def prepared(self, model, eval_loader):
+        """Hands over the model and validation loader as prepared for the run's devices (before the states of a
+        resumed run are loaded: a loader prepared later would not be restored with them)."""
+        self.model, self.eval_loader = model, eval_loader
+
+    def describe(self, num_steps):
+        """The line printed before the first step: what trains on what."""
+        raise NotImplementedError
+
+    # --- the loop's hooks ---
 
     def train_mode(self):
         """Puts the model in training mode (after validation too)."""
@@ -50,6 +90,63 @@ class Stage:
     def save_best(self, step, metrics):
         """Writes the best model so far (`metrics` are its validation metrics, {} without a validation split)."""
         raise NotImplementedError
+
+    # --- after the loop ---
+
+    def finish(self):
+        """On the main process, once the best model is written: what the stage adds to it."""
+
+    def curve_metrics(self, last_metrics):
+        """The validation metrics drawn beside the loss curves."""
+        return list(last_metrics)
+
+    def written(self):
+        """What the run leaves for the next step, for the last line ("release runs/x/best")."""
+        raise NotImplementedError
+
+    def result(self, trainer_state, last_metrics):
+        """What the stage's train_* function returns."""
+        raise NotImplementedError
+
+
+def run_stage(config, stage_class):
+    """A whole training run of one stage: the accelerator, the run folder (start_run), the seed, the data, the
+    stage's parts, the steps, the parts prepared for the devices, resume, the loop, the stage's finish, the curves
+    and a last line; returns stage.result()."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(config)
+    metrics_log = start_run(config, accelerator)
+    set_seed(config.seed)
+    data = load_training_dataset(config, accelerator)
+    stage = stage_class(config, accelerator)
+    parts = stage.build(data)
+    num_steps = total_steps(config, len(parts.train_set), accelerator.num_processes)
+    model, optimizer, scheduler, train_loader, eval_loader = prepare_training(
+        config, accelerator, parts.model, parts.optimizer, num_steps, parts.train_set, parts.validation_set,
+        parts.collate)
+    stage.prepared(model, eval_loader)
+    trainer_state, stage.bad_log = resume_if_asked(config, accelerator, metrics_log)
+    accelerator.print(stage.describe(num_steps))
+    started, start_step = time.perf_counter(), trainer_state["step"]
+    last_metrics = run_training_loop(stage, config, accelerator, model, optimizer, scheduler,
+                                     micro_batches(train_loader, accelerator, config, trainer_state["step"]),
+                                     num_steps, trainer_state, stage.bad_log, metrics_log,
+                                     validates=eval_loader is not None)
+    if accelerator.is_main_process:
+        stage.finish()
+        curves = plot_curves(metrics_log.read(), os.path.join(config.output_dir, "training_curves.png"),
+                             metric_names=stage.curve_metrics(last_metrics))
+        elapsed = time.perf_counter() - started
+        steps_done = trainer_state["step"] - start_step
+        samples = steps_done * config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        print(f"done: {steps_done} steps in {elapsed:.0f} s ({samples / max(elapsed, 1e-9):.1f} studies/s); "
+              f"best validation {config.best_metric} = {trainer_state['best_value']} at step "
+              f"{trainer_state['best_step']}; {stage.written()}; curves {curves}; "
+              f"{stage.bad_log.count} unreadable studies skipped")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return stage.result(trainer_state, last_metrics)
 
 
 def run_training_loop(stage, config, accelerator, model, optimizer, scheduler, batches, num_steps, trainer_state,

@@ -113,7 +113,7 @@ def _micro_batches(config, accelerator, step=0, count=6, num_studies=23):
 
 
 def test_each_rank_reads_a_disjoint_equal_shard_reshuffled_every_epoch(tmp_path, dataset_dir, two_ranks):
-    from modeling_cliptt5.training.generation import make_accelerator
+    from modeling_cliptt5.training.loop import make_accelerator
 
     # 23 studies in micro-batches of 3 on 2 ranks: 3 global batches of 6 per epoch, 5 studies dropped
     config = config_from_dict({"dataset": str(dataset_dir), "output_dir": str(tmp_path), "batch_size": 3, "seed": 7,
@@ -134,7 +134,7 @@ def test_each_rank_reads_a_disjoint_equal_shard_reshuffled_every_epoch(tmp_path,
 
 
 def test_a_resumed_run_reads_the_micro_batches_an_uninterrupted_one_reads(tmp_path, dataset_dir, two_ranks):
-    from modeling_cliptt5.training.generation import make_accelerator
+    from modeling_cliptt5.training.loop import make_accelerator
 
     # 23 studies in micro-batches of 2 on 2 ranks: 5 per rank and epoch, 2 steps of 2 (the fifth is not trained on)
     config = config_from_dict({"dataset": str(dataset_dir), "output_dir": str(tmp_path), "batch_size": 2, "seed": 3,
