@@ -44,6 +44,7 @@ def installed_python(tmp_path_factory):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert "modeling_cliptt5/training/model_card.md" in names  # the card template travels as package data
+    assert "modeling_cliptt5/app/static/viewer.js" in names  # and the page's scripts and styles
     # one top-level name in site-packages: no generic `conversion`, `tests` or script modules
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {
         "modeling_cliptt5"}

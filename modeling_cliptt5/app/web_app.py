@@ -64,7 +64,13 @@ from modeling_cliptt5.app.study_identity import (  # noqa: E402
     mismatch,
     study_identity,
 )
-from modeling_cliptt5.app.study_viewer import EMPTY_VIEWER, VIEWER_CSS, VIEWER_JS, viewer_html  # noqa: E402
+from modeling_cliptt5.app.study_viewer import (  # noqa: E402
+    EMPTY_VIEWER,
+    VIEWER_CSS,
+    VIEWER_JS,
+    static_text,
+    viewer_html,
+)
 
 # Uploads and exports older than an hour are deleted, checked every 10 minutes; the whole folder goes at exit.
 DELETE_AFTER_SECONDS = 3600
@@ -80,79 +86,11 @@ REVIEW_INFO = ("Alt+Down / Alt+Up: next / previous sentence, Alt+A: accept it, A
                "draft. Sentences you wrote or changed count as yours. Unchecked findings of the checklist are "
                "exported as absent (pertinent negatives).")
 
-# The review's keys, on the whole page (gr.HTML runs this once). A sentence is a checkbox of #sentence-review
-# labelled "Findings: <sentence>": accepting clicks it (so gradio hears it), editing selects the sentence in its box.
-REVIEW_KEYS_JS = """
-const boxes = () => [...document.querySelectorAll('#sentence-review input[type=checkbox]')];
-const sentenceOf = (box) => box.closest('label').innerText.trim();
-function current() {
-  const all = boxes(), focused = all.indexOf(document.activeElement);
-  return focused >= 0 ? focused : Math.max(all.findIndex((box) => !box.checked), 0);
-}
-function move(step) {
-  const all = boxes();
-  if (!all.length) return;
-  const index = document.activeElement && all.includes(document.activeElement)
-    ? Math.min(Math.max(all.indexOf(document.activeElement) + step, 0), all.length - 1) : current();
-  all[index].focus();
-  all[index].scrollIntoView({block: 'nearest'});
-}
-function edit(box) {
-  // "Impression: <sentence>", a repeat "Impression: <sentence> [repeat 2]": the n-th copy in its box
-  const text = sentenceOf(box), split = text.indexOf(': ');
-  const section = text.slice(0, split).toLowerCase();
-  const marked = text.slice(split + 2).match(/^(.*) \\[repeat (\\d+)\\]$/);
-  const sentence = marked ? marked[1] : text.slice(split + 2), copy = marked ? Number(marked[2]) : 1;
-  const area = document.querySelector(`#${section} textarea`);
-  let start = -1;
-  for (let seen = 0; area && seen < copy; seen++) {
-    start = area.value.indexOf(sentence, start + 1);
-    if (start < 0) return;
-  }
-  if (start < 0) return;
-  area.focus();
-  area.setSelectionRange(start, start + sentence.length);
-}
-document.addEventListener('keydown', (event) => {
-  if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') {
-    const button = document.querySelector('#draft-button');
-    if (button && !button.disabled) { event.preventDefault(); button.click(); }
-    return;
-  }
-  if (!event.altKey || event.ctrlKey || event.metaKey) return;
-  const all = boxes();
-  if (event.key === 'ArrowDown' || event.key === 'ArrowUp') move(event.key === 'ArrowDown' ? 1 : -1);
-  else if (event.code === 'KeyA' && all.length) {
-    const index = current(), box = all[index];
-    if (!box.checked && !box.disabled) box.click();
-    const next = all.findIndex((other, position) => position > index && !other.checked);
-    (all[next] || box).focus();
-  } else if (event.code === 'KeyE' && all.length) edit(all[current()]);
-  else return;
-  event.preventDefault();
-});
-"""
+# The review's keys, on the whole page (gr.HTML runs this once): the keys' logic (review_logic.js, tested on its own
+# by tests/app/js/) in front of the glue to the page (review_keys.js); one function body, as js_on_load wants it.
+REVIEW_KEYS_JS = static_text("review_logic.js") + static_text("review_keys.js")
 
-PAGE_CSS = VIEWER_CSS + """
-#notice { border: 2px solid #b45309; background: #fef3c7; color: #78350f; padding: 0.6em 1em; border-radius: 6px; }
-#critical .critical-alert { border: 3px solid #dc2626; background: #fee2e2; color: #7f1d1d; padding: 0.6em 1em;
-                            border-radius: 6px; font-size: 1.15em; font-weight: 700; }
-#study-messages .problem { color: #b91c1c; }
-#study-messages .doubt { color: #92400e; font-weight: 600; }
-#draft-check mark.disagree { background: #fde68a; border-bottom: 2px solid #d97706; padding: 0 2px; }
-#draft-check .missing { color: #92400e; font-weight: 600; }
-#study-identity .study-identity { border: 1px solid #94a3b8; background: #f1f5f9; padding: 0.4em 0.8em;
-                                  border-radius: 6px; font-size: 1.05em; }
-#study-identity .unidentified { border-color: #b45309; background: #fef3c7; }
-#export-status .refused, #sign-status .refused { color: #b91c1c; font-weight: 600; }
-#sign-status .signed { border: 2px solid #15803d; background: #dcfce7; color: #14532d; padding: 0.4em 0.8em;
-                       border-radius: 6px; font-weight: 600; }
-/* Readable type: nothing under 14 px (gradio draws block labels, hints, paths and progress at 12 px). */
-.gradio-container label, .gradio-container .info-text, .gradio-container .progress-text,
-.gradio-container code { font-size: 14px !important; }
-/* Sentence tags as written, at 14 px: gradio upper-cases them at 9.8 px. */
-#sentence-tags .label { font-size: 14px !important; text-transform: none !important; }
-"""
+PAGE_CSS = VIEWER_CSS + static_text("page.css")
 
 
 def make_private_upload_folder():
