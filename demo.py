@@ -165,7 +165,7 @@ def head_scores(drafts, truth_labels, names, thresholds):
 
     from modeling_cliptt5.evaluation.findings import score_head
 
-    probabilities = np.array([[draft["finding_probabilities"][name] for name in names] for draft in drafts])
+    probabilities = np.array([[draft.finding_probabilities[name] for name in names] for draft in drafts])
     truth = np.array([[float(name in labels) for name in names] for labels in truth_labels])
     return score_head(probabilities, truth, names, thresholds)
 
@@ -175,7 +175,7 @@ def guidance_followed(drafts):
     how faithfully the decoder writes what the guidance says."""
     from modeling_cliptt5.data.phantom import labels_from_report
 
-    return sum(set(labels_from_report(draft["text"])) == set(draft["guidance"]) for draft in drafts) / len(drafts)
+    return sum(set(labels_from_report(draft.report)) == set(draft.guidance) for draft in drafts) / len(drafts)
 
 
 def write_example_files(rows, folder):
@@ -412,7 +412,7 @@ def main(argv=None):
     dataset = load_report_dataset(str(data_dir))
     train_rows, test_rows = dataset["train"], dataset["test"]
     drafts = draft_split(release, test_rows)
-    drafted = [draft["text"] for draft in drafts]
+    drafted = [draft.report for draft in drafts]
     truth_labels = list(test_rows["labels"])
     head, guided_by_truth = None, None
     if model.finding_head is not None:
@@ -430,7 +430,7 @@ def main(argv=None):
     systems = dict(zip(SYSTEMS, (drafted, [constant_report(train_rows)] * len(references),
                                  nearest_neighbour_reports(train_rows, test_rows))))
     if guided_by_truth is not None:
-        systems[GUIDED_BY_TRUTH] = [draft["text"] for draft in guided_by_truth]
+        systems[GUIDED_BY_TRUTH] = [draft.report for draft in guided_by_truth]
     results = score_systems(systems, references, truth_labels)
     table = results_table(results, len(references), head)
     if head is not None:
@@ -456,10 +456,10 @@ def main(argv=None):
     if model.finding_head is not None:
         heads = []
         for draft in drafts[:args.examples]:
-            probabilities = draft["finding_probabilities"]
+            probabilities = draft.finding_probabilities
             name = max(probabilities, key=probabilities.get)
             index = model.config.finding_labels.index(name)
-            heads.append((name, probabilities[name], draft["finding_maps"][0, index].numpy()))
+            heads.append((name, probabilities[name], draft.finding_maps[0, index].numpy()))
     write_figure(figure_path, MetricsLog(str(output_dir)).read(), first_views(example_rows),
                  drafted[:args.examples], references[:args.examples], heads)
     print(f"[6/6] figure: {figure_path}")

@@ -114,8 +114,8 @@ def main(argv=None):
         release = load_release(output / "best")
         model, processor = release.model, release.processor
         if name == "guidance tokens":
-            from_head = [draft["text"] for draft in demo.draft_split(release, test)]
-            from_truth = [draft["text"] for draft in demo.draft_split(release, test, findings=truth)]
+            from_head = [draft.report for draft in demo.draft_split(release, test)]
+            from_truth = [draft.report for draft in demo.draft_split(release, test, findings=truth)]
         else:
             predicted = head_findings(model, processor, test)
             from_head = draft_with_prompts(model, processor, test, [findings_prompt(found) for found in predicted])

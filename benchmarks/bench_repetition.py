@@ -47,7 +47,7 @@ def drafts_of(release, images, size, batch_size=64):
     settings = {"max_new_tokens": 128, "num_beams": 1, "no_repeat_ngram_size": size}
     texts = []
     for start in range(0, len(images), batch_size):
-        texts += [draft["text"] for draft in draft_batch(release, images[start:start + batch_size], None,
+        texts += [draft.report for draft in draft_batch(release, images[start:start + batch_size], None,
                                                           settings)]
     return texts
 

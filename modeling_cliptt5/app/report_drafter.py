@@ -6,7 +6,7 @@ STUDY_ID = "this study"  # how view warnings name the study on the page
 
 
 class ReportDrafter:
-    """Drafts {"text", "findings", "impression"} for one study with the release's generation settings."""
+    """Drafts the report of one study (a DraftedReport) with the release's generation settings."""
 
     def __init__(self, release, name="model"):
         self.release = release  # inference.engines.Release: engine, processor, OOD summary, identity
@@ -51,7 +51,8 @@ class ReportDrafter:
 
     def draft(self, images, prompt=None, findings=None):
         """(report, warning or None) for one study: `images` are its views in order (PIL), `prompt` optional,
-        `findings` (the names the reader marks present) replace the finding head's in the guidance.
+        `findings` (the names the reader marks present) replace the finding head's in the guidance. The report is
+        the drafting record (inference.drafting.DraftedReport).
 
         Views are fitted to the model as cliptt5-generate does (inference.fit_views): too few are repeated in
         order, extra ones are left out; the warning says which. With a finding head the report carries its

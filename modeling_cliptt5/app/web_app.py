@@ -294,31 +294,38 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     source = "the findings you checked" if findings is not None else "its findings"
     info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
-    if report["repeated_sentences"]:
-        info = (f"**WARNING: this draft says {report['repeated_sentences']} sentence(s) again: each copy is listed in "
+    if report.repeated_sentences:
+        info = (f"**WARNING: this draft says {report.repeated_sentences} sentence(s) again: each copy is listed in "
                 f"the review.**\n\n{info}")
-    if report["truncated"]:  # above the timing line: read before the draft itself
+    if report.truncated:  # above the timing line: read before the draft itself
         info = f"**WARNING: {TRUNCATED_WARNING}**\n\n{info}"
-    if report.get("ood_flag"):  # above the timing line: the first thing read about this draft
-        info = f"**WARNING: {ood_warning(report['ood_score'], drafter.release.ood_summary.threshold)}**\n\n{info}"
-    draft = {"findings": report["findings"] or "", "impression": report["impression"] or "",
-             "seconds": round(seconds, 3), "images": used, "truncated": report["truncated"],
-             "read": [name for name, *_ in images[:used]]}  # the files the model read, for the exports
-    if "ood_score" in report:
-        draft.update(ood_score=report["ood_score"], ood_flag=report["ood_flag"],
-                     ood_threshold=round(drafter.release.ood_summary.threshold, 3))
+    if report.ood_flag:  # above the timing line: the first thing read about this draft
+        info = f"**WARNING: {ood_warning(report.ood_score, report.ood_threshold)}**\n\n{info}"
+    draft = page_draft(report, seconds, [name for name, *_ in images[:used]])
     checklist, heatmaps = no_checklist, None
-    if "finding_probabilities" in report:
+    if report.finding_probabilities is not None:
         names = drafter.finding_labels
-        draft.update(finding_probabilities=report["finding_probabilities"], guidance=report["guidance"],
-                     predicted_findings=report["predicted_findings"])
-        maps = report["finding_maps"]  # [views, findings, grid, grid]
+        maps = report.finding_maps  # [views, findings, grid, grid]
         heatmaps = [{name: maps[view, index].numpy() for index, name in enumerate(names)} for view in range(used)]
-        checklist = gr.update(visible=True, choices=checklist_choices(names, report["finding_probabilities"]),
-                              value=report["guidance"])
+        checklist = gr.update(visible=True, choices=checklist_choices(names, report.finding_probabilities),
+                              value=report.guidance)
     return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts,
                                                                           notes=view_notes),
             draft, checklist, viewer_html(captions, heatmaps, send_values=not shown))
+
+
+def page_draft(report, seconds, read):
+    """The page's state of a draft (kept with the page, read by the exports): the drafting record's fields a reader's
+    edits do not change (inference.drafting.DraftedReport), the time the page measured and the files the model
+    read."""
+    draft = {"findings": report.findings or "", "impression": report.impression or "", "seconds": round(seconds, 3),
+             "images": len(read), "truncated": report.truncated, "read": read, "engine": report.engine}
+    if report.ood_score is not None:
+        draft.update(ood_score=report.ood_score, ood_flag=report.ood_flag, ood_threshold=report.ood_threshold)
+    if report.finding_probabilities is not None:
+        draft.update(finding_probabilities=report.finding_probabilities, guidance=report.guidance,
+                     predicted_findings=report.predicted_findings)
+    return draft
 
 
 def check_draft(names, findings, impression, checked, draft):
@@ -468,6 +475,8 @@ def drafting_provenance(draft, study, release):
                   "images_read": [{"view": view, **({"sop_instance_uid": reference["sop_instance_uid"]}
                                                     if reference else {"sha1": key})}
                                   for view, reference, key in images]}
+    if draft.get("engine"):  # how it ran: "PyTorch", "ONNX Runtime int8" (inference/engines.py)
+        provenance["engine"] = draft["engine"]
     if "ood_score" in draft:
         provenance["ood"] = {"score": draft["ood_score"], "flag": draft["ood_flag"],
                              "threshold": draft.get("ood_threshold")}

@@ -48,7 +48,7 @@ from modeling_cliptt5.data.atomic_writes import atomic_file
 from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference.drafting import (
-    STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, finding_labels, group_studies, load_release,
+    STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, group_studies, load_release,
 )
 
 OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "repeated_sentences",
@@ -126,27 +126,6 @@ def generate_kwargs(args):
     if args.num_beams:
         kwargs["num_beams"] = args.num_beams
     return kwargs
-
-
-def record(draft, with_labels):
-    row = {
-        "id": draft.study_id,
-        "input_files": [str(path) for path in draft.files],
-        "report": draft.report,
-        "findings": draft.findings,
-        "impression": draft.impression,
-        "truncated": draft.truncated,
-        "repeated_sentences": draft.repeated_sentences,
-        "seconds": round(draft.seconds, 3),
-    }
-    if with_labels:
-        row.update(finding_labels(draft.report))
-    if draft.finding_probabilities is not None:
-        row.update(finding_probabilities=draft.finding_probabilities, predicted_findings=draft.predicted_findings,
-                   disagreements=draft.disagreements)
-    if draft.ood_score is not None:
-        row.update(ood_score=draft.ood_score, ood_flag=draft.ood_flag)
-    return row
 
 
 def disagreement_text(disagreement):
@@ -249,7 +228,7 @@ def main(argv=None):
                 if draft.error:
                     failed += 1
                     continue
-                row = record(draft, args.labels)
+                row = draft.row(args.labels)
                 rows.append(row)
                 if not args.output:
                     print_draft(row, tqdm.write)

@@ -23,6 +23,7 @@ Studies and views
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import glob
 import time
@@ -48,32 +49,50 @@ class Study:
 
 @dataclass
 class DraftedReport:
-    """A drafted report, or the reason there is none (`error`)."""
+    """The one record of a draft, made once by `draft_batch` (and given its study by `draft_reports`), or the reason
+    there is none (`error`). The command's JSONL/CSV rows (`row`), the page and its exports read it."""
 
-    study_id: str
-    files: list[Path]
-    report: str = ""
+    study_id: str = ""
+    files: list[Path] = field(default_factory=list)
+    report: str = ""  # the whole text, FINDINGS: ... IMPRESSION: ...
     findings: str | None = None
     impression: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # this study's share of its batch: reading, preprocessing and generation
+    engine: str = ""  # how it was drafted: "PyTorch", "ONNX Runtime int8", ... (engines.py)
     # The draft never wrote its end token: it stopped at the token limit (max_new_tokens), cut off mid-report or
     # caught in a repeating loop. A reader should know before reading it.
     truncated: bool = False
     # Sentences the draft says again in the same section (evaluation/repetition.py): degenerate output to check
     repeated_sentences: int = 0
-    labels: dict | None = None
     error: str | None = None
     # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
-    # was guided by, and where the head and the text disagree (None when no rule reader knows the label set)
+    # followed (as generation used them: the head's decisions, or the caller's where given), and where the draft's
+    # text and those findings disagree (None when no rule reader knows the label set)
     finding_probabilities: dict | None = None
     predicted_findings: list | None = None
     guidance: list | None = None
     disagreements: list | None = None
     finding_maps: object = None  # [views, findings, grid, grid] tensor, for the page's heatmaps
-    # With the release's OOD summary: how unlike the training images the study is, and whether that is beyond the
-    # 99th percentile of its validation studies
+    # With the release's OOD summary: how unlike the training images the study is, whether that is beyond the
+    # 99th percentile of its validation studies (the threshold)
     ood_score: float | None = None
     ood_flag: bool | None = None
+    ood_threshold: float | None = None
+
+    def row(self, with_labels=False):
+        """The draft as a JSONL/CSV row: id, files, text, flags and timing, the rule labeler's labels
+        (`with_labels`), the finding head's output and the OOD score where the release has them."""
+        row = {"id": self.study_id, "input_files": [str(path) for path in self.files], "report": self.report,
+               "findings": self.findings, "impression": self.impression, "truncated": self.truncated,
+               "repeated_sentences": self.repeated_sentences, "seconds": round(self.seconds, 3)}
+        if with_labels:
+            row.update(finding_labels(self.report))
+        if self.finding_probabilities is not None:
+            row.update(finding_probabilities=self.finding_probabilities, predicted_findings=self.predicted_findings,
+                       disagreements=self.disagreements)
+        if self.ood_score is not None:
+            row.update(ood_score=self.ood_score, ood_flag=self.ood_flag)
+        return row
 
 
 def looks_like_image(path: Path) -> bool:
@@ -251,16 +270,6 @@ def load_model(path_or_id, device="cpu", dtype="float32", optimize=False):
                                                  trust_remote_code=False).eval().to(device)
 
 
-def guidance_names(names, present, given):
-    """The findings a draft was guided by: the head's decisions, with a caller's `given` entry (a list of names or a
-    {name: bool} dict, as generate() takes) where it says something."""
-    if given is None:
-        return [name for name, flag in zip(names, present) if flag]
-    if isinstance(given, dict):
-        return [name for name, flag in zip(names, present) if given.get(name, bool(flag))]
-    return [name for name in names if name in given]
-
-
 def stopped_at_limit(sequences, eos_token_id):
     """[drafts] bool: True where a generated sequence holds no end token, i.e. generation stopped at the length
     limit (beams and padding keep the end token of a finished draft)."""
@@ -271,14 +280,10 @@ def stopped_at_limit(sequences, eos_token_id):
 
 
 def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict,
-                findings: list | None = None) -> list[dict]:
-    """Images (one per study, or a list of views per study) -> [{"text", "findings", "impression", "truncated",
-    "repeated_sentences"}] ("truncated": the draft stopped at the token limit, see `stopped_at_limit`;
-    "repeated_sentences": sentences said again in their section), plus, with a finding head,
-    "finding_probabilities" ({name: p}), "predicted_findings" (at or above threshold), "guidance" (what the draft
-    followed: the head's findings, or `findings` where given), "disagreements" and "finding_maps"; with the
-    release's OOD summary (`release.ood_summary`), "ood_score" and "ood_flag" (beyond the 99th percentile of its
-    validation studies: unlike the training images)."""
+                findings: list | None = None) -> list[DraftedReport]:
+    """Images (one per study, or a list of views per study) -> a DraftedReport per study, without its study id,
+    files and time (draft_reports adds them). `findings` (one entry per study, see
+    CLIPT5ForConditionalGeneration.findings_tensor) replace the finding head's decisions in the guidance."""
     import torch
 
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
@@ -288,31 +293,31 @@ def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     with torch.inference_mode():
-        sequences, head, vectors = release.engine.generate_with_findings(**inputs, findings=findings,
-                                                                         **generate_kwargs)
-    reports = processor.batch_decode_reports(sequences)
+        output = release.engine.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
     ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
-    for report, truncated in zip(reports, stopped_at_limit(sequences, ends).tolist()):
-        report.update(truncated=truncated, repeated_sentences=report_repeats(report["text"]))
+    drafts = [DraftedReport(report=text["text"], findings=text["findings"], impression=text["impression"],
+                            engine=release.engine.name, truncated=truncated,
+                            repeated_sentences=report_repeats(text["text"]))
+              for text, truncated in zip(processor.batch_decode_reports(output.sequences),
+                                         stopped_at_limit(output.sequences, ends).tolist())]
     summary = release.ood_summary
     if summary is not None:
-        scores = summary.study_scores(vectors)
-        for report, score, flag in zip(reports, scores.tolist(), summary.flags(scores).tolist()):
-            report.update(ood_score=round(score, 3), ood_flag=flag)
+        scores = summary.study_scores(output.vectors)
+        for draft, score, flag in zip(drafts, scores.tolist(), summary.flags(scores).tolist()):
+            draft.ood_score, draft.ood_flag, draft.ood_threshold = round(score, 3), flag, round(summary.threshold, 3)
+    head = output.head
     if head is None:
-        return reports
+        return drafts
     names = list(model.config.finding_labels)
     reader = text_reader(names)
-    for study, report in enumerate(reports):
-        present = head.present[study].tolist()
-        guided = guidance_names(names, present, None if findings is None else findings[study])
-        report.update(
-            finding_probabilities={name: round(float(p), 4) for name, p in zip(names, head.probabilities[study])},
-            predicted_findings=[name for name, flag in zip(names, present) if flag],
-            guidance=guided,
-            disagreements=disagreements([name in guided for name in names], report["text"], names, reader),
-            finding_maps=head.maps[study].cpu())
-    return reports
+    for study, draft in enumerate(drafts):
+        followed = output.guidance[study].tolist()
+        draft.finding_probabilities = {name: round(float(p), 4) for name, p in zip(names, head.probabilities[study])}
+        draft.predicted_findings = [name for name, flag in zip(names, head.present[study].tolist()) if flag]
+        draft.guidance = [name for name, flag in zip(names, followed) if flag]
+        draft.disagreements = disagreements(followed, draft.report, names, reader)
+        draft.finding_maps = head.maps[study].cpu()
+    return drafts
 
 
 def draft_reports(
@@ -368,29 +373,13 @@ def draft_reports(
             continue
         seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
         for study, draft in zip(ready, drafts):
-            if refuse_ood and draft.get("ood_flag"):
-                message = ood_refusal(draft["ood_score"], release.ood_summary.threshold)
+            if refuse_ood and draft.ood_flag:
+                message = ood_refusal(draft.ood_score, draft.ood_threshold)
                 on_error(f"{study.study_id}: {message}")
-                yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft["ood_score"],
-                                    ood_flag=True)
+                yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft.ood_score,
+                                    ood_flag=True, ood_threshold=draft.ood_threshold)
                 continue
-            yield DraftedReport(
-                study.study_id,
-                study.files,
-                report=draft["text"],
-                findings=draft["findings"],
-                impression=draft["impression"],
-                seconds=seconds,
-                truncated=draft["truncated"],
-                repeated_sentences=draft["repeated_sentences"],
-                finding_probabilities=draft.get("finding_probabilities"),
-                predicted_findings=draft.get("predicted_findings"),
-                guidance=draft.get("guidance"),
-                disagreements=draft.get("disagreements"),
-                finding_maps=draft.get("finding_maps"),
-                ood_score=draft.get("ood_score"),
-                ood_flag=draft.get("ood_flag"),
-            )
+            yield dataclasses.replace(draft, study_id=study.study_id, files=study.files, seconds=seconds)
 
 
 def ood_refusal(score, threshold):

@@ -14,6 +14,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+@dataclass
+class EngineOutput:
+    """What an engine's generate_with_findings returns for a batch of studies."""
+
+    sequences: Any  # token ids, as generate() returns them
+    head: Any = None  # CLIPT5FindingOutput, None without a finding head
+    vectors: Any = None  # [studies, views, dim] image vectors for the OOD summary (ood.image_vectors)
+    guidance: Any = None  # [studies, findings] 1 / 0: the findings each draft followed (with a finding head)
+
+
+def followed_findings(present, given=None):
+    """[studies, findings] 1 / 0: the head's decisions (`present`), replaced by a caller's `given` ([studies,
+    findings] 1 / 0 / -1, modeling_cliptt5.findings_to_tensor) where it says something."""
+    import torch
+
+    present = present.long()
+    return present if given is None else torch.where(given >= 0, given.to(present.device), present)
+
+
 class DraftingEngine(Protocol):
     """What drafting asks of an engine. `model`: the object with transformers' `generate()` (a
     CLIPT5ForConditionalGeneration, or onnx_inference.OnnxCLIPT5); `name`: how it drafts, for logs and exports."""
@@ -23,9 +42,8 @@ class DraftingEngine(Protocol):
 
     def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
                                **generate_kwargs):
-        """(token ids as generate() returns them, CLIPT5FindingOutput or None without a finding head, image vectors
-        [studies, views, dim] for the OOD summary). `findings`: as CLIPT5ForConditionalGeneration.generate takes
-        them, replacing the head's decisions in the guidance."""
+        """An EngineOutput from one pass of the image tower and the finding head. `findings`: as
+        CLIPT5ForConditionalGeneration.generate takes them, replacing the head's decisions in the guidance."""
 
 
 class TorchEngine:
@@ -43,15 +61,22 @@ class TorchEngine:
         from modeling_cliptt5.inference.ood import image_vectors
 
         model = self.model
-        has_head = model.finding_head is not None
-        if findings is not None and not has_head:
+        if findings is not None and model.finding_head is None:
             raise ValueError("this model has no finding head: it cannot take findings")
         vision_features = model.get_vision_features(pixel_values)
-        head = model.predict_findings(vision_features=vision_features) if has_head else None
-        guidance = {"findings": findings} if has_head else {}
-        sequences = model.generate(vision_features=vision_features, input_ids=input_ids,
-                                   attention_mask=attention_mask, **guidance, **generate_kwargs)
-        return sequences, head, image_vectors(vision_features)
+        if model.finding_head is None:
+            sequences = model.generate(vision_features=vision_features, input_ids=input_ids,
+                                       attention_mask=attention_mask, **generate_kwargs)
+            return EngineOutput(sequences, vectors=image_vectors(vision_features))
+        # The head runs once: its decisions (or the caller's findings) become the guidance tokens of the encoder
+        # inputs generate() starts from, and the draft's record says which findings it followed.
+        head = model.predict_findings(vision_features=vision_features)
+        given = None if findings is None else model.findings_tensor(findings, len(vision_features))
+        followed = followed_findings(head.present, given)
+        statuses = followed if model.finding_embeddings is not None else None
+        inputs_embeds, mask = model.encoder_inputs(vision_features, statuses, input_ids, attention_mask)
+        sequences = model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
+        return EngineOutput(sequences, head, image_vectors(vision_features), followed)
 
 
 class OnnxEngine:
@@ -64,7 +89,15 @@ class OnnxEngine:
 
     def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
                                **generate_kwargs):
-        return self.model.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **generate_kwargs)
+        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor
+
+        sequences, head, vectors = self.model.generate_with_findings(pixel_values, input_ids, attention_mask, findings,
+                                                                     **generate_kwargs)
+        if head is None:
+            return EngineOutput(sequences, vectors=vectors)
+        names = self.model.config.finding_labels
+        given = None if findings is None else findings_to_tensor(findings, names, len(pixel_values))
+        return EngineOutput(sequences, head, vectors, followed_findings(head.present, given))
 
 
 @dataclass

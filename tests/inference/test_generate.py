@@ -308,6 +308,31 @@ def test_a_release_with_a_finding_head_writes_probabilities_findings_and_disagre
     assert "disagreements" in first and "predicted_findings" in first
 
 
+def test_a_draft_runs_the_finding_head_once_and_records_the_findings_generation_followed(head_release_dir):
+    """The record's guidance is what generation used (a reader's finding where given, else the head's decision),
+    and the head runs once per batch: the same tokens as generate() with those findings."""
+    from conftest import HEAD_FINDINGS
+    from modeling_cliptt5.inference.drafting import draft_batch, load_release
+
+    release = load_release(head_release_dir)
+    calls = []
+    release.model.finding_head.register_forward_hook(lambda *_: calls.append(1))
+    images = [noise_image(seed) for seed in (0, 1)]  # the head calls Cardiomegaly on odd images only
+    given = [{"Cardiomegaly": True}, {}]
+    drafts = draft_batch(release, images, None, {"max_new_tokens": MAX_NEW_TOKENS}, given)
+    assert len(calls) == 1
+    head = release.model.predict_findings(**release.processor(images=images))
+    decided = [[name for name, flag in zip(HEAD_FINDINGS, row) if flag] for row in head.present.tolist()]
+    assert "Cardiomegaly" not in decided[0] and "Cardiomegaly" in decided[1]  # the fixture's head, as trained
+    assert drafts[0].guidance == sorted({"Cardiomegaly", *decided[0]}, key=HEAD_FINDINGS.index)
+    assert drafts[1].guidance == decided[1]
+    assert drafts[0].predicted_findings == decided[0]  # the head's own call stays on record beside it
+    with torch.inference_mode():
+        tokens = release.model.generate(**release.processor(images=images), findings=given,
+                                        max_new_tokens=MAX_NEW_TOKENS)
+    assert [draft.report for draft in drafts] == [text["text"] for text in release.processor.batch_decode_reports(tokens)]
+
+
 def test_a_ct_slice_is_refused_in_one_line_and_drafted_only_with_any_modality(tiny_release_dir, mixed_inputs,
                                                                                tmp_path, capsys):
     from pydicom.data import get_testdata_file

@@ -264,7 +264,7 @@ def test_the_page_drafts_with_the_same_fast_path(trained_release_dir, onnx_cache
     report, warning = drafter.draft([noise_image(3)])
     processor = CLIPT5Processor.from_pretrained(trained_release_dir)
     tokens = drafter.model.generate(**processor(images=[noise_image(3)]))
-    assert warning is None and report["text"] == processor.batch_decode_reports(tokens)[0]["text"]
+    assert warning is None and report.report == processor.batch_decode_reports(tokens)[0]["text"]
 
 
 def test_float32_graphs_compute_the_finding_head_and_follow_given_findings(tmp_path):
