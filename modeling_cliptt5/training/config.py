@@ -1,4 +1,8 @@
-"""Every training setting in one dataclass, read from a YAML/JSON file and overridable field by field on the command line."""
+"""Every training setting, read from a YAML/JSON file and overridable field by field on the command line.
+
+The settings come in three sections: those both stages read (`SharedSettings`, the top level of a file), stage 1's
+own (`ContrastiveSettings`, a file's `contrastive:` section) and stage 2's own (`GenerationSettings`, `generation:`).
+A run reads them as one flat `TrainingConfig`; a file may also hold every setting at its top level."""
 
 import dataclasses
 import difflib
@@ -21,18 +25,16 @@ def _setting(default, help):
 
 
 @dataclass
-class TrainingConfig:
-    """Settings of both stages. Stage-specific fields say which stage reads them."""
+class SharedSettings:
+    """Settings both stages read: the run, the data, the finding head's labels, optimisation, validation, states and
+    logs (the top level of a config file)."""
 
-    # --- what to run ------------------------------------------------------------------------------------------
     stage: Literal["generation", "contrastive"] = _setting(
         "generation", "generation: train CLIP-T5 to write reports (stage 2); contrastive: train BiomedCLIP on "
         "image-report pairs (stage 1)")
     output_dir: str = _setting("runs/cliptt5", "folder for states, the best release, logs and plots")
     seed: int = _setting(0, "seed of weights, data order and prompt dropout")
     resume: bool = _setting(False, "continue from the latest complete training state in output_dir")
-
-    # --- data -------------------------------------------------------------------------------------------------
     dataset: str = _setting("", "a converted dataset folder (cliptt5-convert-*), or 'phantom' for synthetic studies")
     phantom_studies: int = _setting(2000, "dataset=phantom: number of synthetic studies")
     phantom_image_size: int = _setting(256, "dataset=phantom: stored image size in pixels")
@@ -42,33 +44,11 @@ class TrainingConfig:
     max_train_samples: int = _setting(0, "use only the first N training studies (0: all)")
     max_bad_samples: int = _setting(100, "unreadable studies tolerated (logged to bad_samples.jsonl) before failing")
     num_workers: int = _setting(0, "DataLoader worker processes per rank")
-
-    # --- model (stage 2) --------------------------------------------------------------------------------------
-    init: Literal["config", "release", "pretrained"] = _setting(
-        "config", "config: random weights from `model`; release: continue from a CLIP-T5 folder (init_from); "
-        "pretrained: BiomedCLIP (clip_model) + T5 (t5_model), as cliptt5-convert-biomedclip builds them")
-    init_from: str = _setting("", "init=release: the CLIP-T5 release folder to start from")
-    init_vision_from: str = _setting("", "init=config: start the image tower (its sizes and weights, replacing "
-                                     "model.vision_config) from this open_clip model, e.g. a stage-1 checkpoint "
-                                     "folder; the rest starts from random weights")
     clip_model: str = _setting(DEFAULT_CLIP_MODEL, "open_clip model: hf-hub:org/repo, local-dir:/path, a stage-1 "
                                "checkpoint folder or a registered name (stage 1's start; stage 2's image tower)")
     clip_text_model: str = _setting("", "the text tower clip_model's open_clip config names by Hub id "
                                     "(BiomedCLIP: microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract), as a folder "
                                     "for a machine without Hub access ('': as named)")
-    t5_model: str = _setting(DEFAULT_T5_MODEL, "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
-    model: Optional[str] = _setting(None, "CLIP-T5 config fields as a YAML/JSON mapping, merged over the config "
-                                    "file's (init=config: the whole architecture; init=pretrained: image_tokens...)")
-    tokenizer: str = _setting("train", "init=config: 'train' builds a tokenizer from the training reports, "
-                              "or a tokenizer folder / hub id")
-    tokenizer_vocab_size: int = _setting(1000, "tokenizer=train: vocabulary size")
-    max_report_tokens: int = _setting(256, "target reports are truncated to this many tokens")
-    prompt: Optional[str] = _setting(None, "text prompt after the image tokens (none: image only)")
-    use_indication: bool = _setting(False, "use a study's indication as its prompt when it has one")
-    prompt_dropout: float = _setting(0.5, "probability of training a study without its prompt, so that image-only "
-                                     "inference matches training")
-
-    # --- finding head (both stages) -----------------------------------------------------------------------------
     finding_labels: str = _setting(
         "none", "the finding head's label set: none (no head), chexpert (the 14 CheXpert observations), phantom (the "
         "synthetic phantoms' 12 findings with side) or names separated by commas")
@@ -83,6 +63,63 @@ class TrainingConfig:
                                           "(stage 1) loss")
     finding_balance: bool = _setting(True, "weight each finding's positives by sqrt(negatives / positives), at most 10, "
                                      "so that rare findings count")
+    batch_size: int = _setting(8, "studies per device per micro-batch")
+    gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step")
+    num_epochs: float = _setting(1.0, "passes over the training split (ignored when max_steps > 0)")
+    max_steps: int = _setting(0, "optimizer steps to train (0: from num_epochs)")
+    learning_rate: float = _setting(1e-4, "peak learning rate of T5 (stage 2) or of the whole CLIP model (stage 1)")
+    weight_decay: float = _setting(0.01, "AdamW weight decay (not applied to biases, norms, embeddings' scale)")
+    lr_scheduler: str = _setting("cosine", "transformers.get_scheduler name: cosine, linear, constant_with_warmup...")
+    warmup_steps: int = _setting(0, "warmup steps (0: warmup_ratio of all steps)")
+    warmup_ratio: float = _setting(0.05, "fraction of steps used for warmup when warmup_steps is 0")
+    max_grad_norm: float = _setting(1.0, "gradient clipping norm (0: no clipping)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = _setting("no", "autocast precision (Accelerate)")
+    eval_every_steps: int = _setting(500, "validate every N optimizer steps (and at the end)")
+    eval_max_samples: int = _setting(200, "validation studies used (the first N; 0: all)")
+    eval_batch_size: int = _setting(16, "studies per device during validation")
+    best_metric: str = _setting("loss", "validation metric that picks the release: loss (lower is better) or a "
+                                "generated-report metric such as bleu_4 (higher is better)")
+    save_every_steps: int = _setting(500, "save a resumable training state every N optimizer steps")
+    keep_last_states: int = _setting(2, "training states kept on disk")
+    log_every_steps: int = _setting(10, "training loss logged every N optimizer steps")
+    log_with: Literal["auto", "tensorboard", "none"] = _setting("auto", "Accelerate tracker (auto: tensorboard "
+                                                                "when installed)")
+
+
+@dataclass
+class ContrastiveSettings:
+    """Settings stage 1 alone reads (the `contrastive:` section of a config file)."""
+
+    clip_pretrained: bool = _setting(True, "stage 1: start from clip_model's weights (false: random weights)")
+    clip_model_config_dir: str = _setting("", "stage 1: folder of extra open_clip model configs to register")
+    crop_scale_min: float = _setting(0.9, "stage 1: RandomResizedCrop scale lower bound (no flips: they swap sides)")
+    image_cache: bool = _setting(False, "stage 1: decode and preprocess each image once (eval preprocessing, so "
+                                 "crop_scale_min must be 1: no random crops) and train from the stored pixels")
+
+
+@dataclass
+class GenerationSettings:
+    """Settings stage 2 alone reads (the `generation:` section of a config file): the model it starts from, the
+    report text, what trains, the release and its defaults for drafting."""
+
+    init: Literal["config", "release", "pretrained"] = _setting(
+        "config", "config: random weights from `model`; release: continue from a CLIP-T5 folder (init_from); "
+        "pretrained: BiomedCLIP (clip_model) + T5 (t5_model), as cliptt5-convert-biomedclip builds them")
+    init_from: str = _setting("", "init=release: the CLIP-T5 release folder to start from")
+    init_vision_from: str = _setting("", "init=config: start the image tower (its sizes and weights, replacing "
+                                     "model.vision_config) from this open_clip model, e.g. a stage-1 checkpoint "
+                                     "folder; the rest starts from random weights")
+    t5_model: str = _setting(DEFAULT_T5_MODEL, "init=pretrained: T5 hub id or folder (its tokenizer is used too)")
+    model: Optional[str] = _setting(None, "CLIP-T5 config fields as a YAML/JSON mapping, merged over the config "
+                                    "file's (init=config: the whole architecture; init=pretrained: image_tokens...)")
+    tokenizer: str = _setting("train", "init=config: 'train' builds a tokenizer from the training reports, "
+                              "or a tokenizer folder / hub id")
+    tokenizer_vocab_size: int = _setting(1000, "tokenizer=train: vocabulary size")
+    max_report_tokens: int = _setting(256, "target reports are truncated to this many tokens")
+    prompt: Optional[str] = _setting(None, "text prompt after the image tokens (none: image only)")
+    use_indication: bool = _setting(False, "use a study's indication as its prompt when it has one")
+    prompt_dropout: float = _setting(0.5, "probability of training a study without its prompt, so that image-only "
+                                     "inference matches training")
     guidance_truth_start: float = _setting(
         1.0, "stage 2: share of studies whose guidance tokens are their true findings at the first step (the rest "
         "get the head's predictions, as at inference) ...")
@@ -92,8 +129,6 @@ class TrainingConfig:
         "drafted macro F1 0.76 against 0.79)")
     finding_eval_max_samples: int = _setting(0, "validation studies that score the head and fit its thresholds "
                                              "(the first N; 0: the whole validation split)")
-
-    # --- what trains (stage 2) --------------------------------------------------------------------------------
     train_vision: Literal["frozen", "last_blocks", "all"] = _setting(
         "frozen", "image tower: frozen, its last vision_last_blocks blocks, or all of it")
     vision_last_blocks: int = _setting(2, "train_vision=last_blocks: how many of the last ViT blocks train")
@@ -103,27 +138,9 @@ class TrainingConfig:
     feature_cache: bool = _setting(False, "frozen image tower only: compute its features once and train from them")
     feature_cache_dir: str = _setting("", "where cached features live (default: <output_dir>/feature_cache)")
     feature_cache_dtype: Literal["float16", "float32"] = _setting("float16", "storage type of cached features")
-
-    # --- optimisation -----------------------------------------------------------------------------------------
-    batch_size: int = _setting(8, "studies per device per micro-batch")
-    gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step")
-    num_epochs: float = _setting(1.0, "passes over the training split (ignored when max_steps > 0)")
-    max_steps: int = _setting(0, "optimizer steps to train (0: from num_epochs)")
-    learning_rate: float = _setting(1e-4, "peak learning rate of T5 (stage 2) or of the whole CLIP model (stage 1)")
     vision_learning_rate: float = _setting(1e-5, "stage 2: peak learning rate of the image tower")
     projection_learning_rate: float = _setting(1e-3, "stage 2: peak learning rate of clip_projection")
-    weight_decay: float = _setting(0.01, "AdamW weight decay (not applied to biases, norms, embeddings' scale)")
-    lr_scheduler: str = _setting("cosine", "transformers.get_scheduler name: cosine, linear, constant_with_warmup...")
-    warmup_steps: int = _setting(0, "warmup steps (0: warmup_ratio of all steps)")
-    warmup_ratio: float = _setting(0.05, "fraction of steps used for warmup when warmup_steps is 0")
-    max_grad_norm: float = _setting(1.0, "gradient clipping norm (0: no clipping)")
-    mixed_precision: Literal["no", "bf16", "fp16"] = _setting("no", "autocast precision (Accelerate)")
     gradient_checkpointing: bool = _setting(False, "recompute activations in backward to save memory")
-
-    # --- validation, checkpoints, logs ------------------------------------------------------------------------
-    eval_every_steps: int = _setting(500, "validate every N optimizer steps (and at the end)")
-    eval_max_samples: int = _setting(200, "validation studies used (the first N; 0: all)")
-    eval_batch_size: int = _setting(16, "studies per device during validation")
     ood_summary: bool = _setting(True, "stage 2: at the end, write a summary of the training images into the "
                                  "release (ood.py: studies unlike them are flagged at inference); needs validation")
     ood_max_images: int = _setting(2000, "training images (the first N) and validation studies the summary reads")
@@ -137,25 +154,15 @@ class TrainingConfig:
         "repeating its sentences (0: off). 4 measured best on the demo (benchmarks/bench_repetition.py): drafts "
         "repeating a sentence 2.9%% -> 0.0%% of test studies, 10.5%% -> 2.0%% of foreign images, findings macro F1 "
         "0.780 -> 0.776; 3 cost F1 0.03, 5 and more left the repeats")
-    best_metric: str = _setting("loss", "validation metric that picks the release: loss (lower is better) or a "
-                                "generated-report metric such as bleu_4 (higher is better)")
-    save_every_steps: int = _setting(500, "save a resumable training state every N optimizer steps")
-    keep_last_states: int = _setting(2, "training states kept on disk")
-    log_every_steps: int = _setting(10, "training loss logged every N optimizer steps")
-    log_with: Literal["auto", "tensorboard", "none"] = _setting("auto", "Accelerate tracker (auto: tensorboard "
-                                                                "when installed)")
-
-    # --- stage 1 (contrastive) --------------------------------------------------------------------------------
-    clip_pretrained: bool = _setting(True, "stage 1: start from clip_model's weights (false: random weights)")
-    clip_model_config_dir: str = _setting("", "stage 1: folder of extra open_clip model configs to register")
-    crop_scale_min: float = _setting(0.9, "stage 1: RandomResizedCrop scale lower bound (no flips: they swap sides)")
-    image_cache: bool = _setting(False, "stage 1: decode and preprocess each image once (eval preprocessing, so "
-                                 "crop_scale_min must be 1: no random crops) and train from the stored pixels")
-
-    # --- release ----------------------------------------------------------------------------------------------
     model_license: str = _setting("apache-2.0", "license written into the model card (mind the data's terms)")
     push_to_hub: str = _setting("", "after training, upload the release to this Hub repo id (token from HF_TOKEN)")
     hub_private: bool = _setting(False, "create the Hub repo as private")
+
+
+@dataclass
+class TrainingConfig(GenerationSettings, ContrastiveSettings, SharedSettings):
+    """Every setting of a run, read as one flat object (`config.batch_size`, `config.crop_scale_min`); each field is
+    also a flag of cliptt5-train."""
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -170,10 +177,16 @@ class TrainingConfig:
 
 
 FIELD_NAMES = [item.name for item in dataclasses.fields(TrainingConfig)]
+# A config file may hold each stage's own settings in a section of that stage's name (or at the top level, as files
+# written before the sections do).
+SECTIONS = {"contrastive": ContrastiveSettings, "generation": GenerationSettings}
+SECTION_OF = {item.name: section for section, settings in SECTIONS.items() for item in dataclasses.fields(settings)}
 
 
 def read_config_file(path):
-    """A YAML or JSON mapping of TrainingConfig fields; unknown keys are an error naming the file and the key."""
+    """A YAML or JSON mapping of TrainingConfig fields, flat: a `contrastive:` or `generation:` section's settings
+    join the top level's. Unknown keys, a stage's setting in the other stage's section and a setting given twice are
+    errors naming the file and the key."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as handle:
@@ -183,12 +196,41 @@ def read_config_file(path):
             raise ValueError(f"{path}: not valid YAML/JSON: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
-    for key in values:
-        if key not in FIELD_NAMES:
-            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{path}: unknown setting {key!r}{hint}")
-    return values
+    flat = {}
+    for key, value in values.items():
+        if key not in SECTIONS:
+            if key in flat:
+                raise ValueError(f"{path}: {key} is set twice (at the top level and under `{SECTION_OF[key]}:`)")
+            flat[_known(path, key)] = value
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: `{key}:` is a section: a mapping of {key} settings, got "
+                             f"{type(value).__name__}")
+        for name, setting in value.items():
+            if SECTION_OF.get(_known(path, name, f"{key}.")) != key:
+                home = f"under `{SECTION_OF[name]}:`" if name in SECTION_OF else "at the top level"
+                raise ValueError(f"{path}: {key}.{name}: not a {key} setting (it belongs {home})")
+            if name in flat:
+                raise ValueError(f"{path}: {name} is set twice (at the top level and under `{key}:`)")
+            flat[name] = setting
+    return flat
+
+
+def _known(path, key, prefix=""):
+    if key not in FIELD_NAMES:
+        close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{path}: unknown setting {prefix}{key!r}{hint}")
+    return key
+
+
+def config_sections(config):
+    """The settings as a config file holds them: the shared ones at the top level, then the run's stage's own in
+    its section (the other stage's are not read by this run)."""
+    values = config.to_dict()
+    shared = {name: value for name, value in values.items() if name not in SECTION_OF}
+    return {**shared, config.stage: {name: value for name, value in values.items()
+                                     if SECTION_OF.get(name) == config.stage}}
 
 
 def _merge(base, update):
@@ -323,6 +365,6 @@ def validate(config, source="settings"):
 
 
 def save_config(config, path):
-    """Writes the settings as YAML (what a release and a resumed run record)."""
+    """Writes the settings as YAML, in sections (config_sections): what a run records in its output folder."""
     with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+        yaml.safe_dump(config_sections(config), handle, sort_keys=False)

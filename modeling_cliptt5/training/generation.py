@@ -18,6 +18,7 @@ from modeling_cliptt5.training.model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
     set_trainable_parts,
 )
+from modeling_cliptt5.training.config import config_sections
 from modeling_cliptt5.training.loop import Stage, StageParts, full_parameters, run_stage
 
 
@@ -328,7 +329,7 @@ class GenerationStage(Stage):
         info = _release_info(self.config, self.data_summary, step,
                              {f"validation/{name}": value for name, value in metrics.items()}, self.head_scores)
         save_release(self.accelerator, self.model, self.processor, self.config.release_dir, info,
-                     self.config.to_dict())
+                     config_sections(self.config))
 
 
     def finish(self):

@@ -61,6 +61,44 @@ def test_unknown_or_contradictory_settings_name_the_file(tmp_path, dataset_dir):
         config_from_dict({"dataset": str(tmp_path / "missing")})
 
 
+def test_a_file_in_sections_reads_as_the_same_flat_file_and_a_run_records_its_settings_in_sections(tmp_path,
+                                                                                                  dataset_dir):
+    from modeling_cliptt5.training.config import save_config
+
+    flat = {"stage": "contrastive", "dataset": str(dataset_dir), "batch_size": 3, "crop_scale_min": 1.0,
+            "image_cache": True}
+    sectioned = {"stage": "contrastive", "dataset": str(dataset_dir), "batch_size": 3,
+                 "contrastive": {"crop_scale_min": 1.0, "image_cache": True}}
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(flat))
+    (tmp_path / "sectioned.yaml").write_text(yaml.safe_dump(sectioned))
+    config = parse_config(["--config", str(tmp_path / "sectioned.yaml")])
+    assert config == parse_config(["--config", str(tmp_path / "flat.yaml")])
+    assert (config.crop_scale_min, config.image_cache, config.batch_size) == (1.0, True, 3)
+    # what a run writes into its output folder reads back as the same settings, the stage's own in its section
+    save_config(config, tmp_path / "recorded.yaml")
+    recorded = yaml.safe_load((tmp_path / "recorded.yaml").read_text())
+    assert recorded["contrastive"] == {"clip_pretrained": True, "clip_model_config_dir": "", "crop_scale_min": 1.0,
+                                       "image_cache": True}
+    assert "generation" not in recorded and "train_t5" not in recorded and recorded["batch_size"] == 3
+    assert parse_config(["--config", str(tmp_path / "recorded.yaml")]) == config
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"generation": {"crop_scale_min": 1.0}}, r"generation\.crop_scale_min: not a generation setting \(it belongs "
+                                              r"under `contrastive:`\)"),
+    ({"contrastive": {"batch_size": 4}}, r"contrastive\.batch_size: not a contrastive setting \(it belongs at the "
+                                         r"top level\)"),
+    ({"generation": {"train_t5s": True}}, r"unknown setting generation\.'train_t5s' \(did you mean 'train_t5'"),
+    ({"train_t5": True, "generation": {"train_t5": False}}, r"train_t5 is set twice"),
+    ({"generation": ["train_t5"]}, r"`generation:` is a section: a mapping of generation settings"),
+])
+def test_a_setting_in_the_wrong_section_names_where_it_belongs(tmp_path, dataset_dir, settings, message):
+    path = tmp_path / "sections.yaml"
+    path.write_text(yaml.safe_dump({"dataset": str(dataset_dir), **settings}))
+    with pytest.raises(ValueError, match=r"sections\.yaml: " + message):
+        parse_config(["--config", str(path)])
+
+
 def test_a_frozen_random_image_tower_is_warned_about(dataset_dir):
     demo = ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--dataset", str(dataset_dir)]
     with pytest.warns(UserWarning, match="image tower stays at its random initialisation"):
