@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from modeling_cliptt5.training.release import RELEASE_INFO_FILE, HubPushError, push_release, write_model_card
+from modeling_cliptt5.training.release import FULL_VOCABULARY, HubPushError, finish_release
 
 
 def main(argv=None):
@@ -27,35 +27,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.release_dir, "config.json")):
         parser.error(f"no release folder at {args.release_dir} (a folder holding config.json)")
-    if args.report_vocabulary or args.full_vocabulary:
-        from modeling_cliptt5.training.report_vocabulary import set_release_vocabulary, training_reports
-
-        try:
-            reports = None if args.full_vocabulary else training_reports(args.report_vocabulary)
-            config = set_release_vocabulary(args.release_dir, reports)
-        except (OSError, ValueError) as error:
-            print(f"{parser.prog}: error: {error}", file=sys.stderr)
-            return 1
-        allowed = config.vocab_size if config.report_vocabulary is None else len(config.report_vocabulary)
-        print(f"{args.release_dir}: drafts may use {allowed:,} of {config.vocab_size:,} tokens")
-        if not args.push_to_hub:
-            # A training release's card says how many tokens its drafts use.
-            if os.path.isfile(os.path.join(args.release_dir, RELEASE_INFO_FILE)):
-                print(f"wrote {write_model_card(args.release_dir)}")
-            return 0
-    if not args.push_to_hub:
-        try:
-            print(f"wrote {write_model_card(args.release_dir)}")
-        except FileNotFoundError as error:  # a converted release has no training record to fill a card from
-            print(f"{parser.prog}: error: {error}", file=sys.stderr)
-            return 1
-        return 0
+    vocabulary = FULL_VOCABULARY if args.full_vocabulary else args.report_vocabulary
     try:
-        commit = push_release(args.release_dir, args.push_to_hub, private=args.private)
-    except HubPushError as error:
+        finish_release(args.release_dir, vocabulary=vocabulary, push_to=args.push_to_hub, private=args.private)
+    except (OSError, ValueError, HubPushError) as error:  # a converted release has no training record for a card
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
-    print(f"uploaded {args.release_dir} to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
     return 0
 
 

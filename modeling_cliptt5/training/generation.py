@@ -333,8 +333,12 @@ class GenerationStage(Stage):
 
 
     def finish(self):
-        """The release completed: the summary of its training images (OOD flag), then the push to the Hub."""
+        """The release completed (training/release.finish_release): the summary of its training images (the
+        unfamiliar-study flag), its card, the push to the Hub."""
+        from modeling_cliptt5.training.release import HubPushError, finish_release
+
         config, sets = self.config, self.sets
+        summary = None
         if config.ood_summary and sets.validation_rows is not None and os.path.isdir(config.release_dir):
             if config.feature_cache:  # the cached features are the frozen tower's: no pixel is read again
                 validation_studies = sets.head or sets.validation
@@ -342,25 +346,16 @@ class GenerationStage(Stage):
                            (validation_studies.rows, validation_studies.encode_images))
             else:
                 sources = ((self.data[config.train_split], None), (self.data[config.validation_split], None))
-            try:
-                summary = write_release_summary(config.release_dir, *sources,
-                                                max_training_images=config.ood_max_images,
-                                                device=self.accelerator.device)
-                print(f"summary of {summary.training_images} training images written to the release: a study is "
-                      f"flagged unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
-                      f"{summary.validation_studies} validation studies)")
-            except ValueError as error:  # too few readable images: the release is complete without it
-                print(f"note: no summary of the training images in the release ({error}): unfamiliar studies will "
-                      "not be flagged")
-        if config.push_to_hub:
-            from modeling_cliptt5.training.release import HubPushError, push_release
 
-            try:
-                push_release(config.release_dir, config.push_to_hub, private=config.hub_private)
-                print(f"uploaded {config.release_dir} to {config.push_to_hub}")
-            except HubPushError as error:  # the run and its release are complete: say so, do not crash
-                print(f"error: {error}; push later with cliptt5-release {config.release_dir} "
-                      f"--push-to-hub {config.push_to_hub}")
+            def summary():
+                return write_release_summary(config.release_dir, *sources, max_training_images=config.ood_max_images,
+                                             device=self.accelerator.device)
+        try:
+            finish_release(config.release_dir, ood_summary=summary, push_to=config.push_to_hub or None,
+                           private=config.hub_private)
+        except HubPushError as error:  # the run and its release are complete: say so, do not crash
+            print(f"error: {error}; push later with cliptt5-release {config.release_dir} "
+                  f"--push-to-hub {config.push_to_hub}")
 
     def curve_metrics(self, last_metrics):
         return [name for name in last_metrics if name != "loss"]

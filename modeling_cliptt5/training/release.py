@@ -177,8 +177,19 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         metrics=metrics,
         finding_head=info.get("finding_head"),
         training_config=training_config.strip(),
+        ood_summary=_ood_card_values(release_dir),
     )
     return str(card)
+
+
+def _ood_card_values(release_dir):
+    """What the card says of the release's unfamiliar-study flag (inference/ood.py), None without a summary."""
+    from modeling_cliptt5.inference.ood import load_summary
+
+    summary = load_summary(release_dir)
+    return None if summary is None else {"threshold": f"{summary.threshold:.2f}",
+                                         "training_images": summary.training_images,
+                                         "validation_studies": summary.validation_studies}
 
 
 def _metric_family(name):
@@ -192,6 +203,44 @@ def write_model_card(release_dir, repo_id=None):
     path = Path(release_dir) / "README.md"
     path.write_text(render_model_card(release_dir, repo_id=repo_id), encoding="utf-8")
     return path
+
+
+FULL_VOCABULARY = "full"  # finish_release(vocabulary=...): lift a report-vocabulary limit
+
+
+def finish_release(release_dir, ood_summary=None, vocabulary=None, push_to=None, private=False, say=print):
+    """Completes a written release, in this one place for a training run (stage 2's end) and cliptt5-release:
+    1. `ood_summary`: a function that fits and saves the summary of the training images into the release
+       (generation.write_release_summary over the run's rows); too few readable images leave the release without
+       one, with a note;
+    2. `vocabulary`: a converted dataset whose train-split reports limit the drafts' tokens (report_vocabulary.py),
+       or FULL_VOCABULARY to lift the limit;
+    3. the model card, filled again from the release's files (a converted release has no training record to fill
+       it from: asked for nothing else, that is a FileNotFoundError; else its card stays as it is);
+    4. the upload to the Hub repo `push_to`.
+    `say` hears what was done. Raises OSError / ValueError for a vocabulary dataset that cannot be read and
+    HubPushError for an upload that failed (the folder as it was)."""
+    if ood_summary is not None:
+        try:
+            summary = ood_summary()
+            say(f"summary of {summary.training_images} training images written to the release: a study is flagged "
+                f"unlike them beyond ood_score {summary.threshold:.2f} (99th percentile of "
+                f"{summary.validation_studies} validation studies)")
+        except ValueError as error:  # too few readable images: the release is complete without it
+            say(f"note: no summary of the training images in the release ({error}): unfamiliar studies will not "
+                "be flagged")
+    if vocabulary is not None:
+        from modeling_cliptt5.training.report_vocabulary import set_release_vocabulary, training_reports
+
+        config = set_release_vocabulary(release_dir, None if vocabulary == FULL_VOCABULARY
+                                        else training_reports(vocabulary))
+        allowed = config.vocab_size if config.report_vocabulary is None else len(config.report_vocabulary)
+        say(f"{release_dir}: drafts may use {allowed:,} of {config.vocab_size:,} tokens")
+    if push_to:
+        commit = push_release(release_dir, push_to, private=private)  # fills the card with the repo id first
+        say(f"uploaded {release_dir} to {push_to}: {getattr(commit, 'commit_url', commit)}")
+    elif (Path(release_dir) / RELEASE_INFO_FILE).is_file() or (ood_summary is None and vocabulary is None):
+        say(f"wrote {write_model_card(release_dir)}")
 
 
 class HubPushError(RuntimeError):

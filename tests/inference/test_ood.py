@@ -4,6 +4,7 @@ its own test phantoms; generate.py writes the score and flag, --refuse-ood skips
 the ONNX fast path scores as PyTorch does, and releases without a summary still draft with a note."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,10 @@ def test_the_release_flags_foreign_images_and_few_of_its_own_test_phantoms(relea
 
     summary = load_summary(release)
     assert summary is not None and summary.training_images == 1200 and summary.validation_studies == 400
+    # the release was finished in one place: its card, filled after the summary, tells a reader where the flag sits
+    card = " ".join((Path(release) / "README.md").read_text().split())
+    assert (f"flagged (`ood_flag`) beyond ood_score {summary.threshold:.2f} (the 99th percentile of 400 validation "
+            f"studies, against a summary of 1200 training images)") in card
     loaded = load_release(release)
     own = [row["images"][0] for row in load_from_disk(str(phantoms))["test"]]
     own_flagged = loaded.ood_summary.flags(scores_of(loaded, own)).float().mean().item()
