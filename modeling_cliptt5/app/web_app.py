@@ -18,20 +18,21 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from datetime import datetime  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
 from modeling_cliptt5.data.atomic_writes import atomic_file  # noqa: E402
-from modeling_cliptt5.evaluation.findings import text_reader  # noqa: E402
+from modeling_cliptt5.evaluation.findings import sentence_findings, stated_findings  # noqa: E402
 from modeling_cliptt5.images.display import open_for_display  # noqa: E402
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError  # noqa: E402
 from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E402
 from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING, ood_warning  # noqa: E402
-from modeling_cliptt5.evaluation.labeler import split_sentences  # noqa: E402
+from modeling_cliptt5.app.page_layout import Page, lay_out_page  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
+from modeling_cliptt5.app.page_study import Study, choose_frontal, stale_note, update_study  # noqa: E402
 from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
 from modeling_cliptt5.app.report_formats import (  # noqa: E402
     NoDicomReferences,
@@ -44,7 +45,6 @@ from modeling_cliptt5.app.report_formats import (  # noqa: E402
     write_dicom,
 )
 from modeling_cliptt5.app.report_review import (  # noqa: E402
-    NOTICE,
     claim_text,
     claimed_findings,
     contradiction_text,
@@ -54,23 +54,8 @@ from modeling_cliptt5.app.report_review import (  # noqa: E402
     reviewed_sentences,
     tagged_sentences,
 )
-from modeling_cliptt5.app.study_identity import (  # noqa: E402
-    export_basename,
-    exported_identity,
-    file_identity,
-    file_key,
-    file_reference,
-    identity_html,
-    mismatch,
-    study_identity,
-)
-from modeling_cliptt5.app.study_viewer import (  # noqa: E402
-    EMPTY_VIEWER,
-    VIEWER_CSS,
-    VIEWER_JS,
-    static_text,
-    viewer_html,
-)
+from modeling_cliptt5.app.study_identity import export_basename, exported_identity, identity_html  # noqa: E402
+from modeling_cliptt5.app.study_viewer import EMPTY_VIEWER, VIEWER_CSS, static_text, viewer_html  # noqa: E402
 
 # Uploads and exports older than an hour are deleted, checked every 10 minutes; the whole folder goes at exit.
 DELETE_AFTER_SECONDS = 3600
@@ -80,15 +65,6 @@ MAX_FILE_SIZE = "200mb"  # an uncompressed 16-bit DICOM of a 3000 x 3000 film is
 BUSY_MESSAGE = ("**The server is busy: try again in a moment.** (Other readers' drafts are waiting for the model; "
                 "nothing on this page was changed.)")
 FAILED_MESSAGE = "**The draft did not finish: try again.** Nothing on this page was changed."
-
-REVIEW_LABEL = "Sentence review: accept each sentence before signing"
-REVIEW_INFO = ("Alt+Down / Alt+Up: next / previous sentence, Alt+A: accept it, Alt+E: edit it in its box; Ctrl+Enter: "
-               "draft. Sentences you wrote or changed count as yours. Unchecked findings of the checklist are "
-               "exported as absent (pertinent negatives).")
-
-# The review's keys, on the whole page (gr.HTML runs this once): the keys' logic (review_logic.js, tested on its own
-# by tests/app/js/) in front of the glue to the page (review_keys.js); one function body, as js_on_load wants it.
-REVIEW_KEYS_JS = static_text("review_logic.js") + static_text("review_keys.js")
 
 PAGE_CSS = VIEWER_CSS + static_text("page.css")
 
@@ -167,90 +143,6 @@ def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=N
     viewer = viewer_html(captions_of(images, views_of(images, files, views))) if images else EMPTY_VIEWER
     notes = list(notes) + ([view_note] if view_note and images else [])
     return viewer, messages_html(problems, note, doubts, refused, notes)
-
-
-def update_study(paths, study):
-    """The study after the file list changed to `paths`: (study, refused, notes, is_new).
-
-    A study is {"token", "files", "names", "keys", "listed", "identity", "views", "references"}: the files used
-    (content keys), every file listed (refused ones too), the identity of the headers, each file's view and its
-    DICOM UIDs (None for PNG/JPEG), frontal views first (images/views.py). A list that keeps
-    none of the study's files starts a new study (new token); files added to a study join it unless their header
-    names another patient or study; a file without a header joins with a note.
-    """
-    study = study or {}
-    listed, unique = [], []
-    for path in paths or []:
-        key = file_key(path)
-        if key not in listed:
-            listed.append(key)
-            unique.append((path, key))
-    is_new = not set(listed) & set(study.get("listed", []))
-    previous = {} if is_new else dict(zip(study.get("keys", []), study.get("names", [])))
-    previous_views = {} if is_new else dict(zip(study.get("keys", []), study.get("views", [])))
-    previous_references = {} if is_new else dict(zip(study.get("keys", []), study.get("references", [])))
-    identity = {} if is_new else dict(study.get("identity", {}))
-    files, names, keys, views, references, refused, notes = [], [], [], [], [], [], []
-    for path, key in unique:
-        name = Path(path).name
-        if key in previous:  # already read: its header is in the study's identity, views and references
-            view, reference = previous_views[key], previous_references.get(key)
-        else:
-            header = file_identity(path)
-            view, reference = header.get("view_position", ""), file_reference(header)
-            reason = mismatch(identity, header)
-            if reason:
-                refused.append(f"{name} is of another patient or study, {reason}. Clear the study (x at the top "
-                               "right of the file list) to start a new one.")
-                continue
-            if not is_new:
-                notes.append(f"Added {name} to this study.")
-                if identity.get("patient_id") and not header:
-                    notes.append(f"{name} has no DICOM header: check that it is of patient ID "
-                                 f"{identity['patient_id']}.")
-            identity = study_identity([identity, header])
-        files.append(path)
-        names.append(name)
-        keys.append(key)
-        views.append(view)
-        references.append(reference)
-    notes += [f"Removed {name} from this study." for key, name in previous.items() if key not in listed]
-    # Frontal first, as the headers say: the viewer's numbering, the identity line and the model agree.
-    frontal = study.get("frontal") if not is_new and study.get("frontal") in names else None
-    order = frontal_first(list(range(len(files))), views, names, frontal)[0]
-    files, names, keys, views, references = ([items[index] for index in order]
-                                             for items in (files, names, keys, views, references))
-    token = new_token() if is_new else study["token"]
-    new = {"token": token, "files": files, "names": names, "keys": keys, "listed": listed, "identity": identity,
-           "views": views, "references": references}
-    if frontal:
-        new["frontal"] = frontal
-    return new, refused, notes, is_new
-
-
-def choose_frontal(study, name):
-    """The study with the image the reader named (`name`, a file name of the study) first: the one the model reads
-    as the frontal, whatever the headers say; and a note where a header disagrees (views.frontal_first)."""
-    if not study or name not in study.get("names", []) or name == study["names"][0]:
-        return study, None
-    order, _, note = frontal_first(list(range(len(study["names"]))), study["views"], study["names"], name)
-    chosen = {**study, **{field: [study[field][index] for index in order]
-                          for field in ("files", "names", "keys", "views", "references")}, "frontal": name}
-    return chosen, note
-
-
-def new_token():
-    return uuid.uuid4().hex
-
-
-def stale_note(draft, study):
-    """Why the draft no longer matches the study's images, or None."""
-    if not draft or "keys" not in draft or draft["keys"] == study.get("keys"):
-        return None
-    if sorted(draft["keys"]) == sorted(study.get("keys", [])):
-        return "Another image was chosen as the frontal after this draft: draft again before exporting."
-    return (f"The images changed after this draft (drafted from {draft['images']} image(s); the study now has "
-            f"{len(study.get('keys', []))}): draft again before exporting.")
 
 
 def checklist_choices(names, probabilities):
@@ -336,33 +228,28 @@ def check_draft(names, findings, impression, checked, draft):
     if not draft:
         return ""
     parts, notes = [], []
-    reader = text_reader(names) if names else None
-    if reader is not None:
+    stated = stated_findings((findings, impression), names)
+    if stated is not None:
         checked = set(checked or [])
-        stated_anywhere = set()
         for header, text in (("FINDINGS:", findings), ("IMPRESSION:", impression)):
-            sentences = split_sentences((text or "").strip())
-            if not sentences:
-                continue
             pieces = []
-            for sentence in sentences:
-                stated = reader(sentence)
-                stated_anywhere |= stated
-                extra = sorted(stated - checked)
+            for sentence, in_sentence in sentence_findings(text, names):
+                extra = sorted(in_sentence - checked)
                 if extra:
                     pieces.append(f'<mark class="disagree" title="not in the findings checklist: '
                                   f'{html.escape(", ".join(extra))}">{html.escape(sentence)}</mark>')
                 else:
                     pieces.append(html.escape(sentence))
-            parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
-        missing = [name for name in names if name in checked and name not in stated_anywhere]
+            if pieces:
+                parts.append(f"<p><b>{header}</b> {' '.join(pieces)}</p>")
+        missing = [name for name in names if name in checked and name not in stated]
         if missing:
             notes.append(f'<p class="missing">Checked but not stated in the text: '
                          f'{html.escape(", ".join(missing))}</p>')
     notes += [f'<p class="missing">The text says both: {html.escape(contradiction_text(item))}</p>'
               for item in contradictions(findings, impression)]
     if not notes and "<mark" not in "".join(parts):
-        return "<div><p>The text and the findings checklist agree.</p></div>" if reader is not None else ""
+        return "<div><p>The text and the findings checklist agree.</p></div>" if stated is not None else ""
     summary = ("The text and the findings checklist disagree, or the text with itself: check the marked sentences "
                "and the list below.")
     return f"<div><p>{summary}</p>{''.join(parts)}{''.join(notes)}</div>"
@@ -372,10 +259,8 @@ def open_disagreements(names, findings, impression, checked):
     """What signing would leave unresolved, one line each: findings the text states that the checklist does not hold
     (or the reverse), and findings the text both claims and denies."""
     lines = []
-    reader = text_reader(names) if names else None
-    if reader is not None:
-        stated = set().union(*(reader(sentence) for text in (findings, impression)
-                               for sentence in split_sentences((text or "").strip())))
+    stated = stated_findings((findings, impression), names)
+    if stated is not None:
         checked = set(checked or [])
         lines += [f"{name}: stated in the text, not checked" for name in names if name in stated - checked]
         lines += [f"{name}: checked, not stated in the text" for name in names if name in checked - stated]
@@ -422,7 +307,7 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
 
     Returns ({"txt"|"json"|"fhir"|"sr": path}, None or why there is no SR, the SR's `sr_reference` or None). Raises
     ExportRefused for an empty report or a draft of other images than the study's."""
-    study, draft = study or {}, draft or {}
+    study, draft = study or Study(), draft or {}
     reason = not_ready(findings, impression, draft, study)
     if reason:
         raise ExportRefused(f"Nothing exported: {reason}")
@@ -433,14 +318,14 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
                            model_draft={k: draft[k] for k in ("findings", "impression") if k in draft},
                            model_name=drafter_name, images=draft.get("images", 0),
                            draft_seconds=draft.get("seconds"))
-    identity = exported_identity(study.get("identity", {}), study.get("views", []), show_name)
+    identity = exported_identity(study.identity, study.views, show_name)
     record = {"study": identity, **record, **drafting_provenance(draft, study, release),
               "signature": {**signature, "signed_at": signature["signed_at"].isoformat()} if signature else None}
     if "finding_probabilities" in draft:
         record["findings_checklist"] = {"checked_by_reader": list(checked or []),
                                         "model_findings": draft["predicted_findings"],
                                         "model_probabilities": draft["finding_probabilities"]}
-    name = export_basename(study.get("identity", {}), when)
+    name = export_basename(study.identity, when)
     paths = {kind: folder / f"{name}{suffix}" for kind, suffix in EXPORT_SUFFIXES.items()}
     with atomic_file(paths["txt"]) as stream:
         stream.write(report_document(record, signature))
@@ -448,13 +333,13 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
         stream.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     with atomic_file(paths["fhir"]) as stream:
         stream.write(json.dumps(fhir_diagnostic_report(record, signature), indent=2, ensure_ascii=False) + "\n")
-    references = [reference for reference in study.get("references", []) if reference]
+    references = [reference for reference in study.references if reference]
     try:
         series = None if earlier_sr is None else {
             "series_instance_uid": earlier_sr["series_instance_uid"], "series_number": earlier_sr["series_number"],
             "instance_number": earlier_sr["instance_number"] + 1}
         predecessor = earlier_sr if signature and earlier_sr and not earlier_sr.get("signed") else None
-        dataset = basic_text_sr(record, references, signature, when, identity=study.get("identity", {}),
+        dataset = basic_text_sr(record, references, signature, when, identity=study.identity,
                                 series=series, predecessor=predecessor)
     except NoDicomReferences as reason:
         del paths["sr"]
@@ -468,13 +353,12 @@ def drafting_provenance(draft, study, release):
     """How the draft was made, for every export: the release (name, revision), the images the model read (each
     image's view and SOP Instance UID, or a file without a header by its content hash: no file names, which can
     carry a patient's name), and the unfamiliar-image check where the release has one."""
-    by_name = {name: (view, reference, key) for name, view, reference, key in
-               zip(study.get("names", []), study.get("views", []), study.get("references", []), study.get("keys", []))}
+    by_name = {image.name: image for image in study.images}
     images = [by_name[name] for name in draft.get("read", []) if name in by_name]
     provenance = {"release": release,
-                  "images_read": [{"view": view, **({"sop_instance_uid": reference["sop_instance_uid"]}
-                                                    if reference else {"sha1": key})}
-                                  for view, reference, key in images]}
+                  "images_read": [{"view": image.view, **({"sop_instance_uid": image.reference["sop_instance_uid"]}
+                                                          if image.reference else {"sha1": image.key})}
+                                  for image in images]}
     if draft.get("engine"):  # how it ran: "PyTorch", "ONNX Runtime int8" (inference/engines.py)
         provenance["engine"] = draft["engine"]
     if "ood_score" in draft:
@@ -500,7 +384,7 @@ def sign_report(reader, findings, impression, reviewed, draft, study, when=None,
     whose text disagrees with the findings checklist (`names`: the head's label set, `checked`: the reader's
     checklist) or with itself is signed only with `override`, and the signature then lists what was left open
     ("override"), which every export repeats."""
-    reason = not_ready(findings, impression, draft or {}, study or {})
+    reason = not_ready(findings, impression, draft or {}, study or Study())
     if reason:
         raise SignRefused(f"Not signed: {reason}")
     items, done = reviewed_sentences(findings, impression, reviewed, draft)
@@ -541,13 +425,170 @@ def versions_menu(versions):
                      value=len(versions) - 1 if versions else None, visible=bool(versions))
 
 
-def uploaded_paths(payload):
-    """The drop zone's value for the page's functions: the uploaded files' paths. It replaces gradio 6's
-    File.preprocess, which creates an empty temporary file per file at every event that reads the list and never
-    deletes it (gradio has already checked that the paths are this server's uploads)."""
-    if payload is None:
-        return None
-    return [item.path for item in (payload.root if hasattr(payload, "root") else [payload])]
+class PageHandlers:
+    """What the page does on each event, for one loaded drafter. Each handler returns {component: new value};
+    gradio leaves the components a handler does not name as they are (gr.skip() leaves all of them)."""
+
+    def __init__(self, page: Page, drafter, max_pixels, any_modality, show_patient_name, turns):
+        self.page, self.drafter, self.turns, self.open_studies = page, drafter, turns, OpenStudies()
+        self.max_pixels, self.any_modality, self.show_patient_name = max_pixels, any_modality, show_patient_name
+        unlocked = gr.update(interactive=True)
+        # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
+        self.cleared = {
+            page.findings: "", page.impression: "", page.draft_info: "", page.draft: {},
+            page.checklist: gr.update(visible=bool(drafter.finding_labels), choices=[], value=[]),
+            page.draft_check: "", page.critical: "", page.tags: None, page.claims: "", page.report: "",
+            page.exported: None, page.export_status: "", page.versions: [],
+            page.version_choice: gr.update(choices=[], value=None, visible=False, interactive=True),
+            page.restore_button: gr.update(visible=False, interactive=True),
+            page.review: gr.update(choices=[], value=[], interactive=True), page.signature: {},
+            page.sign_status: "", page.reader: unlocked, page.draft_button: unlocked,
+            page.redraft_button: unlocked, page.revert_findings: unlocked, page.revert_impression: unlocked,
+            page.sign_button: unlocked, page.review_items: [], page.report_sr: {},
+            page.sign_anyway: gr.update(value=False, interactive=True)}
+
+    def stale_info(self, drafted, study):
+        """The draft info line saying that the draft no longer matches the study, where it does not."""
+        stale = stale_note(drafted, study)
+        return {self.page.draft_info: f"**{stale}**"} if stale else {}
+
+    def files_changed(self, paths, current, drafted, request: gr.Request):
+        page = self.page
+        new, refused, notes, is_new = update_study(paths, current)
+        if current.token and new.listed == current.listed:  # the same files (a re-sent list): nothing to do
+            return gr.skip()
+        shown, text = show_study(new.files, self.max_pixels, self.any_modality, new.views, refused, notes,
+                                 new.frontal)
+        header = identity_html(new.identity, new.views, self.show_patient_name) if new.files else ""
+        if not new.listed:
+            new = Study()
+        self.open_studies.show(request.session_hash, new.token)
+        names = new.names
+        study = {page.study: new, page.viewer: shown, page.messages: text, page.identity: header,
+                 page.frontal_choice: gr.update(choices=names, value=names[0] if names else None,
+                                                visible=len(names) > 1)}
+        return {**self.cleared, **study} if is_new else {**study, **self.stale_info(drafted, new)}
+
+    def frontal_chosen(self, name, current, drafted):
+        # The reader names the frontal image (PNG/JPEG carry no view): the study's order, the viewer's numbering
+        # and the model's first image follow it; a draft of the old order is stale.
+        chosen, note = choose_frontal(current, name)
+        if chosen is current:
+            return gr.skip()
+        shown, text = show_study(chosen.files, self.max_pixels, self.any_modality, chosen.views,
+                                 notes=[note] if note else (), frontal=name)
+        return {self.page.study: chosen, self.page.viewer: shown, self.page.messages: text,
+                **self.stale_info(drafted, chosen)}
+
+    def unlock_unsigned(self, signed):
+        # A new study is unsigned: its text boxes open again. (Set in the same update as their emptied value,
+        # gradio left the previous study's text in them.)
+        if signed:
+            return gr.skip()
+        return {box: gr.update(interactive=True) for box in (self.page.findings, self.page.impression,
+                                                             self.page.checklist)}
+
+    def start_draft(self, findings_text, impression_text, drafted, kept):
+        # The old timing line goes at once, so nobody reads it as the new draft's while the model works; text
+        # the model did not write is kept as a version before the draft replaces it.
+        kept = keep_version(kept, findings_text, impression_text, drafted,
+                            f"Your text before the draft at {datetime.now():%H:%M:%S}")
+        return {self.page.draft_info: "Drafting...", **self.versions_shown(kept)}
+
+    def versions_shown(self, kept):
+        return {self.page.versions: kept, self.page.version_choice: versions_menu(kept),
+                self.page.restore_button: gr.update(visible=bool(kept))}
+
+    def draft_clicked(self, paths, text, current, kept, request: gr.Request):
+        return self.run_draft(paths, text, current, kept, request)
+
+    def redraft_clicked(self, paths, text, current, kept, checked, request: gr.Request):
+        return self.run_draft(paths, text, current, kept, request, list(checked or []))
+
+    def run_draft(self, paths, text, current, kept, request, checked=None):
+        page, token = self.page, current.token
+        try:
+            with self.turns.turn():
+                # the study's files come frontal first with the views update_study read from their headers;
+                # the study's images are on the page already (files_changed showed them): not sent again
+                findings, impression, info, messages, drafted, checklist, viewer = draft_report(
+                    self.drafter, current.files if token else paths, text, self.max_pixels, checked,
+                    self.any_modality, current.views if token else None, shown=bool(token),
+                    frontal=current.frontal)
+        except ServerBusy:
+            return {page.draft_info: BUSY_MESSAGE}
+        if token and not self.open_studies.is_current(request.session_hash, token):
+            return gr.skip()  # its study was cleared or replaced meanwhile: never show it on the next
+        if drafted:
+            drafted = {**drafted, "keys": current.keys}
+            if kept:
+                info += " Earlier text is kept under *Earlier versions*."
+        return {page.findings: findings, page.impression: impression, page.draft_info: info,
+                page.messages: messages, page.draft: drafted, page.checklist: checklist, page.viewer: viewer}
+
+    def restore(self, index, kept, findings_text, impression_text, drafted):
+        if index is None or not 0 <= int(index) < len(kept):
+            return gr.skip()
+        chosen = kept[int(index)]
+        kept = keep_version(kept, findings_text, impression_text, drafted,
+                            f"Your text before restoring, {datetime.now():%H:%M:%S}")
+        return {self.page.findings: chosen["findings"], self.page.impression: chosen["impression"],
+                self.page.versions: kept, self.page.version_choice: versions_menu(kept)}
+
+    def revert(self, section, findings_text, impression_text, drafted, kept):
+        if not drafted:
+            return gr.skip()
+        kept = keep_version(kept, findings_text, impression_text, drafted,
+                            f"Your text before reverting {section.upper()}, {datetime.now():%H:%M:%S}")
+        texts = {"findings": findings_text, "impression": impression_text, section: drafted.get(section, "")}
+        return {self.page.findings: texts["findings"], self.page.impression: texts["impression"],
+                **self.versions_shown(kept)}
+
+    def text_changed(self, findings_text, impression_text, checked, accepted, drafted, shown):
+        page = self.page
+        items, done = reviewed_sentences(findings_text, impression_text, accepted, drafted)
+        tags, claims, critical, report = review_report(findings_text, impression_text)
+        changed = {page.draft_check: check_draft(self.drafter.finding_labels, findings_text, impression_text,
+                                                 checked, drafted),
+                   page.tags: tags, page.claims: claims, page.critical: critical, page.report: report}
+        if items != shown or done != list(accepted or []):
+            changed.update({page.review: gr.update(choices=items, value=done), page.review_items: items})
+        return changed
+
+    def sign(self, name, findings_text, impression_text, accepted, drafted, current, checked, anyway):
+        page = self.page
+        try:
+            signed = sign_report(name, findings_text, impression_text, accepted, drafted, current,
+                                 names=self.drafter.finding_labels if "finding_probabilities" in (drafted or {})
+                                 else (), checked=checked, override=anyway)
+        except SignRefused as refusal:
+            return {page.sign_status: f'<p class="refused">{html.escape(str(refusal))}</p>'}
+        when = datetime.fromisoformat(signed["signed_at"])
+        reader_name = display_name(person_name(signed["reader"]))
+        status = (f'<p class="signed">Signed by {html.escape(reader_name)} on {when:%Y-%m-%d %H:%M}. '
+                  "The report is locked: export it below; Clear the study to start the next one.</p>")
+        return {page.signature: signed, page.sign_status: status,
+                **{component: gr.update(interactive=False) for component in page.locked}}
+
+    def export(self, findings_text, impression_text, indication_text, drafted, checked, current, signed, earlier):
+        page = self.page
+        try:
+            paths, no_sr, sr = export_report(self.drafter.name, findings_text, impression_text, indication_text,
+                                             drafted, checked, current, self.show_patient_name, signature=signed,
+                                             release=self.drafter.release.identity, earlier_sr=earlier or None)
+        except ExportRefused as refusal:
+            return {page.exported: None, page.export_status: f'<p class="refused">{html.escape(str(refusal))}</p>'}
+        formats = "text, JSON, FHIR" + ("" if no_sr else " and DICOM SR")
+        status = (f"signed by {html.escape(display_name(person_name(signed['reader'])))}" if signed else
+                  "<b>as a DRAFT</b> (not signed: every file says so)")
+        lines = [f"<p>Exported {html.escape(Path(paths['txt']).stem)} ({formats}), {status}.</p>"]
+        if no_sr:
+            lines.append(f"<p>No DICOM SR: {html.escape(no_sr)}</p>")
+        return {page.exported: list(paths.values()), page.export_status: "".join(lines),
+                **({page.report_sr: sr} if sr else {})}
+
+    def page_closed(self, request: gr.Request):
+        self.open_studies.close(request.session_hash)
 
 
 def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_patient_name=False,
@@ -558,264 +599,59 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
     (dicom.check_radiograph); `show_patient_name`: show and export the header's patient name."""
     folder = make_private_upload_folder()
     UploadSweeper(folder, delete_after, min(MAX_SWEEP_INTERVAL_SECONDS, max(1.0, delete_after / 6))).start()
-    turns, open_studies = DraftTurns(max_waiting), OpenStudies()
-    prompt = drafter.default_prompt
     with gr.Blocks(title="CLIP-T5 chest X-ray report draft", analytics_enabled=False) as app:
-        gr.Markdown(f"**{NOTICE}**", elem_id="notice")
-        with gr.Row():
-            with gr.Column(scale=3):
-                files = gr.File(label="Images of one study (PNG, JPEG or DICOM); Clear (x) before the next "
-                                      "patient", file_count="multiple", elem_id="study-files")
-                files.preprocess = uploaded_paths
-                messages = gr.HTML(elem_id="study-messages")
-                identity = gr.HTML(elem_id="study-identity")
-                frontal_choice = gr.Dropdown(label="Frontal image: the model reads this one first (the headers' "
-                                                   "frontal, else the first dropped)", choices=[], visible=False,
-                                             interactive=True, elem_id="frontal-choice")
-                viewer = gr.HTML(EMPTY_VIEWER, js_on_load=VIEWER_JS, elem_id="study-viewer")
-            with gr.Column(scale=2):
-                indication = gr.Textbox(
-                    prompt or "", label="Indication / prompt (optional)", lines=2, elem_id="indication",
-                    info=("Filled in with the prompt this model was trained with." if prompt else
-                          "Passed to the model after the image tokens; leave it empty to draft from the images "
-                          "alone."),
-                )
-                draft_button = gr.Button("Draft report", variant="primary", elem_id="draft-button")
-                draft_info = gr.Markdown(elem_id="draft-info")
-                with gr.Group(visible=bool(drafter.finding_labels)):
-                    checklist = gr.CheckboxGroup(
-                        label="Findings checklist (the model's probability of each; the draft follows the checked "
-                              "ones)", elem_id="finding-checklist",
-                        info="Correct a finding, then redraft. The heatmap of each finding can be shown over the "
-                             "image (viewer controls).")
-                    redraft_button = gr.Button("Redraft from the checked findings", elem_id="redraft-button",
-                                               visible=drafter.takes_findings)
-                draft_check = gr.HTML(elem_id="draft-check")
-                critical = gr.HTML(elem_id="critical")
-                with gr.Row(equal_height=True):
-                    version_choice = gr.Dropdown(label="Earlier versions of this report (kept when a draft "
-                                                       "replaced them)", visible=False, scale=3,
-                                                 elem_id="report-versions")
-                    restore_button = gr.Button("Restore", visible=False, scale=1, elem_id="restore-button")
-                findings = gr.Textbox(label="FINDINGS (editable)", lines=6, buttons=["copy"], elem_id="findings")
-                impression = gr.Textbox(label="IMPRESSION (editable)", lines=3, buttons=["copy"],
-                                        elem_id="impression")
-                with gr.Row():
-                    revert_findings = gr.Button("Revert FINDINGS to the model's draft", elem_id="revert-findings")
-                    revert_impression = gr.Button("Revert IMPRESSION to the model's draft",
-                                                  elem_id="revert-impression")
-                with gr.Group():
-                    review = gr.CheckboxGroup(label=REVIEW_LABEL, info=REVIEW_INFO, elem_id="sentence-review")
-                    with gr.Row(equal_height=True):
-                        reader = gr.Textbox(label="Reader (Family, Given: the name signed under the report)",
-                                            placeholder="Reader, Ada", scale=3, elem_id="reader-name")
-                        sign_button = gr.Button("Sign report", variant="primary", scale=1, elem_id="sign-button")
-                    sign_anyway = gr.Checkbox(label="Sign despite the disagreements shown above (they are recorded in "
-                                                    "every export)", value=False, elem_id="sign-anyway")
-                    sign_status = gr.HTML(elem_id="sign-status", js_on_load=REVIEW_KEYS_JS)
-        with gr.Row():
-            with gr.Column(scale=3):
-                tags = gr.HighlightedText(label="What the labeler reads in each sentence (approximate rule labeler)",
-                                          show_legend=False, elem_id="sentence-tags")
-            with gr.Column(scale=2):
-                claims = gr.Markdown(elem_id="claimed-findings")
-        with gr.Row():
-            with gr.Column(scale=3):
-                report = gr.Textbox(label="Report text (copy button at the top right)", lines=4,
-                                    interactive=False, buttons=["copy"], elem_id="report-text")
-            with gr.Column(scale=2):
-                export_button = gr.Button("Export report (text, JSON, FHIR, DICOM SR)", elem_id="export-button")
-                export_status = gr.HTML(elem_id="export-status")
-                exported = gr.File(label="Exported files", file_count="multiple", interactive=False, height=140,
-                                   elem_id="exported-files")
-        study, draft, versions, signature = gr.State({}), gr.State({}), gr.State([]), gr.State({})
-        review_items = gr.State([])  # the sentences the review shows
-        report_sr = gr.State({})  # the study's last exported SR: the next one joins its series, a signed one cites it
-        # What signing locks, and a new study unlocks.
-        locked = [findings, impression, checklist, review, reader, draft_button, redraft_button, revert_findings,
-                  revert_impression, restore_button, version_choice, sign_button, sign_anyway]
+        page = lay_out_page(drafter)
+        on = PageHandlers(page, drafter, max_pixels, any_modality, show_patient_name, DraftTurns(max_waiting))
+        private = {"api_visibility": "private"}
 
-        # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
-        reset_outputs = [findings, impression, draft_info, draft, checklist, draft_check, critical, tags, claims,
-                         report, exported, export_status, versions, version_choice, restore_button, review,
-                         signature, sign_status, reader, draft_button, redraft_button, revert_findings,
-                         revert_impression, sign_button, review_items, report_sr, sign_anyway]
-        unlocked = gr.update(interactive=True)
-        reset_values = ["", "", "", {},
-                        gr.update(visible=bool(drafter.finding_labels), choices=[], value=[]), "",
-                        "", None, "", "", None, "", [], gr.update(choices=[], value=None, visible=False, interactive=True),
-                        gr.update(visible=False, interactive=True), gr.update(choices=[], value=[], interactive=True),
-                        {}, "", unlocked, unlocked, unlocked, unlocked, unlocked, unlocked, [], {},
-                        gr.update(value=False, interactive=True)]
+        study_changed = page.files.change(
+            on.files_changed, inputs=[page.files, page.study, page.draft],
+            outputs=[page.study, page.viewer, page.messages, page.identity, page.frontal_choice, *on.cleared],
+            show_progress="hidden", **private)
+        study_changed.then(on.unlock_unsigned, inputs=page.signature,
+                           outputs=[page.findings, page.impression, page.checklist], show_progress="hidden", **private)
+        page.frontal_choice.input(on.frontal_chosen, inputs=[page.frontal_choice, page.study, page.draft],
+                                  outputs=[page.study, page.viewer, page.messages, page.draft_info],
+                                  show_progress="hidden", **private)
 
-        def frontal_menu(current):
-            names = current.get("names", []) if current else []
-            return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+        draft_outputs = [page.findings, page.impression, page.draft_info, page.messages, page.draft, page.checklist,
+                         page.viewer]
+        for button, handler, name, extra in ((page.draft_button, on.draft_clicked, "draft_report", []),
+                                              (page.redraft_button, on.redraft_clicked, "redraft_report",
+                                               [page.checklist])):
+            button.click(on.start_draft, inputs=[page.findings, page.impression, page.draft, page.versions],
+                         outputs=[page.draft_info, page.versions, page.version_choice, page.restore_button],
+                         queue=False, **private).then(
+                handler, inputs=[page.files, page.indication, page.study, page.versions, *extra],
+                outputs=draft_outputs, api_name=name, concurrency_limit=None).failure(
+                lambda: FAILED_MESSAGE, outputs=page.draft_info, queue=False, **private)
 
-        def files_changed(paths, current, drafted, request: gr.Request):
-            new, refused, notes, is_new = update_study(paths, current)
-            if new["listed"] == current.get("listed"):  # the same files (a re-sent list): nothing to do
-                return [gr.skip()] * (5 + len(reset_outputs))
-            shown, text = show_study(new["files"], max_pixels, any_modality, new["views"], refused, notes,
-                                     new.get("frontal"))
-            header = identity_html(new["identity"], new["views"], show_patient_name) if new["files"] else ""
-            if not new["listed"]:
-                new = {}
-            open_studies.show(request.session_hash, new.get("token"))
-            if is_new:
-                return [new, shown, text, header, frontal_menu(new), *reset_values]
-            stale = stale_note(drafted, new)
-            info = f"**{stale}**" if stale else gr.skip()
-            return [new, shown, text, header, frontal_menu(new), *[gr.skip()] * 2, info,
-                    *[gr.skip()] * (len(reset_outputs) - 3)]
-
-        files_changed_event = files.change(files_changed, inputs=[files, study, draft],
-                                           outputs=[study, viewer, messages, identity, frontal_choice, *reset_outputs],
-                                           api_visibility="private", show_progress="hidden")
-
-        def frontal_chosen(name, current, drafted):
-            # The reader names the frontal image (PNG/JPEG carry no view): the study's order, the viewer's numbering
-            # and the model's first image follow it; a draft of the old order is stale.
-            chosen, note = choose_frontal(current, name)
-            if chosen is current:
-                return [gr.skip()] * 4
-            shown, text = show_study(chosen["files"], max_pixels, any_modality, chosen["views"],
-                                     notes=[note] if note else (), frontal=name)
-            stale = stale_note(drafted, chosen)
-            return chosen, shown, text, f"**{stale}**" if stale else gr.skip()
-
-        frontal_choice.input(frontal_chosen, inputs=[frontal_choice, study, draft],
-                             outputs=[study, viewer, messages, draft_info], api_visibility="private",
-                             show_progress="hidden")
-
-        def unlock_unsigned(signed):
-            # A new study is unsigned: its text boxes open again. (Set in the same update as their emptied value,
-            # gradio left the previous study's text in them.)
-            return [gr.skip()] * 3 if signed else [gr.update(interactive=True)] * 3
-
-        files_changed_event.then(unlock_unsigned, inputs=signature, outputs=[findings, impression, checklist],
-                                 api_visibility="private", show_progress="hidden")
-
-        def start_draft(findings_text, impression_text, drafted, kept):
-            # The old timing line goes at once, so nobody reads it as the new draft's while the model works; text
-            # the model did not write is kept as a version before the draft replaces it.
-            kept = keep_version(kept, findings_text, impression_text, drafted,
-                                f"Your text before the draft at {datetime.now():%H:%M:%S}")
-            return "Drafting...", kept, versions_menu(kept), gr.update(visible=bool(kept))
-
-        def run_draft(paths, text, current, kept, request: gr.Request, checked=None):
-            token = current.get("token")
-            try:
-                with turns.turn():
-                    # the study's files come frontal first with the views update_study read from their headers
-                    # the study's images are on the page already (files_changed showed them): not sent again
-                    outputs = list(draft_report(drafter, current["files"] if token else paths, text, max_pixels,
-                                                checked, any_modality, current.get("views") if token else None,
-                                                shown=bool(token), frontal=current.get("frontal")))
-            except ServerBusy:
-                return [gr.skip(), gr.skip(), BUSY_MESSAGE, *[gr.skip()] * 4]
-            if token and not open_studies.is_current(request.session_hash, token):
-                return [gr.skip()] * 7  # its study was cleared or replaced meanwhile: never show it on the next
-            if outputs[4]:
-                outputs[4] = {**outputs[4], "keys": current.get("keys")}
-                if kept:
-                    outputs[2] += " Earlier text is kept under *Earlier versions*."
-            return outputs
-
-        draft_outputs = [findings, impression, draft_info, messages, draft, checklist, viewer]
-        start_outputs = [draft_info, versions, version_choice, restore_button]
-        def draft_clicked(paths, text, current, kept, request: gr.Request):
-            return run_draft(paths, text, current, kept, request)
-
-        def redraft_clicked(paths, text, current, kept, checked, request: gr.Request):
-            return run_draft(paths, text, current, kept, request, list(checked or []))
-
-        for button, handler, name, extra in ((draft_button, draft_clicked, "draft_report", []),
-                                              (redraft_button, redraft_clicked, "redraft_report", [checklist])):
-            button.click(start_draft, inputs=[findings, impression, draft, versions], outputs=start_outputs,
-                         queue=False, api_visibility="private").then(
-                handler, inputs=[files, indication, study, versions, *extra], outputs=draft_outputs, api_name=name,
-                concurrency_limit=None).failure(lambda: FAILED_MESSAGE, outputs=draft_info, queue=False,
-                                                api_visibility="private")
-
-        def restore(index, kept, findings_text, impression_text, drafted):
-            if index is None or not 0 <= int(index) < len(kept):
-                return [gr.skip()] * 4
-            chosen = kept[int(index)]
-            kept = keep_version(kept, findings_text, impression_text, drafted,
-                                f"Your text before restoring, {datetime.now():%H:%M:%S}")
-            return chosen["findings"], chosen["impression"], kept, versions_menu(kept)
-
-        restore_button.click(restore, inputs=[version_choice, versions, findings, impression, draft],
-                             outputs=[findings, impression, versions, version_choice], api_visibility="private")
-        def text_changed(findings_text, impression_text, checked, accepted, drafted, shown):
-            items, done = reviewed_sentences(findings_text, impression_text, accepted, drafted)
-            unchanged = items == shown and done == list(accepted or [])
-            return (check_draft(drafter.finding_labels, findings_text, impression_text, checked, drafted),
-                    *review_report(findings_text, impression_text),
-                    gr.skip() if unchanged else gr.update(choices=items, value=done),
-                    gr.skip() if unchanged else items)
+        page.restore_button.click(on.restore, inputs=[page.version_choice, page.versions, page.findings,
+                                                      page.impression, page.draft],
+                                  outputs=[page.findings, page.impression, page.versions, page.version_choice],
+                                  **private)
+        for button, section in ((page.revert_findings, "findings"), (page.revert_impression, "impression")):
+            button.click(partial(on.revert, section), inputs=[page.findings, page.impression, page.draft,
+                                                              page.versions],
+                         outputs=[page.findings, page.impression, page.versions, page.version_choice,
+                                  page.restore_button], **private)
 
         # One handler for every edit: two handlers on the same textboxes made gradio fire their change events over
         # and over (a server call a second while nobody typed, and the review's checks lost).
-        gr.on([findings.change, impression.change, checklist.change], text_changed,
-              inputs=[findings, impression, checklist, review, draft, review_items],
-              outputs=[draft_check, tags, claims, critical, report, review, review_items], api_name="review_report",
-              show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
+        gr.on([page.findings.change, page.impression.change, page.checklist.change], on.text_changed,
+              inputs=[page.findings, page.impression, page.checklist, page.review, page.draft, page.review_items],
+              outputs=[page.draft_check, page.tags, page.claims, page.critical, page.report, page.review,
+                       page.review_items], api_name="review_report", show_progress="hidden",
+              trigger_mode="always_last", concurrency_limit=None)
 
-        def export(findings_text, impression_text, indication_text, drafted, checked, current, signed, earlier):
-            try:
-                paths, no_sr, sr = export_report(drafter.name, findings_text, impression_text, indication_text,
-                                                 drafted, checked, current, show_patient_name, signature=signed,
-                                                 release=drafter.release.identity, earlier_sr=earlier or None)
-            except ExportRefused as refusal:
-                return None, f'<p class="refused">{html.escape(str(refusal))}</p>', gr.skip()
-            formats = "text, JSON, FHIR" + ("" if no_sr else " and DICOM SR")
-            status = (f"signed by {html.escape(display_name(person_name(signed['reader'])))}" if signed else
-                      "<b>as a DRAFT</b> (not signed: every file says so)")
-            lines = [f"<p>Exported {html.escape(Path(paths['txt']).stem)} ({formats}), {status}.</p>"]
-            if no_sr:
-                lines.append(f"<p>No DICOM SR: {html.escape(no_sr)}</p>")
-            return list(paths.values()), "".join(lines), sr or gr.skip()
-
-        def revert(section, findings_text, impression_text, drafted, kept):
-            if not drafted:
-                return [gr.skip()] * 5
-            kept = keep_version(kept, findings_text, impression_text, drafted,
-                                f"Your text before reverting {section.upper()}, {datetime.now():%H:%M:%S}")
-            texts = {"findings": findings_text, "impression": impression_text, section: drafted.get(section, "")}
-            return texts["findings"], texts["impression"], kept, versions_menu(kept), gr.update(visible=bool(kept))
-
-        for button, section in ((revert_findings, "findings"), (revert_impression, "impression")):
-            button.click(lambda *values, section=section: revert(section, *values),
-                         inputs=[findings, impression, draft, versions],
-                         outputs=[findings, impression, versions, version_choice, restore_button],
-                         api_visibility="private")
-
-        def sign(name, findings_text, impression_text, accepted, drafted, current, checked, anyway):
-            try:
-                signed = sign_report(name, findings_text, impression_text, accepted, drafted, current,
-                                     names=drafter.finding_labels if "finding_probabilities" in (drafted or {})
-                                     else (), checked=checked, override=anyway)
-            except SignRefused as refusal:
-                return [gr.skip(), f'<p class="refused">{html.escape(str(refusal))}</p>',
-                        *[gr.skip()] * len(locked)]
-            when = datetime.fromisoformat(signed["signed_at"])
-            reader_name = display_name(person_name(signed["reader"]))
-            status = (f'<p class="signed">Signed by {html.escape(reader_name)} on {when:%Y-%m-%d %H:%M}. '
-                      "The report is locked: export it below; Clear the study to start the next one.</p>")
-            return [signed, status, *[gr.update(interactive=False)] * len(locked)]
-
-        sign_button.click(sign, inputs=[reader, findings, impression, review, draft, study, checklist, sign_anyway],
-                          outputs=[signature, sign_status, *locked], api_name="sign_report")
-
-        export_button.click(export, inputs=[findings, impression, indication, draft, checklist, study, signature,
-                                            report_sr], outputs=[exported, export_status, report_sr],
-                            api_name="export_report")
-        def page_closed(request: gr.Request):
-            open_studies.close(request.session_hash)
-
-        app.unload(page_closed)
+        page.sign_button.click(on.sign, inputs=[page.reader, page.findings, page.impression, page.review, page.draft,
+                                                page.study, page.checklist, page.sign_anyway],
+                               outputs=[page.signature, page.sign_status, *page.locked], api_name="sign_report")
+        page.export_button.click(on.export, inputs=[page.findings, page.impression, page.indication, page.draft,
+                                                    page.checklist, page.study, page.signature, page.report_sr],
+                                 outputs=[page.exported, page.export_status, page.report_sr],
+                                 api_name="export_report")
+        app.unload(on.page_closed)
     # Drafts queue in DraftTurns (bounded, with a "busy" answer), so gradio's own queue is not the limit.
     return app.queue(default_concurrency_limit=1, max_size=None)
 

@@ -249,13 +249,37 @@ def text_reader(names):
     return None
 
 
-def disagreements(head_present, text, names, reader=None):
-    """Where the head and the draft's text disagree: [{"finding", "head": "present"/"absent", "draft":
-    "states it"/"does not state it"}], or None when no rule reader knows the label set."""
-    reader = reader or text_reader(names)
+def sentence_findings(text, names, reader=None):
+    """[(sentence, the set of `names` it states)] for each sentence of `text` (labeler.split_sentences), or None
+    when there are no names or no rule reader knows them."""
+    from modeling_cliptt5.evaluation.labeler import split_sentences
+
+    reader = reader or (text_reader(names) if names else None)
     if reader is None:
         return None
-    stated = reader(text)
+    return [(sentence, reader(sentence)) for sentence in split_sentences(text)]
+
+
+def stated_findings(text_or_sections, names, reader=None):
+    """The set of `names` a report states, or None when there are no names or no rule reader knows them. The one
+    rule for "the text states it": a finding is stated when any sentence states it (each sentence read on its own,
+    as the reader sees them marked; a sentence that denies it elsewhere does not unstate it, report_review shows
+    that contradiction). `text_or_sections`: one text, or its sections (FINDINGS, IMPRESSION)."""
+    sections = [text_or_sections] if text_or_sections is None or isinstance(text_or_sections, str) \
+        else text_or_sections
+    reader = reader or (text_reader(names) if names else None)
+    if reader is None:
+        return None
+    return set().union(*(stated for section in sections for _, stated in sentence_findings(section, names, reader)))
+
+
+def disagreements(head_present, text, names, reader=None):
+    """Where the head and the draft's text disagree: [{"finding", "head": "present"/"absent", "draft":
+    "states it"/"does not state it"}], or None when no rule reader knows the label set. What the text states is
+    read as the page reads it (stated_findings)."""
+    stated = stated_findings(text, names, reader)
+    if stated is None:
+        return None
     found = []
     for name, present in zip(names, head_present):
         if bool(present) != (name in stated):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from modeling_cliptt5.app.study_viewer import VIEWER_JS
-from modeling_cliptt5.app.web_app import REVIEW_KEYS_JS
+from modeling_cliptt5.app.page_layout import REVIEW_KEYS_JS
 
 NODE = shutil.which("node")
 IN_CI = os.environ.get("CI") == "true"

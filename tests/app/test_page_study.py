@@ -15,9 +15,9 @@ from dicom_files import block_image, grayscale_dicom
 
 pytest.importorskip("gradio")
 from modeling_cliptt5.app.page_server import DraftTurns, ServerBusy, UploadSweeper  # noqa: E402
+from modeling_cliptt5.app.page_study import choose_frontal, stale_note, update_study  # noqa: E402
 from modeling_cliptt5.app.web_app import (  # noqa: E402
-    ExportRefused, SignRefused, choose_frontal, export_report, keep_version, show_study, sign_report, stale_note,
-    update_study,
+    ExportRefused, SignRefused, export_report, keep_version, show_study, sign_report,
 )
 from modeling_cliptt5.app.report_review import reviewed_sentences  # noqa: E402
 
@@ -38,34 +38,34 @@ def png(path, seed=0):
 
 def test_a_study_takes_its_identity_from_the_headers_and_refuses_another_patients_file(tmp_path):
     frontal, lateral = dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")
-    study, refused, notes, is_new = update_study([frontal], {})
+    study, refused, notes, is_new = update_study([frontal], None)
     assert is_new and refused == [] and notes == []
-    assert study["identity"] == {"patient_id": "P-1001", "patient_name": "Doe^Jane", "accession_number": "ACC 77/1",
+    assert study.identity == {"patient_id": "P-1001", "patient_name": "Doe^Jane", "accession_number": "ACC 77/1",
                                  "study_date": "2026-11-30", "study_instance_uid": PATIENT["StudyInstanceUID"]}
-    assert study["views"] == ["PA"]
+    assert study.views == ["PA"]
 
     other_patient = dicom(tmp_path / "other.dcm", "PA", PatientID="P-2002", StudyInstanceUID="1.2.3.4")
     added, refused, notes, is_new = update_study([frontal, lateral, other_patient], study)
-    assert not is_new and added["token"] == study["token"]  # the same study, grown by one file
-    assert added["files"] == [frontal, lateral] and added["views"] == ["PA", "LL"]
+    assert not is_new and added.token == study.token  # the same study, grown by one file
+    assert added.files == [frontal, lateral] and added.views == ["PA", "LL"]
     assert notes == ["Added ll.dcm to this study."]
     assert len(refused) == 1 and refused[0].startswith("other.dcm is of another patient or study, patient ID P-2002 "
                                                        "(this study: P-1001)")
 
     photo = png(tmp_path / "photo.png")
     joined, _, notes, _ = update_study([frontal, lateral, photo], added)
-    assert joined["files"][-1] == photo
+    assert joined.files[-1] == photo
     assert "photo.png has no DICOM header: check that it is of patient ID P-1001." in notes
 
     removed, _, notes, _ = update_study([frontal], joined)
-    assert removed["files"] == [frontal] and "Removed ll.dcm from this study." in notes
+    assert removed.files == [frontal] and "Removed ll.dcm from this study." in notes
 
 
 def test_the_frontal_leads_the_study_whatever_order_the_files_came_in(tmp_path):
     lateral, frontal = dicom(tmp_path / "ll.dcm", "LL"), dicom(tmp_path / "pa.dcm", "PA")
-    study, *_ = update_study([lateral, frontal], {})
-    assert study["files"] == [frontal, lateral] and study["views"] == ["PA", "LL"]
-    viewer, messages = show_study(study["files"], views=study["views"])
+    study, *_ = update_study([lateral, frontal], None)
+    assert study.files == [frontal, lateral] and study.views == ["PA", "LL"]
+    viewer, messages = show_study(study.files, views=study.views)
     assert viewer.index("Image 1: pa.dcm (PA)") < viewer.index("Image 2: ll.dcm (LL)")
     assert "Views:" not in messages
 
@@ -76,43 +76,43 @@ def test_the_frontal_leads_the_study_whatever_order_the_files_came_in(tmp_path):
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10214", "SRT", "postero-anterior"
     coded = str(grayscale_dicom(block_image(size=(24, 20)), tmp_path / "coded.dcm",
                                 header={**PATIENT, "ViewCodeSequence": [code]}))
-    study, *_ = update_study([lateral, coded], {})
-    assert study["files"] == [coded, lateral] and study["views"] == ["postero-anterior", "LL"]
+    study, *_ = update_study([lateral, coded], None)
+    assert study.files == [coded, lateral] and study.views == ["postero-anterior", "LL"]
 
     second, first = png(tmp_path / "b.png", 1), png(tmp_path / "a.png", 2)
-    photos, *_ = update_study([second, first], {})
-    assert photos["files"] == [second, first]  # no header names a view: the order they were dropped in
-    _, messages = show_study(photos["files"], views=photos["views"])
+    photos, *_ = update_study([second, first], None)
+    assert photos.files == [second, first]  # no header names a view: the order they were dropped in
+    _, messages = show_study(photos.files, views=photos.views)
     assert "Views: No header names a frontal view: b.png is taken as the frontal." in messages
 
 
 def test_files_that_share_nothing_with_the_study_start_a_new_one(tmp_path):
-    first, _, _, _ = update_study([dicom(tmp_path / "a.dcm", "PA")], {})
+    first, _, _, _ = update_study([dicom(tmp_path / "a.dcm", "PA")], None)
     second, refused, _, is_new = update_study(
         [dicom(tmp_path / "b.dcm", "AP", PatientID="P-2002", StudyInstanceUID="1.2.3.4")], first)
-    assert is_new and refused == [] and second["token"] != first["token"]
-    assert second["identity"]["patient_id"] == "P-2002"
+    assert is_new and refused == [] and second.token != first.token
+    assert second.identity["patient_id"] == "P-2002"
     cleared, _, _, is_new = update_study([], second)
-    assert is_new and cleared["files"] == [] and cleared["identity"] == {}
+    assert is_new and cleared.files == [] and cleared.identity == {}
 
 
 def test_a_new_drop_of_two_patients_keeps_the_first_and_refuses_the_second(tmp_path):
     mine = dicom(tmp_path / "mine.dcm", "PA")
     theirs = dicom(tmp_path / "theirs.dcm", "PA", PatientID="P-3003")
-    study, refused, _, _ = update_study([mine, theirs], {})
-    assert study["files"] == [mine] and "theirs.dcm is of another patient or study, patient ID P-3003" in refused[0]
+    study, refused, _, _ = update_study([mine, theirs], None)
+    assert study.files == [mine] and "theirs.dcm is of another patient or study, patient ID P-3003" in refused[0]
 
 
 def draft_of(study, **values):
-    return {"findings": "Lungs clear.", "impression": "Normal.", "images": len(study["files"]),
-            "keys": study["keys"], **values}
+    return {"findings": "Lungs clear.", "impression": "Normal.", "images": len(study.files),
+            "keys": study.keys, **values}
 
 
 def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_shown(tmp_path, monkeypatch):
     import pydicom
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], {})
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], None)
     when = datetime(2026, 12, 1, 9, 30, 5)
     paths, no_sr, _ = export_report("model", "Edited findings.", "Normal.", "", draft_of(study), study=study,
                                     when=when)
@@ -151,7 +151,7 @@ def test_the_export_carries_the_study_its_id_and_time_and_the_name_only_when_sho
 
 def test_a_png_study_exports_without_a_dicom_sr_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    study, _, _, _ = update_study([png(tmp_path / "a.png")], {})
+    study, _, _, _ = update_study([png(tmp_path / "a.png")], None)
     paths, no_sr, sr = export_report("model", "Lungs clear.", "Normal.", "", draft_of(study), study=study)
     assert sorted(paths) == ["fhir", "json", "txt"] and "this study has none (PNG/JPEG only)" in no_sr
     assert sr is None
@@ -163,7 +163,7 @@ def test_signing_needs_every_sentence_accepted_and_a_name_and_the_export_then_sa
     import pydicom
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], None)
     draft = draft_of(study, findings="Lungs clear. No effusion.", impression="Normal.")
     model_text = ("Lungs clear. No effusion.", "Normal.")
     with pytest.raises(SignRefused, match=r'2 not yet accepted, the first: "Findings: No effusion."'):
@@ -207,7 +207,7 @@ def test_the_review_keeps_accepted_sentences_while_their_text_stands():
 
 def test_an_empty_report_or_a_draft_of_other_images_is_not_exported(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], None)
     draft = draft_of(study)
     with pytest.raises(ExportRefused, match=r"the report is empty"):
         export_report("model", "  ", "", "", draft, study=study)
@@ -294,13 +294,13 @@ def test_app_py_defaults_are_the_pages():
 def test_the_identity_line_shows_the_name_only_when_asked_and_says_when_there_is_none(tmp_path):
     from modeling_cliptt5.app.study_identity import identity_html
 
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
-    shown = identity_html(study["identity"], study["views"])
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], None)
+    shown = identity_html(study.identity, study.views)
     assert "Patient ID</b> P-1001" in shown and "Accession</b> ACC 77/1" in shown and "Views</b> 1: PA" in shown
     assert "Doe" not in shown
-    assert "Patient</b> Doe^Jane" in identity_html(study["identity"], study["views"], show_name=True)
-    unnamed, _, _, _ = update_study([png(tmp_path / "a.png")], {})
-    assert "No patient identity" in identity_html(unnamed["identity"], unnamed["views"])
+    assert "Patient</b> Doe^Jane" in identity_html(study.identity, study.views, show_name=True)
+    unnamed, _, _, _ = update_study([png(tmp_path / "a.png")], None)
+    assert "No patient identity" in identity_html(unnamed.identity, unnamed.views)
 
 
 # The SR a PACS receives: the images' Patient and General Study modules, a series of its own, a signed SR that
@@ -330,7 +330,7 @@ def test_the_sr_files_into_the_images_study_supersedes_its_draft_and_validates(t
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     files = [dicom(tmp_path / "pa.dcm", "PA", SeriesNumber=3, **FULL_HEADER),
              dicom(tmp_path / "ll.dcm", "LL", SeriesNumber=4, **FULL_HEADER)]
-    study, _, _, _ = update_study(files, {})
+    study, _, _, _ = update_study(files, None)
     draft = draft_of(study, findings="Right pneumothorax. No pleural effusion.", impression="Right pneumothorax.")
     paths, _, earlier = export_report("model", draft["findings"], draft["impression"], "", draft, study=study)
     signed = sign_report("Reader, Dr Ada", draft["findings"], draft["impression"],
@@ -373,7 +373,7 @@ def test_every_export_says_which_release_drafted_from_which_images_and_the_unfam
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     files = [dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL"), png(tmp_path / "photo.png")]
-    study, _, _, _ = update_study(files, {})
+    study, _, _, _ = update_study(files, None)
     # the model read the frontal and the photo (two views), not the lateral
     draft = draft_of(study, images=2, read=["pa.dcm", "photo.png"], ood_score=4.25, ood_flag=True,
                      ood_threshold=3.12)
@@ -383,7 +383,7 @@ def test_every_export_says_which_release_drafted_from_which_images_and_the_unfam
     record = json.loads(Path(paths["json"]).read_text())
     assert record["release"] == release
     assert record["images_read"] == [{"view": "PA", "sop_instance_uid": frontal},
-                                     {"view": "", "sha1": study["keys"][study["files"].index(files[2])]}]
+                                     {"view": "", "sha1": study.keys[study.files.index(files[2])]}]
     assert record["ood"] == {"score": 4.25, "flag": True, "threshold": 3.12}
     text = Path(paths["txt"]).read_text()
     assert "Drafted by: cliptt5-iu-xray (revision sha256:0123456789abcdef)" in text
@@ -410,7 +410,7 @@ NODULE = "Right upper lobe pulmonary nodule; CT recommended."
 
 
 def test_a_repeated_sentence_is_reviewed_as_often_as_it_is_written(tmp_path):
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], None)
     impression = " ".join([NODULE] * 10)
     draft = draft_of(study, findings="Lungs otherwise clear. No effusion. Heart normal. Mediastinum normal. No "
                                      "fracture.", impression=impression)
@@ -432,7 +432,7 @@ def test_signing_over_a_contradiction_or_the_checklist_needs_an_override_that_ev
     from modeling_cliptt5.app.web_app import check_draft
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
-    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], {})
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA")], None)
     findings, impression = "No pleural effusion or pneumothorax.", "Right pneumothorax."
     draft = draft_of(study, findings=findings, impression=impression)
     every = [f"Findings: {findings}", f"Impression: {impression}"]
@@ -470,19 +470,19 @@ def test_signing_over_a_contradiction_or_the_checklist_needs_an_override_that_ev
 def test_the_reader_chooses_the_frontal_and_the_draft_follows(tmp_path):
     # PNGs carry no view: dropped lateral first, the lateral would be read as the frontal
     lateral, frontal = png(tmp_path / "lateral.png", seed=1), png(tmp_path / "frontal.png", seed=2)
-    study, _, notes, _ = update_study([lateral, frontal], {})
-    assert study["names"] == ["lateral.png", "frontal.png"]
+    study, _, notes, _ = update_study([lateral, frontal], None)
+    assert study.names == ["lateral.png", "frontal.png"]
     drafted = draft_of(study)
     chosen, note = choose_frontal(study, "frontal.png")
-    assert chosen["names"] == ["frontal.png", "lateral.png"] and chosen["files"] == [frontal, lateral]
-    assert chosen["keys"] == study["keys"][::-1] and chosen["frontal"] == "frontal.png" and note is None
+    assert chosen.names == ["frontal.png", "lateral.png"] and chosen.files == [frontal, lateral]
+    assert chosen.keys == study.keys[::-1] and chosen.frontal == "frontal.png" and note is None
     assert stale_note(drafted, chosen) == ("Another image was chosen as the frontal after this draft: draft again "
                                            "before exporting.")
     # the choice holds when another file joins the study
     grown, _, _, _ = update_study([lateral, frontal, png(tmp_path / "third.png", seed=3)], chosen)
-    assert grown["names"][0] == "frontal.png"
+    assert grown.names[0] == "frontal.png"
     # named against a header: the note says which header disagrees
-    headed, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], {})
+    headed, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA"), dicom(tmp_path / "ll.dcm", "LL")], None)
     _, note = choose_frontal(headed, "ll.dcm")
     assert note == "ll.dcm was named the frontal image, but its header names a lateral view (LL)"
 
