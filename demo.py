@@ -275,6 +275,7 @@ def finding_scores(reports, truth_labels):
 
 
 def score_systems(systems, references, truth_labels):
+    from modeling_cliptt5.evaluation.comparisons import invented_comparison_rate
     from modeling_cliptt5.evaluation.labeler import clinical_efficacy
     from modeling_cliptt5.evaluation.metrics import score_reports
 
@@ -284,7 +285,8 @@ def score_systems(systems, references, truth_labels):
         labeler = clinical_efficacy(reports, references)
         results[name] = {"findings": finding_scores(reports, truth_labels),
                          "labeler_micro_f1": labeler["micro"]["f1"], "labeler_macro_f1": labeler["macro"]["f1"],
-                         "BLEU-4": language["BLEU-4"], "ROUGE-L": language["ROUGE-L"]}
+                         "BLEU-4": language["BLEU-4"], "ROUGE-L": language["ROUGE-L"],
+                         "invented_comparisons": invented_comparison_rate(reports)}  # no phantom has a prior
     return results
 
 
@@ -314,14 +316,17 @@ def results_table(results, test_count, head=None):
             ("findings micro F1", lambda s: s["findings"]["micro"]["f1"]),
             ("labeler micro F1", lambda s: s["labeler_micro_f1"]),
             ("labeler macro F1", lambda s: s["labeler_macro_f1"]),
-            ("BLEU-4", lambda s: s["BLEU-4"]), ("ROUGE-L", lambda s: s["ROUGE-L"])]
+            ("BLEU-4", lambda s: s["BLEU-4"]), ("ROUGE-L", lambda s: s["ROUGE-L"]),
+            ("invented comparisons (share)", lambda s: s["invented_comparisons"])]
     for title, value in rows:
         lines.append(f"{title:<33}  " + "  ".join(f"{value(s):>23.3f}" for s in results.values()))
     if head:
         lines.append(f"{'finding head alone':<33}  macro F1 {head['macro_f1']:.3f}, macro AUROC "
                      f"{head['macro_auroc']:.3f} (the release's thresholds, fitted on validation)")
     lines.append("macro F1: mean over the findings present in the truth or the reports; labeler = "
-                 "modeling_cliptt5.evaluation.labeler (rule-based CheXpert observations, approximate)")
+                 "modeling_cliptt5.evaluation.labeler (rule-based CheXpert observations, approximate); invented "
+                 "comparisons: drafts comparing with an earlier study, which no test study has "
+                 "(modeling_cliptt5.evaluation.comparisons)")
     return "\n".join(lines)
 
 

@@ -29,6 +29,8 @@ import shutil
 import sys
 import warnings
 
+from modeling_cliptt5.evaluation.comparisons import invented_comparison_rate
+
 
 NLG_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 CLINICAL_COLUMNS = (("CE micro-F1", "micro"), ("CE macro-F1", "macro"), ("CE example-F1", "example"))
@@ -252,7 +254,8 @@ def score_with_baselines(generated, references, train_reports, r2gen_protocol=Fa
     train_reports give the baselines and the R2Gen `<unk>` vocabulary; baselines=False scores the model only.
     Under the R2Gen protocol the baseline reports get R2Gen's cleaning (what an R2Gen model writes).
     clinical_efficacy=True adds "clinical_efficacy" (approximate rule labeler, see labeler.py) per system,
-    computed on the raw texts.
+    computed on the raw texts. Every system gets "invented_comparisons": the share of its reports that compare with
+    an earlier study, which none of these studies has (comparisons.py).
     """
     _check_pairs(generated, references)
     protocol = _resolve_protocol(r2gen_protocol, train_reports, clean_generated)
@@ -264,6 +267,8 @@ def score_with_baselines(generated, references, train_reports, r2gen_protocol=Fa
     baselines = tuple(name for name in systems if name != MODEL)
     prepared_references, prepared_systems = _prepare(protocol, references, systems, cleaned_systems=baselines)
     results = _score_prepared(prepared_systems, prepared_references, progress)
+    for name, texts in systems.items():  # no study of these files has a prior: every comparison is invented
+        results[name]["invented_comparisons"] = invented_comparison_rate(texts)
     if clinical_efficacy:
         from modeling_cliptt5.evaluation.labeler import clinical_efficacy as score_clinical_efficacy
         for name, texts in systems.items():
@@ -271,17 +276,25 @@ def score_with_baselines(generated, references, train_reports, r2gen_protocol=Fa
     return results
 
 
+INVENTED_COMPARISONS_COLUMN = "invented comparisons"
+
+
 def format_scores_table(results):
     """A plain-text table: one row per system, one column per metric present."""
     metrics = [metric for metric in NLG_METRICS if any(metric in scores for scores in results.values())]
     with_ce = any("clinical_efficacy" in scores for scores in results.values())
-    header = ["system"] + metrics + ([column for column, _ in CLINICAL_COLUMNS] if with_ce else [])
+    with_comparisons = any(scores.get("invented_comparisons") is not None for scores in results.values())
+    header = (["system"] + metrics + ([column for column, _ in CLINICAL_COLUMNS] if with_ce else [])
+              + ([INVENTED_COMPARISONS_COLUMN] if with_comparisons else []))
     rows = []
     for name, scores in results.items():
         row = [name] + [f"{scores[metric]:.5f}" if metric in scores else "-" for metric in metrics]
         if with_ce:
             efficacy = scores.get("clinical_efficacy")
             row += [f"{efficacy[key]['f1']:.4f}" if efficacy else "-" for _, key in CLINICAL_COLUMNS]
+        if with_comparisons:
+            rate = scores.get("invented_comparisons")
+            row.append("-" if rate is None else f"{100 * rate:.1f}%")
         rows.append(row)
     widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header] + rows]
@@ -290,6 +303,9 @@ def format_scores_table(results):
         lines.append("METEOR skipped: `java` not found")
     if with_ce:
         lines.append("CE = clinical efficacy from an approximate rule labeler (not CheXbert), positive = 1")
+    if with_comparisons:
+        lines.append(f"{INVENTED_COMPARISONS_COLUMN} = reports comparing with an earlier study, which these studies "
+                     "do not have (approximate rule reader, evaluation/comparisons.py)")
     return "\n".join(lines)
 
 
