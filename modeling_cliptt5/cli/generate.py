@@ -35,8 +35,6 @@ itself is wrong (a bad option, no release at --model). These are drafts for a ra
 """
 
 import argparse
-import csv
-import json
 import sys
 import time
 import warnings
@@ -44,18 +42,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.data.atomic_writes import atomic_file
 from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
+from modeling_cliptt5.inference.draft_files import disagreement_text, write_outputs
 from modeling_cliptt5.inference.drafting import (
     STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, group_studies, load_release,
 )
 
-OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "repeated_sentences",
-                  "seconds")
-LABEL_COLUMNS = ("labels", "uncertain_labels")
-FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
-OOD_COLUMNS = ("ood_score", "ood_flag")
 PROGRESS_AFTER = 5  # a bar is noise for a handful of studies
 
 
@@ -126,36 +119,6 @@ def generate_kwargs(args):
     if args.num_beams:
         kwargs["num_beams"] = args.num_beams
     return kwargs
-
-
-def disagreement_text(disagreement):
-    """"Cardiomegaly: head present, draft does not state it" for a CSV cell or the terminal."""
-    return f"{disagreement['finding']}: head {disagreement['head']}, draft {disagreement['draft']}"
-
-
-def csv_cell(value):
-    """Lists become "a; b", mappings JSON, None an empty cell."""
-    if isinstance(value, dict):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "; ".join(disagreement_text(item) if isinstance(item, dict) else str(item) for item in value)
-    return value
-
-
-def write_outputs(path, rows, with_labels):
-    columns = OUTPUT_COLUMNS + (LABEL_COLUMNS if with_labels else ())
-    if any("finding_probabilities" in row for row in rows):
-        columns += FINDING_COLUMNS
-    if any("ood_score" in row for row in rows):
-        columns += OOD_COLUMNS
-    with atomic_file(path, newline="") as stream:  # a reader never sees half a file
-        if path.suffix.lower() == ".jsonl":
-            stream.writelines(json.dumps(row) + "\n" for row in rows)
-            return
-        writer = csv.DictWriter(stream, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: csv_cell(value) for key, value in row.items()})
 
 
 def print_draft(row, out):
