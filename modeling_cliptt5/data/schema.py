@@ -29,13 +29,23 @@ def report_features():
             "split": datasets.Value("string"),
             "source": datasets.Value("string"),
             "labels": datasets.List(datasets.Value("string")),
+            # Whose study it is and when (ISO 8601 text), and the id of the patient's latest earlier study in the
+            # dataset (link_priors); each "" where the source does not say.
+            "patient_id": datasets.Value("string"),
+            "study_datetime": datasets.Value("string"),
+            "prior_id": datasets.Value("string"),
         }
     )
 
 
+# Columns added to the schema after datasets were first converted: a folder without them still loads, with each "".
+LATER_COLUMNS = ("patient_id", "study_datetime", "prior_id")
+
+
 def make_example(study_id, images, findings, impression, split, source, report_target="both",
-                 indication="", labels=()):
-    """One row of the schema. `images` are file paths, PIL images or {"bytes": ..., "path": ...} dicts."""
+                 indication="", labels=(), patient_id="", study_datetime=""):
+    """One row of the schema. `images` are file paths, PIL images or {"bytes": ..., "path": ...} dicts;
+    `study_datetime` ISO 8601 text (iso_datetime). The prior is linked over the whole dataset (link_priors)."""
     from modeling_cliptt5.processing_cliptt5 import format_report
 
     return {
@@ -48,7 +58,61 @@ def make_example(study_id, images, findings, impression, split, source, report_t
         "split": split,
         "source": source,
         "labels": list(labels),
+        "patient_id": patient_id or "",
+        "study_datetime": study_datetime or "",
+        "prior_id": "",
     }
+
+
+def iso_datetime(value, time=""):
+    """ISO 8601 text ("2024-03-01T14:05:09", or "2024-03-01" without a time) of a date as DICOM writes it
+    ("20240301", with `time` "140509.123") or as ISO text; "" for an empty value. A date that is neither is a
+    ValueError naming it."""
+    import datetime
+
+    value, time = str(value or "").strip(), str(time or "").strip()
+    if not value:
+        return ""
+    try:
+        if value.isdigit() and len(value) == 8:  # DICOM DA, with an optional TM (HH, HHMM, HHMMSS[.ffffff])
+            day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+            digits = time.split(".")[0]
+            if not digits:
+                return day.isoformat()
+            if not digits.isdigit() or len(digits) not in (2, 4, 6):
+                raise ValueError
+            parts = [int(digits[index:index + 2]) for index in range(0, len(digits), 2)] + [0, 0]
+            return datetime.datetime.combine(day, datetime.time(*parts[:3])).isoformat()
+        parsed = datetime.datetime.fromisoformat(value)
+        return parsed.date().isoformat() if len(value) == 10 else parsed.replace(tzinfo=None).isoformat()
+    except ValueError:
+        raise ValueError(f"unreadable study date {value!r}{f' {time!r}' if time else ''} (use ISO 8601, e.g. "
+                         "2024-03-01T14:05:00, or DICOM's 20240301 and 140500)") from None
+
+
+def link_priors(dataset_dict):
+    """The DatasetDict with each study's `prior_id`: the latest study of the same patient dated strictly earlier,
+    looked for in every split (a patient-level split keeps a patient's studies together). Only studies with both a
+    patient and a date take part: the others have no prior and are no one's prior; studies of one patient at the
+    same time are not each other's; a date without a time counts as the start of its day."""
+    by_patient = collections.defaultdict(list)
+    for split, rows in dataset_dict.items():
+        for study_id, patient, when in zip(rows["id"], rows["patient_id"], rows["study_datetime"]):
+            if patient and when:
+                by_patient[patient].append((when, study_id))
+    prior_of = {}
+    for studies in by_patient.values():
+        studies.sort()
+        for index, (when, study_id) in enumerate(studies):
+            earlier = [other for other_when, other in studies[:index] if other_when < when]
+            if earlier:
+                prior_of[study_id] = earlier[-1]
+    # (map() over a split of no rows would write an Arrow file without columns: such a split stays as it is)
+    return type(dataset_dict)({
+        split: rows if not rows.num_rows else rows.map(
+            lambda ids: {"prior_id": [prior_of.get(study_id, "") for study_id in ids]}, input_columns="id",
+            batched=True, desc="linking priors")
+        for split, rows in dataset_dict.items()})
 
 
 class ConversionLog:
@@ -113,6 +177,13 @@ def load_report_dataset(path):
     if not isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"{path}: expected a DatasetDict with splits {SPLITS}, found a single Dataset")
     missing = set(report_features()) - set(next(iter(loaded.values())).column_names)
-    if missing:
+    if missing - set(LATER_COLUMNS):
         raise ValueError(f"{path}: not in the CLIP-T5 report schema, missing columns {sorted(missing)}")
+    if missing:  # converted before these columns existed: nothing is known of patients, dates or priors
+        added, features = [name for name in LATER_COLUMNS if name in missing], report_features()
+        loaded = datasets.DatasetDict({
+            split: rows.map(lambda ids: {name: [""] * len(ids) for name in added}, input_columns="id", batched=True,
+                            features=features, desc="adding empty patient columns") if rows.num_rows
+            else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+            for split, rows in loaded.items()})
     return loaded

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from modeling_cliptt5.data.schema import SPLITS, ConversionLog, make_example, report_features, save_dataset_atomically
+from modeling_cliptt5.data.schema import (
+    SPLITS, ConversionLog, link_priors, make_example, report_features, save_dataset_atomically,
+)
 from modeling_cliptt5.data.reports import clean_report_text
 from modeling_cliptt5.data.atomic_writes import DiskFullError, is_disk_full
 
@@ -47,6 +49,8 @@ class StudyRecord:
     split: str = None
     source: str = ""
     labels: tuple = ()
+    patient_id: str = ""  # "" where the source does not say
+    study_datetime: str = ""  # ISO 8601 text (schema.iso_datetime), "" where the source does not say
     problem: str = None
 
 
@@ -196,7 +200,8 @@ def convert_records(records, args, log, total=None):
         yield make_example(record.study_id, images, findings, impression, record.split, record.source,
                            report_target=args.report_target,
                            indication=clean_report_text(record.indication, args.normalize_deid),
-                           labels=record.labels)
+                           labels=record.labels, patient_id=record.patient_id,
+                           study_datetime=record.study_datetime)
 
 
 def write_report_dataset(examples, output_dir, log):
@@ -228,7 +233,7 @@ def write_report_dataset(examples, output_dir, log):
                                      input_columns="split", batched=True)
                 for name in SPLITS
             })
-            save_dataset_atomically(splits, str(output_dir), log)
+            save_dataset_atomically(link_priors(splits), str(output_dir), log)
     except OSError as error:  # the Arrow cache or the filtered splits met a full disk
         if is_disk_full(error) and not isinstance(error, DiskFullError):
             raise DiskFullError(output_dir, error) from error

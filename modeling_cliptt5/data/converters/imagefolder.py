@@ -6,6 +6,10 @@ free-text `report` (or `text`) split into sections; optional `study_id` (rows sh
 DICOM file's header says), `indication`, `labels` (list, or a string separated by ';' or '|'). Metadata may also sit
 in train/, validation/ (or val/, valid/) and test/ sub-folders, which then give the split. DICOM files are decoded
 and stored as PNG (16-bit kept when the image is 16-bit).
+
+Patients and priors: optional `patient_id` and `study_datetime` columns (ISO 8601, e.g. 2024-03-01T14:05:00, or
+DICOM's 20240301); without them a study's first DICOM file says (PatientID, StudyDate and StudyTime). A study with
+both gets as `prior_id` the same patient's latest earlier study in the dataset.
 """
 
 import csv
@@ -152,6 +156,33 @@ def study_record(study_id, where, rows, metadata_path, folder_split, source, val
 
         views = frontal_first(views, [row_view(row, view.path) for row, view in views], [""] * len(views))[0]
     views = [view for _, view in views]
+    patient, when = "", ""
+    try:
+        patient, when = patient_and_date(first, views[0].path if views else None)
+    except ValueError as error:
+        problem = problem or str(error)
     return StudyRecord(study_id, where, views=views, findings=findings, impression=impression,
                        indication=indication, split=split, source=source,
-                       labels=parse_labels(first.get("labels")), problem=problem)
+                       labels=parse_labels(first.get("labels")), patient_id=patient, study_datetime=when,
+                       problem=problem)
+
+
+def patient_and_date(row, path=None):
+    """(patient id, ISO study date-time) of a study: its metadata row's `patient_id` and `study_datetime`, else the
+    header of its DICOM file at `path` (PatientID; StudyDate and StudyTime); "" where neither says. An unreadable
+    date is a ValueError naming it."""
+    from modeling_cliptt5.data.schema import iso_datetime
+
+    patient, when = text_of(row, "patient_id"), text_of(row, "study_datetime")
+    if (not patient or not when) and path is not None:
+        from modeling_cliptt5.images.dicom import read_header
+
+        try:
+            header = read_header(path)
+        except ImportError:  # pydicom missing: the image reader says so for the file itself
+            header = None
+        if header is not None:
+            patient = patient or str(header.get("PatientID", "") or "").strip()
+            if not when:
+                return patient, iso_datetime(header.get("StudyDate", ""), header.get("StudyTime", ""))
+    return patient, iso_datetime(when)

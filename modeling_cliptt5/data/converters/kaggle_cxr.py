@@ -6,6 +6,9 @@ or the dataset's TFRecords (--tfrecords), whose feature keys are not published: 
 CheXpert labels, where the source carries them, fill the `labels` column (what the finding head trains on): a `label`
 column in the CSV, or --labels FILE, MedViLL's JSONL files ({"id", "label", ...} per line) whose label is a string
 such as "'Cardiomegaly', 'Edema'".
+
+Patients and priors: this set names no patient and no study date, so `patient_id`, `study_datetime` and
+`prior_id` stay empty.
 """
 
 import base64

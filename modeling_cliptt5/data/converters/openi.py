@@ -4,6 +4,9 @@ Each ecgen-radiology/<n>.xml is one study: FINDINGS, IMPRESSION and INDICATION c
 elements, its views from <parentImage id="CXR1_1_IM-0001-3001">, found as <id>.png (or .jpg/.dcm) in the images
 folder. OpenI has no official split: validation and test are drawn by study id.
 Licence of the reports and images: CC BY-NC-ND 4.0 (non-commercial).
+
+Patients and priors: OpenI names no patient and no study date, so `patient_id`, `study_datetime` and
+`prior_id` stay empty.
 """
 
 import importlib.metadata

@@ -2,6 +2,10 @@
 
 The file's train/val/test lists become train/validation/test; `report` is the findings text, as R2Gen trains on.
 Image paths in `image_path` are relative to the images folder (R2Gen's data/<name>/images/).
+
+Patients and priors: an entry's `subject_id` (MIMIC-CXR's) becomes the study's `patient_id`. The annotation holds no
+study dates, so no study gets a prior (`prior_id`) from it: a study's date is not guessed from its id. IU X-ray
+entries name no patient.
 """
 
 import json
@@ -48,7 +52,8 @@ def annotation_records(annotation, annotation_path, images_dir, source):
                 except ValueError as error:
                     problem, where = str(error), f"{where}: {relative}"
             records.append(StudyRecord(study_id, where, views=views, findings=str(entry.get("report") or ""),
-                                       split=split, source=source, problem=problem))
+                                       split=split, source=source, patient_id=str(entry.get("subject_id") or ""),
+                                       problem=problem))
     return records
 
 
