@@ -61,6 +61,20 @@ def comparison_claims(text):
     return [sentence for sentence in sentences_of(text) if claims_comparison(sentence)]
 
 
+def without_comparisons(report):
+    """The report without its comparison claims, section by section (FINDINGS: / IMPRESSION: headers kept where the
+    report has them, a section left empty dropped): a training target for a study whose prior is not in the data,
+    so that the model does not learn to compare with a study it cannot see."""
+    from modeling_cliptt5.processing_cliptt5 import format_report, split_report_sections
+
+    sections = split_report_sections(report)
+    kept = {name: " ".join(sentence for sentence in sentences_of(text) if not claims_comparison(sentence))
+            for name, text in sections.items()}
+    if sections["impression"] is None and not (report or "").lstrip().upper().startswith("FINDINGS"):
+        return kept["findings"]  # a report without headers stays without them
+    return format_report(kept["findings"], kept["impression"], "both")
+
+
 def invented_comparison_rate(texts, has_prior=None):
     """The share of reports, among those whose study had no prior (`has_prior`: one bool per report; None: no
     study had one), that claim a comparison all the same; None when every study had a prior."""

@@ -120,6 +120,11 @@ class GenerationSettings:
     use_indication: bool = _setting(False, "use a study's indication as its prompt when it has one")
     prompt_dropout: float = _setting(0.5, "probability of training a study without its prompt, so that image-only "
                                      "inference matches training")
+    comparisons_without_prior: Literal["strip", "keep"] = _setting(
+        "strip", "a study without a prior in the dataset (prior_id empty): strip the sentences of its target report "
+        "that compare with an earlier study (evaluation/comparisons.py), so that the model does not learn to "
+        "compare with a study it cannot see (23.9%% of the IU X-ray training reports do); keep: train on them as "
+        "written")
     guidance_truth_start: float = _setting(
         1.0, "stage 2: share of studies whose guidance tokens are their true findings at the first step (the rest "
         "get the head's predictions, as at inference) ...")

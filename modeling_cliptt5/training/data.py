@@ -125,8 +125,11 @@ class StudyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, encode_images, report_column="report", prompt=None, use_indication=False,
-                 max_bad_samples=100, finding_targets=None):
+                 max_bad_samples=100, finding_targets=None, strip_comparisons=False):
         self.rows = rows
+        # A study without a prior in the data (prior_id empty) learns its report without the sentences that compare
+        # with an earlier study (comparisons.without_comparisons): the model cannot see that study.
+        self.strip_comparisons = strip_comparisons
         self.finding_targets = finding_targets
         self.study_ids = rows.select_columns(["id"])  # readable even when a row's images are not
         self.encode_images = encode_images
@@ -167,6 +170,13 @@ class StudyDataset(torch.utils.data.Dataset):
         report = row[self.report_column]
         if not report or not report.strip():
             raise ValueError(f"empty {self.report_column!r}")
+        if self.strip_comparisons and not row.get("prior_id"):
+            from modeling_cliptt5.evaluation.comparisons import without_comparisons
+
+            report = without_comparisons(report)
+            if not report:
+                raise ValueError(f"{self.report_column!r} holds only comparisons with an earlier study, which this "
+                                 "study does not have (comparisons_without_prior: keep trains on them)")
         prompt = self.prompt
         if self.use_indication and row.get("indication"):
             prompt = row["indication"]

@@ -77,3 +77,32 @@ def test_the_scores_table_prints_each_systems_invented_comparisons(capsys, monke
     table = capsys.readouterr().out
     model_row = next(line for line in table.splitlines() if line.startswith(metrics.MODEL))
     assert "invented comparisons" in table.splitlines()[0] and model_row.rstrip().endswith("50.0%")
+
+
+def test_a_target_without_a_prior_loses_its_comparisons_section_by_section():
+    from modeling_cliptt5.evaluation.comparisons import without_comparisons
+
+    assert without_comparisons("FINDINGS: Stable cardiomegaly. No effusion. IMPRESSION: Unchanged. Normal lungs.") \
+        == "FINDINGS: No effusion. IMPRESSION: Normal lungs."
+    assert without_comparisons("FINDINGS: Clear lungs. IMPRESSION: No change from prior.") == "FINDINGS: Clear lungs."
+    assert without_comparisons("Interval removal of the tube. The lungs are clear.") == "The lungs are clear."
+    assert without_comparisons("IMPRESSION: Stable.") == ""
+
+
+def test_training_strips_comparisons_only_from_studies_without_a_prior():
+    import datasets
+
+    from modeling_cliptt5.training.data import StudyDataset
+
+    rows = datasets.Dataset.from_list([
+        {"id": "first", "report": "FINDINGS: Unchanged effusion. Clear left lung.", "prior_id": ""},
+        {"id": "second", "report": "FINDINGS: Unchanged effusion. Clear left lung.", "prior_id": "first"},
+        {"id": "only", "report": "IMPRESSION: Stable.", "prior_id": ""},
+    ])
+    stripped = StudyDataset(rows, lambda row, index: index, max_bad_samples=1, strip_comparisons=True)
+    assert stripped[0]["report"] == "FINDINGS: Clear left lung."
+    assert stripped[1]["report"] == "FINDINGS: Unchanged effusion. Clear left lung."  # it has its prior
+    only = stripped[2]  # nothing left to learn: skipped like an unreadable study, saying why
+    assert only["id"] == "first" and "holds only comparisons" in only["skipped"][0]["error"]
+    kept = StudyDataset(rows, lambda row, index: index, max_bad_samples=1)
+    assert kept[0]["report"] == "FINDINGS: Unchanged effusion. Clear left lung."
