@@ -121,6 +121,22 @@ CASES = [
     ("page", "uploads kept past the schedule (--delete-uploads-after, test: 2 s)",
      "deleted by the sweeper; no empty temporary file per upload or event",
      "tests/app/test_app.py::test_uploads_are_deleted_on_schedule_and_leave_no_empty_temporary_files"),
+    ("converters", "a study date that cannot be read (metadata column or DICOM header)",
+     "the study is skipped, skipped.jsonl names the date and the formats that work; the rest converts",
+     "tests/data/test_priors.py::test_the_image_folder_converter_reads_patients_and_dates_from_columns_or_dicom_headers"),
+    ("converters", "a dataset converted before the patient, date and prior columns",
+     "loads with them empty; a folder missing any other column is refused naming the columns",
+     "tests/data/test_priors.py::test_a_dataset_converted_before_these_columns_still_loads_with_them_empty"),
+    ("training", "a setting in the wrong section of a config file, given twice, or misspelt inside a section",
+     "the run does not start; one line names the file, the setting and where it belongs",
+     "tests/training/test_training.py::test_a_setting_in_the_wrong_section_names_where_it_belongs"),
+    ("training", "a target report that compares with an earlier study the dataset does not have",
+     "the comparison sentences are stripped from its target (comparisons_without_prior: strip); a target left "
+     "empty skips the study, saying why",
+     "tests/evaluation/test_comparisons.py::test_training_strips_comparisons_only_from_studies_without_a_prior"),
+    ("scores", "drafts that compare with an earlier study none of the scored studies has",
+     "every scoring table prints each system's share (invented comparisons)",
+     "tests/evaluation/test_comparisons.py::test_the_scores_table_prints_each_systems_invented_comparisons"),
 ]
 
 
