@@ -98,6 +98,13 @@ def findings_to_tensor(findings, names, batch):
     return torch.tensor(rows, dtype=torch.long)
 
 
+def followed_findings(decided, given=None):
+    """[batch, findings] 1 / 0: the finding head's decisions (`decided`), replaced by a caller's `given` ([batch,
+    findings] 1 / 0, -1 = keep the head's; see `findings_to_tensor`) where given: the findings a draft follows."""
+    decided = decided.long()
+    return decided if given is None else torch.where(given >= 0, given.to(decided.device), decided)
+
+
 def finding_bce(logits, targets, positive_weights=None):
     """Binary cross-entropy of finding logits [batch, findings] against 1 / 0 targets, positives weighted per finding
     (`positive_weights`, [findings]); targets of -100 (an uncertain label, say) do not count."""
@@ -284,8 +291,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     def guidance_statuses(self, finding_logits, given=None):
         """Each finding's status for the guidance tokens: the head's decision (probability >= threshold), replaced
         by `given` ([batch, findings] 1 / 0, -1 = keep the head's) where given."""
-        predicted = (torch.sigmoid(finding_logits.detach().float()) >= self._thresholds(finding_logits.device)).long()
-        return predicted if given is None else torch.where(given >= 0, given.to(predicted.device), predicted)
+        decided = torch.sigmoid(finding_logits.detach().float()) >= self._thresholds(finding_logits.device)
+        return followed_findings(decided, given)
 
     def build_encoder_inputs(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None,
                              findings=None, finding_logits=None):

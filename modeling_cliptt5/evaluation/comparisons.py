@@ -42,11 +42,16 @@ _NO_EARLIER = (r"\bno\s+(?:available\s+|other\s+|recent\s+)?(?:prior|previous|co
                r"\bnone\s+(?:available\s+)?for\s+comparison\b|\bnot\s+available\s+for\s+comparison\b")
 
 EARLIER, CHANGE, NO_EARLIER = (re.compile(pattern, re.IGNORECASE) for pattern in (_EARLIER, _CHANGE, _NO_EARLIER))
-_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
+_CLAUSE_END = re.compile(r"(?<=;)\s+|\n+")
 
 
 def sentences_of(text):
-    return [sentence.strip() for sentence in _SENTENCE_END.split(text or "") if sentence.strip()]
+    """The labeler's sentences (labeler.split_sentences), each cut again after ";" and at line breaks: a clause that
+    compares ("The effusion has increased; no pneumothorax.") is read, and stripped, without its neighbour."""
+    from modeling_cliptt5.evaluation.labeler import split_sentences
+
+    return [clause.strip() for sentence in split_sentences(text) for clause in _CLAUSE_END.split(sentence)
+            if clause.strip()]
 
 
 def claims_comparison(sentence):

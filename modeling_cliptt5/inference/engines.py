@@ -24,15 +24,6 @@ class EngineOutput:
     guidance: Any = None  # [studies, findings] 1 / 0: the findings each draft followed (with a finding head)
 
 
-def followed_findings(present, given=None):
-    """[studies, findings] 1 / 0: the head's decisions (`present`), replaced by a caller's `given` ([studies,
-    findings] 1 / 0 / -1, modeling_cliptt5.findings_to_tensor) where it says something."""
-    import torch
-
-    present = present.long()
-    return present if given is None else torch.where(given >= 0, given.to(present.device), present)
-
-
 class DraftingEngine(Protocol):
     """What drafting asks of an engine. `model`: the object with transformers' `generate()` (a
     CLIPT5ForConditionalGeneration, or onnx_inference.OnnxCLIPT5); `name`: how it drafts, for logs and exports."""
@@ -59,6 +50,7 @@ class TorchEngine:
     def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
                                **generate_kwargs):
         from modeling_cliptt5.inference.ood import image_vectors
+        from modeling_cliptt5.modeling_cliptt5 import followed_findings
 
         model = self.model
         if findings is not None and model.finding_head is None:
@@ -89,7 +81,7 @@ class OnnxEngine:
 
     def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
                                **generate_kwargs):
-        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor
+        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor, followed_findings
 
         sequences, head, vectors = self.model.generate_with_findings(pixel_values, input_ids, attention_mask, findings,
                                                                      **generate_kwargs)

@@ -332,7 +332,6 @@ class GenerationStage(Stage):
         save_release(self.accelerator, self.model, self.processor, self.config.release_dir, info,
                      config_sections(self.config))
 
-
     def finish(self):
         """The release completed (training/release.finish_release): the summary of its training images (the
         unfamiliar-study flag), its card, the push to the Hub."""
