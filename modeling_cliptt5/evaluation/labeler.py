@@ -30,8 +30,11 @@ How a sentence is labelled
   "borderline", "top normal", "stable", "unchanged", "similar", "obscured" -> -1 (CheXpert's rule for a stable
   heart or mediastinum); "enlarged", "enlargement", "widened", "prominent", "increased", "large" -> 1.
   Distance counts words and commas but not other qualifiers or "and", so "normal and stable contours" ties;
-  a tie goes to 0, then -1, then 1 (CheXpert's order). No qualifier -> not mentioned (CheXpert would call a
-  bare "the heart" positive; this labeler does not).
+  a tie goes to 0, then -1, then 1 (CheXpert's order), except that "stable"/"unchanged" tied with an enlargement
+  word ("stable enlargement of the cardiac silhouette") is 1: it says the enlargement persists, not that the size is
+  unknown. No qualifier -> not mentioned (CheXpert would call a bare "the heart" positive; this labeler does not).
+- Change wording: "new", "increased", "unchanged" ... leave a finding positive; "resolution of", "removal of",
+  "has resolved", "removed", "cleared", "no longer seen" negate it (negation triggers of rule 2).
 - CheXpert's exception: a positive or uncertain "heart failure"/"CHF" also makes Cardiomegaly uncertain.
 - Several mentions of one observation combine as CheXpert does: any 1 -> 1; else any -1 -> -1; else 0.
 - No Finding is a report-level label (None in sentence labels): 1 when no observation other than Support
@@ -176,11 +179,13 @@ _AFTER_WINDOW_WORDS = 6
 
 # Qualifiers of an anatomy mention; the nearest one decides (see module doc).
 _ANATOMY_QUALIFIERS = [
-    (UNCERTAIN, r"borderline|top[\s-]normal|stable|unchanged|not (?:significantly )?changed|similar|"
-                r"obscur\w*|difficult to assess"),
+    (UNCERTAIN, r"borderline|top[\s-]normal|obscur\w*|difficult to assess"),
+    (UNCERTAIN, r"stable|unchanged|not (?:significantly )?changed|similar"),  # _STABILITY
     (NEGATIVE, r"normal(?:ly)?|unremarkable|not (?:\w+ )?(?:enlarged|widened|increased)|negative"),
-    (POSITIVE, r"enlarg\w*|widen\w*|wide|prominen\w*|increased|large|cardiomegaly|globular"),
+    (POSITIVE, r"enlarg\w*|widen\w*|wide|prominen\w*|increased|large|globular"),  # _ENLARGEMENT
+    (POSITIVE, r"cardiomegaly"),  # for the mediastinum: "stable cardiomegaly and mediastinum" leaves it uncertain
 ]
+_STABILITY, _ENLARGEMENT = 1, 3  # indexes in _ANATOMY_QUALIFIERS
 _ANATOMY_WINDOW_WORDS = 8
 
 _SIDE = re.compile(r"\b(?:bilateral(?:ly)?|both|bi(?:basilar|basal|apical|hilar)|"
@@ -270,13 +275,16 @@ def _anatomy_status(text, start, end):
         distance = _qualifier_distance(between)
         if distance <= _ANATOMY_WINDOW_WORDS:
             group = next(name for name, value in match.groupdict().items() if value is not None)
-            qualifiers.append((distance, _ANATOMY_QUALIFIERS[int(group[1:])][0]))
+            qualifiers.append((distance, int(group[1:])))
     if not qualifiers:
         return None
     nearest = min(distance for distance, _ in qualifiers)
+    tied = {index for distance, index in qualifiers if distance == nearest}
+    if {_STABILITY, _ENLARGEMENT} <= tied:
+        tied.discard(_STABILITY)  # "stable enlargement": the course of an enlargement, still an enlargement
     # Equally near qualifiers ("normal and stable", "borderline enlarged"): CheXpert's order, negation first.
-    tied = {status for distance, status in qualifiers if distance == nearest}
-    return next(status for status in (NEGATIVE, UNCERTAIN, POSITIVE) if status in tied)
+    statuses = {_ANATOMY_QUALIFIERS[index][0] for index in tied}
+    return next(status for status in (NEGATIVE, UNCERTAIN, POSITIVE) if status in statuses)
 
 
 def _qualifier_distance(between):
@@ -432,7 +440,8 @@ def labels_to_vector(labels, observations=OBSERVATIONS, uncertain_as_positive=Fa
     return [1 if labels.get(observation) in positive else 0 for observation in observations]
 
 
-def _precision_recall_f1(true_positive, predicted, actual):
+def precision_recall_f1(true_positive, predicted, actual):
+    """{"precision", "recall", "f1"} from counts; 0.0 where a denominator is 0."""
     precision = true_positive / predicted if predicted else 0.0
     recall = true_positive / actual if actual else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -456,7 +465,7 @@ def clinical_efficacy_from_vectors(generated_vectors, reference_vectors, observa
         predicted = sum(vector[index] for vector in generated_vectors)
         actual = sum(vector[index] for vector in reference_vectors)
         hits = sum(g[index] and r[index] for g, r in zip(generated_vectors, reference_vectors))
-        per_observation[observation] = {**_precision_recall_f1(hits, predicted, actual), "support": actual,
+        per_observation[observation] = {**precision_recall_f1(hits, predicted, actual), "support": actual,
                                         "predicted": predicted, "true_positive": hits}
     total = {key: sum(scores[key] for scores in per_observation.values())
              for key in ("true_positive", "predicted", "support")}
@@ -469,10 +478,10 @@ def clinical_efficacy_from_vectors(generated_vectors, reference_vectors, observa
         if not any(generated) and not any(reference):
             examples.append({"precision": 1.0, "recall": 1.0, "f1": 1.0})
         else:
-            examples.append(_precision_recall_f1(hits, sum(generated), sum(reference)))
+            examples.append(precision_recall_f1(hits, sum(generated), sum(reference)))
     example = {key: sum(scores[key] for scores in examples) / len(examples) for key in ("precision", "recall", "f1")}
     return {
-        "micro": _precision_recall_f1(total["true_positive"], total["predicted"], total["support"]),
+        "micro": precision_recall_f1(total["true_positive"], total["predicted"], total["support"]),
         "macro": macro,
         "macro_observations": len(present),
         "example": example,

@@ -110,6 +110,46 @@ def test_negation_and_its_scope(sentence, expected):
 
 
 @pytest.mark.parametrize("sentence, expected", [
+    # A finding that has gone is not there; one that is new, larger, smaller or unchanged is.
+    ("Interval resolution of the right pleural effusion.", {"Pleural Effusion": 0}),
+    ("The previously seen left pneumothorax has resolved.", {"Pneumothorax": 0}),
+    ("Interval resolution of the right lower lobe consolidation.", {"Consolidation": 0}),
+    ("Interval removal of the endotracheal tube.", {"Support Devices": 0}),
+    ("The endotracheal tube has been removed.", {"Support Devices": 0}),
+    ("The effusion is no longer seen.", {"Pleural Effusion": 0}),
+    ("The right upper lobe nodule is no longer seen.", {"Lung Lesion": 0}),
+    ("New small right pleural effusion.", {"Pleural Effusion": 1}),
+    ("Increased right pleural effusion, now moderate.", {"Pleural Effusion": 1}),
+    ("The right pleural effusion has increased, now moderate.", {"Pleural Effusion": 1}),
+    ("Decreased left pneumothorax, now small.", {"Pneumothorax": 1}),
+    ("Unchanged moderate right pleural effusion.", {"Pleural Effusion": 1}),
+    ("Stable moderate right pleural effusion.", {"Pleural Effusion": 1}),
+    ("New consolidation in the right lower lobe.", {"Consolidation": 1}),
+    ("Unchanged cardiomegaly.", {"Cardiomegaly": 1}),
+    ("Interval placement of an endotracheal tube.", {"Support Devices": 1}),
+    ("Support devices are unchanged in position.", {"Support Devices": 1}),
+])
+def test_change_wording(sentence, expected):
+    labels = labeler.label_sentence(sentence)
+    assert {observation: labels[observation] for observation in expected} == expected
+    assert all(labels[observation] is None for observation in FINDINGS if observation not in expected)
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    # "Stable" alone leaves the size unknown (CheXpert: uncertain); a stable enlargement is an enlargement.
+    ("Heart size is stable.", {"Cardiomegaly": -1}),
+    ("Stable enlargement of the cardiac silhouette.", {"Cardiomegaly": 1}),
+    ("There is stable enlargement of the heart.", {"Cardiomegaly": 1}),
+    ("Stable prominent mediastinal contours.", {"Enlarged Cardiomediastinum": 1}),
+    ("Borderline enlarged heart.", {"Cardiomegaly": -1}),  # a hedge, not a course: still uncertain
+    ("Stable cardiomegaly and mediastinal contour.", {"Cardiomegaly": 1, "Enlarged Cardiomediastinum": -1}),
+])
+def test_stable_anatomy(sentence, expected):
+    labels = labeler.label_sentence(sentence)
+    assert {observation: labels[observation] for observation in expected} == expected
+
+
+@pytest.mark.parametrize("sentence, expected", [
     ("Possible right lower lobe pneumonia.", {"Pneumonia": -1}),
     ("Atelectasis versus pneumonia.", {"Atelectasis": -1, "Pneumonia": -1}),
     ("A small effusion cannot be excluded.", {"Pleural Effusion": -1}),
