@@ -11,7 +11,8 @@ A rule reader, beside the labeler (labeler.py): a sentence claims a comparison w
   "from <date or study>"),
 - or a change or its absence, in the words radiologists use for one: "unchanged", "stable", "no (significant)
   change", "again seen / noted", "redemonstrated", "persistent / persists", "interval ...", "new", "resolved",
-  "improved", "worsened", "has increased / decreased", "increased / decreased in size", "increasing / decreasing";
+  "improved", "worsened", "has increased / decreased", "increased / decreased in size", "increasing / decreasing",
+  "..., now moderate", "larger / smaller" (not "larger than the left");
 - but not when it says there is nothing to compare with ("No prior studies for comparison."), and not for
   "increased" or "decreased" describing the image alone ("increased interstitial markings", "Pulmonary vascularity
   is increased").
@@ -35,7 +36,9 @@ _CHANGE = (r"\bunchanged\b|\bstable\b|\bstably\b|\bno\s+(?:\w+\s+)?change\b|\bch
            r"\bimprov\w*|\bworse\w*|\bprogress\w*|\bregress\w*|"
            r"\b(?:has|have|had)\s+(?:\w+\s+){0,2}(?:increased|decreased|enlarged|diminished|grown|reduced)\b|"
            r"\b(?:increased|decreased|enlarged|diminished|reduced)\s+(?:\w+\s+)?(?:in\s+(?:size|extent|number)|"
-           r"from|since)\b|\b(?:increasing|decreasing|enlarging)\b|\binterval\s+(?:increase|decrease)\b")
+           r"from|since)\b|\b(?:increasing|decreasing|enlarging)\b|\binterval\s+(?:increase|decrease)\b|"
+           # "..., now moderate": a size given against the last one; "larger" / "smaller" unless side by side
+           r"\bnow\b|\b(?:larger|smaller)\b(?!\s+than\s+(?:the\s+)?(?:left|right)\b)")
 # Says there is nothing to compare with: the right sentence for a first study, not a claim.
 _NO_EARLIER = (r"\bno\s+(?:available\s+|other\s+|recent\s+)?(?:prior|previous|comparison|old)\b|"
                r"\bwithout\s+(?:a\s+|any\s+)?(?:prior|previous|comparison)\b|\bcomparison\s*:\s*none\b|"

@@ -24,6 +24,10 @@ CLAIMS = [  # each compares with an earlier study
     "Redemonstrated mild cardiomegaly.",
     "Diminutive right hilar silhouette, as noted on prior CT.",
     "Improved aeration of the left lung base.",
+    "Increased right pleural effusion, now moderate.",
+    "Decreased left pneumothorax, now small.",
+    "The right pleural effusion is larger.",
+    "The cardiac silhouette is smaller than before.",
 ]
 NOT_CLAIMS = [  # describe this image alone, or say there is nothing to compare with
     "Normal cardiomediastinal silhouette.",
@@ -38,6 +42,7 @@ NOT_CLAIMS = [  # describe this image alone, or say there is nothing to compare 
     "Comparison: none.",
     "Right pleural effusion.",
     "Heart size is enlarged.",
+    "The right hemidiaphragm is higher than the left, the right lung larger than the left.",
 ]
 
 
