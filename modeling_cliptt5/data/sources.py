@@ -12,43 +12,56 @@ PHANTOM_SETTINGS_FILE = "phantom_settings.json"  # what drew a phantom folder, s
 
 
 def write_phantom_dataset(folder, num_studies, seed=0, image_size=256, split_fractions=(0.8, 0.1, 0.1),
-                          report_target="both", num_proc=None, log=None):
-    """Draws `num_studies` phantom studies and saves them in `folder` (replaced atomically), with the settings that
-    drew them; returns the DatasetDict. The same settings give the same bytes, with any `num_proc`."""
+                          report_target="both", num_proc=None, log=None, max_studies_per_patient=1):
+    """Draws `num_studies` phantom studies (patients with up to `max_studies_per_patient` studies each) and saves them
+    in `folder` (replaced atomically), with the settings that drew them; returns the DatasetDict. The same settings
+    give the same bytes, with any `num_proc`."""
     from modeling_cliptt5.data.phantom import default_num_proc, make_phantom_dataset
 
     dataset = make_phantom_dataset(num_studies, seed=seed, image_size=image_size, split_fractions=tuple(split_fractions),
                                    report_target=report_target, progress=True,
-                                   num_proc=num_proc or default_num_proc(num_studies))
+                                   num_proc=num_proc or default_num_proc(num_studies),
+                                   max_studies_per_patient=max_studies_per_patient)
     save_dataset_atomically(dataset, folder, log)
     write_json_atomically(os.path.join(folder, PHANTOM_SETTINGS_FILE),
-                          _phantom_settings(num_studies, seed, image_size, split_fractions, report_target))
+                          _phantom_settings(num_studies, seed, image_size, split_fractions, report_target,
+                                            max_studies_per_patient))
     return dataset
 
 
-def draw_phantoms_once(folder, num_studies, seed=0, image_size=256):
+def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_per_patient=1):
     """Makes `folder` hold the phantom studies of these settings: kept when an earlier run drew the same, else drawn
     now. Returns True when it was kept."""
     stamp = os.path.join(folder, PHANTOM_SETTINGS_FILE)
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as handle:
-            if json.load(handle) == _phantom_settings(num_studies, seed, image_size):
+            if json.load(handle) == _phantom_settings(num_studies, seed, image_size,
+                                                      max_studies_per_patient=max_studies_per_patient):
                 return True
-    print(f"drawing {num_studies} synthetic phantom studies ({image_size} px) into {folder}")
-    write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size)
+    per_patient = f", up to {max_studies_per_patient} per patient" if max_studies_per_patient != 1 else ""
+    print(f"drawing {num_studies} synthetic phantom studies ({image_size} px{per_patient}) into {folder}")
+    write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size,
+                          max_studies_per_patient=max_studies_per_patient)
     return False
 
 
-def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256):
+def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256, max_studies_per_patient=1):
     """The folder of dataset `name`: a converted dataset folder as it is, or for "phantom" the synthetic studies
-    drawn into `work_dir` (once; a later call with the same settings reuses them)."""
+    drawn into `work_dir` (once; a later call with the same settings reuses them). `max_studies_per_patient` above 1
+    draws patients with several studies over time (phantom.make_phantom_dataset)."""
     if name != PHANTOM:
         return name
-    folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px")
-    draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size)
+    # One study per patient keeps the folder name it always had, so folders drawn before are found again.
+    series = f"-{max_studies_per_patient}-per-patient" if max_studies_per_patient != 1 else ""
+    folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px{series}")
+    draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size, max_studies_per_patient)
     return folder
 
 
-def _phantom_settings(num_studies, seed, image_size, split_fractions=(0.8, 0.1, 0.1), report_target="both"):
-    return {"studies": num_studies, "seed": seed, "image_size": image_size,
-            "split_fractions": [float(value) for value in split_fractions], "report_target": report_target}
+def _phantom_settings(num_studies, seed, image_size, split_fractions=(0.8, 0.1, 0.1), report_target="both",
+                      max_studies_per_patient=1):
+    settings = {"studies": num_studies, "seed": seed, "image_size": image_size,
+                "split_fractions": [float(value) for value in split_fractions], "report_target": report_target}
+    if max_studies_per_patient != 1:  # absent for one study per patient, as in the stamps of folders drawn before
+        settings["max_studies_per_patient"] = max_studies_per_patient
+    return settings

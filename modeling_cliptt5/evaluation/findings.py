@@ -54,13 +54,19 @@ def parse_label(label):
 
 def targets_from_label_lists(label_lists, names, uncertain="ignore", source="the dataset"):
     """Rows' label lists -> [rows, findings] float targets: 1 present, 0 absent, IGNORE (or 1 / 0, as `uncertain`
-    says) for uncertain ones. A name outside `names` is a ValueError naming it."""
+    says) for uncertain ones. A name outside `names` is a ValueError naming it; change labels of a follow-up study
+    (changes.is_change_label: "pleural_effusion:right:increased") say how it differs from its prior, not what its
+    image shows, and are left out."""
+    from modeling_cliptt5.evaluation.changes import is_change_label
+
     index = {name: position for position, name in enumerate(names)}
     uncertain_value = {"ignore": IGNORE, "positive": 1.0, "negative": 0.0}[uncertain]
     targets = np.zeros((len(label_lists), len(names)), np.float32)
     unknown = set()
     for row, labels in enumerate(label_lists):
         for label in labels or ():
+            if is_change_label(label):
+                continue
             name, is_uncertain = parse_label(label)
             if name not in index:
                 unknown.add(name)
