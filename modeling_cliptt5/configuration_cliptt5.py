@@ -85,6 +85,13 @@ class CLIPT5Config(T5Config):
             path's step graph computes only these rows of the output layer (the report vocabulary of a real corpus
             is a few thousand of t5-small's 32,128 tokens, and the output layer is over a third of a decoding
             step's weights). None, the default: the whole vocabulary. Set by `cliptt5-release --report-vocabulary`.
+        reads_prior (`bool`, *optional*, defaults to `False`):
+            The T5 encoder also reads the patient's prior study, after the current image and its finding guidance:
+            a token saying whether there is a prior (a missing prior is an input, not silence), the prior's image
+            tokens and its finding head's decisions (each marked as the prior's by a learned embedding), and the
+            prior report's tokens. Releases made without it load and draft as before and refuse a prior.
+        max_prior_report_tokens (`int`, *optional*, defaults to 128):
+            Longest prior report the model reads; the processor truncates longer ones with a warning.
     """
 
     model_type = "cliptt5"
@@ -111,6 +118,8 @@ class CLIPT5Config(T5Config):
         finding_loss_weight=1.0,
         finding_positive_weights=None,
         report_vocabulary=None,
+        reads_prior=False,
+        max_prior_report_tokens=128,
         **kwargs,
     ):
         if vision_config is None:
@@ -153,6 +162,10 @@ class CLIPT5Config(T5Config):
         self.prompt = prompt
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.report_vocabulary = sorted({int(token) for token in report_vocabulary}) if report_vocabulary else None
+        self.reads_prior = bool(reads_prior)
+        if int(max_prior_report_tokens) < 1:
+            raise ValueError(f"max_prior_report_tokens must be >= 1, got {max_prior_report_tokens}")
+        self.max_prior_report_tokens = int(max_prior_report_tokens)
         # T5Config() defaults leave decoder_start_token_id unset and generate() then refuses to run;
         # T5 checkpoints start decoding with the pad token (id 0).
         kwargs.setdefault("decoder_start_token_id", kwargs.get("pad_token_id", 0))

@@ -71,6 +71,21 @@ class CLIPT5FindingHead(nn.Module):
         return pooled.to(patch_logits.dtype), patch_logits
 
 
+class CLIPT5PriorEmbeddings(nn.Module):
+    """What marks the prior study in the T5 encoder's input: one token saying whether the study has a prior (so that
+    "no prior" is something the model reads, not an absence it must infer), and a learned embedding added to each
+    kind of prior token (its image tokens, its finding guidance, its report), so that T5 tells them from the
+    current study's."""
+
+    NO_PRIOR, PRIOR = 0, 1
+    IMAGE, FINDINGS, REPORT = 0, 1, 2
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.status = nn.Embedding(2, d_model)
+        self.kinds = nn.Embedding(3, d_model)
+
+
 def findings_to_tensor(findings, names, batch):
     """Findings given by a caller -> [batch, findings] long: 1 present, 0 absent, -1 for the head to decide.
 
@@ -142,7 +157,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     """T5ForConditionalGeneration whose encoder reads image tokens (and an optional prompt) instead of text alone.
 
     `forward(pixel_values=..., labels=...)` gives the usual seq2seq loss; `generate(pixel_values=...)` drafts a
-    report from the image alone; every option of `generate()` keeps its meaning.
+    report from the image alone; every option of `generate()` keeps its meaning. A model with `config.reads_prior`
+    also takes the patient's prior study: `prior_pixel_values` (its image) and `prior_input_ids` (its report), each
+    optional, per study (`prior_image_mask`, `prior_attention_mask` say which studies have one).
     """
 
     config_class = CLIPT5Config
@@ -169,6 +186,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         # One learned token per finding and status (absent 0, present 1), read by the T5 encoder after the image.
         self.finding_embeddings = (nn.Embedding(2 * len(config.finding_labels), config.d_model)
                                    if config.uses_finding_guidance else None)
+        self.prior_embeddings = CLIPT5PriorEmbeddings(config.d_model) if config.reads_prior else None
         self._report_vocabulary_mask = None  # made on first use, on the logits' device
         self.post_init()
 
@@ -183,10 +201,16 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         elif isinstance(module, nn.Embedding) and module is getattr(getattr(self, "clip_projection", None),
                                                                     "view_embeddings", None):
             init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.Embedding) and module is getattr(self, "finding_embeddings", None):
+        elif isinstance(module, nn.Embedding) and any(module is table for table in self._token_tables()):
             init.normal_(module.weight, mean=0.0, std=1.0)  # the scale of T5's own token embeddings
         else:
             super()._init_weights(module)
+
+    def _token_tables(self):
+        """The embeddings of the tokens this model adds to T5's input: finding guidance, the prior's markers."""
+        prior = getattr(self, "prior_embeddings", None)  # (T5's __init__ runs post_init() before they exist)
+        tables = [getattr(self, "finding_embeddings", None)] + ([prior.status, prior.kinds] if prior else [])
+        return [table for table in tables if table is not None]
 
     def _projection_layers(self):
         # T5's __init__ already runs post_init(), before these modules exist
@@ -295,9 +319,10 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         return followed_findings(decided, given)
 
     def build_encoder_inputs(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None,
-                             findings=None, finding_logits=None):
+                             findings=None, finding_logits=None, **prior):
         """Returns (inputs_embeds, attention_mask) for the T5 encoder: image tokens, then (with guidance) one token per
-        finding and its status, then the prompt tokens. `findings` (see `findings_tensor`) override the head's
+        finding and its status, then (with `config.reads_prior`) the prior study (see `prior_inputs`; `prior` holds
+        its `prior_*` arguments), then the prompt tokens. `findings` (see `findings_tensor`) override the head's
         decisions; `finding_logits`, when already computed, save running the head again."""
         if vision_features is None:
             if pixel_values is None:
@@ -312,16 +337,94 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             statuses = self.guidance_statuses(finding_logits, given)
         elif findings is not None:
             self.findings_tensor(findings, batch)  # raises: this model takes no findings
-        return self.encoder_inputs(vision_features, statuses, input_ids, attention_mask)
+        return self.encoder_inputs(vision_features, statuses, input_ids, attention_mask,
+                                   self.prior_inputs(batch, **prior))
 
-    def encoder_inputs(self, vision_features, statuses=None, input_ids=None, attention_mask=None):
-        """(inputs_embeds, attention_mask) from vision features, the guidance statuses (with guidance) and the
-        prompt."""
+    def prior_inputs(self, batch, **prior):
+        """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study for the T5 encoder (see
+        `prior_tokens`), or None for a model without `config.reads_prior`, which refuses a prior (ValueError)."""
+        if self.config.reads_prior:
+            return self.prior_tokens(batch, **prior)
+        given = [name for name, value in prior.items() if value is not None]
+        if given:
+            raise ValueError("this model does not read a prior study (config.reads_prior is False): draft without "
+                             f"{', '.join(given)}")
+        return None
+
+    def prior_tokens(self, batch, prior_pixel_values=None, prior_vision_features=None, prior_image_mask=None,
+                     prior_input_ids=None, prior_attention_mask=None):
+        """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study: the prior status token (prior
+        or no prior), then, when given, the prior image's tokens and (with guidance) its finding head's decisions,
+        then the prior report's tokens.
+
+        prior_pixel_values (or cached prior_vision_features): the prior's images, shaped as pixel_values;
+        prior_image_mask [batch] 1 / 0 says which studies have one (default: all). prior_input_ids /
+        prior_attention_mask: the prior report (CLIPT5Processor's `prior_reports`); a study whose mask is all 0 has
+        none. A study with neither gets the "no prior" token alone (the rest is masked out)."""
+        embeddings = self.prior_embeddings
+        kinds = embeddings.kinds.weight.to(self.dtype)
+        parts, masks = [], []
+        has_prior = None
+        if prior_vision_features is None and prior_pixel_values is not None:
+            prior_vision_features = self.get_vision_features(prior_pixel_values)
+        if prior_vision_features is not None:
+            if prior_vision_features.shape[0] != batch:
+                raise ValueError(f"{prior_vision_features.shape[0]} prior images for {batch} studies: pass one per "
+                                 "study (prior_image_mask 0 where a study has none)")
+            features = prior_vision_features.to(self.dtype)
+            image_mask = (torch.ones(batch, dtype=torch.long, device=features.device) if prior_image_mask is None
+                          else prior_image_mask.long().to(features.device))
+            parts.append(self.clip_projection(features) + kinds[embeddings.IMAGE])
+            if self.finding_embeddings is not None:
+                prior_logits, _ = self.finding_head(features)
+                parts.append(self.finding_tokens(self.guidance_statuses(prior_logits)).to(self.dtype)
+                             + kinds[embeddings.FINDINGS])
+            masks += [image_mask[:, None].expand(-1, part.shape[1]) for part in parts]
+            has_prior = image_mask
+        else:
+            if prior_image_mask is not None:
+                raise ValueError("prior_image_mask without prior_pixel_values (or prior_vision_features)")
+            # Masked places for the prior image's tokens and guidance keep the report's tokens where they are with
+            # a prior image (T5's attention bias depends on relative positions), so every layout drafts alike.
+            places = self.config.num_views * self.config.num_image_tokens_per_view
+            if self.finding_embeddings is not None:
+                places += len(self.config.finding_labels)
+            parts.append(kinds.new_zeros(batch, places, kinds.shape[1]))
+            masks.append(torch.zeros(batch, places, dtype=torch.long, device=kinds.device))
+        if prior_input_ids is not None:
+            if prior_input_ids.shape[0] != batch:
+                raise ValueError(f"{prior_input_ids.shape[0]} prior reports for {batch} studies: pass one per study "
+                                 "(an all-0 prior_attention_mask where a study has none)")
+            if prior_input_ids.shape[1] > self.config.max_prior_report_tokens:
+                raise ValueError(f"prior report has {prior_input_ids.shape[1]} tokens, more than "
+                                 f"max_prior_report_tokens={self.config.max_prior_report_tokens}; CLIPT5Processor "
+                                 "truncates prior reports to that length")
+            report_mask = (torch.ones_like(prior_input_ids) if prior_attention_mask is None
+                           else prior_attention_mask.to(prior_input_ids.device)).long()
+            parts.append(self.get_input_embeddings()(prior_input_ids) + kinds[embeddings.REPORT])
+            masks.append(report_mask)
+            has_report = report_mask.amax(dim=1)
+            has_prior = has_report if has_prior is None else torch.maximum(has_prior, has_report.to(has_prior.device))
+        device = embeddings.status.weight.device
+        # The batch size taken from a tensor (not torch.zeros(batch)) keeps it a dimension when the graph is exported.
+        status = (has_prior.to(device) if has_prior is not None
+                  else torch.zeros_like(embeddings.status.weight[:1, 0], dtype=torch.long).expand(batch))
+        status_token = embeddings.status(status)[:, None].to(self.dtype)
+        embeds = torch.cat([status_token] + [part.to(status_token.device) for part in parts], dim=1)
+        mask = torch.cat([torch.ones_like(status[:, None])] + [m.to(status.device) for m in masks], dim=1)
+        return embeds, mask
+
+    def encoder_inputs(self, vision_features, statuses=None, input_ids=None, attention_mask=None, prior_embeds=None):
+        """(inputs_embeds, attention_mask) from vision features, the guidance statuses (with guidance), the prior
+        study's (embeds, mask) (with `config.reads_prior`, see `prior_inputs`) and the prompt."""
         image_embeds = self.clip_projection(vision_features.to(self.dtype))
         batch = image_embeds.shape[0]
         if statuses is not None:
             image_embeds = torch.cat([image_embeds, self.finding_tokens(statuses).to(image_embeds.dtype)], dim=1)
         image_mask = torch.ones(batch, image_embeds.shape[1], dtype=torch.long, device=image_embeds.device)
+        if prior_embeds is not None:
+            image_embeds = torch.cat([image_embeds, prior_embeds[0].to(image_embeds.dtype)], dim=1)
+            image_mask = torch.cat([image_mask, prior_embeds[1].to(image_mask.device)], dim=1)
         if input_ids is None:
             return image_embeds, image_mask
         if input_ids.shape[0] != batch:
@@ -347,6 +450,11 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         inputs_embeds=None,
         findings=None,
         finding_targets=None,
+        prior_pixel_values=None,
+        prior_vision_features=None,
+        prior_image_mask=None,
+        prior_input_ids=None,
+        prior_attention_mask=None,
         **kwargs,
     ):
         r"""
@@ -360,6 +468,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             -1 leaves a finding to the head). Training passes the true findings here for some studies.
         finding_targets (`torch.FloatTensor` of shape `[batch, findings]`):
             1 / 0 per finding for the head's loss; -100 leaves a finding out of it (an uncertain label, say).
+        prior_pixel_values, prior_vision_features, prior_image_mask, prior_input_ids, prior_attention_mask
+        (models with `config.reads_prior`):
+            The patient's prior study: its images (or cached features) and its report, see `prior_inputs`.
         Other arguments (labels, decoder_input_ids, ...) are T5ForConditionalGeneration's.
         """
         finding_logits = None
@@ -371,8 +482,10 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                     vision_features = self.get_vision_features(pixel_values)
                 finding_logits, _ = self.finding_head(vision_features.to(self.dtype))
             inputs_embeds, attention_mask = self.build_encoder_inputs(
-                pixel_values, input_ids, attention_mask, vision_features, findings, finding_logits
-            )
+                pixel_values, input_ids, attention_mask, vision_features, findings, finding_logits,
+                prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
+                prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
+                prior_attention_mask=prior_attention_mask)
         outputs = super().forward(
             input_ids=None,
             attention_mask=attention_mask,
@@ -408,13 +521,16 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None, findings=None,
-                 **kwargs):
+                 prior_pixel_values=None, prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
+                 prior_attention_mask=None, **kwargs):
         """Drafts reports. `generate(pixel_values=...)` needs no text; a prompt (input_ids) is optional.
 
         With a finding head and guidance, the report follows the head's findings, or `findings` where the caller
         gives them (a list of the names present per study, a {name: bool} dict per study, or a [batch, findings]
         tensor of 1 / 0 / -1; see `findings_tensor`): a reader who corrects a finding gets a report that follows
-        the correction. All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
+        the correction. With `config.reads_prior`, the prior study's image (`prior_pixel_values`) and report
+        (`prior_input_ids`, from CLIPT5Processor's `prior_images` / `prior_reports`) are read too; without them the
+        model reads "no prior". All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
         max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
         """
         if pixel_values is None and vision_features is None:
@@ -422,10 +538,12 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                 return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values (or vision_features)")
         inputs_embeds, attention_mask = self.build_encoder_inputs(
-            pixel_values, input_ids, attention_mask, vision_features, findings
-        )
+            pixel_values, input_ids, attention_mask, vision_features, findings,
+            prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
+            prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
+            prior_attention_mask=prior_attention_mask)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
-__all__ = ["CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5Projector",
-           "CLIPT5Seq2SeqLMOutput"]
+__all__ = ["CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5PriorEmbeddings",
+           "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput"]

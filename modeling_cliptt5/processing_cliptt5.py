@@ -150,6 +150,9 @@ class CLIPT5Processor(ProcessorMixin):
     - text: the optional prompt (str or one per study), truncated to `max_prompt_tokens` with a warning; an empty
       prompt is masked out (as training masks studies without one), so "" is the image alone.
     - reports: target reports for training; become `labels` with padding set to -100.
+    - prior_images / prior_reports (models that read a prior, `config.reads_prior`): one entry per study, None where
+      a study has none; become `prior_pixel_values` + `prior_image_mask` and `prior_input_ids` +
+      `prior_attention_mask` (prior reports truncated to `max_prior_report_tokens` with a warning).
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -183,16 +186,23 @@ class CLIPT5Processor(ProcessorMixin):
                     json.dump(tokenizer_config, handle, indent=2, ensure_ascii=False)
         return saved
 
-    def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, max_prompt_tokens=128, max_report_tokens=256,
+                 max_prior_report_tokens=128, **kwargs):
         self.max_prompt_tokens = max_prompt_tokens
         self.max_report_tokens = max_report_tokens
+        self.max_prior_report_tokens = max_prior_report_tokens
         kwargs["chat_template"] = kwargs.get("chat_template") or CHAT_TEMPLATE
         super().__init__(image_processor, tokenizer, **kwargs)
 
-    def __call__(self, images=None, text=None, reports=None, return_tensors="pt", **kwargs):
+    def __call__(self, images=None, text=None, reports=None, prior_images=None, prior_reports=None,
+                 return_tensors="pt", **kwargs):
         encoding = {}
         if images is not None:
             encoding["pixel_values"] = self._preprocess_studies(images, return_tensors)
+        if prior_images is not None:
+            encoding.update(self._preprocess_priors(prior_images, return_tensors))
+        if prior_reports is not None:
+            encoding.update(self._tokenize_prior_reports(prior_reports, return_tensors))
         if text is not None:
             prompts = self.tokenizer(
                 [text] if isinstance(text, str) else list(text),
@@ -236,15 +246,45 @@ class CLIPT5Processor(ProcessorMixin):
         pixel_values = self.image_processor(flat, return_tensors=return_tensors)["pixel_values"]
         return pixel_values.reshape(len(images), views.pop(), *pixel_values.shape[1:])
 
-    def _warn_if_truncated(self, text, input_ids):
+    def _preprocess_priors(self, prior_images, return_tensors):
+        """One prior per study (an image, a list of views, or None) -> prior_pixel_values, with zeros where a study
+        has no prior, and prior_image_mask [batch] (1: this study has a prior image)."""
+        import torch
+
+        if not isinstance(prior_images, (list, tuple)):
+            prior_images = [prior_images]
+        given = [prior for prior in prior_images if prior is not None]
+        if not given:
+            return {}
+        pixel_values = self._preprocess_studies(given, return_tensors)
+        stacked = torch.zeros((len(prior_images), *pixel_values.shape[1:]), dtype=pixel_values.dtype)
+        mask = torch.tensor([prior is not None for prior in prior_images], dtype=torch.long)
+        stacked[mask.bool()] = pixel_values
+        return {"prior_pixel_values": stacked, "prior_image_mask": mask}
+
+    def _tokenize_prior_reports(self, prior_reports, return_tensors):
+        """One prior report per study (None or "" where a study has none) -> prior_input_ids, prior_attention_mask."""
+        reports = [prior_reports] if isinstance(prior_reports, str) else list(prior_reports)
+        if not any(report and report.strip() for report in reports):
+            return {}
+        texts = [report or "" for report in reports]
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_prior_report_tokens,
+                                return_tensors=return_tensors)
+        self._warn_if_truncated(texts, tokens["input_ids"], self.max_prior_report_tokens, "prior report",
+                                "max_prior_report_tokens")
+        mask = tokens["attention_mask"]
+        for index, report in enumerate(texts):
+            if not report.strip():  # no prior report: masked out entirely
+                mask[index] = 0
+        return {"prior_input_ids": tokens["input_ids"], "prior_attention_mask": mask}
+
+    def _warn_if_truncated(self, text, input_ids, limit=None, what="prompt", setting="max_prompt_tokens"):
+        limit = self.max_prompt_tokens if limit is None else limit
         texts = [text] if isinstance(text, str) else list(text)
         for prompt, ids in zip(texts, input_ids):
             full_length = len(self.tokenizer(prompt)["input_ids"])
-            if full_length > self.max_prompt_tokens:
-                warnings.warn(
-                    f"prompt of {full_length} tokens truncated to max_prompt_tokens={self.max_prompt_tokens}",
-                    stacklevel=3,
-                )
+            if full_length > limit:
+                warnings.warn(f"{what} of {full_length} tokens truncated to {setting}={limit}", stacklevel=3)
 
     def batch_decode_reports(self, sequences):
         """Generated ids -> [{"text", "findings", "impression"}] (sections are None when the report has none)."""

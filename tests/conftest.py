@@ -221,3 +221,21 @@ def one_torch_thread_per_test():
 
     with one_torch_thread():
         yield
+
+
+@pytest.fixture(scope="session")
+def prior_release_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny release that reads the prior study (config.reads_prior), with a finding head and guidance, its weights
+    made large (rerandomized) so that greedy drafts differ with the image and the prior; prior reports are read up
+    to 48 tokens (one of TINY_REPORTS fits, all of them do not)."""
+    processor = tiny_processor(tiny_tokenizer)
+    processor.max_prior_report_tokens = 48
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer), finding_head=True,
+                                                       finding_labels=HEAD_FINDINGS, reads_prior=True,
+                                                       max_prior_report_tokens=48))
+    model = rerandomized(model.eval())
+    release = tmp_path_factory.mktemp("prior_release")
+    model.save_pretrained(release)
+    processor.save_pretrained(release)
+    return release

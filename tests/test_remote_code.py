@@ -37,6 +37,9 @@ for auto_class in (AutoModel, AutoModelForSeq2SeqLM):
         given = [[model.config.finding_labels[0]]] + [[]] * (inputs["pixel_values"].shape[0] - 1)
         outputs["with_findings"] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12,
                                                   findings=given)
+    if getattr(model.config, "reads_prior", False):
+        prior = {name: tensor for name, tensor in inputs.items() if name.startswith("prior_")}
+        outputs["with_prior"] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, **prior)
 if with_processor:
     from PIL import Image
     from transformers import AutoProcessor
@@ -48,9 +51,10 @@ print(json.dumps(result))
 """
 
 
-def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath=""):
+def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath="", prior=None):
     inputs_file, output_file = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
-    save_file({"pixel_values": pixel_values.contiguous()}, inputs_file)
+    save_file({"pixel_values": pixel_values.contiguous(),
+               **{name: tensor.contiguous() for name, tensor in (prior or {}).items()}}, inputs_file)
     command = [str(python), "-c", LOAD_AND_GENERATE, str(release), str(inputs_file), str(output_file),
                "1" if image_path else "0"] + ([str(image_path)] if image_path else [])
     completed = subprocess.run(command, capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": pythonpath},
@@ -155,6 +159,28 @@ def test_a_release_with_a_finding_head_runs_without_the_package_on_both_majors(h
     given = [[model.config.finding_labels[0]], []]
     assert torch.equal(outputs["with_findings"],
                        model.generate(pixel_values=pixel_values, max_new_tokens=12, findings=given))
+
+
+@pytest.mark.parametrize("major", ["this", "other"])
+def test_a_release_that_reads_priors_drafts_with_a_prior_without_the_package_on_both_majors(prior_release_dir, tmp_path,
+                                                                                           major):
+    from conftest import TINY_REPORTS, noise_image
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
+
+    python = Path(sys.executable) if major == "this" else MINIMAL_PYTHON
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
+        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    model = CLIPT5ForConditionalGeneration.from_pretrained(prior_release_dir).eval()
+    inputs = CLIPT5Processor.from_pretrained(prior_release_dir)(
+        images=[noise_image(0), noise_image(1)], prior_images=[noise_image(2), None],
+        prior_reports=[TINY_REPORTS[0], TINY_REPORTS[1]])
+    prior = {name: tensor for name, tensor in inputs.items() if name.startswith("prior_")}
+    _, outputs = run_in_fresh_process(python, prior_release_dir, tmp_path, inputs["pixel_values"], prior=prior)
+    expected = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, **prior)
+    assert torch.equal(outputs["with_prior"], expected)
+    assert not torch.equal(expected, model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12))
 
 
 def test_loading_a_folder_that_is_not_a_release_fails_clearly(tmp_path):

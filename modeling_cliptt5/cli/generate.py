@@ -19,6 +19,14 @@ projection radiograph (Modality other than CR, DX or RG, e.g. a CT slice; or sev
 unless --any-modality; a secondary capture, a DICOM without Modality or of another body part is drafted with a
 warning.
 
+Priors: a release that reads the patient's prior study (config reads_prior) drafts each study against the latest
+study of the same patient dated before it among the inputs: patient and date from the DICOM headers (PatientID,
+StudyDate/StudyTime), or for PNG/JPEG from --study-table (a CSV with the columns study, patient_id,
+study_datetime and optionally report, that study's report, read when it is another study's prior). --prior and
+--prior-report name the prior of a single study instead. A prior of another patient or not dated before the study
+is refused (exit 2); a study without a prior is drafted as a first study, which states no comparison. A release
+without priors warns and drafts without. The output's prior_id says which prior each draft read.
+
 Outputs: the drafts are printed, or written (atomically) to --output: .jsonl (one JSON object per study) or
 .csv, with id, input_files, report, findings (the FINDINGS section's text), impression, truncated (true when the
 draft stopped at --max-new-tokens without ending: cut off, or caught in a loop), repeated_sentences (how many
@@ -46,7 +54,7 @@ from modeling_cliptt5.cli.arguments import ANY_MODALITY_HELP
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
 from modeling_cliptt5.inference.draft_files import disagreement_text, write_outputs
 from modeling_cliptt5.inference.drafting import (
-    STUDY_GROUPINGS, TRUNCATED_WARNING, collect_inputs, draft_reports, group_studies, load_release,
+    STUDY_GROUPINGS, TRUNCATED_WARNING, Study, collect_inputs, draft_reports, group_studies, load_release,
 )
 
 PROGRESS_AFTER = 5  # a bar is noise for a handful of studies
@@ -66,6 +74,14 @@ def parse_args(argv=None):
                         help="name each study's frontal image by its file name (fnmatch pattern, e.g. '*_pa.*' or "
                              "'*frontal*'): for PNG/JPEG studies, whose files carry no view; it also overrides the "
                              "headers, with a warning where a header names another view")
+    parser.add_argument("--prior", nargs="+", metavar="PRIOR",
+                        help="the prior study's images (files or a folder) for the one study given (a release that "
+                             "reads priors)")
+    parser.add_argument("--prior-report", type=Path, metavar="FILE",
+                        help="a text file holding the prior study's report, for the one study given")
+    parser.add_argument("--study-table", type=Path, metavar="CSV",
+                        help="patient and date per study (columns study, patient_id, study_datetime, optional report) "
+                             "for finding priors among PNG/JPEG studies; overrides the DICOM headers")
     parser.add_argument("--num-beams", type=int, help="beam search width (default: the release's generation config)")
     parser.add_argument("--max-new-tokens", type=int,
                         help="longest draft in tokens (default: the release's generation config, as on the page)")
@@ -109,6 +125,48 @@ def open_release(model_name, device, dtype, optimize):
     except ValueError as error:  # model_sources.ModelSourceError is one
         print(f"cliptt5-generate: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def fail(message):
+    print(f"cliptt5-generate: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def attach_priors(args, studies, release, report_problem):
+    """Each study's prior: named (--prior, --prior-report) for a single study, else found among the inputs (a
+    release that reads priors). A named prior of another patient, or not earlier, ends the run (status 2)."""
+    from modeling_cliptt5.inference.priors import StudyTableError, link_priors, prior_problem, read_study_table
+
+    try:
+        table = read_study_table(args.study_table) if args.study_table else None
+    except StudyTableError as error:
+        fail(str(error))
+    if args.prior or args.prior_report:
+        if len(studies) != 1:
+            fail(f"--prior and --prior-report name the prior of one study; the inputs hold {len(studies)} studies "
+                 "(find priors among them by DICOM headers or --study-table instead)")
+        study = studies[0]
+        if args.prior:
+            prior_files, errors = collect_inputs(args.prior)
+            for message in errors:
+                report_problem(f"prior: {message}")
+            if not prior_files:
+                fail("--prior: no image files in " + " ".join(args.prior))
+            study.prior = Study(Path(args.prior[0]).stem if len(args.prior) == 1 else "prior", prior_files)
+            problem = prior_problem(study, study.prior, table)
+            if problem:
+                fail(problem)
+        if args.prior_report:
+            try:
+                study.prior_report = args.prior_report.read_text(encoding="utf-8").strip() or None
+            except (OSError, UnicodeDecodeError) as error:
+                fail(f"--prior-report {args.prior_report}: cannot read it ({error})")
+        if not release.config.reads_prior:
+            tqdm.write("warning: this release does not read a prior study: --prior/--prior-report are ignored and "
+                       "the study is drafted as a first study", file=sys.stderr)
+            study.prior, study.prior_report = None, None
+    elif release.config.reads_prior:
+        link_priors(studies, table)
 
 
 def generate_kwargs(args):
@@ -170,6 +228,7 @@ def main(argv=None):
               "them cannot be flagged", file=sys.stderr)
     study_by = args.study_by if args.study_by != "auto" else ("none" if num_views == 1 else "folder")
     studies = group_studies(files, study_by)
+    attach_priors(args, studies, release, report_problem)
     prompt = args.prompt if args.prompt is not None else release.config.prompt
 
     rows, failed = [], 0

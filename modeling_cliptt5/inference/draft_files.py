@@ -8,7 +8,7 @@ import json
 from modeling_cliptt5.data.atomic_writes import atomic_file
 
 OUTPUT_COLUMNS = ("id", "input_files", "report", "findings", "impression", "truncated", "repeated_sentences",
-                  "seconds")
+                  "seconds", "prior_id")
 LABEL_COLUMNS = ("labels", "uncertain_labels")
 FINDING_COLUMNS = ("finding_probabilities", "predicted_findings", "disagreements")
 OOD_COLUMNS = ("ood_score", "ood_flag")

@@ -27,6 +27,7 @@ import dataclasses
 import fnmatch
 import glob
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +41,14 @@ STUDY_GROUPINGS = ("folder", "prefix", "none")
 
 @dataclass
 class Study:
-    """One study: its id and the files of its views, in the order the model will see them."""
+    """One study: its id and the files of its views, in the order the model will see them; for a release that reads
+    priors, the patient's prior study (`priors.link_priors`, or named) and its report, where known."""
 
     study_id: str
     files: list[Path]
     warnings: list[str] = field(default_factory=list)
+    prior: Study | None = None
+    prior_report: str | None = None
 
 
 @dataclass
@@ -65,6 +69,8 @@ class DraftedReport:
     # Sentences the draft says again in the same section (evaluation/repetition.py): degenerate output to check
     repeated_sentences: int = 0
     error: str | None = None
+    # The prior study the draft compared with ("" for none: the draft was written as a first study)
+    prior_id: str = ""
     # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
     # followed (as generation used them: the head's decisions, or the caller's where given), and where the draft's
     # text and those findings disagree (None when no rule reader knows the label set)
@@ -84,7 +90,8 @@ class DraftedReport:
         (`with_labels`), the finding head's output and the OOD score where the release has them."""
         row = {"id": self.study_id, "input_files": [str(path) for path in self.files], "report": self.report,
                "findings": self.findings, "impression": self.impression, "truncated": self.truncated,
-               "repeated_sentences": self.repeated_sentences, "seconds": round(self.seconds, 3)}
+               "repeated_sentences": self.repeated_sentences, "seconds": round(self.seconds, 3),
+               "prior_id": self.prior_id}
         if with_labels:
             row.update(finding_labels(self.report))
         if self.finding_probabilities is not None:
@@ -280,20 +287,31 @@ def stopped_at_limit(sequences, eos_token_id):
 
 
 def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict,
-                findings: list | None = None) -> list[DraftedReport]:
+                findings: list | None = None, priors: list | None = None) -> list[DraftedReport]:
     """Images (one per study, or a list of views per study) -> a DraftedReport per study, without its study id,
     files and time (draft_reports adds them). `findings` (one entry per study, see
-    CLIPT5ForConditionalGeneration.findings_tensor) replace the finding head's decisions in the guidance."""
+    CLIPT5ForConditionalGeneration.findings_tensor) replace the finding head's decisions in the guidance. `priors`
+    (a release that reads them): one (images or None, report or None) per study, or None for a study without."""
     import torch
 
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
     from modeling_cliptt5.evaluation.repetition import report_repeats
 
     model, processor = release.model, release.processor
+    prior_inputs = {}
+    if priors and any(prior is not None for prior in priors):
+        prior_images = [None if prior is None else prior[0] for prior in priors]
+        prior_reports = [None if prior is None else prior[1] for prior in priors]
+        with warnings.catch_warnings():  # read_prior has said which study's prior report is truncated
+            warnings.filterwarnings("ignore", message="prior report of")
+            prior_inputs = processor(prior_images=prior_images if any(image is not None for image in prior_images)
+                                     else None, prior_reports=prior_reports if any(prior_reports) else None,
+                                     return_tensors="pt")
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+    prior = {name: tensor.to(model.device) for name, tensor in prior_inputs.items()}
     with torch.inference_mode():
-        output = release.engine.generate_with_findings(**inputs, findings=findings, **generate_kwargs)
+        output = release.engine.generate_with_findings(**inputs, findings=findings, prior=prior, **generate_kwargs)
     ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
     drafts = [DraftedReport(report=text["text"], findings=text["findings"], impression=text["impression"],
                             engine=release.engine.name, truncated=truncated,
@@ -349,7 +367,7 @@ def draft_reports(
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     for start in range(0, len(studies), batch_size):
         started = time.perf_counter()
-        ready, batch_images = [], []
+        ready, batch_images, batch_priors = [], [], []
         for study in studies[start : start + batch_size]:
             images, errors = read_study_images(study, num_views, max_pixels, any_modality, frontal)
             for message in errors:
@@ -361,10 +379,11 @@ def draft_reports(
                 continue
             ready.append(study)
             batch_images.append(images if num_views > 1 else images[0])
+            batch_priors.append(read_prior(release, study, max_pixels, any_modality, frontal, on_error, on_warning))
         if not ready:
             continue
         try:
-            drafts = draft_batch(release, batch_images, prompt, generate_kwargs)
+            drafts = draft_batch(release, batch_images, prompt, generate_kwargs, priors=batch_priors)
         except Exception as error:  # one failing batch (e.g. out of memory) must not stop the run
             message = f"generation failed for this batch ({type(error).__name__}: {error})"
             for study in ready:
@@ -372,14 +391,49 @@ def draft_reports(
                 yield DraftedReport(study.study_id, study.files, error=message)
             continue
         seconds = (time.perf_counter() - started) / len(ready)  # each study's share of its batch
-        for study, draft in zip(ready, drafts):
+        for study, draft, prior in zip(ready, drafts, batch_priors):
             if refuse_ood and draft.ood_flag:
                 message = ood_refusal(draft.ood_score, draft.ood_threshold)
                 on_error(f"{study.study_id}: {message}")
                 yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft.ood_score,
                                     ood_flag=True, ood_threshold=draft.ood_threshold)
                 continue
-            yield dataclasses.replace(draft, study_id=study.study_id, files=study.files, seconds=seconds)
+            yield dataclasses.replace(draft, study_id=study.study_id, files=study.files, seconds=seconds,
+                                      prior_id=prior_name(study) if prior is not None else "")
+
+
+def prior_name(study):
+    """How a draft's record names the prior it read: the prior study's id, or "(prior report)" for a report alone."""
+    return study.prior.study_id if study.prior is not None else "(prior report)"
+
+
+def read_prior(release, study, max_pixels, any_modality=False, frontal=None, on_error=None, on_warning=None):
+    """(prior images or None, prior report or None) for `study`, or None when it has no prior or the release does not
+    read one (a warning says so). A prior image that cannot be read leaves the prior report alone; a report longer
+    than the release reads is truncated, with a warning."""
+    on_error = on_error or (lambda message: None)
+    on_warning = on_warning or (lambda message: None)
+    if study.prior is None and not study.prior_report:
+        return None
+    what = prior_name(study)
+    config = release.config
+    if not config.reads_prior:
+        on_warning(f"{study.study_id}: this release does not read a prior study: drafted without {what}, as a first "
+                   "study")
+        return None
+    images = None
+    if study.prior is not None:
+        images, errors = read_study_images(study.prior, config.num_views, max_pixels, any_modality, frontal)
+        for message in errors:
+            on_error(f"{study.study_id}: prior {message}")
+        images = (images if config.num_views > 1 else images[0]) if images else None
+    report = study.prior_report or None
+    if report:
+        tokens = len(release.processor.tokenizer(report)["input_ids"])
+        if tokens > config.max_prior_report_tokens:
+            on_warning(f"{study.study_id}: the prior report of {what} has {tokens} tokens; this release reads the "
+                       f"first {config.max_prior_report_tokens}")
+    return None if images is None and report is None else (images, report)
 
 
 def ood_refusal(score, threshold):

@@ -31,10 +31,11 @@ class DraftingEngine(Protocol):
     model: Any
     name: str
 
-    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
+    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None, prior=None,
                                **generate_kwargs):
         """An EngineOutput from one pass of the image tower and the finding head. `findings`: as
-        CLIPT5ForConditionalGeneration.generate takes them, replacing the head's decisions in the guidance."""
+        CLIPT5ForConditionalGeneration.generate takes them, replacing the head's decisions in the guidance;
+        `prior`: the prior studies' inputs (CLIPT5Processor's prior_* tensors) for a release that reads them."""
 
 
 class TorchEngine:
@@ -47,18 +48,19 @@ class TorchEngine:
         self.model = model
         self.name = "PyTorch int8" if is_optimized(model) else "PyTorch"
 
-    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
+    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None, prior=None,
                                **generate_kwargs):
         from modeling_cliptt5.inference.ood import image_vectors
         from modeling_cliptt5.modeling_cliptt5 import followed_findings
 
         model = self.model
+        prior = prior or {}
         if findings is not None and model.finding_head is None:
             raise ValueError("this model has no finding head: it cannot take findings")
         vision_features = model.get_vision_features(pixel_values)
         if model.finding_head is None:
             sequences = model.generate(vision_features=vision_features, input_ids=input_ids,
-                                       attention_mask=attention_mask, **generate_kwargs)
+                                       attention_mask=attention_mask, **prior, **generate_kwargs)
             return EngineOutput(sequences, vectors=image_vectors(vision_features))
         # The head runs once: its decisions (or the caller's findings) become the guidance tokens of the encoder
         # inputs generate() starts from, and the draft's record says which findings it followed.
@@ -66,7 +68,8 @@ class TorchEngine:
         given = None if findings is None else model.findings_tensor(findings, len(vision_features))
         followed = followed_findings(head.present, given)
         statuses = followed if model.finding_embeddings is not None else None
-        inputs_embeds, mask = model.encoder_inputs(vision_features, statuses, input_ids, attention_mask)
+        inputs_embeds, mask = model.encoder_inputs(vision_features, statuses, input_ids, attention_mask,
+                                                   model.prior_inputs(len(vision_features), **prior))
         sequences = model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
         return EngineOutput(sequences, head, image_vectors(vision_features), followed)
 
@@ -79,12 +82,12 @@ class OnnxEngine:
         self.model = model
         self.name = f"ONNX Runtime {model.weights}"
 
-    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None,
+    def generate_with_findings(self, pixel_values, input_ids=None, attention_mask=None, findings=None, prior=None,
                                **generate_kwargs):
         from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor, followed_findings
 
         sequences, head, vectors = self.model.generate_with_findings(pixel_values, input_ids, attention_mask, findings,
-                                                                     **generate_kwargs)
+                                                                     prior=prior, **generate_kwargs)
         if head is None:
             return EngineOutput(sequences, vectors=vectors)
         names = self.model.config.finding_labels

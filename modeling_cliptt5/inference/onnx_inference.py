@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.inference.ood import image_vectors
 
-EXPORT_FORMAT = 4  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 5  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
 
@@ -83,16 +83,21 @@ def _cross_attentions(model):
 
 
 class EncoderGraph(nn.Module):
-    """pixel_values, prompt ids and mask (and, with a finding head, the caller's findings: 1 / 0, -1 for the head's
-    decision) -> encoder hidden states' mask, each decoder layer's cross keys/values (and the head's probabilities
-    and heatmaps). A zero-length prompt ([batch, 0]) means no prompt: one graph serves both."""
+    """pixel_values, prompt ids and mask (with a finding head and guidance, the caller's findings: 1 / 0, -1 for the
+    head's decision; for a release that reads priors, the prior's pixels, image mask, report ids and mask) ->
+    encoder hidden states' mask, each decoder layer's cross keys/values (and the head's probabilities and heatmaps).
+    A zero-length prompt ([batch, 0]) means no prompt, a prior image mask of 0 and an all-0 report mask no prior:
+    one graph serves all."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.input_names = encoder_input_names(model.config)
 
-    def forward(self, pixel_values, prompt_ids, prompt_mask, findings=None):
+    def forward(self, *inputs):
         model = self.model
+        named = dict(zip(self.input_names, inputs))
+        pixel_values, prompt_ids, prompt_mask = named["pixel_values"], named["prompt_ids"], named["prompt_mask"]
         vision_features = model.get_vision_features(pixel_values)
         head_outputs, statuses = (), None
         if model.finding_head is not None:
@@ -100,13 +105,19 @@ class EncoderGraph(nn.Module):
             head = model.finding_output(logits, patch_logits)
             head_outputs = (head.probabilities, head.maps)
             if model.finding_embeddings is not None:
-                statuses = model.guidance_statuses(logits, findings)
-        inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask)
+                statuses = model.guidance_statuses(logits, named["findings"])
+        prior = None
+        if model.config.reads_prior:
+            prior = model.prior_inputs(pixel_values.shape[0], prior_pixel_values=named["prior_pixel_values"],
+                                       prior_image_mask=named["prior_image_mask"],
+                                       prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"])
+        inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask, prior)
         # The same mask as encoder_inputs', made so that the exporter keeps the batch size an input dimension
         # (it turns torch.ones(batch, ...) into a constant of the traced batch size).
-        image_tokens = inputs_embeds.shape[1] - prompt_ids.shape[1]
+        prior_mask = prior[1] if prior is not None else prompt_mask[:, :0]
+        image_tokens = inputs_embeds.shape[1] - prompt_ids.shape[1] - prior_mask.shape[1]
         image_mask = torch.ones(1, image_tokens, dtype=torch.long).expand(prompt_mask.shape[0], -1)
-        attention_mask = torch.cat([image_mask, prompt_mask], dim=1)
+        attention_mask = torch.cat([image_mask, prior_mask.long(), prompt_mask], dim=1)
         hidden = model.get_encoder()(inputs_embeds=inputs_embeds,
                                      attention_mask=additive_mask(attention_mask)).last_hidden_state
         heads_first = (hidden.shape[0], hidden.shape[1], -1, model.config.d_kv)
@@ -115,6 +126,16 @@ class EncoderGraph(nn.Module):
             cross += [attention.k(hidden).view(heads_first).transpose(1, 2),
                       attention.v(hidden).view(heads_first).transpose(1, 2)]
         return (attention_mask, *cross, *head_outputs, image_vectors(vision_features))
+
+
+def encoder_input_names(config):
+    """The encoder graph's inputs, in order, for a release's config."""
+    names = ["pixel_values", "prompt_ids", "prompt_mask"]
+    if config.uses_finding_guidance:
+        names.append("findings")
+    if config.reads_prior:
+        names += ["prior_pixel_values", "prior_image_mask", "prior_ids", "prior_mask"]
+    return names
 
 
 class DecoderStepGraph(nn.Module):
@@ -185,15 +206,20 @@ def export_graphs(model, folder, weights="int8"):
     pixel_values = torch.zeros(2, *views, 3, size, size)
     prompt_ids = torch.ones(2, 3, dtype=torch.long)
     prompt_mask = torch.ones(2, 3, dtype=torch.long)
-    encoder_inputs, encoder_input_names = (pixel_values, prompt_ids, prompt_mask), ["pixel_values", "prompt_ids",
-                                                                                    "prompt_mask"]
+    example = {"pixel_values": pixel_values, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+               "findings": torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),
+               "prior_pixel_values": torch.zeros(2, *views, 3, size, size),
+               "prior_image_mask": torch.tensor([1, 0]), "prior_ids": torch.ones(2, 3, dtype=torch.long),
+               "prior_mask": torch.tensor([[1, 1, 1], [0, 0, 0]])}
+    input_names = encoder_input_names(config)
+    encoder_inputs = tuple(example[name] for name in input_names)
     encoder_axes = {"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
-                    "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}}
+                    "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}, "findings": {0: "batch"},
+                    "prior_pixel_values": {0: "batch"}, "prior_image_mask": {0: "batch"},
+                    "prior_ids": {0: "batch", 1: "prior_report"}, "prior_mask": {0: "batch", 1: "prior_report"}}
+    encoder_axes = {name: axes for name, axes in encoder_axes.items()
+                    if name in input_names or name == "image_vectors"}
     head_names = []
-    if model.finding_embeddings is not None:
-        encoder_inputs += (torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),)
-        encoder_input_names.append("findings")
-        encoder_axes["findings"] = {0: "batch"}
     if model.finding_head is not None:
         head_names = ["finding_probabilities", "finding_maps"]
         encoder_axes.update({name: {0: "batch"} for name in head_names})
@@ -202,10 +228,13 @@ def export_graphs(model, folder, weights="int8"):
     float_folder.mkdir(exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's and T5's deprecation notices
-        encoder_outputs = EncoderGraph(model)(*encoder_inputs)
+        # The wrappers in eval mode: the exporter puts a module back in the mode it found it in, and a new
+        # nn.Module is in training mode, which would switch the model's dropout on for the caller.
+        encoder_graph, step_graph = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+        encoder_outputs = encoder_graph(*encoder_inputs)
         torch.onnx.export(
-            EncoderGraph(model), encoder_inputs, str(float_folder / ENCODER_FILE),
-            input_names=encoder_input_names,
+            encoder_graph, encoder_inputs, str(float_folder / ENCODER_FILE),
+            input_names=input_names,
             output_names=["encoder_attention_mask", *cross_names, *head_names, "image_vectors"],
             dynamic_axes={**encoder_axes, "encoder_attention_mask": {0: "batch", 1: "encoder"},
                           **{name: {0: "batch", 2: "encoder"} for name in cross_names}},
@@ -217,7 +246,7 @@ def export_graphs(model, folder, weights="int8"):
             caches += [past, past, encoder_outputs[1 + 2 * layer], encoder_outputs[2 + 2 * layer]]
         grown_names = [f"grown_{kind}.{layer}" for layer in range(layers) for kind in ("self_keys", "self_values")]
         torch.onnx.export(
-            DecoderStepGraph(model), (torch.zeros(2, 1, dtype=torch.long), encoder_outputs[0], *caches),
+            step_graph, (torch.zeros(2, 1, dtype=torch.long), encoder_outputs[0], *caches),
             str(float_folder / STEP_FILE),
             input_names=["decoder_input_ids", "encoder_attention_mask", *_cache_names(layers)],
             output_names=["logits", *grown_names],
@@ -407,9 +436,10 @@ class OnnxCLIPT5:
         return cls(folder, CLIPT5Config.from_pretrained(release_folder),
                    GenerationConfig.from_pretrained(release_folder), threads, weights)
 
-    def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None):
+    def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None, prior=None):
         """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches), with a finding
-        head its CLIPT5FindingOutput (else None), and the images' vectors for the OOD summary (ood.image_vectors)."""
+        head its CLIPT5FindingOutput (else None), and the images' vectors for the OOD summary (ood.image_vectors).
+        `prior`: CLIPT5Processor's prior_* tensors, for a release that reads a prior."""
         from modeling_cliptt5.modeling_cliptt5 import CLIPT5FindingOutput, findings_to_tensor
 
         batch = pixel_values.shape[0]
@@ -427,6 +457,7 @@ class OnnxCLIPT5:
             feeds["findings"] = given.numpy().astype(np.int64)
         elif findings is not None:
             raise ValueError("this model does not take findings: it has no finding head with guidance")
+        feeds.update(self.prior_feeds(pixel_values, prior or {}))
         encoder_mask, *outputs, vectors = self.encoder_session.run(None, feeds)
         head = None
         if config.finding_head:
@@ -444,6 +475,29 @@ class OnnxCLIPT5:
                           f"cross_keys.{layer}": cross[2 * layer], f"cross_values.{layer}": cross[2 * layer + 1]})
         return feeds, head, torch.from_numpy(vectors)
 
+    def prior_feeds(self, pixel_values, prior):
+        """The encoder graph's prior inputs: the given ones, with zeros and 0 masks standing in for a missing prior
+        image or report (the graph always reads both; masked, they are no input)."""
+        given = [name for name, value in prior.items() if value is not None]
+        if not self.config.reads_prior:
+            if given:
+                raise ValueError("this model does not read a prior study (config.reads_prior is False): draft "
+                                 f"without {', '.join(given)}")
+            return {}
+        batch = pixel_values.shape[0]
+        images, image_mask = prior.get("prior_pixel_values"), prior.get("prior_image_mask")
+        if images is None:
+            images, image_mask = torch.zeros_like(pixel_values), torch.zeros(batch, dtype=torch.long)
+        elif image_mask is None:
+            image_mask = torch.ones(batch, dtype=torch.long)
+        ids, mask = prior.get("prior_input_ids"), prior.get("prior_attention_mask")
+        if ids is None:  # one masked token: the graph's report length is never 0
+            ids, mask = torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long)
+        elif mask is None:
+            mask = torch.ones_like(ids)
+        return {"prior_pixel_values": images.float().numpy(), "prior_image_mask": image_mask.numpy().astype(np.int64),
+                "prior_ids": ids.numpy().astype(np.int64), "prior_mask": mask.numpy().astype(np.int64)}
+
     def step(self, feeds, tokens):
         """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
         logits, *grown = self.step_session.run(None, {**feeds, "decoder_input_ids": tokens[:, None].astype(np.int64)})
@@ -451,8 +505,12 @@ class OnnxCLIPT5:
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
         return full_vocabulary_logits(logits, self.decoder.vocabulary, self.config.vocab_size)
 
-    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, **generate_kwargs):
-        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, **generate_kwargs)[0]
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, prior_pixel_values=None,
+                 prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None, **generate_kwargs):
+        prior = {"prior_pixel_values": prior_pixel_values, "prior_image_mask": prior_image_mask,
+                 "prior_input_ids": prior_input_ids, "prior_attention_mask": prior_attention_mask}
+        return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, prior=prior,
+                                           **generate_kwargs)[0]
 
     def predict_findings(self, pixel_values):
         """The finding head's CLIPT5FindingOutput for these images (the encoder graph computes it)."""
@@ -461,12 +519,13 @@ class OnnxCLIPT5:
         return self.start(pixel_values)[1]
 
     def generate_with_findings(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None,
-                               **generate_kwargs):
+                               prior=None, **generate_kwargs):
         """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None, the images' OOD
-        vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them."""
+        vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them,
+        `prior` the prior_* tensors of CLIPT5Processor."""
         if pixel_values is None:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
-        feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings)
+        feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings, prior)
         layers = self.config.num_decoder_layers
         self.decoder.start_drafts([feeds[f"cross_{kind}.{layer}"] for layer in range(layers)
                                    for kind in ("keys", "values")])

@@ -38,6 +38,9 @@ class SharedSettings:
     dataset: str = _setting("", "a converted dataset folder (cliptt5-convert-*), or 'phantom' for synthetic studies")
     phantom_studies: int = _setting(2000, "dataset=phantom: number of synthetic studies")
     phantom_image_size: int = _setting(256, "dataset=phantom: stored image size in pixels")
+    phantom_max_studies_per_patient: int = _setting(
+        1, "dataset=phantom: each synthetic patient has 1 to N studies over time; with N > 1 the follow-ups' reports "
+        "compare with the prior study and carry change labels")
     train_split: str = _setting("train", "split to train on")
     validation_split: str = _setting("validation", "split to validate on ('' for none)")
     report_column: str = _setting("report", "target text column (report, findings or impression)")

@@ -15,7 +15,8 @@ def load_training_dataset(config, accelerator):
     """The DatasetDict named by `config.dataset` (data.sources.dataset_folder): a built-in source such as the
     phantoms is prepared once, by the main process, and every rank loads the same saved copy."""
     options = {"work_dir": config.output_dir, "seed": config.seed, "phantom_studies": config.phantom_studies,
-               "phantom_image_size": config.phantom_image_size}
+               "phantom_image_size": config.phantom_image_size,
+               "max_studies_per_patient": config.phantom_max_studies_per_patient}
     if accelerator.is_main_process:
         dataset_folder(config.dataset, **options)
     accelerator.wait_for_everyone()
@@ -117,7 +118,8 @@ class BadSampleLog:
 
 class StudyDataset(torch.utils.data.Dataset):
     """Rows of one split as {"image_input", "report", "prompt", "id", "index", "skipped"} (and "finding_targets",
-    row i of the `finding_targets` tensor, when given).
+    row i of the `finding_targets` tensor, when given; with `read_priors`, "prior_input" and "prior_report": the
+    image input and report of the study's prior, None when its prior is not among these rows).
 
     `encode_images(row, index)` turns a row into the model's image input (pixels, or cached features). A row
     that cannot be read or encoded is replaced by the next readable one, and reported in "skipped", so one bad
@@ -125,11 +127,13 @@ class StudyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, encode_images, report_column="report", prompt=None, use_indication=False,
-                 max_bad_samples=100, finding_targets=None, strip_comparisons=False):
+                 max_bad_samples=100, finding_targets=None, strip_comparisons=False, read_priors=False):
         self.rows = rows
-        # A study without a prior in the data (prior_id empty) learns its report without the sentences that compare
-        # with an earlier study (comparisons.without_comparisons): the model cannot see that study.
+        # A study without a prior among these rows learns its report without the sentences that compare with an
+        # earlier study (comparisons.without_comparisons): the model cannot see that study.
         self.strip_comparisons = strip_comparisons
+        self.read_priors = read_priors
+        self.prior_index = prior_rows(rows)
         self.finding_targets = finding_targets
         self.study_ids = rows.select_columns(["id"])  # readable even when a row's images are not
         self.encode_images = encode_images
@@ -170,7 +174,8 @@ class StudyDataset(torch.utils.data.Dataset):
         report = row[self.report_column]
         if not report or not report.strip():
             raise ValueError(f"empty {self.report_column!r}")
-        if self.strip_comparisons and not row.get("prior_id"):
+        prior_index = self.prior_index[row_index]
+        if self.strip_comparisons and prior_index is None:
             from modeling_cliptt5.evaluation.comparisons import without_comparisons
 
             report = without_comparisons(report)
@@ -184,7 +189,21 @@ class StudyDataset(torch.utils.data.Dataset):
                    "id": row["id"], "index": row_index}
         if self.finding_targets is not None:
             example["finding_targets"] = self.finding_targets[row_index]
+        if self.read_priors:
+            prior = None if prior_index is None else self.rows[prior_index]
+            example["prior_input"] = None if prior is None else self.encode_images(prior, prior_index)
+            example["prior_report"] = None if prior is None else prior[self.report_column]
         return example
+
+
+def prior_rows(rows):
+    """Per row, the row index of its prior (the schema's prior_id) among the same rows, or None: a prior outside
+    them (another split, a row left out) is as good as none."""
+    if "prior_id" not in rows.column_names:
+        return [None] * len(rows)
+    columns = rows.select_columns(["id", "prior_id"])
+    index_of = {study_id: index for index, study_id in enumerate(columns["id"])}
+    return [index_of.get(prior_id) if prior_id else None for prior_id in columns["prior_id"]]
 
 
 def choose_views(images, num_views, study_id=None):
@@ -223,11 +242,27 @@ class GenerationCollator:
             batch["attention_mask"] = encoded["attention_mask"] * has_prompt[:, None]
         if "finding_targets" in examples[0]:
             batch["finding_targets"] = torch.stack([example["finding_targets"] for example in examples])
+        if "prior_input" in examples[0]:
+            batch.update(self.priors(examples))
         batch["ids"] = [example["id"] for example in examples]
         batch["indices"] = [example["index"] for example in examples]
         batch["references"] = [example["report"] for example in examples]
         batch["skipped"] = [entry for example in examples for entry in example["skipped"]]
         return batch
+
+
+    def priors(self, examples):
+        """The prior studies' inputs (see CLIPT5ForConditionalGeneration.prior_inputs): images (zeros and mask 0
+        where a study has none) and reports; nothing when no study of the batch has a prior."""
+        inputs = [example["prior_input"] for example in examples]
+        present = [prior for prior in inputs if prior is not None]
+        if not present:
+            return {}
+        stacked = torch.zeros((len(inputs), *present[0].shape), dtype=present[0].dtype)
+        has_prior = torch.tensor([prior is not None for prior in inputs])
+        stacked[has_prior] = torch.stack(present)
+        reports = self.processor(prior_reports=[example["prior_report"] or "" for example in examples])
+        return {f"prior_{self.input_name}": stacked, "prior_image_mask": has_prior.long(), **reports}
 
 
 def drop_prompts(batch, probability, generator):
@@ -246,7 +281,8 @@ def drop_prompts(batch, probability, generator):
 def model_inputs(batch, device):
     """The tensors the model's forward takes, on `device`."""
     names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels", "finding_targets",
-             "findings")
+             "findings", "prior_pixel_values", "prior_vision_features", "prior_image_mask", "prior_input_ids",
+             "prior_attention_mask")
     return {name: batch[name].to(device) for name in names if name in batch}
 
 

@@ -216,7 +216,8 @@ def _datasets_for(config, data, model, processor, accelerator):
         input_name = "pixel_values"
     studies = [StudyDataset(rows, encoder, config.report_column, config.prompt, config.use_indication,
                             config.max_bad_samples, split_targets,
-                            strip_comparisons=config.comparisons_without_prior == "strip")
+                            strip_comparisons=config.comparisons_without_prior == "strip",
+                            read_priors=model.config.reads_prior)
                for rows, encoder, split_targets in zip(splits, encoders, targets)]
     return StudySets(train=studies[0], validation=studies[1] if len(studies) > 1 else None,
                      head=studies[2] if len(studies) > 2 else None, validation_rows=validation_rows,

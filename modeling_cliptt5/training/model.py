@@ -37,7 +37,10 @@ def build_model_and_processor(config, train_rows, accelerator):
         if release_config.finding_head and head and release_config.finding_labels != head["finding_labels"]:
             raise ValueError(f"init_from {config.init_from!r} has a finding head over {release_config.finding_labels}, "
                              f"but finding_labels={config.finding_labels!r} asks for {head['finding_labels']}")
-        model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head)
+        # A release trained without priors can learn to read them: the prior's embeddings start fresh.
+        prior = {name: value for name, value in (config.model or {}).items()
+                 if name in ("reads_prior", "max_prior_report_tokens")}
+        model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head, **prior)
         processor = CLIPT5Processor.from_pretrained(init_from)
     elif config.init == "pretrained":
         from modeling_cliptt5.training.clip_t5_builder import build_clip_t5, build_processor  # needs open_clip
@@ -68,6 +71,7 @@ def build_model_and_processor(config, train_rows, accelerator):
         processor = CLIPT5Processor(image_processor=image_processor, tokenizer=tokenizer,
                                     max_prompt_tokens=model_config.max_prompt_tokens)
     processor.max_report_tokens = config.max_report_tokens
+    processor.max_prior_report_tokens = model.config.max_prior_report_tokens
     if config.prompt is not None:
         model.config.prompt = config.prompt
     # Generation defaults travel with the release (generation_config.json).

@@ -70,7 +70,7 @@ def test_png_jpeg_dicom_to_jsonl_match_the_model(trained_release_dir, mixed_inpu
     assert len(set(expected)) > 1  # the three images give different drafts: the check above is not vacuous
     for row in rows:
         assert set(row) == {"id", "input_files", "report", "findings", "impression", "truncated",
-                            "repeated_sentences", "seconds"}
+                            "repeated_sentences", "seconds", "prior_id"}
         assert row["seconds"] > 0
     assert [path.name for path in output.parent.iterdir()] == ["reports.jsonl"]  # no temp file left behind
 
@@ -86,7 +86,7 @@ def test_csv_output_with_labels_and_beams(trained_release_dir, mixed_inputs, tmp
         rows = list(csv.DictReader(stream))
     assert [row["id"] for row in rows] == ["a_png", "c_dicom"]
     assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "truncated",
-                            "repeated_sentences", "seconds", "labels", "uncertain_labels"}
+                            "repeated_sentences", "seconds", "prior_id", "labels", "uncertain_labels"}
     paths = [mixed_inputs / "a_png.png", mixed_inputs / "c_dicom.dcm"]
     assert [row["report"] for row in rows] == direct_reports(trained_release_dir, paths, num_beams=2)
 

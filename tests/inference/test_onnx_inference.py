@@ -300,3 +300,28 @@ def test_the_engine_takes_the_config_of_a_model_that_attends_with_sdpa():
     model.set_attn_implementation("sdpa")
     assert model.config._attn_implementation == "sdpa"
     assert OnnxStepModel(model.config, step_session=None).config is model.config
+
+
+def test_float32_graphs_of_a_release_that_reads_priors_decode_the_same_tokens_with_and_without_one(
+        prior_release_dir, float32_graphs, tmp_path):
+    from conftest import TINY_REPORTS, noise_image
+    from modeling_cliptt5 import CLIPT5Processor
+
+    model = CLIPT5ForConditionalGeneration.from_pretrained(prior_release_dir).eval()
+    processor = CLIPT5Processor.from_pretrained(prior_release_dir)
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    images = [noise_image(seed) for seed in range(4)]
+    layouts = {"no prior": {}, "images": dict(prior_images=[noise_image(7), None, noise_image(8), noise_image(9)]),
+               "reports": dict(prior_reports=[TINY_REPORTS[0], None, TINY_REPORTS[2], TINY_REPORTS[3]]),
+               "both": dict(prior_images=[noise_image(7), None, None, noise_image(9)],
+                            prior_reports=[TINY_REPORTS[0], TINY_REPORTS[1], None, None])}
+    drafts = {}
+    for name, prior in layouts.items():
+        inputs = processor(images=images, **prior)
+        expected = torch_greedy(model, **inputs, max_new_tokens=12)
+        assert torch.equal(engine.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False), expected), name
+        drafts[name] = expected
+    assert len({tuple(tokens.flatten().tolist()) for tokens in drafts.values()}) == 4  # each prior changes drafts
+    with pytest.raises(ValueError, match="does not read a prior study"):  # graphs of a release without priors
+        float32_graphs.generate(pixel_values=torch.zeros(1, 3, 32, 32), prior_input_ids=torch.ones(1, 2).long())

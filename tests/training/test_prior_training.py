@@ -1,0 +1,75 @@
+"""Stage 2 with priors: each study reads its prior from the same split (image input and report), a study whose
+prior is not there reads none and learns no comparison, and a run trains the prior's embeddings."""
+
+import datasets
+import torch
+
+from conftest import TINY_REPORTS
+from modeling_cliptt5.data.schema import link_priors, load_report_dataset, save_dataset_atomically
+from modeling_cliptt5.training.data import GenerationCollator, StudyDataset
+from training_helpers import TINY_MODEL, make_tiny_dataset, one_torch_thread, tiny_settings
+
+
+def with_patients(folder, target):
+    """The tiny dataset with two studies per patient (rows 2k and 2k+1 of a split, a day apart), priors linked."""
+    data = load_report_dataset(str(folder))
+
+    def patients(rows, indices):
+        return {"patient_id": [f"{rows['split'][0]}-patient-{index // 2}" for index in indices],
+                "study_datetime": [f"2024-01-0{1 + index % 2}" for index in indices]}
+
+    data = link_priors(datasets.DatasetDict({split: rows.map(patients, batched=True, with_indices=True)
+                                             for split, rows in data.items()}))
+    save_dataset_atomically(data, str(target))
+    return target
+
+
+def test_a_study_reads_its_prior_from_the_same_rows_and_one_without_learns_no_comparison():
+    rows = datasets.Dataset.from_list([
+        {"id": "a1", "report": "FINDINGS: Unchanged effusion. Clear left lung.", "prior_id": ""},
+        {"id": "a2", "report": "FINDINGS: Increased effusion, now large.", "prior_id": "a1"},
+        {"id": "b2", "report": "FINDINGS: Stable cardiomegaly. No effusion.", "prior_id": "b1"},  # b1 not here
+    ])
+    studies = StudyDataset(rows, lambda row, index: torch.full((1, 2), float(index)), max_bad_samples=1,
+                           strip_comparisons=True, read_priors=True)
+    first, follow_up, orphan = studies[0], studies[1], studies[2]
+    assert first["prior_input"] is None and first["report"] == "FINDINGS: Clear left lung."
+    assert torch.equal(follow_up["prior_input"], torch.zeros(1, 2))  # row 0's image input
+    assert follow_up["prior_report"] == rows[0]["report"] and follow_up["report"] == rows[1]["report"]
+    assert orphan["prior_input"] is None and orphan["report"] == "FINDINGS: No effusion."
+
+
+def test_the_collator_stacks_priors_with_masks(tiny_processor_fixture):
+    examples = [{"image_input": torch.ones(1, 3, 32, 32), "report": TINY_REPORTS[0], "prompt": None, "id": str(index),
+                 "index": index, "skipped": [], "prior_input": prior, "prior_report": report}
+                for index, (prior, report) in enumerate([(None, None), (torch.full((1, 3, 32, 32), 2.0),
+                                                                        TINY_REPORTS[1])])]
+    batch = GenerationCollator(tiny_processor_fixture)(examples)
+    assert batch["prior_image_mask"].tolist() == [0, 1]
+    assert not batch["prior_pixel_values"][0].any() and (batch["prior_pixel_values"][1] == 2).all()
+    assert batch["prior_attention_mask"][0].sum() == 0 and batch["prior_attention_mask"][1].sum() > 0
+    assert "prior_pixel_values" not in GenerationCollator(tiny_processor_fixture)(examples[:1])
+
+
+def test_a_run_with_priors_trains_their_embeddings_and_releases_a_model_that_reads_them(tmp_path):
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+    from modeling_cliptt5.training.config import config_from_dict
+    from modeling_cliptt5.training.generation import train_generation
+
+    plain = make_tiny_dataset(tmp_path / "tiny")
+    linked = with_patients(plain, tmp_path / "patients")
+    assert load_report_dataset(str(linked))["train"]["prior_id"][:2] == ["", "train-0"]
+    trained = {}
+    for name, data in (("priors", linked), ("none", plain)):  # same seed, same start: only the priors differ
+        with one_torch_thread():
+            result = train_generation(config_from_dict(tiny_settings(
+                data, tmp_path / name, train_vision="frozen", feature_cache=True, eval_metrics="none",
+                model={**TINY_MODEL, "reads_prior": True, "max_prior_report_tokens": 40})))
+        trained[name] = {part: getattr(result.model.prior_embeddings, part).weight.detach().cpu().clone()
+                         for part in ("status", "kinds")}
+    release = CLIPT5ForConditionalGeneration.from_pretrained(tmp_path / "priors" / "best")
+    assert release.config.reads_prior and release.config.max_prior_report_tokens == 40
+    # The prior's kinds are read only where a study has a prior: without any, they kept (almost: weight decay)
+    # their start; with priors they learned. The "prior" status row likewise; "no prior" is read in both runs.
+    assert (trained["priors"]["kinds"] - trained["none"]["kinds"]).abs().max() > 1e-3
+    assert (trained["priors"]["status"][1] - trained["none"]["status"][1]).abs().max() > 1e-3
