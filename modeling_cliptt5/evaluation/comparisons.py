@@ -12,7 +12,8 @@ A rule reader, beside the labeler (labeler.py): a sentence claims a comparison w
 - or a change or its absence, in the words radiologists use for one: "unchanged", "stable", "no (significant)
   change", "again seen / noted", "redemonstrated", "persistent / persists", "interval ...", "new", "resolved",
   "improved", "worsened", "has increased / decreased", "increased / decreased in size", "increasing / decreasing",
-  "..., now moderate", "larger / smaller" (not "larger than the left");
+  "..., now moderate", "larger / smaller" (not "larger than the left"), "increased / decreased" before a finding
+  ("Increased right pleural effusion."), "removed", "no longer seen";
 - but not when it says there is nothing to compare with ("No prior studies for comparison."), and not for
   "increased" or "decreased" describing the image alone ("increased interstitial markings", "Pulmonary vascularity
   is increased").
@@ -38,7 +39,11 @@ _CHANGE = (r"\bunchanged\b|\bstable\b|\bstably\b|\bno\s+(?:\w+\s+)?change\b|\bch
            r"\b(?:increased|decreased|enlarged|diminished|reduced)\s+(?:\w+\s+)?(?:in\s+(?:size|extent|number)|"
            r"from|since)\b|\b(?:increasing|decreasing|enlarging)\b|\binterval\s+(?:increase|decrease)\b|"
            # "..., now moderate": a size given against the last one; "larger" / "smaller" unless side by side
-           r"\bnow\b|\b(?:larger|smaller)\b(?!\s+than\s+(?:the\s+)?(?:left|right)\b)")
+           r"\bnow\b|\b(?:larger|smaller)\b(?!\s+than\s+(?:the\s+)?(?:left|right)\b)|"
+           # a finding that cannot be "increased" in one image ("Increased right pleural effusion."), unlike
+           # "increased interstitial markings"; gone since the last study
+           r"\b(?:increased|decreased)\s+(?:\w+\s+){0,3}?(?:effusions?|pneumothora(?:x|ces)|consolidations?|"
+           r"cardiomegaly|nodules?|mass(?:es)?|edema|atelectasis)\b|\bno\s+longer\b|\bremov(?:ed|al)\b")
 # Says there is nothing to compare with: the right sentence for a first study, not a claim.
 _NO_EARLIER = (r"\bno\s+(?:available\s+|other\s+|recent\s+)?(?:prior|previous|comparison|old)\b|"
                r"\bwithout\s+(?:a\s+|any\s+)?(?:prior|previous|comparison)\b|\bcomparison\s*:\s*none\b|"

@@ -28,6 +28,11 @@ CLAIMS = [  # each compares with an earlier study
     "Decreased left pneumothorax, now small.",
     "The right pleural effusion is larger.",
     "The cardiac silhouette is smaller than before.",
+    "Increased right pleural effusion.",
+    "Decreased small left pneumothorax.",
+    "The endotracheal tube has been removed.",
+    "Support devices removed.",
+    "The left pneumothorax is no longer seen.",
 ]
 NOT_CLAIMS = [  # describe this image alone, or say there is nothing to compare with
     "Normal cardiomediastinal silhouette.",
