@@ -15,7 +15,7 @@ from conftest import noise_image
 from training_helpers import make_tiny_dataset, tiny_settings
 from modeling_cliptt5.cli import (
     app, convert_biomedclip_t5, convert_imagefolder, convert_kaggle_cxr, convert_openi, convert_r2gen, generate,
-    make_demo_data, release, score_reports, train,
+    make_demo_data, node, release, score_reports, train,
 )
 
 
@@ -152,6 +152,30 @@ def test_convert_biomedclip_names_a_missing_model(tmp_path, capsys):
     assert console_exit(convert_biomedclip_t5.main, [], capsys)[0] == 2  # --output is required
 
 
+def test_node(tmp_path, capsys):
+    from modeling_cliptt5.node.database import NodeDatabase
+
+    storage = tmp_path / "storage"
+    status, _, err = console_exit(node.main, ["status", "--storage", str(storage)], capsys)
+    assert status == 2 and error_lines(err) == [
+        f"cliptt5-node: error: no node database in {storage} (no node.sqlite3): is that the node's storage folder, "
+        "and has the node run?"]
+    storage.mkdir()
+    NodeDatabase(storage / "node.sqlite3").close()
+    status, out, _ = console_exit(node.main, ["status", "--storage", str(storage)], capsys)
+    assert status == 0 and "studies: none yet" in out
+    serving = ["--storage", str(storage), "--accept", "PACS", "--destination", "PACS@127.0.0.1:104"]
+    status, _, err = console_exit(node.main, [*serving, "--release", str(tmp_path / "no_release")], capsys)
+    assert status == 2 and error_lines(err)[-1] == (
+        f"cliptt5-node: error: no release folder at {tmp_path / 'no_release'} (and not a Hub id that can be reached "
+        "offline: not a Hub id either)")
+    status, _, err = console_exit(node.main, [*serving, "--release", "x", "--accept", "NOT A VALID AE TITLE"], capsys)
+    assert status == 2 and error_lines(err) == [
+        "cliptt5-node: error: accept: calling AE title 'NOT A VALID AE TITLE' is not a DICOM AE title (1 to 16 "
+        "printable ASCII characters, no backslash)"]
+    assert console_exit(node.main, ["--no-such-option"], capsys)[0] == 2
+
+
 def test_every_command_is_covered_here():
     import configparser
     from conftest import REPO_ROOT
@@ -162,7 +186,7 @@ def test_every_command_is_covered_here():
                for line in parser["options.entry_points"]["console_scripts"].strip().splitlines()}
     tested = {module.__name__.rsplit(".", 1)[1] for module in (
         app, convert_biomedclip_t5, convert_imagefolder, convert_kaggle_cxr, convert_openi, convert_r2gen, generate,
-        make_demo_data, release, score_reports, train)}
+        make_demo_data, node, release, score_reports, train)}
     assert modules == tested
     for module in modules:  # `python -m modeling_cliptt5.cli.X` ends with main's status too
         source = (REPO_ROOT / "modeling_cliptt5" / "cli" / f"{module}.py").read_text()

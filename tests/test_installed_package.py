@@ -105,7 +105,7 @@ def test_an_installed_package_trains_writes_its_release_with_a_card_resumes_and_
 
 COMMANDS = ["cliptt5-train", "cliptt5-generate", "cliptt5-app", "cliptt5-release", "cliptt5-score",
             "cliptt5-make-demo-data", "cliptt5-convert-kaggle", "cliptt5-convert-r2gen", "cliptt5-convert-openi",
-            "cliptt5-convert-imagefolder", "cliptt5-convert-biomedclip"]
+            "cliptt5-convert-imagefolder", "cliptt5-convert-biomedclip", "cliptt5-node"]
 
 
 def run_command(python, command, *args, cwd, status=0):

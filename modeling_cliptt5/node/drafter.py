@@ -1,0 +1,99 @@
+"""The draft queue: complete studies (quiet for the study-complete time) are drafted with the library
+(inference.drafting.draft_reports), each draft's SR written durably and queued for every destination in the same
+transaction that marks the study drafted; studies that cannot be drafted are refused, with the reason logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from modeling_cliptt5.images.dicom import ANY_MODALITY_HINT
+from modeling_cliptt5.inference.drafting import Study, draft_reports
+from modeling_cliptt5.node.database import DRAFTED, FAILED, REFUSED
+from modeling_cliptt5.node.storage import write_durably
+from modeling_cliptt5.node.study_report import encoded, study_sr
+
+LOG = logging.getLogger("cliptt5.node")
+GENERATION_FAILED = "generation failed"  # the start of draft_reports' error for a batch the model failed on
+
+
+class StudyDrafter:
+    def __init__(self, settings, layout, database, release):
+        self.settings = settings
+        self.layout = layout
+        self.database = database
+        self.release = release
+        self.generate_kwargs = {name: value for name, value in (("num_beams", settings.num_beams),
+                                                                ("max_new_tokens", settings.max_new_tokens)) if value}
+
+    def draft_complete_studies(self) -> int:
+        """Drafts up to batch_size complete studies; returns how many were finished (drafted, refused or failed)."""
+        now = time.time()
+        due = self.database.complete_studies(now - self.settings.study_complete_seconds, self.settings.batch_size)
+        if not due:
+            return 0
+        quiet_since = dict(due)
+        studies = [Study(uid, self.database.instance_paths(uid)) for uid, _ in due]
+        messages = []
+        drafts = draft_reports(self.release, studies, batch_size=len(studies), prompt=self.release.config.prompt,
+                               generate_kwargs=self.generate_kwargs, on_error=messages.append,
+                               on_warning=lambda message: LOG.info("note: %s", message),
+                               refuse_ood=self.settings.refuse_ood)
+        finished = 0
+        for draft in drafts:
+            uid = draft.study_id
+            if draft.error:
+                # the model failing on a batch is this node's trouble, not the study's: drafted again after a restart
+                state = FAILED if draft.error.startswith(GENERATION_FAILED) else REFUSED
+                finished += self.refuse(uid, quiet_since[uid], state,
+                                        "; ".join(reasons_of(uid, messages)) or draft.error)
+                continue
+            try:
+                finished += self.send_back(draft, quiet_since[uid])
+            except Exception as error:  # noqa: BLE001 - e.g. a full disk: this study waits for a restart, the rest go on
+                LOG.exception("study %s: its result could not be written", uid)
+                finished += self.refuse(uid, quiet_since[uid], FAILED,
+                                        f"the result could not be written ({type(error).__name__}: {error})")
+        return finished
+
+    def send_back(self, draft, quiet_since) -> bool:
+        """Writes the draft's SR and queues it; if an instance arrived meanwhile, drops it (drafted again later)."""
+        uid = draft.study_id
+        dataset = study_sr(draft, self.release.identity, self.release.config.num_views)
+        path = write_durably(self.layout.result_path(dataset.SOPInstanceUID), encoded(dataset))
+        result = {"uid": dataset.SOPInstanceUID, "path": path}
+        if not self.database.finish_study(uid, quiet_since, DRAFTED, time.time(), result=result,
+                                          destinations=self.settings.destinations):
+            path.unlink(missing_ok=True)
+            LOG.info("study %s: new instances arrived while it was drafted: drafted again once it is quiet", uid)
+            return False
+        notes = [note for flag, note in ((draft.truncated, "stopped at the token limit"),
+                                         (draft.ood_flag, "unlike the training images (ood_flag)")) if flag]
+        LOG.info("study %s drafted from %d instance(s) in %.1f s: SR %s queued for %d destination(s)%s", uid,
+                 len(draft.files), draft.seconds, dataset.SOPInstanceUID, len(self.settings.destinations),
+                 f" ({'; '.join(notes)})" if notes else "")
+        return True
+
+    def refuse(self, uid, quiet_since, state, reason) -> bool:
+        """Marks the study refused (for good) or failed (drafted again after a restart), with the reason."""
+        if not self.database.finish_study(uid, quiet_since, state, time.time(), reason=reason):
+            return False
+        what = "refused" if state == REFUSED else "not drafted (drafted again after a restart)"
+        LOG.warning("study %s %s: %s; no result is sent", uid, what, reason)
+        return True
+
+
+def reasons_of(uid, messages):
+    """draft_reports' messages about one study, each naming the instance by its SOP Instance UID (the file names in
+    them are storage/instances/<study>/<instance>.dcm) or nothing (the study's own), without the hint about
+    cliptt5-generate's --any-modality (the node has no such option)."""
+    folder, reasons = f"{os.sep}{uid}{os.sep}", []
+    for message in messages:
+        if folder in message:
+            path, _, reason = message.partition(": ")
+            reasons.append(f"instance {Path(path).stem}: {reason}")
+        elif message.startswith(f"{uid}: "):
+            reasons.append(message[len(uid) + 2:])
+    return [reason.replace(f"; {ANY_MODALITY_HINT}", "") for reason in reasons]

@@ -1,0 +1,129 @@
+"""The draft queue in-process, with a real release and database (no network): a complete study is drafted once and
+its result queued for every destination in the same transaction; a study that got a new instance while it was
+drafted is drafted again, not answered twice; --refuse-ood and the modality guard refuse a study with the reason;
+a result written but never queued is removed at the next start, and the study drafted again."""
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from modeling_cliptt5.inference.drafting import load_release
+from modeling_cliptt5.node.database import NodeDatabase
+from modeling_cliptt5.node.drafter import StudyDrafter
+from modeling_cliptt5.node.instances import checked_instance
+from modeling_cliptt5.node.service import open_storage
+from modeling_cliptt5.node.settings import Caller, Destination, NodeSettings
+from modeling_cliptt5.node.storage import StorageLayout, write_durably
+from node_harness import (  # noqa: F401 - node_release is a fixture
+    SECONDARY_CAPTURE, gradient_radiograph, node_release, study_files,
+)
+
+DESTINATIONS = [Destination("PACS", "127.0.0.1", 104), Destination("ARCHIVE", "127.0.0.1", 105)]
+
+
+@pytest.fixture(scope="module")
+def release(node_release):
+    return load_release(node_release)
+
+
+def node(tmp_path, release, **settings):
+    settings = NodeSettings(release=str(release.folder), storage=str(tmp_path / "storage"), accept=[Caller("A")],
+                            destinations=DESTINATIONS, study_complete_seconds=0.01, max_new_tokens=8, **settings)
+    layout, database = open_storage(settings)
+    return layout, database, StudyDrafter(settings, layout, database, release)
+
+
+def receive(layout, database, files):
+    """What the SCP does with each file: check, write durably, record."""
+    for path in files:
+        data = Path(path).read_bytes()
+        dataset = pydicom.dcmread(path)
+        instance = checked_instance(data, dataset.SOPClassUID, dataset.SOPInstanceUID, 1 << 30)
+        write_durably(layout.instance_path(instance.study_instance_uid, instance.sop_instance_uid), data)
+        database.add_instance(instance, layout.instance_path(instance.study_instance_uid, instance.sop_instance_uid),
+                              len(data), "A", time.time())
+
+
+def state_of(database, study_uid):
+    (row,) = database.rows("SELECT * FROM studies WHERE study_instance_uid = ?", (study_uid,))
+    return row
+
+
+def test_a_complete_study_is_drafted_once_and_queued_for_every_destination(release, tmp_path):
+    layout, database, drafter = node(tmp_path, release)
+    study_uid, files = study_files(tmp_path / "in", count=2, seed=1)
+    receive(layout, database, files)
+    time.sleep(0.05)
+    assert drafter.draft_complete_studies() == 1
+    row = state_of(database, study_uid)
+    assert row["state"] == "drafted"
+    outbox = database.due_results(time.time())
+    assert [(item["ae_title"], item["port"], item["result_uid"]) for item in outbox] == [
+        ("PACS", 104, row["result_uid"]), ("ARCHIVE", 105, row["result_uid"])]
+    assert Path(outbox[0]["path"]) == layout.result_path(row["result_uid"]) and Path(outbox[0]["path"]).is_file()
+    assert drafter.draft_complete_studies() == 0  # nothing left: drafted once
+
+    # an instance of a finished study is kept and counted, not drafted
+    _, late = study_files(tmp_path / "late", count=1, seed=3, study_uid=study_uid)
+    receive(layout, database, late)
+    assert state_of(database, study_uid)["late_instances"] == 1 and drafter.draft_complete_studies() == 0
+
+
+def test_a_study_that_grew_while_it_was_drafted_is_drafted_again(release, tmp_path):
+    layout, database, drafter = node(tmp_path, release)
+    study_uid, files = study_files(tmp_path / "in", count=2, seed=1)
+    receive(layout, database, files[:1])
+    ((uid, quiet_since),) = database.complete_studies(time.time(), 4)
+    receive(layout, database, files[1:])  # arrives while the first instance is being drafted
+    assert not database.finish_study(uid, quiet_since, "drafted", time.time(), result={"uid": "1.2.3", "path": "x"},
+                                     destinations=DESTINATIONS)
+    assert state_of(database, study_uid)["state"] == "receiving" and database.due_results(time.time()) == []
+    time.sleep(0.05)
+    assert drafter.draft_complete_studies() == 1
+    assert len(database.due_results(time.time())) == len(DESTINATIONS)
+
+
+def test_refused_studies_get_no_result_and_their_reason(release, tmp_path):
+    layout, database, drafter = node(tmp_path, release, refuse_ood=True)
+    unfamiliar = pydicom.uid.generate_uid()
+    receive(layout, database, [gradient_radiograph(tmp_path / "ramp.dcm", unfamiliar)])
+    ct_study, ct_capture = study_files(tmp_path / "ct", count=1, seed=5, sop_class=SECONDARY_CAPTURE, modality="CT")
+    receive(layout, database, ct_capture)
+    familiar, files = study_files(tmp_path / "in", count=1, seed=1)
+    receive(layout, database, files)
+    time.sleep(0.05)
+    assert drafter.draft_complete_studies() == 3
+    assert state_of(database, unfamiliar)["state"] == "refused"
+    assert state_of(database, unfamiliar)["reason"].startswith("not drafted: unlike this model's training images")
+    ct = state_of(database, ct_study)
+    instance = pydicom.dcmread(ct_capture[0]).SOPInstanceUID
+    assert ct["state"] == "refused" and ct["reason"] == (
+        f"instance {instance}: modality CT (computed tomography) is not a projection radiograph (the model reads CR, "
+        "DX or RG)")
+    assert {row["study_instance_uid"] for row in database.due_results(time.time())} == {familiar}
+
+
+def test_a_result_written_but_never_queued_is_removed_and_its_study_drafted_again(release, tmp_path):
+    layout, database, drafter = node(tmp_path, release)
+    study_uid, files = study_files(tmp_path / "in", count=1, seed=1)
+    receive(layout, database, files)
+    orphan = write_durably(layout.result_path("1.2.3.4"), b"half of a story")  # killed before finish_study
+    database.close()
+    layout, database, drafter = node(tmp_path, release)
+    assert not orphan.exists() and state_of(database, study_uid)["state"] == "receiving"
+    database.restart_clocks(time.time())
+    time.sleep(0.05)
+    assert drafter.draft_complete_studies() == 1
+
+
+def test_the_database_survives_reopening_in_wal_mode(tmp_path):
+    database = NodeDatabase(tmp_path / "node.sqlite3")
+    assert database.rows("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    assert database.rows("PRAGMA synchronous")[0]["synchronous"] == 2  # FULL
+    database.add_refusal(1.0, "association", "calling AE title not accepted", "X", "10.0.0.1")
+    database.close()
+    reader = NodeDatabase(tmp_path / "node.sqlite3", read_only=True)
+    assert reader.status(2.0)["refusals"][0]["reason"] == "calling AE title not accepted"
+    assert StorageLayout(tmp_path).database == tmp_path / "node.sqlite3"
