@@ -73,17 +73,26 @@ class CLIPT5FindingHead(nn.Module):
 
 class CLIPT5PriorEmbeddings(nn.Module):
     """What marks the prior study in the T5 encoder's input: one token saying whether the study has a prior (so that
-    "no prior" is something the model reads, not an absence it must infer), and a learned embedding added to each
-    kind of prior token (its image tokens, its finding guidance, its report), so that T5 tells them from the
-    current study's."""
+    "no prior" is something the model reads, not an absence it must infer), a learned embedding added to each kind
+    of prior token (its image tokens, its finding tokens, its report), so that T5 tells them from the current
+    study's, and (with finding guidance) one token per finding for its course between the two studies: absent in
+    both, new, gone, present in both. Reading that pair is what a change statement needs first; left to T5 across
+    two far-apart sets of finding tokens, it was learnt poorly in the demo's budget (docs/benchmarks.md)."""
 
     NO_PRIOR, PRIOR = 0, 1
     IMAGE, FINDINGS, REPORT = 0, 1, 2
 
-    def __init__(self, d_model):
+    def __init__(self, d_model, num_findings=0):
         super().__init__()
         self.status = nn.Embedding(2, d_model)
         self.kinds = nn.Embedding(3, d_model)
+        # finding f, prior status p, current status c -> row 4 f + 2 p + c
+        self.courses = nn.Embedding(4 * num_findings, d_model) if num_findings else None
+
+    def course_tokens(self, prior_statuses, statuses):
+        """[batch, findings] 0/1 of the prior and of the current study -> [batch, findings, d_model]."""
+        offsets = torch.arange(statuses.shape[1], device=statuses.device) * 4
+        return self.courses(offsets + 2 * prior_statuses.long().to(statuses.device) + statuses.long())
 
 
 def findings_to_tensor(findings, names, batch):
@@ -186,7 +195,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         # One learned token per finding and status (absent 0, present 1), read by the T5 encoder after the image.
         self.finding_embeddings = (nn.Embedding(2 * len(config.finding_labels), config.d_model)
                                    if config.uses_finding_guidance else None)
-        self.prior_embeddings = CLIPT5PriorEmbeddings(config.d_model) if config.reads_prior else None
+        self.prior_embeddings = (CLIPT5PriorEmbeddings(config.d_model, len(config.finding_labels)
+                                                       if config.uses_finding_guidance else 0)
+                                 if config.reads_prior else None)
         self._report_vocabulary_mask = None  # made on first use, on the logits' device
         self.post_init()
 
@@ -209,7 +220,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     def _token_tables(self):
         """The embeddings of the tokens this model adds to T5's input: finding guidance, the prior's markers."""
         prior = getattr(self, "prior_embeddings", None)  # (T5's __init__ runs post_init() before they exist)
-        tables = [getattr(self, "finding_embeddings", None)] + ([prior.status, prior.kinds] if prior else [])
+        tables = [getattr(self, "finding_embeddings", None)] + ([prior.status, prior.kinds, prior.courses] if prior
+                                                                else [])
         return [table for table in tables if table is not None]
 
     def _projection_layers(self):
@@ -338,24 +350,26 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         elif findings is not None:
             self.findings_tensor(findings, batch)  # raises: this model takes no findings
         return self.encoder_inputs(vision_features, statuses, input_ids, attention_mask,
-                                   self.prior_inputs(batch, **prior))
+                                   self.prior_inputs(batch, statuses, **prior))
 
-    def prior_inputs(self, batch, **prior):
+    def prior_inputs(self, batch, statuses=None, **prior):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study for the T5 encoder (see
-        `prior_tokens`), or None for a model without `config.reads_prior`, which refuses a prior (ValueError)."""
+        `prior_tokens`; `statuses`: the current study's guidance), or None for a model without
+        `config.reads_prior`, which refuses a prior (ValueError)."""
         if self.config.reads_prior:
-            return self.prior_tokens(batch, **prior)
+            return self.prior_tokens(batch, statuses, **prior)
         given = [name for name, value in prior.items() if value is not None]
         if given:
             raise ValueError("this model does not read a prior study (config.reads_prior is False): draft without "
                              f"{', '.join(given)}")
         return None
 
-    def prior_tokens(self, batch, prior_pixel_values=None, prior_vision_features=None, prior_image_mask=None,
-                     prior_input_ids=None, prior_attention_mask=None):
+    def prior_tokens(self, batch, statuses=None, prior_pixel_values=None, prior_vision_features=None,
+                     prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study: the prior status token (prior
-        or no prior), then, when given, the prior image's tokens and (with guidance) its finding head's decisions,
-        then the prior report's tokens.
+        or no prior), then, when given, the prior image's tokens and (with guidance) each finding's course from the
+        finding head's decision on the prior image to the current study's guidance (`statuses`, [batch, findings]
+        0/1), then the prior report's tokens.
 
         prior_pixel_values (or cached prior_vision_features): the prior's images, shaped as pixel_values;
         prior_image_mask [batch] 1 / 0 says which studies have one (default: all). prior_input_ids /
@@ -376,8 +390,11 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                           else prior_image_mask.long().to(features.device))
             parts.append(self.clip_projection(features) + kinds[embeddings.IMAGE])
             if self.finding_embeddings is not None:
+                if statuses is None:
+                    raise ValueError("a prior image's finding tokens compare with the current study's findings: "
+                                     "pass its guidance statuses")
                 prior_logits, _ = self.finding_head(features)
-                parts.append(self.finding_tokens(self.guidance_statuses(prior_logits)).to(self.dtype)
+                parts.append(embeddings.course_tokens(self.guidance_statuses(prior_logits), statuses).to(self.dtype)
                              + kinds[embeddings.FINDINGS])
             masks += [image_mask[:, None].expand(-1, part.shape[1]) for part in parts]
             has_prior = image_mask

@@ -105,3 +105,20 @@ def test_forward_learns_from_the_prior_and_the_release_round_trips(prior_model, 
 def test_a_prior_report_longer_than_the_model_reads_is_refused_by_the_model(prior_model):
     with pytest.raises(ValueError, match="max_prior_report_tokens=48"):
         prior_model.generate(pixel_values=torch.zeros(1, 3, 32, 32), prior_input_ids=torch.ones(1, 49, dtype=torch.long))
+
+
+def test_each_findings_course_from_the_prior_to_the_current_study_is_a_token_of_its_own(prior_model, prior_processor):
+    inputs = prior_processor(images=[noise_image(0)], prior_images=[noise_image(5)])
+    features = prior_model.get_vision_features(inputs["prior_pixel_values"])
+    prior_statuses = prior_model.guidance_statuses(prior_model.finding_head(features)[0])[0]
+    config, embeddings = prior_model.config, prior_model.prior_embeddings
+    image_places = config.num_views * config.num_image_tokens_per_view
+    for current in ([0, 0, 0], [1, 0, 1]):
+        embeds, _ = prior_model.prior_inputs(1, torch.tensor([current]), prior_vision_features=features)
+        courses = embeds[0, 1 + image_places:1 + image_places + len(current)]
+        for finding, status in enumerate(current):
+            row = 4 * finding + 2 * int(prior_statuses[finding]) + status  # absent/new/gone/present in both
+            expected = embeddings.courses.weight[row] + embeddings.kinds.weight[CLIPT5PriorEmbeddings.FINDINGS]
+            assert torch.allclose(courses[finding], expected), (current, finding)
+    with pytest.raises(ValueError, match="pass its guidance statuses"):
+        prior_model.prior_inputs(1, prior_vision_features=features)

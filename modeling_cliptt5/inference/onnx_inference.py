@@ -108,7 +108,7 @@ class EncoderGraph(nn.Module):
                 statuses = model.guidance_statuses(logits, named["findings"])
         prior = None
         if model.config.reads_prior:
-            prior = model.prior_inputs(pixel_values.shape[0], prior_pixel_values=named["prior_pixel_values"],
+            prior = model.prior_inputs(pixel_values.shape[0], statuses, prior_pixel_values=named["prior_pixel_values"],
                                        prior_image_mask=named["prior_image_mask"],
                                        prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"])
         inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask, prior)
