@@ -22,11 +22,14 @@ REVIEW_KEYS_JS = static_text("review_logic.js") + static_text("review_keys.js")
 class Page:
     """The page's components, and the states it keeps per open page."""
 
-    # the study: drop zone, messages, whose it is, the frontal choice, the viewer
+    # the study: drop zone, messages, whose it is, the frontal choice, the prior study, the viewer
     files: gr.File
     messages: gr.HTML
     identity: gr.HTML
     frontal_choice: gr.Dropdown
+    prior_files: gr.File
+    prior_report: gr.Textbox
+    prior_messages: gr.HTML
     viewer: gr.HTML
     # drafting
     indication: gr.Textbox
@@ -57,7 +60,7 @@ class Page:
     export_status: gr.HTML
     exported: gr.File
     # per open page
-    study: gr.State  # Study
+    study: gr.State  # Study (with its prior)
     draft: gr.State  # the draft as drafted (web_app.page_draft)
     versions: gr.State  # earlier text a draft replaced
     signature: gr.State  # {"reader", "signed_at"} once signed
@@ -69,7 +72,7 @@ class Page:
         """What signing locks, and a new study unlocks."""
         return [self.findings, self.impression, self.checklist, self.review, self.reader, self.draft_button,
                 self.redraft_button, self.revert_findings, self.revert_impression, self.restore_button,
-                self.version_choice, self.sign_button, self.sign_anyway]
+                self.version_choice, self.sign_button, self.sign_anyway, self.prior_files, self.prior_report]
 
 
 def uploaded_paths(payload):
@@ -95,6 +98,17 @@ def lay_out_page(drafter):
             frontal_choice = gr.Dropdown(label="Frontal image: the model reads this one first (the headers' "
                                                "frontal, else the first dropped)", choices=[], visible=False,
                                          interactive=True, elem_id="frontal-choice")
+            reads = ("the model reads it" if drafter.reads_prior else
+                     "shown for your comparison: this model does not read a prior, it drafts as a first study")
+            # closed until wanted, so that the viewer stays high on the screen; its messages (a refused prior)
+            # stand outside it, seen whether it is open or not
+            with gr.Accordion(f"Prior study of this patient (optional; {reads})", open=False, elem_id="prior-study"):
+                with gr.Row(equal_height=True):
+                    prior_files = gr.File(label="Prior study's images (PNG, JPEG or DICOM)", file_count="multiple",
+                                          height=120, elem_id="prior-files")
+                    prior_files.preprocess = uploaded_paths
+                    prior_report = gr.Textbox(label="Prior study's report", lines=4, elem_id="prior-report")
+            prior_messages = gr.HTML(elem_id="prior-messages")
             viewer = gr.HTML(EMPTY_VIEWER, js_on_load=VIEWER_JS, elem_id="study-viewer")
         with gr.Column(scale=2):
             indication = gr.Textbox(
@@ -151,7 +165,8 @@ def lay_out_page(drafter):
             export_status = gr.HTML(elem_id="export-status")
             exported = gr.File(label="Exported files", file_count="multiple", interactive=False, height=140,
                                elem_id="exported-files")
-    return Page(files=files, messages=messages, identity=identity, frontal_choice=frontal_choice, viewer=viewer,
+    return Page(files=files, messages=messages, identity=identity, frontal_choice=frontal_choice,
+                prior_files=prior_files, prior_report=prior_report, prior_messages=prior_messages, viewer=viewer,
                 indication=indication, draft_button=draft_button, draft_info=draft_info, checklist=checklist,
                 redraft_button=redraft_button, draft_check=draft_check, critical=critical,
                 version_choice=version_choice, restore_button=restore_button, findings=findings,

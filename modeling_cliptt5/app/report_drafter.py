@@ -1,6 +1,11 @@
-"""A released CLIP-T5 and its processor, drafting the report of the one study shown on the page."""
+"""A released CLIP-T5 and its processor, drafting the report of the one study shown on the page, against its prior
+study where the release reads one."""
 
-from modeling_cliptt5.inference.drafting import draft_batch, fit_views, load_release
+import dataclasses
+from pathlib import Path
+
+from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS
+from modeling_cliptt5.inference.drafting import Study, draft_batch, fit_views, load_release, read_prior
 
 STUDY_ID = "this study"  # how view warnings name the study on the page
 
@@ -49,10 +54,31 @@ class ReportDrafter:
         """True when the draft follows findings (the head's, or a reader's correction of them)."""
         return self.model.config.uses_finding_guidance
 
-    def draft(self, images, prompt=None, findings=None):
+    @property
+    def reads_prior(self):
+        """True when the release reads the prior study (config.reads_prior); another drafts every study as a first."""
+        return bool(getattr(self.model.config, "reads_prior", False))
+
+    def read_prior(self, files=(), report="", name="the prior study", max_pixels=DEFAULT_MAX_PIXELS,
+                   any_modality=False):
+        """(the prior as draft_batch takes it, or None; notes for the reader) of the prior's image files (frontal
+        first) and report, read as cliptt5-generate reads a prior (inference.drafting.read_prior): None for nothing
+        given, or for a release that does not read priors (a note says it drafts as a first study); a note for a
+        report longer than the release reads and for a prior image that cannot be read. `name` names the prior."""
+        report = (report or "").strip()
+        if not files and not report:
+            return None, []
+        prior = Study(name, [Path(path) for path in files])
+        notes = []
+        read = read_prior(self.release, Study(STUDY_ID, [], prior=prior, prior_report=report or None), max_pixels,
+                          any_modality, on_error=notes.append, on_warning=notes.append)
+        return read, [note[0].upper() + note[1:] for note in notes]
+
+    def draft(self, images, prompt=None, findings=None, prior=None, prior_id=""):
         """(report, warning or None) for one study: `images` are its views in order (PIL), `prompt` optional,
-        `findings` (the names the reader marks present) replace the finding head's in the guidance. The report is
-        the drafting record (inference.drafting.DraftedReport).
+        `findings` (the names the reader marks present) replace the finding head's in the guidance, `prior` (images
+        or None, report or None; read_prior) is the prior study the draft compares with, named `prior_id`. The report
+        is the drafting record (inference.drafting.DraftedReport); its prior_id is "" for a first study.
 
         Views are fitted to the model as cliptt5-generate does (inference.fit_views): too few are repeated in
         order, extra ones are left out; the warning says which. With a finding head the report carries its
@@ -61,6 +87,8 @@ class ReportDrafter:
         views, warning = fit_views(list(images), self.num_views, STUDY_ID)
         study = views if self.num_views > 1 else views[0]
         given = None if findings is None or not self.takes_findings else [list(findings)]
-        report = draft_batch(self.release, [study], (prompt or "").strip() or None, {}, given)[0]
+        # a release without priors is never given one (read_prior has told the reader it drafts as a first study)
+        priors = None if prior is None or not self.reads_prior else [prior]
+        report = draft_batch(self.release, [study], (prompt or "").strip() or None, {}, given, priors)[0]
         self.drafts_made += 1
-        return report, warning
+        return dataclasses.replace(report, prior_id=prior_id if priors else ""), warning

@@ -3,14 +3,19 @@ identity plus report_review.export_record) and an optional reader's signature.
 
 Exports:
 - `report_document(record, signature=None)`: the plain-text report (a DRAFT banner first when unsigned, the
-  "Signed by" line when signed, the research-prototype notice last);
+  "Signed by" line when signed, the research-prototype notice last), with a "Comparison:" line;
 - `fhir_diagnostic_report(record, signature=None)`: a FHIR R4 DiagnosticReport as a plain JSON dict, with one
-  contained Observation per claimed finding, pertinent negative and findings-checklist entry;
+  contained Observation per claimed finding, pertinent negative and findings-checklist entry, and the comparison
+  study in IHE IDR's comparison extension;
 - `basic_text_sr(record, references, signature=None, when=None, identity=None, series=None, predecessor=None)`: a
   DICOM Basic Text SR (pydicom Dataset) in the study of the referenced DICOM images, in a report series of its own,
-  with the images' Patient and General Study values; a signed SR cites the draft SR it supersedes; and
-  `write_basic_text_sr(path, ...)`, which writes it whole or not at all;
+  with the images' Patient and General Study values; a signed SR cites the draft SR it supersedes, and the
+  comparison study's images are its Pertinent Other Evidence; and `write_basic_text_sr(path, ...)`, which writes it
+  whole or not at all;
 - `NoDicomReferences`: why there is no SR for a PNG/JPEG-only study.
+
+A record's "comparison" (web_app.comparison_record) is the prior study the draft compared with, None for a
+draft written as a first study; a record without the key says nothing of a comparison in the FHIR report and the SR.
 
 A `signature` is None (an unsigned draft) or {"reader": "Reader, Ada", "signed_at": <timezone-aware datetime>}
 (optionally "organization", the SR's Verifying Organization). The reader's name is "Family, Given" (a title such as
@@ -70,6 +75,10 @@ IMAGING = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observat
 ACCESSION_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
                               "display": "Accession ID"}]}
 CHECKLIST_METHOD = {"text": "reader-confirmed finding checklist"}
+# IHE Imaging Diagnostic Report (IDR) profile's extension for "prior imaging studies that were considered relevant to
+# the current study" (R4's DiagnosticReport has no element for them; imagingStudy is the study reported): a
+# Reference(ImagingStudy)
+COMPARISON_EXTENSION = "https://profiles.ihe.net/RAD/IDR/StructureDefinition/idrComparisonStudy"
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 # (code value, coding scheme designator, code meaning) of the SR's concept names
@@ -79,6 +88,10 @@ SR_IMPRESSIONS, SR_IMPRESSION = ("121072", "DCM", "Impressions"), ("121073", "DC
 SR_COMMENT = ("121106", "DCM", "Comment")
 SR_LATERALITY = ("272741003", "SCT", "Laterality")
 SR_ALGORITHM_NAME, SR_ALGORITHM_VERSION = ("111001", "DCM", "Algorithm Name"), ("111003", "DCM", "Algorithm Version")
+# The comparison: TID 2000's section of prior procedures (CID 7001) holding its description (CID 7002) and its UID
+SR_PRIOR_PROCEDURES, SR_PROCEDURE = ("121066", "DCM", "Prior Procedure Descriptions"), ("121065", "DCM",
+                                                                                        "Procedure Description")
+SR_STUDY_UID = ("121018", "DCM", "Procedure Study Instance UID")
 UT_MAX_BYTES = 2 ** 32 - 2  # the longest value the VR UT allows
 REFERENCE_KEYS = ("study_instance_uid", "series_instance_uid", "sop_class_uid", "sop_instance_uid")
 
@@ -176,16 +189,27 @@ def image_text(index, image):
     return f"{index}: {view} ({which})"
 
 
+def comparison_text(comparison):
+    """"ACC-2 (2024-01-15), images and report read" for the prior study a draft compared with; "none" for a draft
+    written as a first study."""
+    if not comparison:
+        return "none"
+    date = comparison.get("study_date")
+    read = " and ".join(what for what, given in (("images", comparison.get("images")),
+                                                 ("report", comparison.get("report_read"))) if given)
+    return f"{comparison['id']}{f' ({date})' if date else ''}{f', {read} read' if read else ''}"
+
+
 def report_document(record, signature=None):
-    """The plain-text report: DRAFT banner (unsigned), identity, how it was drafted, FINDINGS/IMPRESSION, signature
-    (signed), notice."""
+    """The plain-text report: DRAFT banner (unsigned), identity, how it was drafted and the comparison study,
+    FINDINGS/IMPRESSION, signature (signed), notice."""
     signature = checked_signature(signature)
     lines = [] if signature else [DRAFT_BANNER]
     lines += identity_lines(record["study"])
     lines += provenance_lines(record)
     if record.get("exported_at"):
         lines.append(f"Exported: {record['exported_at']}")
-    lines += ["", record["report"]]
+    lines += [f"Comparison: {comparison_text(record.get('comparison'))}", "", record["report"]]
     if signature:
         lines += ["", signature_line(signature), *override_lines(signature)]
     lines += ["", NOTICE]
@@ -301,6 +325,16 @@ def fhir_instant(moment):
     return moment.isoformat(timespec="seconds")
 
 
+def comparison_reference(record):
+    """A Reference to the prior ImagingStudy by its Study Instance UID where its headers give one (a PNG/JPEG prior
+    is named in text only)."""
+    comparison = record["comparison"]
+    reference = {"type": "ImagingStudy", "display": f"Comparison: {comparison_text(comparison)}"}
+    if comparison.get("study_instance_uid"):
+        reference["identifier"] = {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{comparison['study_instance_uid']}"}
+    return reference
+
+
 def fhir_diagnostic_report(record, signature=None):
     """A FHIR R4 DiagnosticReport (JSON dict) of the record: "final" when signed, "preliminary" when not."""
     signature = checked_signature(signature)
@@ -334,6 +368,8 @@ def fhir_diagnostic_report(record, signature=None):
     if study.get("study_instance_uid"):
         report["imagingStudy"] = [{"type": "ImagingStudy", "identifier": {
             "system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study['study_instance_uid']}"}}]
+    if record.get("comparison"):  # the study reported is imagingStudy; the one it was compared with, an extension
+        report["extension"] = [{"url": COMPARISON_EXTENSION, "valueReference": comparison_reference(record)}]
     if record.get("impression"):
         report["conclusion"] = record["impression"]
     document = report_document(record, signature).encode("utf-8")
@@ -427,6 +463,34 @@ def verifying_observer(pydicom, signature):
     item.VerifyingOrganization = str(signature.get("organization") or "").strip() or "not stated"  # type 1
     item.VerificationDateTime = signature["signed_at"].strftime("%Y%m%d%H%M%S%z")
     return item
+
+
+def comparison_section(pydicom, record):
+    """The Prior Procedure Descriptions section: the comparison as text ("Comparison: none" for a first study) and,
+    where its headers give one, the prior's Study Instance UID."""
+    comparison = record.get("comparison")
+    items = [text_item(pydicom, SR_PROCEDURE, f"Comparison: {comparison_text(comparison)}")]
+    if comparison and comparison.get("study_instance_uid"):
+        item = pydicom.Dataset()
+        item.RelationshipType = "CONTAINS"
+        item.ValueType = "UIDREF"
+        item.ConceptNameCodeSequence = [code_item(pydicom, SR_STUDY_UID)]
+        item.UID = comparison["study_instance_uid"]
+        items.append(item)
+    return container(pydicom, SR_PRIOR_PROCEDURES, items)
+
+
+def comparison_evidence(pydicom, record, study_uid):
+    """PertinentOtherEvidenceSequence's items: the comparison study's images, for a comparison whose headers give
+    them ([] otherwise); refuses the study itself as its own comparison."""
+    comparison = record.get("comparison") or {}
+    references = comparison.get("references") or []
+    if not references:
+        return []
+    prior_uid = checked_references({}, references)
+    if prior_uid == study_uid:
+        raise ValueError(f"The comparison study is the study itself ({study_uid}).")
+    return evidence(pydicom, prior_uid, references)
 
 
 def code_content(pydicom, concept, code, relationship):
@@ -538,11 +602,16 @@ def basic_text_sr(record, references, signature=None, when=None, identity=None, 
     if predecessor:
         dataset.PredecessorDocumentsSequence = predecessor_documents(pydicom, predecessor)
     dataset.CurrentRequestedProcedureEvidenceSequence = evidence(pydicom, study_uid, references)
+    pertinent = comparison_evidence(pydicom, record, study_uid)
+    if pertinent:  # type 1C: the images of the study the report compares with (PS3.3 C.17.2)
+        dataset.PertinentOtherEvidenceSequence = pertinent
     dataset.PerformedProcedureCodeSequence = []
 
     # SR Document Content: the draft comment first, so that a reader of the SR sees it before the text; the
-    # findings as text and, where a code is known, coded; then how the draft was made
+    # comparison; the findings as text and, where a code is known, coded; then how the draft was made
     content = [] if signature else [text_item(pydicom, SR_COMMENT, DRAFT_BANNER)]
+    if "comparison" in record:
+        content.append(comparison_section(pydicom, record))
     for section, item_concept, text in ((SR_FINDINGS, SR_FINDING, record.get("findings")),
                                         (SR_IMPRESSIONS, SR_IMPRESSION, record.get("impression"))):
         if (text or "").strip():

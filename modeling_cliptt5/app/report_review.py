@@ -1,6 +1,10 @@
-"""What the rule labeler reads in a draft as the reader edits it: sentence tags, claimed and critical findings."""
+"""What the rule labeler reads in a draft as the reader edits it: sentence tags, claimed and critical findings, the
+change each sentence states and the comparisons of a draft written without a prior study."""
 
 from datetime import datetime, timezone
+
+from modeling_cliptt5.evaluation.changes import sentence_change
+from modeling_cliptt5.evaluation.comparisons import claims_comparison
 
 from modeling_cliptt5.evaluation.labeler import (
     FINDINGS,
@@ -38,11 +42,34 @@ def report_text(findings, impression):
     return "\n\n".join(f"{header} {text.strip()}" for header, text in sections if (text or "").strip())
 
 
-def review_items(findings, impression):
-    """The sentences a reader accepts one by one, as "Findings: <sentence>" / "Impression: <sentence>": every
-    sentence as often as the section says it, a repeat marked "[repeat 2]", "[repeat 3]"... so that each copy that
-    would go into the signed report is seen and accepted (a degenerate draft repeats sentences)."""
-    return [f"{section}: {sentence}{'' if occurrence == 1 else f' [repeat {occurrence}]'}"
+# A sentence that compares with an earlier study, in a draft the model wrote without reading one: it has nothing to
+# compare with, so the comparison is the model's invention until the reader fixes it or accepts it knowingly.
+INVENTED_COMPARISON = "invented comparison: drafted without a prior"
+
+
+def drafted_without_prior(draft):
+    """True for a draft the model wrote as a first study (its record names no prior: DraftedReport.prior_id)."""
+    return bool(draft) and not draft.get("prior_id")
+
+
+def sentence_marks(sentence, without_prior=False):
+    """A review item's marks after its sentence: the change it states ("[increased]", evaluation/changes.py) and, in
+    a draft written without a prior (`without_prior`), "[invented comparison: ...]" where it compares at all
+    (evaluation/comparisons.py)."""
+    change = sentence_change(sentence)
+    marks = [f"[{change}]"] if change else []
+    if without_prior and claims_comparison(sentence):
+        marks.append(f"[{INVENTED_COMPARISON}]")
+    return marks
+
+
+def review_items(findings, impression, without_prior=False):
+    """The sentences a reader accepts one by one, as "Findings: <sentence>" / "Impression: <sentence>" followed by its
+    marks (sentence_marks): every sentence as often as the section says it, a repeat marked "[repeat 2]",
+    "[repeat 3]"... so that each copy that would go into the signed report is seen and accepted (a degenerate draft
+    repeats sentences). Accepting an item marked as an invented comparison confirms that comparison."""
+    return [" ".join([f"{section}: {sentence}", *sentence_marks(sentence, without_prior),
+                      *([] if occurrence == 1 else [f"[repeat {occurrence}]"])])
             for section, text in (("Findings", findings), ("Impression", impression))
             for sentence, occurrence in numbered_sentences(text)]
 
@@ -50,10 +77,20 @@ def review_items(findings, impression):
 def reviewed_sentences(findings, impression, accepted, draft):
     """(the text's review items, those reviewed): accepted before and still in the text word for word, or written
     by the reader (no sentence of the model's draft). An edited sentence is the reader's own; a redraft's are not."""
-    items = review_items(findings, impression)
-    model = set(review_items((draft or {}).get("findings"), (draft or {}).get("impression")))
+    without_prior = drafted_without_prior(draft)
+    items = review_items(findings, impression, without_prior)
+    model = set(review_items((draft or {}).get("findings"), (draft or {}).get("impression"), without_prior))
     accepted = set(accepted or [])
     return items, [item for item in items if item in accepted or item not in model]
+
+
+def invented_comparisons(findings, impression, draft):
+    """The sentences of the text that compare with an earlier study, where the draft was written without one ([] for
+    a draft that read a prior, or no draft)."""
+    if not drafted_without_prior(draft):
+        return []
+    return [sentence for text in (findings, impression) for sentence, _ in numbered_sentences(text)
+            if claims_comparison(sentence)]
 
 
 def sentence_tag(labels):
@@ -153,6 +190,19 @@ def claim_text(claim):
     return f"{claim['observation']}{side}, {claim['status']}"
 
 
+def sentence_record(section, sentence, labels):
+    """One sentence as the JSON export keeps it: its section, text, the labeler's findings and sides, and the change
+    it states where it states one."""
+    record = {"section": section, "text": sentence,
+              "labels": {observation: status for observation, status in labels.items()
+                         if observation in FINDINGS and status is not None},
+              "sides": sentence_sides(sentence)}
+    change = sentence_change(sentence)
+    if change:
+        record["change"] = change
+    return record
+
+
 def export_record(findings, impression, indication="", model_draft=None, model_name=None, images=0,
                   draft_seconds=None):
     """The JSON export: the reader's edited text, the labeler's reading of that text, and how it was drafted.
@@ -161,10 +211,7 @@ def export_record(findings, impression, indication="", model_draft=None, model_n
     """
     findings, impression = (findings or "").strip(), (impression or "").strip()
     model_draft = model_draft or {}
-    sentences = [{"section": section, "text": sentence,
-                  "labels": {observation: status for observation, status in labels.items()
-                             if observation in FINDINGS and status is not None},
-                  "sides": sentence_sides(sentence)}
+    sentences = [sentence_record(section, sentence, labels)
                  for section, text in (("findings", findings), ("impression", impression))
                  for sentence, labels in label_sentences(text)]
     return {

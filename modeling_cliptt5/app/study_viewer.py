@@ -5,7 +5,9 @@ call; the finding head's heatmaps lie over the images and move with them.
 Controls: drag for window/level, Shift+drag (or the middle button) to pan, the wheel to zoom about the pointer;
 keys while an image has focus: H header window, L lung, M mediastinum, B bone, A full range, I invert, F fit,
 1 one image pixel per screen pixel, R reset. Window buttons and keys act on every image (each with its own values);
-a drag or a typed level/width acts on the image under the pointer."""
+a drag or a typed level/width acts on the image under the pointer. The prior study's images stand after the study's,
+each linked to the study's image of the same place in the order (frontal with frontal): a drag or the wheel on one
+moves both (linked_views.js)."""
 
 import base64
 import hashlib
@@ -46,12 +48,12 @@ VIEWER_TEMPLATE = """
 """
 
 FIGURE_TEMPLATE = """
-<figure class="cxr-figure">
+<figure class="cxr-figure{figure_class}">
   <div class="cxr-frame" tabindex="0" aria-label="{caption}">
     <div class="cxr-stage" style="width:{columns}px;height:{rows}px">
       <canvas class="cxr-canvas" width="{columns}" height="{rows}" data-key="{key}" data-caption="{caption}"
               data-dtype="{dtype}" data-offset="{offset}" data-slope="{slope}" data-mono1="{monochrome1}"
-              data-units="{units}" data-windows="{windows}" data-default="{default}"
+              data-units="{units}" data-windows="{windows}" data-default="{default}" data-link="{link}"
               data-pixels="{pixels}"></canvas>{overlays}
     </div>
   </div>
@@ -74,9 +76,10 @@ def static_text(name):
 
 
 VIEWER_CSS = static_text("viewer.css")
-# gr.HTML's js_on_load: one function body, so the viewer's arithmetic (viewer_logic.js, tested on its own by
-# tests/app/js/) goes in front of the glue to the page (viewer.js) that calls it.
-VIEWER_JS = static_text("viewer_logic.js") + static_text("viewer.js")
+# gr.HTML's js_on_load: one function body, so the viewer's arithmetic (viewer_logic.js) and how linked images follow
+# one another (linked_views.js), each tested on its own by tests/app/js/, go in front of the glue to the page
+# (viewer.js) that calls them.
+VIEWER_JS = static_text("viewer_logic.js") + static_text("linked_views.js") + static_text("viewer.js")
 
 
 def value_bytes(values):
@@ -103,7 +106,9 @@ def heatmap_data_uri(size, finding_map):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def figure_html(caption, display, maps, send_values=True):
+def figure_html(caption, display, maps, send_values=True, link="", prior=False):
+    """One image's figure; images with the same `link` move together (linked_views.js); `prior`: an image of the prior
+    study, set apart by its frame."""
     raw, dtype = value_bytes(display.values)
     pixels = base64.b64encode(zlib.compress(raw, PIXEL_COMPRESSION_LEVEL)).decode("ascii") if send_values else ""
     rows, columns = display.values.shape
@@ -114,14 +119,17 @@ def figure_html(caption, display, maps, send_values=True):
     overlays = "".join(OVERLAY_TEMPLATE.format(finding=html.escape(name), src=heatmap_data_uri((columns, rows), values))
                        for name, values in (maps or {}).items())
     return FIGURE_TEMPLATE.format(
-        caption=html.escape(caption), columns=columns, rows=rows, key=hashlib.sha1(raw).hexdigest()[:16],
+        figure_class=" cxr-prior" if prior else "", link=link, caption=html.escape(caption), columns=columns,
+        rows=rows, key=hashlib.sha1(raw).hexdigest()[:16],
         dtype=dtype, offset=repr(float(display.offset)), slope=repr(float(display.slope)),
         monochrome1=int(display.monochrome1), units=html.escape(display.units),
         windows=html.escape(json.dumps(windows)), default=display.default_window(), pixels=pixels, overlays=overlays)
 
 
-def viewer_html(images, heatmaps=None, send_values=True):
-    """The viewer for [(caption, images/display.DisplayImage)], images side by side.
+def viewer_html(images, heatmaps=None, send_values=True, priors=()):
+    """The viewer for [(caption, images/display.DisplayImage)], images side by side, then the prior study's images
+    (`priors`, the same form): the study's n-th image and the prior's n-th are linked (frontal with frontal, where
+    both stand frontal first), so that a drag, the wheel or a pan on one moves the other.
 
     `heatmaps`: per image, {finding name: grid x grid map} (or None for an image the model did not read); the
     viewer then offers a heatmap choice and its opacity, shown over every image that has one. `send_values`
@@ -131,8 +139,13 @@ def viewer_html(images, heatmaps=None, send_values=True):
         return EMPTY_VIEWER
     heatmaps = list(heatmaps or [])
     heatmaps += [None] * (len(images) - len(heatmaps))
-    figures = [figure_html(caption, display, maps, send_values) for (caption, display), maps in zip(images, heatmaps)]
-    has_header_window = any(display.header_windows for _, display in images)
+    paired = min(len(images), len(priors))
+    links = [str(index) if index < paired else "" for index in range(max(len(images), len(priors)))]
+    figures = [figure_html(caption, display, maps, send_values, links[index])
+               for index, ((caption, display), maps) in enumerate(zip(images, heatmaps))]
+    figures += [figure_html(caption, display, None, send_values, links[index], prior=True)
+                for index, (caption, display) in enumerate(priors)]
+    has_header_window = any(display.header_windows for _, display in [*images, *priors])
     buttons = "".join(f'<button type="button" data-window="{key}">{label}</button>' for key, label in WINDOW_BUTTONS
                       if key != "header0" or has_header_window)
     names = list(dict.fromkeys(name for maps in heatmaps if maps for name in maps))

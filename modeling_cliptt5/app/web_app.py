@@ -1,9 +1,11 @@
-"""The clinician-facing page: drop a study, see whose it is, read the draft with the labeler's tags and, with a
-finding head, its findings checklist (probabilities, heatmaps over the image, where the text and the findings
-disagree), correct a finding and redraft, edit (earlier text kept as versions), export it (Gradio).
+"""The clinician-facing page: drop a study (and its prior study, shown beside it), see whose it is, read the draft with
+the labeler's tags and, with a finding head, its findings checklist (probabilities, heatmaps over the image, where the
+text and the findings disagree), correct a finding and redraft, edit (earlier text kept as versions), export it
+(Gradio).
 
 A study is the set of files dropped since the last Clear: a new one starts from nothing, a file of another
-patient or study is not added to it, and a draft that finishes after its study was replaced is dropped."""
+patient or study is not added to it, and a draft that finishes after its study was replaced is dropped. Its prior is
+refused when its headers name another patient or a date not before the study's."""
 
 import os
 
@@ -19,6 +21,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -32,7 +35,9 @@ from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E4
 from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING, ood_warning  # noqa: E402
 from modeling_cliptt5.app.page_layout import Page, lay_out_page  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
-from modeling_cliptt5.app.page_study import Study, choose_frontal, stale_note, update_study  # noqa: E402
+from modeling_cliptt5.app.page_study import (  # noqa: E402
+    Study, choose_frontal, prior_key, prior_name, prior_refusal, stale_note, update_study,
+)
 from modeling_cliptt5.app.report_drafter import ReportDrafter  # noqa: E402
 from modeling_cliptt5.app.report_formats import (  # noqa: E402
     NoDicomReferences,
@@ -50,6 +55,7 @@ from modeling_cliptt5.app.report_review import (  # noqa: E402
     contradiction_text,
     contradictions,
     export_record,
+    invented_comparisons,
     report_text,
     reviewed_sentences,
     tagged_sentences,
@@ -133,16 +139,45 @@ def views_of(images, files, views):
 
 
 def show_study(files, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, views=None, refused=(), notes=(),
-               frontal=None):
+               frontal=None, priors=()):
     """A study's files -> (viewer HTML, messages HTML), frontal first (`frontal`: the file name the reader chose);
     `views` (the headers') label the images, `refused` and `notes` say what was not added and what changed
-    (update_study)."""
+    (update_study); `priors` are the prior study's images for the viewer (prior_images)."""
     files, views, view_note = in_view_order(files, views, frontal)
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     note = None if images or not problems else "No readable image: drop PNG, JPEG or DICOM files of one study."
-    viewer = viewer_html(captions_of(images, views_of(images, files, views))) if images else EMPTY_VIEWER
+    viewer = viewer_html(captions_of(images, views_of(images, files, views)), priors=priors) if images else EMPTY_VIEWER
     notes = list(notes) + ([view_note] if view_note and images else [])
     return viewer, messages_html(problems, note, doubts, refused, notes)
+
+
+def prior_images(prior, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False):
+    """The prior study's images for the viewer, frontal first: [("Prior 1: name (PA), 2026-01-15", display)], and one
+    message per unreadable file."""
+    if not prior or not prior.files:
+        return [], []
+    images, problems, _ = read_study(prior.files, max_pixels, any_modality)
+    date = prior.identity.get("study_date")
+    captions = [(f"Prior {caption.removeprefix('Image ')}{f', {date}' if date else ''}", display)
+                for caption, display in captions_of(images, views_of(images, prior.files, prior.views))]
+    return captions, problems
+
+
+def prior_messages(drafter, study, refused=(), problems=(), show_name=False):
+    """The lines under the prior's drop zone: whose study the prior is (its headers), why it is refused (another
+    patient's, or not dated before the study), the files not used, and a report longer than the release reads."""
+    prior, report = study.prior, study.prior_report
+    if not (prior and prior.files) and not report.strip():
+        return messages_html(problems, refused=refused)
+    lines = [f'<div class="prior-identity"><b>Prior study</b> {identity_html(prior.identity, prior.views, show_name)}'
+             "</div>"] if prior and prior.files else []
+    refusal = prior_refusal(study.files, prior)
+    if refusal:
+        lines.append(f'<p class="problem">{html.escape(refusal)}</p>')
+    # What the release reads of the report (read_prior's checks, without decoding the images). A release that does
+    # not read priors says so in the slot's title, and in the draft's messages once drafted.
+    notes = drafter.read_prior([], report, prior_name(prior, report))[1] if drafter.reads_prior else []
+    return "".join(lines) + messages_html(problems, refused=refused, notes=notes)
 
 
 def checklist_choices(names, probabilities):
@@ -150,18 +185,29 @@ def checklist_choices(names, probabilities):
     return [(f"{name}  {probabilities[name]:.2f}", name) for name in names]
 
 
+class PriorRefused(ValueError):
+    """Nothing was drafted: the prior is another patient's study, or not dated before the study (the message names
+    both)."""
+
+
 def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, findings=None, any_modality=False,
-                 views=None, shown=False, frontal=None):
+                 views=None, shown=False, frontal=None, prior=None, prior_report=""):
     """Files + indication (+ the findings a reader checked, to redraft from) -> (findings, impression, draft info,
     messages HTML, the draft as drafted, the findings checklist, the viewer with the head's heatmaps). `views`: the
     files' header views where already read (update_study), else they are read here. `shown`: the page already
     shows these images, so the viewer does not send their values again. `frontal`: the file name of the image the
-    reader chose as the frontal one (choose_frontal), read first whatever the headers say.
+    reader chose as the frontal one (choose_frontal), read first whatever the headers say. `prior` (a page_study.Study)
+    and `prior_report`: the prior study the draft compares with, where the release reads one (ReportDrafter.read_prior;
+    a release that does not drafts as a first study and says so); PriorRefused for another patient's prior or one not
+    dated before the study.
 
     The time shown covers decoding the files, preprocessing and generation.
     """
     start = time.perf_counter()
     files, views, view_note = in_view_order(files, views, frontal)  # the model's first image is the frontal one
+    refusal = prior_refusal(files, prior)
+    if refusal:
+        raise PriorRefused(refusal)
     images, problems, doubts = read_study(files, max_pixels, any_modality)
     no_checklist = gr.update(visible=bool(drafter.finding_labels), choices=[], value=[])
     if not images:
@@ -170,12 +216,17 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
     views = views_of(images, files, views)
     view_notes = [view_note] if view_note else []
     captions = captions_of(images, views)
+    priors, _ = prior_images(prior, max_pixels, any_modality)
+    name = prior_name(prior, prior_report)
+    prior_input, prior_notes = drafter.read_prior(prior.files if prior else [], prior_report, name, max_pixels,
+                                                  any_modality)
     try:
-        report, view_warning = drafter.draft([image for _, image, _ in images], indication, findings)
+        report, view_warning = drafter.draft([image for _, image, _ in images], indication, findings, prior_input,
+                                             name)
     except Exception as error:  # e.g. out of memory: say so on the page and keep serving
         return "", "", "", messages_html(problems, f"The model failed on this study ({type(error).__name__}: "
                                                    f"{error})."), {}, no_checklist, \
-            viewer_html(captions, send_values=not shown)
+            viewer_html(captions, send_values=not shown, priors=priors)
     seconds = time.perf_counter() - start
     used = min(len(images), drafter.num_views)
     if view_warning and len(images) > drafter.num_views:
@@ -184,8 +235,15 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
                         f"{', '.join(name for name, *_ in images[:used])}; shown for review only, not read by "
                         f"the model: {', '.join(name for name, *_ in images[used:])}.")
     source = "the findings you checked" if findings is not None else "its findings"
-    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s) by `{drafter.name}`"
+    against = f" and the prior {report.prior_id}" if report.prior_id else ""
+    info = (f"Drafted in **{seconds:.2f} s** from {used} image(s){against} by `{drafter.name}`"
             f"{f', following {source}' if drafter.takes_findings else ''}. Review every sentence before use.")
+    draft = page_draft(report, seconds, [name for name, *_ in images[:used]])
+    invented = invented_comparisons(draft["findings"], draft["impression"], draft)
+    if invented:
+        info = (f"**WARNING: written without a prior study, this draft compares with one in {len(invented)} "
+                "sentence(s), marked [invented comparison] in the review: correct each, or accept it where an earlier "
+                f"study supports it.**\n\n{info}")
     if report.repeated_sentences:
         info = (f"**WARNING: this draft says {report.repeated_sentences} sentence(s) again: each copy is listed in "
                 f"the review.**\n\n{info}")
@@ -193,7 +251,6 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
         info = f"**WARNING: {TRUNCATED_WARNING}**\n\n{info}"
     if report.ood_flag:  # above the timing line: the first thing read about this draft
         info = f"**WARNING: {ood_warning(report.ood_score, report.ood_threshold)}**\n\n{info}"
-    draft = page_draft(report, seconds, [name for name, *_ in images[:used]])
     checklist, heatmaps = no_checklist, None
     if report.finding_probabilities is not None:
         names = drafter.finding_labels
@@ -202,16 +259,17 @@ def draft_report(drafter, files, indication, max_pixels=DEFAULT_MAX_PIXELS, find
         checklist = gr.update(visible=True, choices=checklist_choices(names, report.finding_probabilities),
                               value=report.guidance)
     return (draft["findings"], draft["impression"], info, messages_html(problems, view_warning, doubts,
-                                                                          notes=view_notes),
-            draft, checklist, viewer_html(captions, heatmaps, send_values=not shown))
+                                                                          notes=view_notes + prior_notes),
+            draft, checklist, viewer_html(captions, heatmaps, send_values=not shown, priors=priors))
 
 
 def page_draft(report, seconds, read):
     """The page's state of a draft (kept with the page, read by the exports): the drafting record's fields a reader's
-    edits do not change (inference.drafting.DraftedReport), the time the page measured and the files the model
-    read."""
+    edits do not change (inference.drafting.DraftedReport: the prior it compared with, "" for none), the time the page
+    measured and the files the model read."""
     draft = {"findings": report.findings or "", "impression": report.impression or "", "seconds": round(seconds, 3),
-             "images": len(read), "truncated": report.truncated, "read": read, "engine": report.engine}
+             "images": len(read), "truncated": report.truncated, "read": read, "engine": report.engine,
+             "prior_id": report.prior_id}
     if report.ood_score is not None:
         draft.update(ood_score=report.ood_score, ood_flag=report.ood_flag, ood_threshold=report.ood_threshold)
     if report.finding_probabilities is not None:
@@ -248,10 +306,13 @@ def check_draft(names, findings, impression, checked, draft):
                          f'{html.escape(", ".join(missing))}</p>')
     notes += [f'<p class="missing">The text says both: {html.escape(contradiction_text(item))}</p>'
               for item in contradictions(findings, impression)]
+    notes += [f'<p class="missing">Compares with an earlier study, but the draft was written without one: '
+              f'"{html.escape(sentence)}" (correct it, or accept it in the review where an earlier study supports it)'
+              "</p>" for sentence in invented_comparisons(findings, impression, draft)]
     if not notes and "<mark" not in "".join(parts):
         return "<div><p>The text and the findings checklist agree.</p></div>" if stated is not None else ""
-    summary = ("The text and the findings checklist disagree, or the text with itself: check the marked sentences "
-               "and the list below.")
+    summary = ("The text and the findings checklist disagree, or the text with itself or with the draft's prior: "
+               "check the marked sentences and the list below.")
     return f"<div><p>{summary}</p>{''.join(parts)}{''.join(notes)}</div>"
 
 
@@ -298,7 +359,8 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
                   show_name=False, when=None, signature=None, release=None, earlier_sr=None):
     """The EDITED report, named cxr_report_<study id>_<time>, in a fresh folder, as text, as the JSON record (the
     study's identity from its headers, the labeler's reading of the text, how it was drafted: `release` {"name",
-    "revision"}, the images the model read and the unfamiliar-image check, and, with a finding head, the reader's
+    "revision"}, the images the model read and the unfamiliar-image check, the prior study it compared with
+    (comparison_record, None for a first study), and, with a finding head, the reader's
     findings checklist beside the model's probabilities), as a FHIR DiagnosticReport and, for a study of DICOM
     images, as a DICOM Basic Text SR in that study (app/report_formats.py): the images' Patient and General Study
     values, a report series of its own; `earlier_sr` (the `sr_reference` of this study's last exported SR) puts the
@@ -320,6 +382,7 @@ def export_report(drafter_name, findings, impression, indication, draft, checked
                            draft_seconds=draft.get("seconds"))
     identity = exported_identity(study.identity, study.views, show_name)
     record = {"study": identity, **record, **drafting_provenance(draft, study, release),
+              "comparison": comparison_record(draft, study),
               "signature": {**signature, "signed_at": signature["signed_at"].isoformat()} if signature else None}
     if "finding_probabilities" in draft:
         record["findings_checklist"] = {"checked_by_reader": list(checked or []),
@@ -365,6 +428,27 @@ def drafting_provenance(draft, study, release):
         provenance["ood"] = {"score": draft["ood_score"], "flag": draft["ood_flag"],
                              "threshold": draft.get("ood_threshold")}
     return provenance
+
+
+def comparison_record(draft, study):
+    """What the exports say of the study the draft compared with: None for a draft written as a first study; else
+    its name, Study Instance UID, accession number and date where its headers give them, whether its report was read,
+    its images (view and SOP Instance UID, else the file's content hash: file names can carry a patient's name) and
+    the UIDs a DICOM SR cites of them (`references`)."""
+    name = (draft or {}).get("prior_id")
+    if not name:
+        return None
+    images = study.prior.images if study.prior else []
+    identity = study.prior.identity if study.prior else {}
+    record = {"id": name, **{field: identity[field] for field in ("study_instance_uid", "accession_number",
+                                                                   "study_date") if identity.get(field)},
+              "report_read": bool(study.prior_report.strip()),
+              "images": [{"view": image.view, **({"sop_instance_uid": image.reference["sop_instance_uid"]}
+                                                 if image.reference else {"sha1": image.key})} for image in images]}
+    references = [image.reference for image in images if image.reference]
+    if references:
+        record["references"] = references
+    return record
 
 
 def parsed_signature(signature):
@@ -445,28 +529,45 @@ class PageHandlers:
             page.sign_status: "", page.reader: unlocked, page.draft_button: unlocked,
             page.redraft_button: unlocked, page.revert_findings: unlocked, page.revert_impression: unlocked,
             page.sign_button: unlocked, page.review_items: [], page.report_sr: {},
-            page.sign_anyway: gr.update(value=False, interactive=True)}
+            page.sign_anyway: gr.update(value=False, interactive=True), page.prior_files: unlocked,
+            page.prior_report: unlocked}
+        # What goes with the prior when a new study replaces the one it was for.
+        self.prior_cleared = {page.prior_files: gr.update(value=None, interactive=True),
+                              page.prior_report: gr.update(value="", interactive=True), page.prior_messages: ""}
 
     def stale_info(self, drafted, study):
         """The draft info line saying that the draft no longer matches the study, where it does not."""
         stale = stale_note(drafted, study)
         return {self.page.draft_info: f"**{stale}**"} if stale else {}
 
+    def shown_priors(self, study):
+        """The prior's images for the viewer beside the study's, and one message per unreadable prior file; none for
+        a refused prior (another patient's images never stand beside the study's)."""
+        if not study.prior or prior_refusal(study.files, study.prior):
+            return [], []
+        return prior_images(study.prior, self.max_pixels, self.any_modality)
+
     def files_changed(self, paths, current, drafted, request: gr.Request):
         page = self.page
         new, refused, notes, is_new = update_study(paths, current)
         if current.token and new.listed == current.listed:  # the same files (a re-sent list): nothing to do
             return gr.skip()
+        priors, prior_problems = self.shown_priors(new)
         shown, text = show_study(new.files, self.max_pixels, self.any_modality, new.views, refused, notes,
-                                 new.frontal)
+                                 new.frontal, priors)
         header = identity_html(new.identity, new.views, self.show_patient_name) if new.files else ""
         if not new.listed:
-            new = Study()
+            new = Study(prior=new.prior, prior_report=new.prior_report)
         self.open_studies.show(request.session_hash, new.token)
         names = new.names
         study = {page.study: new, page.viewer: shown, page.messages: text, page.identity: header,
                  page.frontal_choice: gr.update(choices=names, value=names[0] if names else None,
                                                 visible=len(names) > 1)}
+        had_prior = bool(current.prior or current.prior_report)
+        if had_prior and not (new.prior or new.prior_report):  # a new study replaced the one the prior was for
+            study.update(self.prior_cleared)
+        elif had_prior:  # the prior's checks against the study, again
+            study[page.prior_messages] = prior_messages(self.drafter, new, (), prior_problems, self.show_patient_name)
         return {**self.cleared, **study} if is_new else {**study, **self.stale_info(drafted, new)}
 
     def frontal_chosen(self, name, current, drafted):
@@ -476,9 +577,33 @@ class PageHandlers:
         if chosen is current:
             return gr.skip()
         shown, text = show_study(chosen.files, self.max_pixels, self.any_modality, chosen.views,
-                                 notes=[note] if note else (), frontal=name)
+                                 notes=[note] if note else (), frontal=name, priors=self.shown_priors(chosen)[0])
         return {self.page.study: chosen, self.page.viewer: shown, self.page.messages: text,
                 **self.stale_info(drafted, chosen)}
+
+    def prior_changed(self, paths, current, drafted):
+        # The prior slot's files changed: they form the prior study (files of another patient or study than its
+        # first are not added), checked against the study and shown beside it; a draft of another prior is stale.
+        prior, refused, _, _ = update_study(paths, current.prior)
+        prior = prior if prior.files else None
+        if (prior.listed if prior else []) == (current.prior.listed if current.prior else []):
+            return gr.skip()  # the same files (a re-sent list)
+        new = replace(current, prior=prior)
+        priors, problems = self.shown_priors(new)
+        shown, _ = show_study(new.files, self.max_pixels, self.any_modality, new.views, frontal=new.frontal,
+                              priors=priors) if new.files else (EMPTY_VIEWER, "")
+        text = prior_messages(self.drafter, new, refused, problems, self.show_patient_name)
+        return {self.page.study: new, self.page.viewer: shown, self.page.prior_messages: text,
+                **self.stale_info(drafted, new)}
+
+    def prior_report_changed(self, text, current, drafted):
+        # The prior's report as typed: what the release reads of it is said at once, and a draft of another is stale.
+        text = (text or "").strip()
+        if text == current.prior_report:
+            return gr.skip()
+        new = replace(current, prior_report=text)
+        lines = prior_messages(self.drafter, new, show_name=self.show_patient_name)
+        return {self.page.study: new, self.page.prior_messages: lines, **self.stale_info(drafted, new)}
 
     def unlock_unsigned(self, signed):
         # A new study is unsigned: its text boxes open again. (Set in the same update as their emptied value,
@@ -511,16 +636,21 @@ class PageHandlers:
             with self.turns.turn():
                 # the study's files come frontal first with the views update_study read from their headers;
                 # the study's images are on the page already (files_changed showed them): not sent again
+                # the prior as the study holds it (its drop zone and report box update the study as they change)
                 findings, impression, info, messages, drafted, checklist, viewer = draft_report(
                     self.drafter, current.files if token else paths, text, self.max_pixels, checked,
                     self.any_modality, current.views if token else None, shown=bool(token),
-                    frontal=current.frontal)
+                    frontal=current.frontal, prior=current.prior, prior_report=current.prior_report)
         except ServerBusy:
             return {page.draft_info: BUSY_MESSAGE}
+        except PriorRefused as refusal:  # nothing drafted against another patient's or a later study
+            return {page.draft_info: f"**{html.escape(str(refusal))}**"}
         if token and not self.open_studies.is_current(request.session_hash, token):
             return gr.skip()  # its study was cleared or replaced meanwhile: never show it on the next
         if drafted:
             drafted = {**drafted, "keys": current.keys}
+            if self.drafter.reads_prior:  # the prior it read: another prior makes it stale (page_study.stale_note)
+                drafted["prior_key"] = prior_key(current.prior, current.prior_report)
             if kept:
                 info += " Earlier text is kept under *Earlier versions*."
         return {page.findings: findings, page.impression: impression, page.draft_info: info,
@@ -606,13 +736,20 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
 
         study_changed = page.files.change(
             on.files_changed, inputs=[page.files, page.study, page.draft],
-            outputs=[page.study, page.viewer, page.messages, page.identity, page.frontal_choice, *on.cleared],
-            show_progress="hidden", **private)
+            outputs=[page.study, page.viewer, page.messages, page.identity, page.frontal_choice, page.prior_messages,
+                     *on.cleared], show_progress="hidden", **private)
         study_changed.then(on.unlock_unsigned, inputs=page.signature,
                            outputs=[page.findings, page.impression, page.checklist], show_progress="hidden", **private)
         page.frontal_choice.input(on.frontal_chosen, inputs=[page.frontal_choice, page.study, page.draft],
                                   outputs=[page.study, page.viewer, page.messages, page.draft_info],
                                   show_progress="hidden", **private)
+
+        page.prior_files.change(on.prior_changed, inputs=[page.prior_files, page.study, page.draft],
+                                outputs=[page.study, page.viewer, page.prior_messages, page.draft_info],
+                                show_progress="hidden", **private)
+        page.prior_report.change(on.prior_report_changed, inputs=[page.prior_report, page.study, page.draft],
+                                 outputs=[page.study, page.prior_messages, page.draft_info], show_progress="hidden",
+                                 trigger_mode="always_last", **private)
 
         draft_outputs = [page.findings, page.impression, page.draft_info, page.messages, page.draft, page.checklist,
                          page.viewer]

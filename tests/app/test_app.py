@@ -236,7 +236,8 @@ def test_export_holds_the_edited_text_and_the_labels_of_that_text(client):
     header, report, notice = text.split("\n\n", 2)
     assert re.fullmatch(r"DRAFT - NOT SIGNED: for review only, not a final report.\n"
                         r"Patient ID: not in the files \(no DICOM header names one\)\n"
-                        r"Drafted by: release \(revision sha256:[0-9a-f]{16}\)\nExported: 20\d\d-\S+", header)
+                        r"Drafted by: release \(revision sha256:[0-9a-f]{16}\)\nExported: 20\d\d-\S+\n"
+                        r"Comparison: none", header)  # no prior read: a first study
     assert report + "\n\n" + notice == f"FINDINGS: {findings}\n\nIMPRESSION: {impression}\n\n{NOTICE}\n"
     assert client.get(f"/gradio_api/file={fhir_file['path']}").json()["status"] == "preliminary"
     assert "as a DRAFT" in status and "No DICOM SR" in status  # a PNG study has no DICOM UIDs to cite

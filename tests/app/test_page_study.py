@@ -1,9 +1,11 @@
 """The page's study bookkeeping without a browser: whose study it is (headers), what joins it, what a redraft
-keeps, what an export refuses and how it is named, the bounded draft queue, and the upload sweeper."""
+keeps, what an export refuses and how it is named, the prior that goes with the study, the bounded draft queue, and
+the upload sweeper."""
 
 import json
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from dicom_files import block_image, grayscale_dicom
 
 pytest.importorskip("gradio")
 from modeling_cliptt5.app.page_server import DraftTurns, ServerBusy, UploadSweeper  # noqa: E402
-from modeling_cliptt5.app.page_study import choose_frontal, stale_note, update_study  # noqa: E402
+from modeling_cliptt5.app.page_study import Study, choose_frontal, stale_note, update_study  # noqa: E402
 from modeling_cliptt5.app.web_app import (  # noqa: E402
     ExportRefused, SignRefused, export_report, keep_version, show_study, sign_report,
 )
@@ -494,3 +496,65 @@ def test_the_draft_reads_the_frontal_the_reader_chose(head_release_dir, tmp_path
     lateral, frontal = png(tmp_path / "lateral.png", seed=1), png(tmp_path / "frontal.png", seed=2)
     _, _, info, messages, *_ = draft_report(drafter, [lateral, frontal], "", frontal="frontal.png")
     assert "drafted from frontal.png; shown for review only, not read by the model: lateral.png" in messages
+
+
+# The prior study: it stays with its study, goes with a new one, a change of it makes a draft stale, and every export
+# of a draft against it names it (the SR citing its images and validating).
+
+PRIOR = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.2", "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.2.1",
+         "AccessionNumber": "ACC 11", "StudyDate": "20250101"}
+
+
+def test_the_prior_stays_with_its_study_and_a_changed_prior_makes_the_draft_stale(tmp_path):
+    frontal = dicom(tmp_path / "pa.dcm", "PA")
+    prior, _, _, _ = update_study([dicom(tmp_path / "prior.dcm", "PA", **PRIOR)], None)
+    study = replace(update_study([frontal], None)[0], prior=prior, prior_report="Small left effusion.")
+    drafted = {**draft_of(study), "prior_key": study.prior_key}
+    assert stale_note(drafted, study) is None
+    assert stale_note(drafted, replace(study, prior_report="No effusion.")) == (
+        "The prior study changed after this draft: draft again before exporting.")
+    assert stale_note(drafted, replace(study, prior=None)) is not None
+    assert stale_note(drafted, replace(study, prior_report=" Small  left effusion. ")) is None  # spacing only
+
+    grown, _, _, _ = update_study([frontal, dicom(tmp_path / "ll.dcm", "LL")], study)
+    assert grown.prior is prior and grown.prior_report == "Small left effusion."  # the same study: its prior stays
+    other, _, _, _ = update_study([dicom(tmp_path / "b.dcm", "PA", PatientID="P-2", StudyInstanceUID="1.2.3.4")],
+                                  grown)
+    assert other.prior is None and other.prior_report == ""  # a new study: the prior went with the old one
+    cleared, _, _, _ = update_study([], grown)
+    assert cleared.prior is None
+    # a prior dropped before the study's own files is the prior of that study
+    waiting = Study(prior=prior, prior_report="Small left effusion.")
+    assert update_study([frontal], waiting)[0].prior is prior
+
+
+def test_every_export_of_a_draft_against_a_prior_names_it_and_the_sr_cites_it_and_validates(tmp_path, monkeypatch):
+    import pydicom
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    prior_file = dicom(tmp_path / "prior.dcm", "PA", **PRIOR, **FULL_HEADER)
+    prior, _, _, _ = update_study([prior_file], None)
+    study, _, _, _ = update_study([dicom(tmp_path / "pa.dcm", "PA", SeriesNumber=3, **FULL_HEADER)], None)
+    study = replace(study, prior=prior, prior_report="Small left pleural effusion.")
+    draft = draft_of(study, findings="Increased left pleural effusion.", impression="Left pleural effusion.",
+                     prior_id="ACC 11")
+    paths, _, _ = export_report("model", draft["findings"], draft["impression"], "", draft, study=study)
+    line = "Comparison: ACC 11 (2025-01-01), images and report read"
+    assert line in Path(paths["txt"]).read_text().splitlines()
+    record = json.loads(Path(paths["json"]).read_text())
+    assert record["comparison"]["study_instance_uid"] == PRIOR["StudyInstanceUID"]
+    assert record["sentences"][0]["change"] == "increased"
+    fhir = json.loads(Path(paths["fhir"]).read_text())
+    assert fhir["extension"][0]["valueReference"]["identifier"]["value"] == f"urn:oid:{PRIOR['StudyInstanceUID']}"
+    sr = pydicom.dcmread(paths["sr"])
+    (evidence,) = sr.PertinentOtherEvidenceSequence
+    assert evidence.StudyInstanceUID == PRIOR["StudyInstanceUID"]
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        pydicom.dcmread(prior_file).SOPInstanceUID
+    assert dciodvfy_findings(paths["sr"]) == ([], [])  # no error, no warning
+
+    # the same study drafted as a first study: "none", and nothing cited
+    first, _, _ = export_report("model", "Left pleural effusion.", "", "", draft_of(study, prior_id=""), study=study)
+    assert "Comparison: none" in Path(first["txt"]).read_text().splitlines()
+    assert "PertinentOtherEvidenceSequence" not in pydicom.dcmread(first["sr"])
+    assert dciodvfy_findings(first["sr"]) == ([], [])

@@ -1,5 +1,6 @@
 """The report's structured exports (report_formats): the text document, the FHIR R4 DiagnosticReport (validated
-with fhir.resources' R4B models) and the DICOM Basic Text SR (written and read back with pydicom)."""
+with fhir.resources' R4B models) and the DICOM Basic Text SR (written and read back with pydicom), each naming the
+prior study the draft compared with."""
 
 import base64
 from datetime import datetime, timedelta, timezone
@@ -342,3 +343,82 @@ def test_snomed_table_holds_the_known_codes():
     assert report_formats.FINDING_CODES["Edema"][0] == "19242006"
     assert not {"Enlarged Cardiomediastinum", "Lung Opacity", "Lung Lesion", "Pleural Other",
                 "Support Devices"} & set(report_formats.FINDING_CODES)
+
+
+# The comparison study: the prior a draft compared with, in every format
+
+PRIOR_UID = generate_uid()
+IDR_COMPARISON = "https://profiles.ihe.net/RAD/IDR/StructureDefinition/idrComparisonStudy"
+
+
+def comparison(references=None, **changes):
+    """A record's comparison as web_app's export makes it (web_app.comparison_record)."""
+    references = image_references(PRIOR_UID, (1,)) if references is None else references
+    return {"id": "ACC099", "study_instance_uid": PRIOR_UID, "accession_number": "ACC099", "study_date": "2023-11-02",
+            "report_read": True, "images": [{"view": "PA", "sop_instance_uid": reference["sop_instance_uid"]}
+                                            for reference in references],
+            "references": references, **changes}
+
+
+def with_comparison(value):
+    return {**make_record(), "comparison": value}
+
+
+def test_the_text_names_the_comparison_study_or_none():
+    lines = report_document(with_comparison(None)).splitlines()
+    assert lines[lines.index("") - 1] == "Comparison: none"  # the header's last line, before the report
+    lines = report_document(with_comparison(comparison()), SIGNATURE).splitlines()
+    assert lines[lines.index("") - 1] == "Comparison: ACC099 (2023-11-02), images and report read"
+    png = comparison(references=[], id="the prior study", images=[{"view": "", "sha1": "ab12"}], report_read=False,
+                     study_instance_uid=None, study_date=None)
+    assert "Comparison: the prior study, images read" in report_document(with_comparison(png)).splitlines()
+
+
+def test_fhir_references_the_comparison_study_in_ihes_comparison_extension():
+    models = pytest.importorskip("fhir.resources.R4B.diagnosticreport")
+    report = validated(fhir_diagnostic_report(with_comparison(comparison())))
+    (extension,) = report["extension"]
+    assert extension["url"] == IDR_COMPARISON
+    reference = extension["valueReference"]
+    assert reference["type"] == "ImagingStudy"
+    assert reference["identifier"] == {"system": "urn:dicom:uid", "value": f"urn:oid:{PRIOR_UID}"}
+    # the model keeps it, and the study reported is still the report's imagingStudy
+    parsed = models.DiagnosticReport.model_validate(report)
+    assert parsed.extension[0].valueReference.identifier.value == f"urn:oid:{PRIOR_UID}"
+    assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{STUDY_UID}"
+    assert "Comparison: ACC099" in presented_text(report)
+    # a prior without a DICOM header is named in text; a first study has no comparison
+    png = comparison(references=[], study_instance_uid=None, id="the prior study")
+    (extension,) = validated(fhir_diagnostic_report(with_comparison(png)))["extension"]
+    assert "identifier" not in extension["valueReference"]
+    assert extension["valueReference"]["display"].startswith("Comparison: the prior study")
+    assert "extension" not in validated(fhir_diagnostic_report(with_comparison(None)))
+
+
+def test_sr_cites_the_comparison_studys_images_as_pertinent_other_evidence(tmp_path):
+    prior_images = image_references(PRIOR_UID, (2, 1))
+    record = with_comparison(comparison(prior_images))
+    dataset = pydicom.dcmread(write_basic_text_sr(tmp_path / "report.dcm", record, image_references(), SIGNATURE))
+    (study,) = dataset.PertinentOtherEvidenceSequence
+    assert study.StudyInstanceUID == PRIOR_UID
+    cited = {(series.SeriesInstanceUID, sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID)
+             for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert cited == {(reference["series_instance_uid"], reference["sop_class_uid"], reference["sop_instance_uid"])
+                     for reference in prior_images}
+    (current,) = dataset.CurrentRequestedProcedureEvidenceSequence
+    assert current.StudyInstanceUID == STUDY_UID  # the study reported stays the current evidence
+    section = content_items(dataset)[("121066", "Prior Procedure Descriptions")]
+    text, uid = section.ContentSequence
+    assert (text.ConceptNameCodeSequence[0].CodeValue, text.TextValue) == (
+        "121065", "Comparison: ACC099 (2023-11-02), images and report read")
+    assert (uid.ValueType, uid.ConceptNameCodeSequence[0].CodeValue, uid.UID) == ("UIDREF", "121018", PRIOR_UID)
+
+    first = basic_text_sr(with_comparison(None), image_references())
+    assert "PertinentOtherEvidenceSequence" not in first
+    (text,) = content_items(first)[("121066", "Prior Procedure Descriptions")].ContentSequence
+    assert text.TextValue == "Comparison: none"
+    # a record that says nothing of a comparison (the node's) gets no such section
+    assert ("121066", "Prior Procedure Descriptions") not in content_items(basic_text_sr(make_record(),
+                                                                                        image_references()))
+    with pytest.raises(ValueError, match="itself"):
+        basic_text_sr(with_comparison(comparison(image_references(STUDY_UID, (1,)))), image_references())

@@ -39,13 +39,22 @@ function afterAccepting(checked, index) {
   return next >= 0 ? next : index;
 }
 
-// A review item as {box, sentence, copy}: the elem_id of its text box, the sentence, and which copy of it the item
-// is ("Impression: No effusion. [repeat 2]" is the second "No effusion." of IMPRESSION). null for anything else.
+// A mark report_review.review_items puts after a sentence: the change it states ("[increased]"), an invented
+// comparison ("[invented comparison: ...]"), which copy of it the item is ("[repeat 2]").
+const ITEM_MARK = / \[(?:new|increased|decreased|resolved|unchanged|invented comparison[^\]]*|repeat (\d+))\]$/;
+
+// A review item as {box, sentence, copy}: the elem_id of its text box, the sentence without the item's marks, and
+// which copy of it the item is ("Impression: No effusion. [repeat 2]" is the second "No effusion." of IMPRESSION).
+// null for anything else.
 function reviewItem(item) {
   const parts = item.match(/^(\w+): ([\s\S]*)$/);
   if (!parts || !SECTION_BOXES[parts[1]]) return null;
-  const marked = parts[2].match(/^(.*) \[repeat (\d+)\]$/);
-  return {box: SECTION_BOXES[parts[1]], sentence: marked ? marked[1] : parts[2], copy: marked ? Number(marked[2]) : 1};
+  let sentence = parts[2], copy = 1;
+  for (let mark = sentence.match(ITEM_MARK); mark; mark = sentence.match(ITEM_MARK)) {
+    if (mark[1]) copy = Number(mark[1]);
+    sentence = sentence.slice(0, mark.index);
+  }
+  return {box: SECTION_BOXES[parts[1]], sentence, copy};
 }
 
 // Where the `copy`-th occurrence of `sentence` starts in `text`, or -1 where the text has fewer.

@@ -1,7 +1,8 @@
-// The viewer's glue to the page (viewer_logic.js, in front of this file, does the arithmetic). gradio runs both
-// once with `element` the viewer's root; a new study re-renders the template inside it, and the observer below
-// starts each new image. Each image's window and zoom are kept by its content key, so a redraft (which re-renders
-// the viewer with heatmaps) leaves the reader's window as it was.
+// The viewer's glue to the page (viewer_logic.js and linked_views.js, in front of this file, do the arithmetic).
+// gradio runs them once with `element` the viewer's root; a new study re-renders the template inside it, and the
+// observer below starts each new image. Each image's window and zoom are kept by its content key, so a redraft (which
+// re-renders the viewer with heatmaps) leaves the reader's window as it was. A drag, a pan or the wheel on an image
+// moves the images linked to it (data-link: the study's image and the prior's of the same place) as well.
 const states = new Map();
 const decoded = new Map();  // content key -> the image's values, for a re-render that does not send them again
 const canvases = (viewer) => [...viewer.querySelectorAll('canvas.cxr-canvas')];
@@ -52,6 +53,13 @@ function zoomAt(canvas, x, y, factor) {
 }
 
 const windowsOf = (canvas) => JSON.parse(canvas.dataset.windows);
+const sizeOf = (canvas) => ({columns: canvas.width, rows: canvas.height});
+
+function partnersOf(canvas) {  // the drawn images linked to this one
+  const all = canvases(canvas.closest('.cxr-viewer'));
+  return linkedTo(all.map((other) => other.dataset.link || ''), all.indexOf(canvas))
+    .map((position) => all[position]).filter((partner) => partner.cxrState && partner.cxrValues);
+}
 
 function chooseWindow(canvas, key) {
   const chosen = presetWindow(windowsOf(canvas), key);
@@ -211,7 +219,9 @@ element.addEventListener('pointerdown', (event) => {
   frame.setPointerCapture(event.pointerId);
   viewer.cxrActive = canvas;
   viewer.cxrDrag = {canvas, x: event.clientX, y: event.clientY, pan: event.button === 1 || event.shiftKey,
-                    step: dragStep(windowsOf(canvas))};
+                    step: dragStep(windowsOf(canvas)),
+                    partners: partnersOf(canvas).map((partner) => ({canvas: partner,
+                                                                    step: dragStep(windowsOf(partner))}))};
 });
 
 element.addEventListener('pointermove', (event) => {
@@ -221,12 +231,19 @@ element.addEventListener('pointermove', (event) => {
   const dx = event.clientX - drag.x, dy = event.clientY - drag.y, state = drag.canvas.cxrState;
   Object.assign(drag, {x: event.clientX, y: event.clientY});
   if (drag.pan) {
+    drag.partners.forEach(({canvas}) => {
+      Object.assign(canvas.cxrState, linkedPan(state, sizeOf(drag.canvas), canvas.cxrState, sizeOf(canvas), dx, dy));
+      place(canvas);
+    });
     Object.assign(state, {x: state.x + dx, y: state.y + dy, fitted: false});
     place(drag.canvas);
     return;
   }
-  Object.assign(state, draggedWindow(state, dx, dy, drag.step));
-  schedule(drag.canvas);
+  // each linked image in its own steps: the same share of its own values' range (viewer_logic.dragStep)
+  [{canvas: drag.canvas, step: drag.step}, ...drag.partners].forEach(({canvas, step}) => {
+    Object.assign(canvas.cxrState, draggedWindow(canvas.cxrState, dx, dy, step));
+    schedule(canvas);
+  });
   showControls(viewer);
 });
 
@@ -240,8 +257,13 @@ element.addEventListener('wheel', (event) => {
   const canvas = frame.querySelector('canvas');
   if (!canvas.cxrState) return;
   event.preventDefault();
-  const box = frame.getBoundingClientRect();
-  zoomAt(canvas, event.clientX - box.left, event.clientY - box.top, Math.exp(-event.deltaY * 0.002));
+  const box = frame.getBoundingClientRect(), x = event.clientX - box.left, y = event.clientY - box.top;
+  const factor = Math.exp(-event.deltaY * 0.002);
+  partnersOf(canvas).forEach((partner) => {  // about the same place of each image
+    const point = linkedPoint(canvas.cxrState, sizeOf(canvas), partner.cxrState, sizeOf(partner), x, y);
+    zoomAt(partner, point.x, point.y, factor);
+  });
+  zoomAt(canvas, x, y, factor);
 }, {passive: false});
 
 element.addEventListener('keydown', (event) => {

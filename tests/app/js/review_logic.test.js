@@ -52,6 +52,12 @@ test('an item names its text box, its sentence and which copy of it', () => {
   assert.deepEqual(review.reviewItem('Impression: No effusion. [repeat 2]'),
                    {box: 'impression', sentence: 'No effusion.', copy: 2});
   assert.deepEqual(review.reviewItem('Findings: Lines: none.'), {box: 'findings', sentence: 'Lines: none.', copy: 1});
+  // the change a sentence states and an invented comparison are marks, not part of the sentence
+  assert.deepEqual(review.reviewItem('Findings: Increased right effusion. [increased] [repeat 3]'),
+                   {box: 'findings', sentence: 'Increased right effusion.', copy: 3});
+  const invented = 'Impression: Stable heart. [unchanged] [invented comparison: drafted without a prior]';
+  assert.deepEqual(review.reviewItem(invented), {box: 'impression', sentence: 'Stable heart.', copy: 1});
+  assert.deepEqual(review.reviewItem('Findings: See note [1].'), {box: 'findings', sentence: 'See note [1].', copy: 1});
   assert.equal(review.reviewItem('Indication: cough.'), null);
   assert.equal(review.reviewItem('no section'), null);
 });
