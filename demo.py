@@ -23,6 +23,7 @@ results.json, results.txt and demo_results.png. The images are synthetic: no pat
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,9 @@ CONTRASTIVE_CONFIG = REPO_ROOT / "configs" / "demo_contrastive.yaml"
 CPU_TWO_PROCESSES = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 SYSTEMS = ("model", "constant report", "nearest-neighbour image")
 GUIDED_BY_TRUTH = "model, true findings"  # the model's decoder guided by the true findings instead of its head
+WITHOUT_PRIOR = "model without the prior"  # the ablation: the same stage 2 (data, steps) without reading priors
+# The findings whose presence the drafts state reliably: their change statements are the measure of reading the prior
+CHANGE_FINDINGS = ("pleural_effusion", "pneumothorax", "cardiomegaly", "consolidation", "support_device")
 NEAREST_NEIGHBOUR_SIZE = 32  # px: images are compared as 32x32 grey levels
 
 
@@ -55,6 +59,9 @@ def parse_args(argv=None):
                              "benchmarks/bench_demo_processes.py)")
     parser.add_argument("--examples", type=int, default=4, help="test studies shown in the figure (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip the ablation: stage 2 trained again without reading the prior (same data and "
+                             "steps), whose change statements and invented comparisons are printed beside the model's")
     parser.add_argument("--finding-labels", default=None,
                         help="the finding head's label set for both stages (default: the configs', phantom); "
                              "'none' trains without the head (the ablation in the README)")
@@ -63,12 +70,14 @@ def parse_args(argv=None):
 
 # --- 1. data ------------------------------------------------------------------------------------------------------
 
-def make_data(folder, studies, image_size, seed):
+def make_data(folder, studies, image_size, seed, max_studies_per_patient=1):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
     from modeling_cliptt5.data.sources import draw_phantoms_once
 
-    print(f"[1/6] the synthetic phantom dataset ({studies} studies, {image_size} px) in {folder}")
-    if draw_phantoms_once(str(folder), studies, seed=seed, image_size=image_size):
+    print(f"[1/6] the synthetic phantom dataset ({studies} studies, {image_size} px, 1 to {max_studies_per_patient} "
+          f"per patient) in {folder}")
+    if draw_phantoms_once(str(folder), studies, seed=seed, image_size=image_size,
+                          max_studies_per_patient=max_studies_per_patient):
         print("  reused: drawn by an earlier run with the same settings")
 
 
@@ -143,19 +152,31 @@ def first_views(rows):
     return [images[0] for images in rows["images"]]
 
 
+def prior_of(rows):
+    """Per row, the row index of its prior among the rows (a patient's studies share a split), or None."""
+    from modeling_cliptt5.training.data import prior_rows
+
+    return prior_rows(rows)
+
+
 def draft_split(release, rows, batch_size=64, max_new_tokens=128, findings=None, desc="drafting the test split"):
-    """Drafts of the rows' first views (dicts of inference.draft_batch); `findings`, one label list per row, guide
-    the drafts instead of the finding head."""
+    """Drafts of the rows' first views (inference.draft_batch), each against its prior (first view and report) when
+    the release reads one; `findings`, one label list per row, guide the drafts instead of the finding head."""
     from tqdm.auto import tqdm
 
+    from modeling_cliptt5.evaluation.changes import is_change_label
     from modeling_cliptt5.inference.drafting import draft_batch
 
+    priors = prior_of(rows) if release.config.reads_prior else [None] * len(rows)
     drafts = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         images = first_views(rows[start:start + batch_size])
-        given = None if findings is None else findings[start:start + batch_size]
+        given = None if findings is None else [[label for label in labels if not is_change_label(label)]
+                                               for labels in findings[start:start + batch_size]]
+        batch_priors = [None if index is None else (rows[index]["images"][0], rows[index]["report"])
+                        for index in priors[start:start + batch_size]]
         drafts += draft_batch(release, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1},
-                              given)
+                              given, priors=batch_priors)
     return drafts
 
 
@@ -274,7 +295,45 @@ def finding_scores(reports, truth_labels):
     return scores
 
 
-def score_systems(systems, references, truth_labels):
+def change_results(systems, truth_labels, has_prior):
+    """Per system: its change statements on the studies with a prior against their change labels
+    (evaluation.changes, macro F1 over CHANGE_FINDINGS), and its invented comparisons on the studies without."""
+    from modeling_cliptt5.evaluation.changes import change_scores
+    from modeling_cliptt5.evaluation.comparisons import invented_comparison_rate
+
+    follow_ups = [index for index, prior in enumerate(has_prior) if prior]
+    truth = [truth_labels[index] for index in follow_ups]
+    return {name: {"changes": change_scores(truth, [reports[index] for index in follow_ups], CHANGE_FINDINGS),
+                   "invented_on_first_studies": invented_comparison_rate(reports, has_prior)}
+            for name, reports in systems.items()}
+
+
+def change_table(changes, follow_ups, first_studies):
+    """Change statements per system: F1 per change over CHANGE_FINDINGS, the macro F1, invented comparisons."""
+    from modeling_cliptt5.evaluation.changes import CHANGES, format_change_table
+
+    columns = "  ".join(f"{name[:23]:>23}" for name in changes)
+    lines = [f"Change statements on the {follow_ups} test studies with a prior, against the generator's change "
+             f"labels (F1; findings: {', '.join(CHANGE_FINDINGS)})", f"{'':<33}  {columns}"]
+    for change in CHANGES:
+        cells = []
+        for result in changes.values():
+            scores = result["changes"]["per_change"][change]
+            cells.append(f"{scores['f1']:>23.3f}" if scores["support"] or scores["predicted"] else f"{'-':>23}")
+        lines.append(f"{change:<33}  " + "  ".join(cells))
+    lines.append(f"{'change macro F1':<33}  " + "  ".join(
+        f"{result['changes']['macro_f1'] or 0.0:>23.3f}" for result in changes.values()))
+    lines.append(f"{f'invented comparisons, {first_studies} first':<33}  " + "  ".join(
+        f"{result['invented_on_first_studies'] or 0.0:>23.3f}" for result in changes.values()))
+    lines.append("invented comparisons: share of drafts of studies without a prior that compare all the same "
+                 "(modeling_cliptt5.evaluation.comparisons)")
+    lines.append("")
+    lines.append("The model's change statements per finding (F1, true statements):")
+    lines.append(format_change_table(changes["model"]["changes"]))
+    return "\n".join(lines)
+
+
+def score_systems(systems, references, truth_labels, has_prior=None):
     from modeling_cliptt5.evaluation.comparisons import invented_comparison_rate
     from modeling_cliptt5.evaluation.labeler import clinical_efficacy
     from modeling_cliptt5.evaluation.metrics import score_reports
@@ -286,7 +345,7 @@ def score_systems(systems, references, truth_labels):
         results[name] = {"findings": finding_scores(reports, truth_labels),
                          "labeler_micro_f1": labeler["micro"]["f1"], "labeler_macro_f1": labeler["macro"]["f1"],
                          "BLEU-4": language["BLEU-4"], "ROUGE-L": language["ROUGE-L"],
-                         "invented_comparisons": invented_comparison_rate(reports)}  # no phantom has a prior
+                         "invented_comparisons": invented_comparison_rate(reports, has_prior) or 0.0}
     return results
 
 
@@ -325,7 +384,7 @@ def results_table(results, test_count, head=None):
                      f"{head['macro_auroc']:.3f} (the release's thresholds, fitted on validation)")
     lines.append("macro F1: mean over the findings present in the truth or the reports; labeler = "
                  "modeling_cliptt5.evaluation.labeler (rule-based CheXpert observations, approximate); invented "
-                 "comparisons: drafts comparing with an earlier study, which no test study has "
+                 "comparisons: drafts of studies without a prior that compare all the same "
                  "(modeling_cliptt5.evaluation.comparisons)")
     return "\n".join(lines)
 
@@ -385,7 +444,7 @@ def main(argv=None):
     data_dir = output_dir / "data"
     started = time.perf_counter()
     make_data(data_dir, args.studies or config.get("phantom_studies", 2000), config.get("phantom_image_size", 256),
-              args.seed)
+              args.seed, config.get("phantom_max_studies_per_patient", 1))
     data_seconds = time.perf_counter() - started
     stage2_extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     head_extra = ["--finding_labels", args.finding_labels] if args.finding_labels else []
@@ -401,6 +460,15 @@ def main(argv=None):
         stage2_extra += ["--init_vision_from", str(stage1_dir / "best")]
     train_seconds = contrastive_seconds + train(args, args.config, data_dir, output_dir, *stage2_extra,
                                                 label="[2/6] stage 2, report generation")
+    ablation_dir = output_dir / "without_prior"
+    ablation_seconds = 0.0
+    if not args.no_ablation:
+        # The same stage 2 without the prior: same data, steps, tokenizer and cached image features.
+        shutil.copytree(output_dir / "tokenizer", ablation_dir / "tokenizer", dirs_exist_ok=True)
+        ablation_seconds = train(args, args.config, data_dir, ablation_dir, *stage2_extra,
+                                 "--model", json.dumps({"reads_prior": False}),
+                                 "--feature_cache_dir", str(output_dir / "feature_cache"),
+                                 label="[2/6] ablation: stage 2 without the prior")
 
     import torch
 
@@ -419,6 +487,11 @@ def main(argv=None):
     drafts = draft_split(release, test_rows)
     drafted = [draft.report for draft in drafts]
     truth_labels = list(test_rows["labels"])
+    has_prior = [index is not None for index in prior_of(test_rows)]
+    without_prior = None
+    if not args.no_ablation:
+        without_prior = draft_split(load_release(ablation_dir / "best"), test_rows,
+                                    desc="drafting with the model trained without the prior")
     head, guided_by_truth = None, None
     if model.finding_head is not None:
         head = head_scores(drafts, truth_labels, model.config.finding_labels, model.config.finding_thresholds)
@@ -434,23 +507,28 @@ def main(argv=None):
     references = list(test_rows["report"])
     systems = dict(zip(SYSTEMS, (drafted, [constant_report(train_rows)] * len(references),
                                  nearest_neighbour_reports(train_rows, test_rows))))
+    if without_prior is not None:
+        systems[WITHOUT_PRIOR] = [draft.report for draft in without_prior]
     if guided_by_truth is not None:
         systems[GUIDED_BY_TRUTH] = [draft.report for draft in guided_by_truth]
-    results = score_systems(systems, references, truth_labels)
+    results = score_systems(systems, references, truth_labels, has_prior)
+    changes = change_results(systems, truth_labels, has_prior)
     table = results_table(results, len(references), head)
     if head is not None:
         followed = {"head's findings": guidance_followed(drafts), "true findings": guidance_followed(guided_by_truth)}
         table += "\ndrafts stating exactly the findings they were guided by: " + ", ".join(
             f"{share:.1%} with the {name}" for name, share in followed.items())
+    if any(has_prior):
+        table += "\n\n" + change_table(changes, sum(has_prior), len(has_prior) - sum(has_prior))
     total_seconds = time.perf_counter() - started
     timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s (stage 1 {contrastive_seconds:.0f} s; "
-              f"{args.processes} process(es)), "
+              f"{args.processes} process(es)), ablation {ablation_seconds:.0f} s, "
               f"total {total_seconds:.0f} s on {os.cpu_count()} CPU(s)")
     print(table + "\n" + timing)
     (output_dir / "results.txt").write_text(table + "\n" + timing + "\n")
-    summary = {"results": results, "seconds": {"data": data_seconds, "training": train_seconds,
-                                               "stage1": contrastive_seconds,
-                                               "total": total_seconds}, "processes": args.processes,
+    summary = {"results": results, "changes": changes,
+               "seconds": {"data": data_seconds, "training": train_seconds, "stage1": contrastive_seconds,
+                           "ablation": ablation_seconds, "total": total_seconds}, "processes": args.processes,
                "test_studies": len(references), "example_drafts": example_drafts,
                "finding_head": head, "guidance_followed": followed if head is not None else None,
                "target": {"macro_f1": 0.80, "every_finding_f1": 0.50}}

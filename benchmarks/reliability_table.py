@@ -161,6 +161,27 @@ CASES = [
     ('nothing lost', 'the PACS stopped before the node sends',
      'the SR waits in the outbox (status lists it with its attempts and last error) and arrives when the PACS is back',
      'tests/node/test_node_restarts.py::test_a_result_waits_in_the_outbox_while_the_pacs_is_down_and_arrives_when_it_is_back'),
+    ("priors", "a named prior of another patient (DICOM PatientID differs), or one not dated before the study",
+     "the run stops (exit 2) with one line naming both studies; nothing is drafted against it",
+     "tests/inference/test_prior_matching.py::test_a_named_prior_is_checked_against_the_study"),
+    ("priors", "a prior report longer than the release reads; a prior given to a release that reads none",
+     "a warning names the study, the prior and the release's limit and the report is cut there; the other release "
+     "drafts the study as a first study, with a warning, and prior_id stays empty",
+     "tests/inference/test_prior_matching.py::test_a_long_prior_report_and_a_release_without_priors_are_warned_about"),
+    ("priors", "a study table (CSV) without its columns, or with a date that cannot be read",
+     "one line names the file, the row and the problem",
+     "tests/inference/test_prior_matching.py::test_a_study_table_without_its_columns_or_with_a_bad_date_names_the_file_and_row"),
+    ("priors", "a model without priors given a prior in Python; a prior report longer than the model reads",
+     "a ValueError naming the prior inputs it does not read, or the limit (the processor truncates with a warning)",
+     "tests/test_prior_inputs.py"),
+    ("priors", "a batch of studies with a prior image and report, either, or none",
+     "each study is drafted exactly as it would be alone (fixed token places, masked where missing); ONNX float32 "
+     "graphs give PyTorch's tokens in every layout",
+     "tests/test_prior_inputs.py::test_a_batch_of_studies_with_and_without_priors_drafts_each_as_alone"),
+    ("training", "a study whose prior is not in its split (another split, or left out)",
+     "it reads \"no prior\" and its target loses the sentences that compare; a follow-up reads its prior's first "
+     "views and report",
+     "tests/training/test_prior_training.py::test_a_study_reads_its_prior_from_the_same_rows_and_one_without_learns_no_comparison"),
 ]
 
 

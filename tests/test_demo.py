@@ -52,7 +52,13 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
         path.name for path in release.iterdir()}
     assert "not a medical device" in (release / "README.md").read_text().lower()
     results = json.loads((output / "results.json").read_text())
-    assert list(results["results"]) == [*demo.SYSTEMS, demo.GUIDED_BY_TRUTH]  # the finding head guides the drafts
+    # the finding head guides the drafts; the ablation is stage 2 again without the prior
+    assert list(results["results"]) == [*demo.SYSTEMS, demo.WITHOUT_PRIOR, demo.GUIDED_BY_TRUTH]
+    assert json.loads((release / "config.json").read_text())["reads_prior"] is True
+    assert json.loads((output / "without_prior" / "best" / "config.json").read_text())["reads_prior"] is False
+    assert "max_steps: 6" in (output / "without_prior" / "training_config.yaml").read_text()  # the same budget
+    assert set(results["changes"]) == set(results["results"])
+    assert all("macro_f1" in scores["changes"] for scores in results["changes"].values())
     for scores in results["results"].values():
         assert list(scores["findings"]["per_observation"]) == list(PHANTOM_LABELS)
     assert results["results"]["constant report"]["findings"]["macro"]["f1"] == 0.0  # a normal report states nothing
@@ -63,7 +69,11 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
     assert (output / "contrastive" / "best" / "finding_head.safetensors").is_file()  # stage 1 trained the head too
     table = (output / "results.txt").read_text()
     assert "finding head alone" in table and "model, true findings" in table
-    assert results["test_studies"] == 10
+    assert "Change statements on the" in table and "invented comparisons," in table
+    from modeling_cliptt5.data.schema import load_report_dataset
+
+    test_rows = load_report_dataset(str(output / "data"))["test"]
+    assert results["test_studies"] == len(test_rows) and any(test_rows["prior_id"])  # patients' studies over time
     # the drafts of the example files: one PNG and one DICOM, read through generate.py's functions
     assert sorted(path.suffix for path in (output / "examples").iterdir()) == [".dcm", ".png"]
     assert sorted(name.rsplit(".", 1)[1] for name in results["example_drafts"]) == ["dcm", "png"]
