@@ -175,3 +175,29 @@ def lay_out_page(drafter):
                 sign_status=sign_status, tags=tags, claims=claims, report=report, export_button=export_button,
                 export_status=export_status, exported=exported, study=gr.State(Study()), draft=gr.State({}),
                 versions=gr.State([]), signature=gr.State({}), review_items=gr.State([]), report_sr=gr.State({}))
+
+
+@dataclass
+class NodePanel:
+    """The node's worklist (cliptt5-app --node-config): its table, the refresh button, the study to open."""
+
+    table: gr.Dataframe
+    refresh_button: gr.Button
+    choice: gr.Dropdown
+    open_button: gr.Button
+    status: gr.HTML
+
+
+def lay_out_worklist(headers):
+    """The node's worklist, above the study: read from the node when the page opens and when refreshed."""
+    with gr.Accordion("The DICOM node's studies (worklist)", open=True, elem_id="node-worklist"):
+        table = gr.Dataframe(headers=headers, interactive=False, wrap=True, elem_id="node-worklist-table")
+        with gr.Row(equal_height=True):
+            refresh_button = gr.Button("Refresh the worklist", elem_id="node-worklist-refresh")
+            # any typed UID is taken: the node's database, not the list last shown, says whether it holds it
+            choice = gr.Dropdown(label="Study to open (Study Instance UID)", choices=[], interactive=True,
+                                 allow_custom_value=True, elem_id="node-study-choice")
+            open_button = gr.Button("Open the study and its draft", elem_id="node-study-open")
+        status = gr.HTML(elem_id="node-worklist-status")
+    return NodePanel(table=table, refresh_button=refresh_button, choice=choice, open_button=open_button,
+                     status=status)

@@ -18,6 +18,7 @@ import atexit  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
@@ -33,7 +34,7 @@ from modeling_cliptt5.images.display import open_for_display  # noqa: E402
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError  # noqa: E402
 from modeling_cliptt5.images.views import frontal_first, header_view  # noqa: E402
 from modeling_cliptt5.inference.drafting import TRUNCATED_WARNING, ood_warning  # noqa: E402
-from modeling_cliptt5.app.page_layout import Page, lay_out_page  # noqa: E402
+from modeling_cliptt5.app.page_layout import Page, lay_out_page, lay_out_worklist  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns, OpenStudies, ServerBusy, UploadSweeper  # noqa: E402
 from modeling_cliptt5.app.page_study import (  # noqa: E402
     Study, choose_frontal, prior_key, prior_name, prior_refusal, stale_note, update_study,
@@ -62,6 +63,9 @@ from modeling_cliptt5.app.report_review import (  # noqa: E402
 )
 from modeling_cliptt5.app.study_identity import export_basename, exported_identity, identity_html  # noqa: E402
 from modeling_cliptt5.app.study_viewer import EMPTY_VIEWER, VIEWER_CSS, static_text, viewer_html  # noqa: E402
+from modeling_cliptt5.app.worklist import (  # noqa: E402
+    WORKLIST_HEADERS, WorklistRefused, page_draft_of, worklist_table,
+)
 
 # Uploads and exports older than an hour are deleted, checked every 10 minutes; the whole folder goes at exit.
 DELETE_AFTER_SECONDS = 3600
@@ -513,8 +517,10 @@ class PageHandlers:
     """What the page does on each event, for one loaded drafter. Each handler returns {component: new value};
     gradio leaves the components a handler does not name as they are (gr.skip() leaves all of them)."""
 
-    def __init__(self, page: Page, drafter, max_pixels, any_modality, show_patient_name, turns):
+    def __init__(self, page: Page, drafter, max_pixels, any_modality, show_patient_name, turns, node=None,
+                 panel=None):
         self.page, self.drafter, self.turns, self.open_studies = page, drafter, turns, OpenStudies()
+        self.node, self.panel = node, panel  # the DICOM node's worklist (worklist.NodeWorklist) and its components
         self.max_pixels, self.any_modality, self.show_patient_name = max_pixels, any_modality, show_patient_name
         unlocked = gr.update(interactive=True)
         # What a new study (or Clear) empties: nothing of the previous patient's draft survives it.
@@ -697,8 +703,62 @@ class PageHandlers:
         reader_name = display_name(person_name(signed["reader"]))
         status = (f'<p class="signed">Signed by {html.escape(reader_name)} on {when:%Y-%m-%d %H:%M}. '
                   "The report is locked: export it below; Clear the study to start the next one.</p>")
-        return {page.signature: signed, page.sign_status: status,
-                **{component: gr.update(interactive=False) for component in page.locked}}
+        signed_state = {page.signature: signed, page.sign_status: status,
+                        **{component: gr.update(interactive=False) for component in page.locked}}
+        if self.node is None or not (drafted or {}).get("node_sr"):
+            return signed_state
+        return {**signed_state, **self.queued_to_node(signed, status, findings_text, impression_text, drafted,
+                                                      current, checked)}
+
+    def queued_to_node(self, signed, status, findings_text, impression_text, drafted, current, checked):
+        """The signed report of a study the node drafted goes back through the node: a FINAL SR superseding the
+        node's draft SR, queued in its outbox for the node's destinations. The signature stands either way; a
+        report that could not be queued says so, and Export still writes it."""
+        page = self.page
+        try:
+            paths, _, sr = export_report(self.drafter.name, findings_text, impression_text, "", drafted, checked,
+                                         current, self.show_patient_name, signature=signed,
+                                         release=self.drafter.release.identity, earlier_sr=drafted["node_sr"])
+            if sr is None:
+                raise WorklistRefused("the study has no DICOM images to cite")
+            uid = self.node.queue_signed_sr(paths["sr"])
+        except (ExportRefused, WorklistRefused, OSError, sqlite3.Error) as error:
+            return {page.sign_status: status + f'<p class="refused">Not sent to the PACS: {html.escape(str(error))}'
+                                               "</p>"}
+        destinations = ", ".join(destination.name for destination in self.node.settings.destinations)
+        note = (f'<p class="signed">Queued in the node\'s outbox for {html.escape(destinations)}: the final SR {uid}, '
+                f"which supersedes the node's draft SR {html.escape(drafted['node_sr']['sop_instance_uid'])}.</p>")
+        return {page.sign_status: status + note, page.report_sr: sr}
+
+    def worklist_refreshed(self):
+        panel = self.panel
+        try:
+            rows, note = worklist_table(self.node.studies()), ""
+        except (WorklistRefused, sqlite3.Error) as error:
+            rows, note = [], f'<p class="refused">{html.escape(str(error))}</p>'
+        return {panel.table: rows, panel.choice: gr.update(choices=[row[0] for row in rows]), panel.status: note}
+
+    def node_study_opened(self, uid, request: gr.Request):
+        """Opens a study of the node's worklist as if its images had been dropped (a new study), with the node's
+        draft in place of a draft made here; its signature then goes back through the node."""
+        page, panel = self.page, self.panel
+        if not uid:
+            return {panel.status: '<p class="refused">Choose a study of the worklist first.</p>'}
+        try:
+            paths, node_draft = self.node.open(uid, os.environ.get("GRADIO_TEMP_DIR"))
+        except (WorklistRefused, OSError, sqlite3.Error) as error:
+            return {panel.status: f'<p class="refused">{html.escape(str(error))}</p>'}
+        shown = self.files_changed(paths, Study(), {}, request)
+        opened = {**self.cleared, **shown, page.files: paths}
+        if node_draft is None:
+            return {**opened, panel.status: f"<p>Opened {html.escape(uid)}: the node has not drafted it.</p>"}
+        draft = page_draft_of(node_draft, shown[page.study])
+        info = (f"Drafted by the DICOM node from {draft['images']} image(s); its preliminary SR "
+                f"{node_draft['sr']['sop_instance_uid']} went to the PACS. Signing sends a final SR that supersedes "
+                "it. Review every sentence before use.")
+        return {**opened, page.findings: draft["findings"], page.impression: draft["impression"],
+                page.draft: draft, page.draft_info: info, page.report_sr: node_draft["sr"],
+                panel.status: f"<p>Opened {html.escape(uid)} with the node's draft.</p>"}
 
     def export(self, findings_text, impression_text, indication_text, drafted, checked, current, signed, earlier):
         page = self.page
@@ -722,17 +782,29 @@ class PageHandlers:
 
 
 def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_patient_name=False,
-              max_waiting=MAX_WAITING_DRAFTS, delete_after=DELETE_AFTER_SECONDS):
+              max_waiting=MAX_WAITING_DRAFTS, delete_after=DELETE_AFTER_SECONDS, node=None):
     """The page for a loaded `ReportDrafter`. The model drafts one study at a time; up to `max_waiting` more
     drafts wait, further ones are told the server is busy. Uploads and exports older than `delete_after` seconds
     are deleted. `any_modality`: read DICOM objects that are not projection radiographs too
-    (dicom.check_radiograph); `show_patient_name`: show and export the header's patient name."""
+    (dicom.check_radiograph); `show_patient_name`: show and export the header's patient name. `node`: a DICOM
+    node's worklist (worklist.NodeWorklist): its studies open on the page, and their signed reports go back through
+    it."""
     folder = make_private_upload_folder()
     UploadSweeper(folder, delete_after, min(MAX_SWEEP_INTERVAL_SECONDS, max(1.0, delete_after / 6))).start()
     with gr.Blocks(title="CLIP-T5 chest X-ray report draft", analytics_enabled=False) as app:
+        panel = lay_out_worklist(WORKLIST_HEADERS) if node is not None else None
         page = lay_out_page(drafter)
-        on = PageHandlers(page, drafter, max_pixels, any_modality, show_patient_name, DraftTurns(max_waiting))
+        on = PageHandlers(page, drafter, max_pixels, any_modality, show_patient_name, DraftTurns(max_waiting), node,
+                          panel)
         private = {"api_visibility": "private"}
+        if panel is not None:
+            refreshed = dict(fn=on.worklist_refreshed, outputs=[panel.table, panel.choice, panel.status])
+            panel.refresh_button.click(**refreshed, api_name="node_worklist")
+            app.load(**refreshed, **private)
+            panel.open_button.click(
+                on.node_study_opened, inputs=panel.choice,
+                outputs=[panel.status, page.files, page.study, page.viewer, page.messages, page.identity,
+                         page.frontal_choice, page.prior_messages, *on.cleared], api_name="open_node_study")
 
         study_changed = page.files.change(
             on.files_changed, inputs=[page.files, page.study, page.draft],
@@ -783,7 +855,8 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
 
         page.sign_button.click(on.sign, inputs=[page.reader, page.findings, page.impression, page.review, page.draft,
                                                 page.study, page.checklist, page.sign_anyway],
-                               outputs=[page.signature, page.sign_status, *page.locked], api_name="sign_report")
+                               outputs=[page.signature, page.sign_status, *page.locked,
+                                        *([page.report_sr] if node is not None else [])], api_name="sign_report")
         page.export_button.click(on.export, inputs=[page.findings, page.impression, page.indication, page.draft,
                                                     page.checklist, page.study, page.signature, page.report_sr],
                                  outputs=[page.exported, page.export_status, page.report_sr],

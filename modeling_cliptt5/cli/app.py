@@ -46,6 +46,10 @@ def parse_args(argv=None):
                         help="delete uploaded images and exports this many minutes after they were written "
                              "(default: %(default)g; checked every sixth of that, at most 10 minutes apart); "
                              "everything is deleted when the server stops")
+    parser.add_argument("--node-config", metavar="NODE_YAML",
+                        help="the settings file of a cliptt5-node on this computer: the page lists its studies "
+                             "(drafted, waiting, refused), opens one with its images and draft, and queues the "
+                             "signed report in the node's outbox as a final SR that supersedes the draft")
     return parser.parse_args(argv)
 
 
@@ -57,6 +61,16 @@ def main(argv=None):
 
     from modeling_cliptt5.app.web_app import ReportDrafter, build_app, launch
 
+    node = None
+    if args.node_config:
+        from modeling_cliptt5.app.worklist import NodeWorklist
+        from modeling_cliptt5.node.settings import SettingsError
+
+        try:
+            node = NodeWorklist.from_config(args.node_config)
+        except (OSError, SettingsError) as error:
+            print(f"cliptt5-app: error: --node-config: {error}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     try:
         drafter = ReportDrafter.from_pretrained(args.model, optimize=args.optimize)
@@ -66,7 +80,7 @@ def main(argv=None):
     print(f"Loaded {args.model} in {time.perf_counter() - start:.1f} s "
           f"({drafter.num_views} image(s) per study, prompt: {drafter.default_prompt!r}).")
     app = build_app(drafter, any_modality=args.any_modality, show_patient_name=args.show_patient_name,
-                    max_waiting=args.max_waiting, delete_after=args.delete_uploads_after * 60)
+                    max_waiting=args.max_waiting, delete_after=args.delete_uploads_after * 60, node=node)
     # A plain `kill` stops the server like Ctrl+C does, so the exit handlers delete the uploaded images.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"Uploaded images and exports are kept in {os.environ['GRADIO_TEMP_DIR']} (this user only), each for "

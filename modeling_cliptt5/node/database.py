@@ -165,12 +165,14 @@ class NodeDatabase:
                 (state, now, reason, result["uid"] if result else None, study_instance_uid, RECEIVING, quiet_since))
             if changed.rowcount != 1:
                 return False
-            for destination in destinations:
-                db.execute("INSERT INTO outbox (study_instance_uid, result_uid, path, ae_title, host, port, tls, "
-                           "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (study_instance_uid, result["uid"], str(result["path"]), destination.ae_title,
-                            destination.host, destination.port, int(destination.tls), now, now))
+            queue_in(db, study_instance_uid, result, destinations, now)
         return True
+
+    def queue_result(self, study_instance_uid, result, destinations, now):
+        """Queues a result already written durably (a reader's signed SR, from the page) for every destination in
+        one transaction; the running node's sender delivers it like its own drafts."""
+        with self.transaction() as db:
+            queue_in(db, study_instance_uid, result, destinations, now)
 
     # sending
 
@@ -186,6 +188,20 @@ class NodeDatabase:
         with self.transaction() as db:
             db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
                        (error, next_attempt_at, outbox_id))
+
+    # the page's worklist
+
+    def worklist(self, limit=500):
+        """Every study the node holds, the latest first: its state, instance count, the reason it was refused and
+        its draft SR (result_uid, None until drafted)."""
+        return self.rows(
+            "SELECT s.study_instance_uid, s.state, s.reason, s.result_uid, s.last_instance_at, s.finished_at, "
+            "COUNT(i.sop_instance_uid) AS instances FROM studies s LEFT JOIN instances i USING (study_instance_uid) "
+            "GROUP BY s.study_instance_uid ORDER BY s.last_instance_at DESC LIMIT ?", (limit,))
+
+    def study_row(self, study_instance_uid):
+        rows = self.rows("SELECT * FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
+        return rows[0] if rows else None
 
     # recovery and status
 
@@ -218,3 +234,12 @@ class NodeDatabase:
                              "LIMIT ?", (limit,))
         return {"studies": counts, "queue": waiting, "outbox": outbox, "results_sent": sent,
                 "refused_studies": refused_studies, "late_instances": late, "refusals": refusals}
+
+
+def queue_in(db, study_instance_uid, result, destinations, now):
+    """Inside a transaction: one outbox row per destination for the result {"uid", "path"}."""
+    for destination in destinations:
+        db.execute("INSERT INTO outbox (study_instance_uid, result_uid, path, ae_title, host, port, tls, "
+                   "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (study_instance_uid, result["uid"], str(result["path"]), destination.ae_title,
+                    destination.host, destination.port, int(destination.tls), now, now))
