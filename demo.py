@@ -13,7 +13,7 @@
    nearest training image;
 6. writes a figure: training/validation curves and test images with drafted and true reports.
 
-    python demo.py                                   # what `make demo` runs (about 10 minutes on 2 CPU cores)
+    python demo.py                                   # what `make demo` runs (about 30 minutes on 2 CPU cores)
     python demo.py --contrastive-steps 10 --max-steps 30 --studies 300   # a quick look (what the tests run)
 
 Everything lands in --output-dir (default demo_output): data/, best/ (the release), examples/, metrics.jsonl,
