@@ -129,6 +129,15 @@ def followed_findings(decided, given=None):
     return decided if given is None else torch.where(given >= 0, given.to(decided.device), decided)
 
 
+def refuse_prior(config, prior):
+    """A ValueError naming the prior inputs given (`prior`: {name: tensor or None}) to a model whose config does not
+    read a prior study; nothing for one that does, or when none is given."""
+    given = [name for name, value in prior.items() if value is not None]
+    if given and not config.reads_prior:
+        raise ValueError("this model does not read a prior study (config.reads_prior is False): draft without "
+                         f"{', '.join(given)}")
+
+
 def finding_bce(logits, targets, positive_weights=None):
     """Binary cross-entropy of finding logits [batch, findings] against 1 / 0 targets, positives weighted per finding
     (`positive_weights`, [findings]); targets of -100 (an uncertain label, say) do not count."""
@@ -356,13 +365,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study for the T5 encoder (see
         `prior_tokens`; `statuses`: the current study's guidance), or None for a model without
         `config.reads_prior`, which refuses a prior (ValueError)."""
-        if self.config.reads_prior:
-            return self.prior_tokens(batch, statuses, **prior)
-        given = [name for name, value in prior.items() if value is not None]
-        if given:
-            raise ValueError("this model does not read a prior study (config.reads_prior is False): draft without "
-                             f"{', '.join(given)}")
-        return None
+        refuse_prior(self.config, prior)
+        return self.prior_tokens(batch, statuses, **prior) if self.config.reads_prior else None
 
     def prior_tokens(self, batch, statuses=None, prior_pixel_values=None, prior_vision_features=None,
                      prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None):

@@ -90,23 +90,32 @@ def iso_datetime(value, time=""):
                          "2024-03-01T14:05:00, or DICOM's 20240301 and 140500)") from None
 
 
+def latest_earlier(studies):
+    """{key: key of its prior} for (patient_id, study_datetime ISO text, key) triples: the latest study of the same
+    patient dated strictly earlier. Studies without a patient or a date take no part; studies of one patient at the
+    same time are not each other's prior (ties among earlier ones go to the larger key); a date without a time sorts
+    as the start of its day. The one rule for datasets (link_priors) and for drafting (inference.priors)."""
+    by_patient = collections.defaultdict(list)
+    for patient, when, key in studies:
+        if patient and when:
+            by_patient[patient].append((when, key))
+    prior_of = {}
+    for dated in by_patient.values():
+        dated.sort()
+        for index, (when, key) in enumerate(dated):
+            earlier = [other for other_when, other in dated[:index] if other_when < when]
+            if earlier:
+                prior_of[key] = earlier[-1]
+    return prior_of
+
+
 def link_priors(dataset_dict):
     """The DatasetDict with each study's `prior_id`: the latest study of the same patient dated strictly earlier,
     looked for in every split (a patient-level split keeps a patient's studies together). Only studies with both a
     patient and a date take part: the others have no prior and are no one's prior; studies of one patient at the
     same time are not each other's; a date without a time counts as the start of its day."""
-    by_patient = collections.defaultdict(list)
-    for split, rows in dataset_dict.items():
-        for study_id, patient, when in zip(rows["id"], rows["patient_id"], rows["study_datetime"]):
-            if patient and when:
-                by_patient[patient].append((when, study_id))
-    prior_of = {}
-    for studies in by_patient.values():
-        studies.sort()
-        for index, (when, study_id) in enumerate(studies):
-            earlier = [other for other_when, other in studies[:index] if other_when < when]
-            if earlier:
-                prior_of[study_id] = earlier[-1]
+    prior_of = latest_earlier((patient, when, study_id) for rows in dataset_dict.values()
+                              for study_id, patient, when in zip(rows["id"], rows["patient_id"], rows["study_datetime"]))
     # (map() over a split of no rows would write an Arrow file without columns: such a split stays as it is)
     return type(dataset_dict)({
         split: rows if not rows.num_rows else rows.map(

@@ -478,11 +478,10 @@ class OnnxCLIPT5:
     def prior_feeds(self, pixel_values, prior):
         """The encoder graph's prior inputs: the given ones, with zeros and 0 masks standing in for a missing prior
         image or report (the graph always reads both; masked, they are no input)."""
-        given = [name for name, value in prior.items() if value is not None]
+        from modeling_cliptt5.modeling_cliptt5 import refuse_prior
+
+        refuse_prior(self.config, prior)
         if not self.config.reads_prior:
-            if given:
-                raise ValueError("this model does not read a prior study (config.reads_prior is False): draft "
-                                 f"without {', '.join(given)}")
             return {}
         batch = pixel_values.shape[0]
         images, image_mask = prior.get("prior_pixel_values"), prior.get("prior_image_mask")

@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeling_cliptt5.data.schema import iso_datetime
+from modeling_cliptt5.data.schema import iso_datetime, latest_earlier
 from modeling_cliptt5.images.image_source import is_dicom
 
 TABLE_COLUMNS = ("study", "patient_id", "study_datetime")  # and, optionally, "report"
@@ -94,21 +94,15 @@ def study_facts(study, table=None) -> StudyFacts:
 
 
 def link_priors(studies, table=None) -> None:
-    """Sets each study's `prior` (the latest study of the same patient dated strictly earlier among `studies`) and
-    `prior_report` (that study's report, where the table has it). Studies without patient or date take no part."""
-    facts = {id(study): study_facts(study, table) for study in studies}
-    by_patient = {}
-    for study in studies:
-        known = facts[id(study)]
-        if known.patient_id and known.study_datetime:
-            by_patient.setdefault(known.patient_id, []).append((known.study_datetime, study))
-    for dated in by_patient.values():
-        dated.sort(key=lambda pair: pair[0])
-        for when, study in dated:
-            earlier = [other for other_when, other in dated if other_when < when]
-            if earlier:
-                study.prior = earlier[-1]
-                study.prior_report = facts[id(earlier[-1])].report or None
+    """Sets each study's `prior` (the latest study of the same patient dated strictly earlier among `studies`:
+    data.schema.latest_earlier) and `prior_report` (that study's report, where the table has it). Studies without
+    patient or date take no part."""
+    facts = [study_facts(study, table) for study in studies]
+    # keyed by position: of two earlier studies at the same time, the later in `studies` is the prior
+    prior_of = latest_earlier((known.patient_id, known.study_datetime, index) for index, known in enumerate(facts))
+    for index, prior in prior_of.items():
+        studies[index].prior = studies[prior]
+        studies[index].prior_report = facts[prior].report or None
 
 
 def prior_problem(study, prior, table=None) -> str | None:
