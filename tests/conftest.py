@@ -239,3 +239,17 @@ def prior_release_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(release)
     processor.save_pretrained(release)
     return release
+
+
+def model_draft_against(release, path, prior_path=None, prior_report=None, **generate_kwargs):
+    """What a release's model writes for the image file at `path` against that prior (its image file and/or report),
+    computed without the library's drafting, the command or the page: processor, generate(), decode. The sections
+    as batch_decode_reports gives them."""
+    from modeling_cliptt5.images.image_io import open_image
+
+    model = CLIPT5ForConditionalGeneration.from_pretrained(release).eval()
+    processor = CLIPT5Processor.from_pretrained(release)
+    inputs = processor(images=[open_image(path)],
+                       prior_images=None if prior_path is None else [open_image(prior_path)],
+                       prior_reports=None if prior_report is None else [prior_report])
+    return processor.batch_decode_reports(model.generate(**inputs, **generate_kwargs))[0]

@@ -51,6 +51,17 @@ print(json.dumps(result))
 """
 
 
+def python_of(major):
+    """The interpreter with this transformers major ("this") or the other one ("other": the minimal environment,
+    which CI must have and a developer may not yet: a failure in CI, a skip elsewhere)."""
+    python = Path(sys.executable) if major == "this" else MINIMAL_PYTHON
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
+        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    return python
+
+
 def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath="", prior=None):
     inputs_file, output_file = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
     save_file({"pixel_values": pixel_values.contiguous(),
@@ -95,10 +106,7 @@ def test_auto_classes_load_the_release_without_the_package(tiny_release_dir, tin
 def test_release_runs_on_the_other_transformers_major(tiny_release_dir, tiny_model, tmp_path):
     """The minimal environment holds torch and transformers of the other major version and nothing else
     (`make minimal-env`, run by .ci/run)."""
-    if not MINIMAL_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
-        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    python_of("other")
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     expected = tiny_model.generate(pixel_values=pixel_values, max_new_tokens=12, num_beams=2)
     result, outputs = run_in_fresh_process(MINIMAL_PYTHON, tiny_release_dir, tmp_path, pixel_values)
@@ -120,10 +128,7 @@ def test_the_processor_of_a_release_written_here_loads_on_the_other_major(tiny_r
     "TokenizersBackend", which 4.x lacks; the processor saves the name both read."""
     import PIL
 
-    if not MINIMAL_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
-        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    python_of("other")
     pil_only = tmp_path / "pil_only"
     pil_only.mkdir()
     site_packages = Path(PIL.__file__).parent.parent
@@ -144,11 +149,7 @@ def test_the_processor_of_a_release_written_here_loads_on_the_other_major(tiny_r
 def test_a_release_with_a_finding_head_runs_without_the_package_on_both_majors(head_release_dir, tmp_path, major):
     from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 
-    python = Path(sys.executable) if major == "this" else MINIMAL_PYTHON
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
-        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    python = python_of(major)
     model = CLIPT5ForConditionalGeneration.from_pretrained(head_release_dir).eval()
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     _, outputs = run_in_fresh_process(python, head_release_dir, tmp_path, pixel_values)
@@ -167,11 +168,7 @@ def test_a_release_that_reads_priors_drafts_with_a_prior_without_the_package_on_
     from conftest import TINY_REPORTS, noise_image
     from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
 
-    python = Path(sys.executable) if major == "this" else MINIMAL_PYTHON
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{MINIMAL_PYTHON} missing: .ci/run must build it (make minimal-env)")
-        pytest.skip(f"{MINIMAL_PYTHON} missing: build it with `make minimal-env`")
+    python = python_of(major)
     model = CLIPT5ForConditionalGeneration.from_pretrained(prior_release_dir).eval()
     inputs = CLIPT5Processor.from_pretrained(prior_release_dir)(
         images=[noise_image(0), noise_image(1)], prior_images=[noise_image(2), None],

@@ -9,11 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from conftest import TINY_REPORTS, noise_image
+from conftest import TINY_REPORTS, model_draft_against, noise_image
 from dicom_files import grayscale_dicom
 
 gr = pytest.importorskip("gradio")
-from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor  # noqa: E402
 from modeling_cliptt5.app.page_layout import lay_out_page  # noqa: E402
 from modeling_cliptt5.app.page_server import DraftTurns  # noqa: E402
 from modeling_cliptt5.app.page_study import update_study  # noqa: E402
@@ -21,7 +20,6 @@ from modeling_cliptt5.app.report_review import INVENTED_COMPARISON, invented_com
 from modeling_cliptt5.app.web_app import (  # noqa: E402
     PageHandlers, PriorRefused, ReportDrafter, SignRefused, check_draft, draft_report, sign_report,
 )
-from modeling_cliptt5.images.image_io import open_image  # noqa: E402
 
 
 def study_file(path, seed, patient="P-7", date="20240301", study_uid="1.2.826.0.1.3680043.8.498.71",
@@ -50,13 +48,8 @@ def prior_of(path):
 
 
 def model_draft(release, path, prior_path=None, prior_report=None):
-    """What the model writes for the image against that prior, without the page: processor, generate, decode."""
-    model = CLIPT5ForConditionalGeneration.from_pretrained(release).eval()
-    processor = CLIPT5Processor.from_pretrained(release)
-    inputs = processor(images=[open_image(path)],
-                       prior_images=None if prior_path is None else [open_image(prior_path)],
-                       prior_reports=None if prior_report is None else [prior_report])
-    decoded = processor.batch_decode_reports(model.generate(**inputs))[0]
+    """What the model writes for the image against that prior, without the page: (findings, impression)."""
+    decoded = model_draft_against(release, path, prior_path, prior_report)
     return decoded["findings"] or "", decoded["impression"] or ""
 
 

@@ -8,23 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MAX_NEW_TOKENS, TINY_REPORTS, noise_image
+from conftest import MAX_NEW_TOKENS, TINY_REPORTS, model_draft_against, noise_image
 from dicom_files import grayscale_dicom
-from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.cli import generate
-from modeling_cliptt5.images.image_io import open_image
 from modeling_cliptt5.inference.priors import StudyTableError, read_study_table
 
 
 def direct_draft(release, path, prior_path=None, prior_report=None):
     """The report the model writes for `path` against that prior, computed without the command."""
-    model = CLIPT5ForConditionalGeneration.from_pretrained(release).eval()
-    processor = CLIPT5Processor.from_pretrained(release)
-    inputs = processor(images=[open_image(path)],
-                       prior_images=None if prior_path is None else [open_image(prior_path)],
-                       prior_reports=None if prior_report is None else [prior_report])
-    sequences = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS)
-    return processor.batch_decode_reports(sequences)[0]["text"]
+    return model_draft_against(release, path, prior_path, prior_report, max_new_tokens=MAX_NEW_TOKENS)["text"]
 
 
 def read_jsonl(path):
