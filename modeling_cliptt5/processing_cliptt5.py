@@ -249,17 +249,13 @@ class CLIPT5Processor(ProcessorMixin):
     def _preprocess_priors(self, prior_images, return_tensors):
         """One prior per study (an image, a list of views, or None) -> prior_pixel_values, with zeros where a study
         has no prior, and prior_image_mask [batch] (1: this study has a prior image)."""
-        import torch
-
         if not isinstance(prior_images, (list, tuple)):
             prior_images = [prior_images]
         given = [prior for prior in prior_images if prior is not None]
         if not given:
             return {}
-        pixel_values = self._preprocess_studies(given, return_tensors)
-        stacked = torch.zeros((len(prior_images), *pixel_values.shape[1:]), dtype=pixel_values.dtype)
-        mask = torch.tensor([prior is not None for prior in prior_images], dtype=torch.long)
-        stacked[mask.bool()] = pixel_values
+        stacked, mask = fill_missing(self._preprocess_studies(given, return_tensors),
+                                     [prior is not None for prior in prior_images])
         return {"prior_pixel_values": stacked, "prior_image_mask": mask}
 
     def _tokenize_prior_reports(self, prior_reports, return_tensors):
@@ -304,6 +300,18 @@ class CLIPT5Processor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask"]
+
+
+def fill_missing(values, present):
+    """Values of the studies that have one ([given, ...]) and a bool per study -> (values [studies, ...] with zeros
+    where a study has none, mask [studies] 1 / 0): a prior's inputs as the model takes them, batched with studies
+    that have no prior."""
+    import torch
+
+    mask = torch.tensor(present, dtype=torch.long)
+    stacked = torch.zeros((len(present), *values.shape[1:]), dtype=values.dtype)
+    stacked[mask.bool()] = values
+    return stacked, mask
 
 
 def _image_locations(images):

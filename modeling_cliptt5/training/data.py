@@ -254,15 +254,15 @@ class GenerationCollator:
     def priors(self, examples):
         """The prior studies' inputs (see CLIPT5ForConditionalGeneration.prior_inputs): images (zeros and mask 0
         where a study has none) and reports; nothing when no study of the batch has a prior."""
+        from modeling_cliptt5.processing_cliptt5 import fill_missing
+
         inputs = [example["prior_input"] for example in examples]
         present = [prior for prior in inputs if prior is not None]
         if not present:
             return {}
-        stacked = torch.zeros((len(inputs), *present[0].shape), dtype=present[0].dtype)
-        has_prior = torch.tensor([prior is not None for prior in inputs])
-        stacked[has_prior] = torch.stack(present)
+        stacked, has_prior = fill_missing(torch.stack(present), [prior is not None for prior in inputs])
         reports = self.processor(prior_reports=[example["prior_report"] or "" for example in examples])
-        return {f"prior_{self.input_name}": stacked, "prior_image_mask": has_prior.long(), **reports}
+        return {f"prior_{self.input_name}": stacked, "prior_image_mask": has_prior, **reports}
 
 
 def drop_prompts(batch, probability, generator):
