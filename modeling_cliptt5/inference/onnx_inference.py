@@ -336,6 +336,47 @@ def full_vocabulary_logits(logits, vocabulary, vocab_size):
     return full
 
 
+class StepSessions:
+    """The step graph's sessions, one per shape of draft: rows (studies x beams) and encoder length. A session told
+    its graph's batch and encoder dimensions (free dimension overrides) folds the shape arithmetic that the
+    exporter leaves for every reshape of the attention heads: 8-14% of a step (benchmarks/bench_cpu_inference.py).
+    The cache length is the one dimension left free. A new shape costs a session (~0.3 s, its own packed weights,
+    ~50 MB); the `keep` most recently used are kept."""
+
+    def __init__(self, path, options, keep=3):
+        self.path, self.options, self.keep = str(path), options, keep
+        self.sessions = {}  # (rows, encoder length) -> InferenceSession, least recently used first
+
+    def session(self, rows, encoder_length):
+        import onnxruntime
+
+        key = (rows, encoder_length)
+        session = self.sessions.pop(key, None)
+        if session is None:
+            options = _copy_options(self.options)
+            options.add_free_dimension_override_by_name("batch", rows)
+            options.add_free_dimension_override_by_name("encoder", encoder_length)
+            session = onnxruntime.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            while len(self.sessions) >= self.keep:
+                del self.sessions[next(iter(self.sessions))]
+        self.sessions[key] = session
+        return session
+
+    def run(self, feeds):
+        """The step graph's outputs for `feeds`, by the session of their shape."""
+        rows, encoder_length = feeds["encoder_attention_mask"].shape
+        return self.session(rows, encoder_length).run(None, feeds)
+
+
+def _copy_options(options):
+    """A fresh SessionOptions with the threads of `options` (ONNX Runtime's options cannot be copied)."""
+    import onnxruntime
+
+    copy = onnxruntime.SessionOptions()
+    copy.intra_op_num_threads, copy.inter_op_num_threads = options.intra_op_num_threads, options.inter_op_num_threads
+    return copy
+
+
 class OnnxStepModel(PreTrainedModel, GenerationMixin):
     """A decoder whose forward is one call of the step graph, so that GenerationMixin.generate drives it as it
     drives the PyTorch model. The encoder graph runs first: `start_drafts` hands over its cross-attention keys and
@@ -351,9 +392,9 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
     # it has run) is no concern of this class.
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = True
 
-    def __init__(self, config, step_session):
+    def __init__(self, config, step_sessions):
         super().__init__(config)
-        self.step_session = step_session
+        self.step_sessions = step_sessions
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # generate() reads device and dtype off it
         self.vocabulary = None if config.report_vocabulary is None else np.array(config.report_vocabulary)
         self.cross = self.caches = None
@@ -366,21 +407,37 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
         """Takes the encoder graph's cross keys and values [keys_0, values_0, keys_1, ...]; empty self caches."""
         self.cross = list(cross)
         self.caches = [array[:, :, :0] for array in self.cross]
+        self.fixed_feeds = None
 
     def end_drafts(self):
-        self.cross = self.caches = None
+        self.cross = self.caches = self.fixed_feeds = None
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """What a step reads: the tokens so far (the graph takes the last), the encoder mask, and generate()'s own
+        cache object, handed back untouched. GenerationMixin's general version also clones the ids and builds
+        position ids and 4D masks at every step, none of which the graph takes (~10% of a greedy step's Python)."""
+        inputs = {"decoder_input_ids": input_ids, "attention_mask": attention_mask}
+        for name in ("cache", "past_key_values"):  # transformers 5's name, then 4.x's
+            if name in kwargs:
+                inputs[name] = kwargs[name]
+        return inputs
 
     def forward(self, decoder_input_ids=None, attention_mask=None, encoder_outputs=None, **kwargs):
         batch = decoder_input_ids.shape[0]
-        if self.cross[0].shape[0] != batch:
-            self.cross = [np.repeat(array, batch // array.shape[0], axis=0) for array in self.cross]
-            self.caches = [array[:, :, :0] for array in self.cross]
-        feeds = {"decoder_input_ids": decoder_input_ids[:, -1:].numpy().astype(np.int64),
-                 "encoder_attention_mask": attention_mask.numpy().astype(np.int64)}
+        if self.fixed_feeds is None or self.cross[0].shape[0] != batch:
+            # First step: the cross keys/values repeated for generate()'s rows, and with the encoder mask made
+            # numpy once, as they stay the same for the whole draft
+            if self.cross[0].shape[0] != batch:
+                self.cross = [np.repeat(array, batch // array.shape[0], axis=0) for array in self.cross]
+                self.caches = [array[:, :, :0] for array in self.cross]
+            self.fixed_feeds = {"encoder_attention_mask": attention_mask.numpy().astype(np.int64)}
+            for layer in range(self.config.num_decoder_layers):
+                self.fixed_feeds[f"cross_keys.{layer}"] = self.cross[2 * layer]
+                self.fixed_feeds[f"cross_values.{layer}"] = self.cross[2 * layer + 1]
+        feeds = {**self.fixed_feeds, "decoder_input_ids": decoder_input_ids[:, -1:].numpy().astype(np.int64)}
         for layer in range(self.config.num_decoder_layers):
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = self.caches[2 * layer: 2 * layer + 2]
-            feeds[f"cross_keys.{layer}"], feeds[f"cross_values.{layer}"] = self.cross[2 * layer: 2 * layer + 2]
-        logits, *self.caches = self.step_session.run(None, feeds)
+        logits, *self.caches = self.step_sessions.run(feeds)
         logits = full_vocabulary_logits(logits, self.vocabulary, self.config.vocab_size)
         output = Seq2SeqLMOutput(logits=torch.from_numpy(logits)[:, None])
         # transformers 5 calls the cache `cache`, 4.x `past_key_values`: generate() gets its own back
@@ -390,9 +447,11 @@ class OnnxStepModel(PreTrainedModel, GenerationMixin):
         return output
 
     def _reorder_cache(self, cache, beam_idx):
-        """Beam search's reordering of the rows, applied to the self-attention caches (both majors call it)."""
+        """Beam search's reordering of the rows, applied to the self-attention caches (both majors call it). Rows
+        that stay where they are (often, as beams keep their order) cost no copy."""
         rows = beam_idx.numpy()
-        self.caches = [array[rows] for array in self.caches]
+        if not np.array_equal(rows, np.arange(len(rows))):
+            self.caches = [array.take(rows, axis=0) for array in self.caches]
         return cache
 
 
@@ -411,10 +470,9 @@ class OnnxCLIPT5:
         options.inter_op_num_threads = 1
         self.encoder_session = onnxruntime.InferenceSession(str(Path(folder) / ENCODER_FILE), options,
                                                             providers=["CPUExecutionProvider"])
-        self.step_session = onnxruntime.InferenceSession(str(Path(folder) / STEP_FILE), options,
-                                                         providers=["CPUExecutionProvider"])
+        self.step_sessions = StepSessions(Path(folder) / STEP_FILE, options)
         self.config = config
-        self.decoder = OnnxStepModel(config, self.step_session)
+        self.decoder = OnnxStepModel(config, self.step_sessions)
         self.decoder.generation_config = generation_config
         self.device = torch.device("cpu")
         self.dtype = torch.float32
@@ -499,7 +557,7 @@ class OnnxCLIPT5:
 
     def step(self, feeds, tokens):
         """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
-        logits, *grown = self.step_session.run(None, {**feeds, "decoder_input_ids": tokens[:, None].astype(np.int64)})
+        logits, *grown = self.step_sessions.run({**feeds, "decoder_input_ids": tokens[:, None].astype(np.int64)})
         for layer in range(self.config.num_decoder_layers):
             feeds[f"self_keys.{layer}"], feeds[f"self_values.{layer}"] = grown[2 * layer], grown[2 * layer + 1]
         return full_vocabulary_logits(logits, self.decoder.vocabulary, self.config.vocab_size)

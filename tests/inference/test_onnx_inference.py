@@ -299,7 +299,7 @@ def test_the_engine_takes_the_config_of_a_model_that_attends_with_sdpa():
     model = CLIPT5ForConditionalGeneration(tiny_config()).eval()
     model.set_attn_implementation("sdpa")
     assert model.config._attn_implementation == "sdpa"
-    assert OnnxStepModel(model.config, step_session=None).config is model.config
+    assert OnnxStepModel(model.config, step_sessions=None).config is model.config
 
 
 def test_float32_graphs_of_a_release_that_reads_priors_decode_the_same_tokens_with_and_without_one(
