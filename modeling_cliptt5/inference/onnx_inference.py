@@ -2,12 +2,15 @@
 
 Why not the PyTorch model with int8 weights alone (fast_inference.py)? Per decoding step, t5-small's decoder
 does ~100 small operations, and in eager PyTorch their Python overhead is about half of a step. ONNX Runtime runs
-the same step as one graph call (benchmarks/bench_cpu_inference.py). Two graphs are exported from the loaded
+the same step as one graph call (benchmarks/bench_cpu_inference.py). Three graphs are exported from the loaded
 model, with its own modules:
-- the encoder: pixels (and an optional prompt) -> image tokens -> T5 encoder, plus every decoder layer's
-  cross-attention keys and values, which stay the same for the whole draft; with a finding head, the graph also
-  gives the head's probabilities and heatmaps, and takes the findings a caller sets (-1: the head decides), so
-  that the guidance tokens follow a reader's correction;
+- the vision tower: pixels -> the image's vision features. It is its own graph so that a prior image's tower runs
+  only for the studies that have a prior (a first study's would be masked out anyway);
+- the encoder: vision features (and an optional prompt; for a release that reads priors, the prior's features and
+  report) -> image tokens -> T5 encoder, plus every decoder layer's cross-attention keys and values, which stay
+  the same for the whole draft; with a finding head, the graph also gives the head's probabilities and heatmaps,
+  and takes the findings a caller sets (-1: the head decides), so that the guidance tokens follow a reader's
+  correction;
 - one decoding step: the last token and the self-attention cache -> next-token logits and the grown cache.
 Weights are then int8-quantized per output channel (onnxruntime.quantization.quantize_dynamic), or kept float32
 with `weights="float32"`.
@@ -42,9 +45,9 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.inference.ood import image_vectors
 
-EXPORT_FORMAT = 5  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 6  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
-ENCODER_FILE, STEP_FILE = "encoder.onnx", "decoder_step.onnx"
+VISION_FILE, ENCODER_FILE, STEP_FILE = "vision.onnx", "encoder.onnx", "decoder_step.onnx"
 
 
 def _import_onnxruntime():
@@ -82,9 +85,21 @@ def _cross_attentions(model):
     return [block.layer[1].EncDecAttention for block in model.decoder.block]
 
 
+class VisionGraph(nn.Module):
+    """pixel_values -> vision features (CLIPT5ForConditionalGeneration.get_vision_features)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model.get_vision_features(pixel_values)
+
+
 class EncoderGraph(nn.Module):
-    """pixel_values, prompt ids and mask (with a finding head and guidance, the caller's findings: 1 / 0, -1 for the
-    head's decision; for a release that reads priors, the prior's pixels, image mask, report ids and mask) ->
+    """vision features, prompt ids and mask (with a finding head and guidance, the caller's findings: 1 / 0, -1 for
+    the head's decision; for a release that reads priors, the prior's vision features, image mask, report ids and
+    mask) ->
     encoder hidden states' mask, each decoder layer's cross keys/values (and the head's probabilities and heatmaps).
     A zero-length prompt ([batch, 0]) means no prompt, a prior image mask of 0 and an all-0 report mask no prior:
     one graph serves all."""
@@ -97,8 +112,8 @@ class EncoderGraph(nn.Module):
     def forward(self, *inputs):
         model = self.model
         named = dict(zip(self.input_names, inputs))
-        pixel_values, prompt_ids, prompt_mask = named["pixel_values"], named["prompt_ids"], named["prompt_mask"]
-        vision_features = model.get_vision_features(pixel_values)
+        vision_features, prompt_ids, prompt_mask = (named["vision_features"], named["prompt_ids"],
+                                                    named["prompt_mask"])
         head_outputs, statuses = (), None
         if model.finding_head is not None:
             logits, patch_logits = model.finding_head(vision_features)
@@ -108,7 +123,8 @@ class EncoderGraph(nn.Module):
                 statuses = model.guidance_statuses(logits, named["findings"])
         prior = None
         if model.config.reads_prior:
-            prior = model.prior_inputs(pixel_values.shape[0], statuses, prior_pixel_values=named["prior_pixel_values"],
+            prior = model.prior_inputs(vision_features.shape[0], statuses,
+                                       prior_vision_features=named["prior_vision_features"],
                                        prior_image_mask=named["prior_image_mask"],
                                        prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"])
         inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask, prior)
@@ -130,11 +146,11 @@ class EncoderGraph(nn.Module):
 
 def encoder_input_names(config):
     """The encoder graph's inputs, in order, for a release's config."""
-    names = ["pixel_values", "prompt_ids", "prompt_mask"]
+    names = ["vision_features", "prompt_ids", "prompt_mask"]
     if config.uses_finding_guidance:
         names.append("findings")
     if config.reads_prior:
-        names += ["prior_pixel_values", "prior_image_mask", "prior_ids", "prior_mask"]
+        names += ["prior_vision_features", "prior_image_mask", "prior_ids", "prior_mask"]
     return names
 
 
@@ -191,7 +207,8 @@ def _cache_names(layers):
 
 
 def export_graphs(model, folder, weights="int8"):
-    """Writes ENCODER_FILE and STEP_FILE for `model` into `folder` (float32 graphs, then quantized for int8)."""
+    """Writes VISION_FILE, ENCODER_FILE and STEP_FILE for `model` into `folder` (float32 graphs, then quantized for
+    int8)."""
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
     folder = Path(folder)
@@ -206,16 +223,18 @@ def export_graphs(model, folder, weights="int8"):
     pixel_values = torch.zeros(2, *views, 3, size, size)
     prompt_ids = torch.ones(2, 3, dtype=torch.long)
     prompt_mask = torch.ones(2, 3, dtype=torch.long)
-    example = {"pixel_values": pixel_values, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+    with torch.no_grad():
+        vision_features = model.get_vision_features(pixel_values)
+    example = {"vision_features": vision_features, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
                "findings": torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),
-               "prior_pixel_values": torch.zeros(2, *views, 3, size, size),
+               "prior_vision_features": vision_features,
                "prior_image_mask": torch.tensor([1, 0]), "prior_ids": torch.ones(2, 3, dtype=torch.long),
                "prior_mask": torch.tensor([[1, 1, 1], [0, 0, 0]])}
     input_names = encoder_input_names(config)
     encoder_inputs = tuple(example[name] for name in input_names)
-    encoder_axes = {"pixel_values": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
+    encoder_axes = {"vision_features": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
                     "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}, "findings": {0: "batch"},
-                    "prior_pixel_values": {0: "batch"}, "prior_image_mask": {0: "batch"},
+                    "prior_vision_features": {0: "batch"}, "prior_image_mask": {0: "batch"},
                     "prior_ids": {0: "batch", 1: "prior_report"}, "prior_mask": {0: "batch", 1: "prior_report"}}
     encoder_axes = {name: axes for name, axes in encoder_axes.items()
                     if name in input_names or name == "image_vectors"}
@@ -231,6 +250,10 @@ def export_graphs(model, folder, weights="int8"):
         # The wrappers in eval mode: the exporter puts a module back in the mode it found it in, and a new
         # nn.Module is in training mode, which would switch the model's dropout on for the caller.
         encoder_graph, step_graph = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+        torch.onnx.export(VisionGraph(model).eval(), (pixel_values,), str(float_folder / VISION_FILE),
+                          input_names=["pixel_values"], output_names=["vision_features"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "vision_features": {0: "batch"}},
+                          opset_version=17, dynamo=False)
         encoder_outputs = encoder_graph(*encoder_inputs)
         torch.onnx.export(
             encoder_graph, encoder_inputs, str(float_folder / ENCODER_FILE),
@@ -263,7 +286,7 @@ def export_graphs(model, folder, weights="int8"):
 
         logging.disable(logging.WARNING)  # its advice to run shape pre-processing, meant for static quantization
         try:
-            for name in (ENCODER_FILE, STEP_FILE):
+            for name in (VISION_FILE, ENCODER_FILE, STEP_FILE):
                 # Per-channel int8 weights (one scale per output row), activations quantized per call: as
                 # torch's dynamic quantization in fast_inference.py.
                 quantize_dynamic(float_folder / name, folder / name, weight_type=QuantType.QInt8, per_channel=True)
@@ -468,6 +491,8 @@ class OnnxCLIPT5:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        self.vision_session = onnxruntime.InferenceSession(str(Path(folder) / VISION_FILE), options,
+                                                           providers=["CPUExecutionProvider"])
         self.encoder_session = onnxruntime.InferenceSession(str(Path(folder) / ENCODER_FILE), options,
                                                             providers=["CPUExecutionProvider"])
         self.step_sessions = StepSessions(Path(folder) / STEP_FILE, options)
@@ -495,7 +520,7 @@ class OnnxCLIPT5:
                    GenerationConfig.from_pretrained(release_folder), threads, weights)
 
     def start(self, pixel_values, input_ids=None, attention_mask=None, findings=None, prior=None):
-        """Runs the encoder graph; returns the decoder step's inputs (empty self-attention caches), with a finding
+        """Runs the vision and encoder graphs; returns the decoder step's inputs (empty self-attention caches), with a finding
         head its CLIPT5FindingOutput (else None), and the images' vectors for the OOD summary (ood.image_vectors).
         `prior`: CLIPT5Processor's prior_* tensors, for a release that reads a prior."""
         from modeling_cliptt5.modeling_cliptt5 import CLIPT5FindingOutput, findings_to_tensor
@@ -507,7 +532,8 @@ class OnnxCLIPT5:
         elif attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         config = self.config
-        feeds = {"pixel_values": pixel_values.float().numpy(), "prompt_ids": input_ids.numpy().astype(np.int64),
+        vision_features = self.vision_features(pixel_values)
+        feeds = {"vision_features": vision_features, "prompt_ids": input_ids.numpy().astype(np.int64),
                  "prompt_mask": attention_mask.numpy().astype(np.int64)}
         if config.uses_finding_guidance:
             given = (torch.full((batch, len(config.finding_labels)), -1, dtype=torch.long) if findings is None
@@ -515,7 +541,7 @@ class OnnxCLIPT5:
             feeds["findings"] = given.numpy().astype(np.int64)
         elif findings is not None:
             raise ValueError("this model does not take findings: it has no finding head with guidance")
-        feeds.update(self.prior_feeds(pixel_values, prior or {}))
+        feeds.update(self.prior_feeds(vision_features, prior or {}))
         encoder_mask, *outputs, vectors = self.encoder_session.run(None, feeds)
         head = None
         if config.finding_head:
@@ -533,26 +559,37 @@ class OnnxCLIPT5:
                           f"cross_keys.{layer}": cross[2 * layer], f"cross_values.{layer}": cross[2 * layer + 1]})
         return feeds, head, torch.from_numpy(vectors)
 
-    def prior_feeds(self, pixel_values, prior):
+    def vision_features(self, pixel_values):
+        """The vision graph's features [batch, views, tokens, channels] (numpy) of these images."""
+        return self.vision_session.run(None, {"pixel_values": pixel_values.float().numpy()})[0]
+
+    def prior_feeds(self, vision_features, prior):
         """The encoder graph's prior inputs: the given ones, with zeros and 0 masks standing in for a missing prior
-        image or report (the graph always reads both; masked, they are no input)."""
+        image or report (the graph always reads both; masked, they are no input). The vision tower runs for the
+        prior images that are there, and not at all for a batch of first studies."""
         from modeling_cliptt5.modeling_cliptt5 import refuse_prior
 
         refuse_prior(self.config, prior)
         if not self.config.reads_prior:
             return {}
-        batch = pixel_values.shape[0]
+        batch = vision_features.shape[0]
         images, image_mask = prior.get("prior_pixel_values"), prior.get("prior_image_mask")
         if images is None:
-            images, image_mask = torch.zeros_like(pixel_values), torch.zeros(batch, dtype=torch.long)
+            if image_mask is not None:  # as the model refuses it
+                raise ValueError("prior_image_mask without prior_pixel_values")
+            image_mask = torch.zeros(batch, dtype=torch.long)
         elif image_mask is None:
             image_mask = torch.ones(batch, dtype=torch.long)
+        features = np.zeros_like(vision_features)
+        rows = image_mask.nonzero().flatten()
+        if images is not None and len(rows):
+            features[rows.numpy()] = self.vision_features(images[rows])
         ids, mask = prior.get("prior_input_ids"), prior.get("prior_attention_mask")
         if ids is None:  # one masked token: the graph's report length is never 0
             ids, mask = torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long)
         elif mask is None:
             mask = torch.ones_like(ids)
-        return {"prior_pixel_values": images.float().numpy(), "prior_image_mask": image_mask.numpy().astype(np.int64),
+        return {"prior_vision_features": features, "prior_image_mask": image_mask.numpy().astype(np.int64),
                 "prior_ids": ids.numpy().astype(np.int64), "prior_mask": mask.numpy().astype(np.int64)}
 
     def step(self, feeds, tokens):

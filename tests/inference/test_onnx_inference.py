@@ -316,11 +316,23 @@ def test_float32_graphs_of_a_release_that_reads_priors_decode_the_same_tokens_wi
                "reports": dict(prior_reports=[TINY_REPORTS[0], None, TINY_REPORTS[2], TINY_REPORTS[3]]),
                "both": dict(prior_images=[noise_image(7), None, None, noise_image(9)],
                             prior_reports=[TINY_REPORTS[0], TINY_REPORTS[1], None, None])}
+    # The vision tower's batches: the studies' images, then only the prior images there are (none for first studies)
+    tower_batches = {"no prior": [4], "images": [4, 3], "reports": [4], "both": [4, 2]}
+    vision_session = engine.vision_session
+
+    class CountingSession:  # the real session, with the batch size of each call written down
+        def run(self, names, feeds):
+            seen.append(len(feeds["pixel_values"]))
+            return vision_session.run(names, feeds)
+
+    engine.vision_session = CountingSession()
     drafts = {}
     for name, prior in layouts.items():
         inputs = processor(images=images, **prior)
         expected = torch_greedy(model, **inputs, max_new_tokens=12)
+        seen = []
         assert torch.equal(engine.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False), expected), name
+        assert seen == tower_batches[name], name
         drafts[name] = expected
     assert len({tuple(tokens.flatten().tolist()) for tokens in drafts.values()}) == 4  # each prior changes drafts
     with pytest.raises(ValueError, match="does not read a prior study"):  # graphs of a release without priors
