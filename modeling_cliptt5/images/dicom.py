@@ -9,7 +9,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from modeling_cliptt5.images.image_source import DEFAULT_MAX_PIXELS, ImageReadError, read_source_bytes
+from modeling_cliptt5.images.image_source import (
+    DEFAULT_MAX_PIXELS, ImageReadError, ImageRefused, read_source_bytes,
+)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
@@ -180,7 +182,7 @@ def check_radiograph(dataset, name: str, any_modality: bool = False, on_doubt=wa
         described = f"{modality} ({MODALITY_NAMES[modality]})" if modality in MODALITY_NAMES else modality
         message = f"modality {described} is not a projection radiograph (the model reads CR, DX or RG)"
         if not any_modality:
-            raise ImageReadError(name, f"{message}; {ANY_MODALITY_HINT}")
+            raise ImageRefused(name, f"{message}; {ANY_MODALITY_HINT}")
         on_doubt(f"{name}: {message}; read anyway (--any-modality)")
     body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
     if body_part and not any(part in body_part for part in CHEST_BODY_PARTS):
@@ -189,7 +191,7 @@ def check_radiograph(dataset, name: str, any_modality: bool = False, on_doubt=wa
     if frames > 1:
         message = f"DICOM holds {frames} frames (a cine loop or a volume), not a single radiograph"
         if not any_modality:
-            raise ImageReadError(name, f"{message}; {ANY_MODALITY_HINT} (its first frame is then read)")
+            raise ImageRefused(name, f"{message}; {ANY_MODALITY_HINT} (its first frame is then read)")
         on_doubt(f"{name}: {message}; using the first frame (--any-modality)")
 
 

@@ -20,6 +20,11 @@ class ImageReadError(ValueError):
         self.reason = reason
 
 
+class ImageRefused(ImageReadError):
+    """A file read correctly that is not what the model reads (a CT slice, a cine loop: dicom.check_radiograph):
+    refused on purpose, where a plain ImageReadError is a file that could not be read (failed)."""
+
+
 def is_dicom(data: bytes, name: str = "") -> bool:
     """DICOM Part 10 files carry "DICM" after a 128-byte preamble; raw datasets are known only by their suffix."""
     return data[128:132] == b"DICM" or name.lower().endswith(".dcm")

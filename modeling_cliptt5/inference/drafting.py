@@ -19,6 +19,12 @@ Studies and views
   views in order (frontal only, 2-view model -> frontal, frontal); a study with more keeps the first
   `num_views`. Both say so in a warning.
 - A view that cannot be read is reported and left out; its study goes on with the views that remain.
+- A view is a file path or anything with a `name` and `read_bytes()` (a converted dataset's image:
+  inference.archive.DatasetView).
+
+Every study gets one record: drafted, refused (on purpose: not a radiograph by its DICOM header, unlike the training
+images with `refuse_ood`) or failed (no view could be read, the model failed on its batch), the last two with the
+reason (`DraftedReport.status`, `.error`).
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import glob
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeling_cliptt5.images.image_io import DEFAULT_MAX_PIXELS, ImageReadError, is_dicom, open_image
+from modeling_cliptt5.images.image_source import ImageRefused
 from modeling_cliptt5.images.views import frontal_first, header_view
 from modeling_cliptt5.inference.model_sources import resolve_release
 
@@ -54,7 +62,8 @@ class Study:
 @dataclass
 class DraftedReport:
     """The one record of a draft, made once by `draft_batch` (and given its study by `draft_reports`), or the reason
-    there is none (`error`). The command's JSONL/CSV rows (`row`), the page and its exports read it."""
+    there is none (`error`, and `refused`: on purpose rather than a failure). The command's JSONL/CSV rows (`row`), the
+    page and its exports read it."""
 
     study_id: str = ""
     files: list[Path] = field(default_factory=list)
@@ -69,6 +78,7 @@ class DraftedReport:
     # Sentences the draft says again in the same section (evaluation/repetition.py): degenerate output to check
     repeated_sentences: int = 0
     error: str | None = None
+    refused: bool = False  # `error` is a refusal (not a radiograph, --refuse-ood), not a failure to read or draft
     # The prior study the draft compared with ("" for none: the draft was written as a first study)
     prior_id: str = ""
     # With a finding head: each finding's probability, those at or above their threshold, the findings the draft
@@ -85,10 +95,19 @@ class DraftedReport:
     ood_flag: bool | None = None
     ood_threshold: float | None = None
 
+    @property
+    def status(self) -> str:
+        """"drafted", "refused" or "failed" (the last two with `error` as the reason)."""
+        if self.error is None:
+            return "drafted"
+        return "refused" if self.refused else "failed"
+
     def row(self, with_labels=False):
-        """The draft as a JSONL/CSV row: id, files, text, flags and timing, the rule labeler's labels
-        (`with_labels`), the finding head's output and the OOD score where the release has them."""
-        row = {"id": self.study_id, "input_files": [str(path) for path in self.files], "report": self.report,
+        """The study's JSONL/CSV row: id, status and reason ("" for a draft), files, text, flags and timing, the
+        rule labeler's labels (`with_labels`), the finding head's output and the OOD score where the release has
+        them. A study refused or failed has an empty report."""
+        row = {"id": self.study_id, "status": self.status, "reason": self.error or "",
+               "input_files": [str(path) for path in self.files], "report": self.report,
                "findings": self.findings, "impression": self.impression, "truncated": self.truncated,
                "repeated_sentences": self.repeated_sentences, "seconds": round(self.seconds, 3),
                "prior_id": self.prior_id}
@@ -191,21 +210,31 @@ def fit_views(files: list, num_views: int, study_id: str) -> tuple[list, str | N
     )
 
 
+def open_view(view, max_pixels: int, any_modality: bool, on_doubt):
+    """(image, the view named by its DICOM header or "") of a file path or a dataset's view (`name`, `read_bytes()`)."""
+    source = view if isinstance(view, (str, os.PathLike)) else view.read_bytes()
+    image = open_image(source, name=str(view), max_pixels=max_pixels, any_modality=any_modality, on_doubt=on_doubt)
+    return image, header_view(source)
+
+
 def read_study_images(study: Study, num_views: int, max_pixels: int, any_modality: bool = False,
-                      frontal: str | None = None) -> tuple[list, list[str]]:
-    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors).
+                      frontal: str | None = None) -> tuple[list, list[ImageReadError]]:
+    """Opens the study's views, leaving out unreadable ones; returns (images fitted to num_views, errors: an
+    ImageReadError each, "FILE: REASON" as text; an ImageRefused for a file refused on purpose).
 
     `frontal`: a file-name pattern (fnmatch, e.g. "*_pa.*") naming the study's frontal image, which then comes first
     whatever the headers say (views.frontal_first). The readers' doubts about a file (a DICOM without Modality,
     another body part...) join `study.warnings`, and so does a pattern that matches none of the study's files."""
-    images, used, errors = [], [], []
+    images, used, views, errors = [], [], [], []
     for path in study.files:
         try:
-            images.append(open_image(path, max_pixels=max_pixels, any_modality=any_modality,
-                                     on_doubt=study.warnings.append))
-            used.append(path)
+            image, view = open_view(path, max_pixels, any_modality, study.warnings.append)
         except ImageReadError as error:
-            errors.append(str(error))
+            errors.append(error)
+            continue
+        images.append(image)
+        used.append(path)
+        views.append(view)
     if not images:
         return [], errors
     # The headers, not the file names, say which view is the frontal one (images/views.py), unless told otherwise.
@@ -214,7 +243,7 @@ def read_study_images(study: Study, num_views: int, max_pixels: int, any_modalit
     if frontal and chosen is None:
         study.warnings.append(f"{study.study_id}: no file matches --frontal {frontal!r}: the headers (else the file "
                               "names) order the views")
-    pairs, _, note = frontal_first(list(zip(images, used)), [header_view(path) for path in used], names, chosen)
+    pairs, _, note = frontal_first(list(zip(images, used)), views, names, chosen)
     if note:
         study.warnings.append(f"{study.study_id}: {note}")
     images, used = [image for image, _ in pairs], [path for _, path in pairs]
@@ -353,11 +382,12 @@ def draft_reports(
 ):
     """Yields a `DraftedReport` per study, in batches of `batch_size` studies.
 
-    A study whose views are all unreadable, or a batch the model fails on, yields reports with `error` set;
-    the other studies go on. `on_error(message)` hears about each unreadable view and failed batch ("FILE:
-    REASON"), `on_warning(message)` about each study whose views were repeated or trimmed and each file the readers
-    doubt. `any_modality`: read DICOM objects that are not projection radiographs too (dicom.check_radiograph).
-    `refuse_ood`: a study the release's OOD summary flags gets `error` (and on_error) instead of its draft.
+    A study whose views are all unreadable (or all refused: not radiographs), or a batch the model fails on, yields
+    reports with `error` set (`status` "failed", or "refused" for a refusal); the other studies go on.
+    `on_error(message)` hears about each unreadable view and failed batch ("FILE: REASON"), `on_warning(message)`
+    about each study whose views were repeated or trimmed and each file the readers doubt. `any_modality`: read
+    DICOM objects that are not projection radiographs too (dicom.check_radiograph).
+    `refuse_ood`: a study the release's OOD summary flags is refused: `error` (and on_error) instead of its draft.
     `frontal`: a file-name pattern naming each study's frontal image (read_study_images).
     """
     generate_kwargs = generate_kwargs or {}
@@ -370,12 +400,15 @@ def draft_reports(
         ready, batch_images, batch_priors = [], [], []
         for study in studies[start : start + batch_size]:
             images, errors = read_study_images(study, num_views, max_pixels, any_modality, frontal)
-            for message in errors:
-                on_error(message)
+            for error in errors:
+                on_error(str(error))
             for message in study.warnings:
                 on_warning(message)
             if not images:
-                yield DraftedReport(study.study_id, study.files, error="no readable image")
+                # refused when every view was refused on purpose (a CT slice...), failed when one could not be read
+                yield DraftedReport(study.study_id, study.files,
+                                    error="no readable image: " + "; ".join(map(str, errors)),
+                                    refused=all(isinstance(error, ImageRefused) for error in errors))
                 continue
             ready.append(study)
             batch_images.append(images if num_views > 1 else images[0])
@@ -395,8 +428,8 @@ def draft_reports(
             if refuse_ood and draft.ood_flag:
                 message = ood_refusal(draft.ood_score, draft.ood_threshold)
                 on_error(f"{study.study_id}: {message}")
-                yield DraftedReport(study.study_id, study.files, error=message, ood_score=draft.ood_score,
-                                    ood_flag=True, ood_threshold=draft.ood_threshold)
+                yield DraftedReport(study.study_id, study.files, error=message, refused=True,
+                                    ood_score=draft.ood_score, ood_flag=True, ood_threshold=draft.ood_threshold)
                 continue
             yield dataclasses.replace(draft, study_id=study.study_id, files=study.files, seconds=seconds,
                                       prior_id=prior_name(study) if prior is not None else "")
@@ -424,8 +457,8 @@ def read_prior(release, study, max_pixels, any_modality=False, frontal=None, on_
     images = None
     if study.prior is not None:
         images, errors = read_study_images(study.prior, config.num_views, max_pixels, any_modality, frontal)
-        for message in errors:
-            on_error(f"{study.study_id}: prior {message}")
+        for error in errors:
+            on_error(f"{study.study_id}: prior {error}")
         images = (images if config.num_views > 1 else images[0]) if images else None
     report = study.prior_report or None
     if report:

@@ -69,9 +69,9 @@ def test_png_jpeg_dicom_to_jsonl_match_the_model(trained_release_dir, mixed_inpu
     assert [row["report"] for row in rows] == expected
     assert len(set(expected)) > 1  # the three images give different drafts: the check above is not vacuous
     for row in rows:
-        assert set(row) == {"id", "input_files", "report", "findings", "impression", "truncated",
+        assert set(row) == {"id", "status", "reason", "input_files", "report", "findings", "impression", "truncated",
                             "repeated_sentences", "seconds", "prior_id"}
-        assert row["seconds"] > 0
+        assert row["seconds"] > 0 and (row["status"], row["reason"]) == ("drafted", "")
     assert [path.name for path in output.parent.iterdir()] == ["reports.jsonl"]  # no temp file left behind
 
 
@@ -85,7 +85,7 @@ def test_csv_output_with_labels_and_beams(trained_release_dir, mixed_inputs, tmp
     with output.open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["id"] for row in rows] == ["a_png", "c_dicom"]
-    assert set(rows[0]) == {"id", "input_files", "report", "findings", "impression", "truncated",
+    assert set(rows[0]) == {"id", "status", "reason", "input_files", "report", "findings", "impression", "truncated",
                             "repeated_sentences", "seconds", "prior_id", "labels", "uncertain_labels"}
     paths = [mixed_inputs / "a_png.png", mixed_inputs / "c_dicom.dcm"]
     assert [row["report"] for row in rows] == direct_reports(trained_release_dir, paths, num_beams=2)
@@ -154,7 +154,13 @@ def test_every_bad_input_reported_and_the_rest_written(tiny_release_dir, mixed_i
                           "--output", str(output), "--max-new-tokens", "4", "--max-pixels", "20000"])
     err = capsys.readouterr().err
     assert code == 1
-    assert [row["id"] for row in read_jsonl(output)] == ["a_png"]
+    # every study has its record: the one drafted, and each unreadable file failed with its reason
+    rows = read_jsonl(output)
+    assert [(row["id"], row["status"]) for row in rows] == [("a_png", "drafted")] + [
+        (name, "failed") for name in ("corrupt", "huge", "notes", "truncated", "zero")]
+    for row, reason in zip(rows[1:], ("corrupt", "too large", "not an image", "truncated", "empty file")):
+        assert row["reason"].startswith(f"no readable image: {bad / row['id']}.png: ") and reason in row["reason"]
+        assert row["report"] == "" and row["findings"] is None
     for name, reason in [("zero.png", "empty file"), ("truncated.png", "truncated"), ("corrupt.png", "corrupt"),
                          ("notes.png", "not an image"), ("huge.png", "too large"), ("missing.png", "not found")]:
         lines = [line for line in err.splitlines() if name in line]
@@ -344,7 +350,10 @@ def test_a_ct_slice_is_refused_in_one_line_and_drafted_only_with_any_modality(ti
                           "--output", str(output), "--max-new-tokens", "4"])
     err = capsys.readouterr().err
     assert code == 1
-    assert sorted(row["id"] for row in read_jsonl(output)) == ["a_png", "unlabelled"]
+    statuses = {row["id"]: (row["status"], row["reason"]) for row in read_jsonl(output)}
+    assert sorted(statuses) == ["CT_small", "a_png", "unlabelled"]
+    assert statuses["a_png"] == statuses["unlabelled"] == ("drafted", "")
+    assert statuses["CT_small"][0] == "refused" and "modality CT" in statuses["CT_small"][1]
     (refusal,) = [line for line in err.splitlines() if "CT_small.dcm" in line]
     assert refusal.startswith("error: ") and "modality CT" in refusal and "--any-modality" in refusal
     (doubt,) = [line for line in err.splitlines() if "unlabelled.dcm" in line]
@@ -409,13 +418,21 @@ def test_stopped_at_limit_reads_the_end_token_in_any_row_form():
 
 
 def test_the_run_summary_counts_what_a_reader_must_look_at_twice():
-    rows = [{"ood_flag": True, "truncated": False, "repeated_sentences": 2},
-            {"ood_flag": False, "truncated": True, "repeated_sentences": 0},
-            {"truncated": False, "repeated_sentences": 1}]  # a release without an OOD summary: no ood_flag
-    line = generate.run_summary(rows, 4, 5, 1.25, "how", None, 1, 2)
-    assert line == ("3 of 4 studies drafted from 5 files in 1.2 s (how); 1 flagged as unlike the training images "
+    tally = generate.Tally()
+    for row in [{"status": "drafted", "ood_flag": True, "truncated": False, "repeated_sentences": 2},
+                {"status": "drafted", "ood_flag": False, "truncated": True, "repeated_sentences": 0},
+                {"status": "drafted", "truncated": False, "repeated_sentences": 1},  # a release without an OOD summary
+                {"status": "refused", "ood_flag": True, "truncated": False, "repeated_sentences": 0},  # --refuse-ood
+                {"status": "failed", "truncated": False, "repeated_sentences": 0}]:
+        tally.add(row)
+    line = generate.run_summary(tally, 5, "5 files", 1.25, "how", None, 2)
+    assert line == ("3 of 5 studies drafted from 5 files in 1.2 s (how); 1 flagged as unlike the training images "
                     "(ood_flag), 1 stopped at the token limit (truncated), 2 repeat a sentence (repeated_sentences); "
-                    "1 studies failed, 2 problems")
+                    "1 studies refused, 1 failed, 2 problems")
+    resumed = generate.run_summary(tally, 5, "5 files", 1.25, "how", "out.jsonl", 2, written=2, earlier=3)
+    assert resumed.endswith(", written to out.jsonl; 1 flagged as unlike the training images (ood_flag), 1 stopped at "
+                            "the token limit (truncated), 2 repeat a sentence (repeated_sentences); 1 studies refused, "
+                            "1 failed, 2 problems; 2 records written by this run, 3 by an earlier run")
 
 
 def test_frontal_names_each_studys_frontal_by_file_name(two_view_release_dir, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Studies unlike the training images: a phantom-trained release carries a summary of its training images, flags
 foreign images (noise, textures, inverted or rotated radiographs, a CT-like slice, blank frames) and hardly any of
-its own test phantoms; generate.py writes the score and flag, --refuse-ood skips flagged studies, the page warns,
+its own test phantoms; generate.py writes the score and flag, --refuse-ood refuses flagged studies, the page warns,
 the ONNX fast path scores as PyTorch does, and releases without a summary still draft with a note."""
 
 import json
@@ -112,7 +112,7 @@ def write_study(folder, name, image):
     return folder / f"{name}.png"
 
 
-def test_generate_writes_score_and_flag_and_refuse_ood_skips_the_foreign_study(release, phantoms, tmp_path, capsys):
+def test_generate_writes_score_and_flag_and_refuse_ood_refuses_the_foreign_study(release, phantoms, tmp_path, capsys):
     from datasets import load_from_disk
 
     inputs = tmp_path / "inputs"
@@ -127,7 +127,10 @@ def test_generate_writes_score_and_flag_and_refuse_ood_skips_the_foreign_study(r
 
     assert generate.main(["--model", str(release), str(inputs), "--output", str(output), "--max-new-tokens", "4",
                           "--refuse-ood"]) == 1
-    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["own"]
+    refused = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(row["id"], row["status"]) for row in refused] == [("noise", "refused"), ("own", "drafted")]
+    assert refused[0]["reason"].startswith("not drafted: unlike this model's training images")
+    assert refused[0]["report"] == "" and refused[0]["ood_flag"] is True
     (refusal,) = [line for line in capsys.readouterr().err.splitlines() if "noise" in line]
     assert refusal.startswith("error: noise: not drafted: unlike this model's training images")
 
