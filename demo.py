@@ -191,6 +191,34 @@ def head_scores(drafts, truth_labels, names, thresholds):
     return score_head(probabilities, truth, names, thresholds)
 
 
+def change_head_scores(release, rows, batch_size=128):
+    """The change head alone on the rows' follow-ups: for each finding in both studies that carries a change label,
+    precision, recall and F1 of decreased / unchanged / increased (first views, as the drafts read them)."""
+    import torch
+
+    from modeling_cliptt5.evaluation.changes import SIZE_CHANGES, change_targets_from_label_lists
+    from modeling_cliptt5.evaluation.labeler import precision_recall_f1
+
+    model, processor = release.model, release.processor
+    priors = prior_of(rows)
+    follow_ups = [index for index, prior in enumerate(priors) if prior is not None]
+    targets = change_targets_from_label_lists([rows[index]["labels"] for index in follow_ups],
+                                              model.config.finding_labels)
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(follow_ups), batch_size):
+            part = follow_ups[start:start + batch_size]
+            current, prior = (processor(images=[rows[index]["images"][0] for index in indices])["pixel_values"]
+                              for indices in (part, [priors[index] for index in part]))
+            predicted.append(model.change_logits(model.get_vision_features(current.to(model.device)),
+                                                 model.get_vision_features(prior.to(model.device))).argmax(-1).cpu())
+    predicted, known = torch.cat(predicted), targets >= 0
+    return {change: {**precision_recall_f1(int(((predicted == label) & (targets == label)).sum()),
+                                           int(((predicted == label) & known).sum()), int((targets == label).sum())),
+                     "support": int((targets == label).sum())}
+            for change, label in SIZE_CHANGES.items()}
+
+
 def guidance_followed(drafts):
     """Share of drafts whose text states exactly the findings they were guided by (read back by the phantom reader):
     how faithfully the decoder writes what the guidance says."""
@@ -466,7 +494,7 @@ def main(argv=None):
         # The same stage 2 without the prior: same data, steps, tokenizer and cached image features.
         shutil.copytree(output_dir / "tokenizer", ablation_dir / "tokenizer", dirs_exist_ok=True)
         ablation_seconds = train(args, args.config, data_dir, ablation_dir, *stage2_extra,
-                                 "--model", json.dumps({"reads_prior": False}),
+                                 "--model", json.dumps({"reads_prior": False, "change_head": False}),
                                  "--feature_cache_dir", str(output_dir / "feature_cache"),
                                  label="[2/6] ablation: stage 2 without the prior")
 
@@ -518,8 +546,13 @@ def main(argv=None):
         followed = {"head's findings": guidance_followed(drafts), "true findings": guidance_followed(guided_by_truth)}
         table += "\ndrafts stating exactly the findings they were guided by: " + ", ".join(
             f"{share:.1%} with the {name}" for name, share in followed.items())
+    change_head = None
     if any(has_prior):
         table += "\n\n" + change_table(changes, sum(has_prior), len(has_prior) - sum(has_prior))
+        if getattr(model, "change_head", None) is not None:
+            change_head = change_head_scores(release, test_rows)
+            table += ("\nchange head alone, findings in both studies (F1, true statements): " + ", ".join(
+                f"{change} {scores['f1']:.2f} ({scores['support']})" for change, scores in change_head.items()))
     total_seconds = time.perf_counter() - started
     timing = (f"data {data_seconds:.0f} s, training {train_seconds:.0f} s (stage 1 {contrastive_seconds:.0f} s; "
               f"{args.processes} process(es)), ablation {ablation_seconds:.0f} s, "
@@ -530,7 +563,8 @@ def main(argv=None):
                "seconds": {"data": data_seconds, "training": train_seconds, "stage1": contrastive_seconds,
                            "ablation": ablation_seconds, "total": total_seconds}, "processes": args.processes,
                "test_studies": len(references), "example_drafts": example_drafts,
-               "finding_head": head, "guidance_followed": followed if head is not None else None,
+               "finding_head": head, "change_head": change_head,
+               "guidance_followed": followed if head is not None else None,
                "target": {"macro_f1": 0.80, "every_finding_f1": 0.50}}
     (output_dir / "results.json").write_text(json.dumps(summary, indent=1))
 

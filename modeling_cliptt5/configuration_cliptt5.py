@@ -92,6 +92,16 @@ class CLIPT5Config(T5Config):
             prior report's tokens. Releases made without it load and draft as before and refuse a prior.
         max_prior_report_tokens (`int`, *optional*, defaults to 128):
             Longest prior report the model reads; the processor truncates longer ones with a warning.
+        change_head (`bool`, *optional*, defaults to `False`):
+            With `reads_prior` and finding guidance: a small head compares each finding between the prior image and
+            the current one (smaller, the same, larger), and a finding present in both enters T5 as one of three
+            course tokens by that comparison instead of one ("present in both"), so that a draft can say that an
+            effusion has increased. Trained on the change labels of follow-up studies
+            ("pleural_effusion:right:increased").
+        change_head_hidden (`int`, *optional*, defaults to 128):
+            Width of the change head's hidden layer.
+        change_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the change head's cross-entropy beside the report loss when `change_targets` are given.
     """
 
     model_type = "cliptt5"
@@ -120,6 +130,9 @@ class CLIPT5Config(T5Config):
         report_vocabulary=None,
         reads_prior=False,
         max_prior_report_tokens=128,
+        change_head=False,
+        change_head_hidden=128,
+        change_loss_weight=1.0,
         **kwargs,
     ):
         if vision_config is None:
@@ -166,6 +179,12 @@ class CLIPT5Config(T5Config):
         if int(max_prior_report_tokens) < 1:
             raise ValueError(f"max_prior_report_tokens must be >= 1, got {max_prior_report_tokens}")
         self.max_prior_report_tokens = int(max_prior_report_tokens)
+        self.change_head = bool(change_head)
+        if self.change_head and not (self.reads_prior and self.finding_head and finding_guidance == "embeddings"):
+            raise ValueError("change_head compares the finding head's findings with the prior's: it needs "
+                             "reads_prior=True, finding_head=True and finding_guidance='embeddings'")
+        self.change_head_hidden = int(change_head_hidden)
+        self.change_loss_weight = float(change_loss_weight)
         # T5Config() defaults leave decoder_start_token_id unset and generate() then refuses to run;
         # T5 checkpoints start decoding with the pad token (id 0).
         kwargs.setdefault("decoder_start_token_id", kwargs.get("pad_token_id", 0))

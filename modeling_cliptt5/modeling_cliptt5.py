@@ -71,6 +71,35 @@ class CLIPT5FindingHead(nn.Module):
         return pooled.to(patch_logits.dtype), patch_logits
 
 
+class CLIPT5ChangeHead(nn.Module):
+    """How each finding present in both studies has changed since the prior: smaller, the same or larger (an
+    effusion's or a pneumothorax's extent). Each study's patch tokens are pooled per finding, weighted by where the
+    finding head looks for it (its heatmap, a softmax over the patches), and a small MLP reads the two pooled vectors
+    and their difference. Left to T5 alone, a size change between two images was barely learnt in the demo's budget
+    (docs/benchmarks.md)."""
+
+    SMALLER, SAME, LARGER = 0, 1, 2
+
+    def __init__(self, in_features, num_findings, hidden):
+        super().__init__()
+        self.inputs = nn.Linear(3 * in_features, hidden)
+        self.findings = nn.Embedding(num_findings, hidden)  # which finding is compared
+        self.output = nn.Linear(hidden, 3)
+
+    @staticmethod
+    def pooled(vision_features, patch_logits):
+        """[batch, views, 1 + patches, channels], [batch, views, patches, findings] -> [batch, findings, channels]."""
+        weights = torch.softmax(patch_logits.detach().flatten(1, 2).float(), dim=1).to(vision_features.dtype)
+        return torch.einsum("bpf,bpc->bfc", weights, vision_features[:, :, 1:].flatten(1, 2))
+
+    def forward(self, vision_features, patch_logits, prior_vision_features, prior_patch_logits):
+        """-> logits [batch, findings, 3] (smaller, same, larger)."""
+        current = self.pooled(vision_features, patch_logits)
+        prior = self.pooled(prior_vision_features, prior_patch_logits)
+        hidden = self.inputs(torch.cat([current, prior, current - prior], dim=-1)) + self.findings.weight
+        return self.output(nn.functional.gelu(hidden))
+
+
 class CLIPT5PriorEmbeddings(nn.Module):
     """What marks the prior study in the T5 encoder's input: one token saying whether the study has a prior (so that
     "no prior" is something the model reads, not an absence it must infer), a learned embedding added to each kind
@@ -82,17 +111,27 @@ class CLIPT5PriorEmbeddings(nn.Module):
     NO_PRIOR, PRIOR = 0, 1
     IMAGE, FINDINGS, REPORT = 0, 1, 2
 
-    def __init__(self, d_model, num_findings=0):
+    def __init__(self, d_model, num_findings=0, changes=False):
         super().__init__()
         self.status = nn.Embedding(2, d_model)
         self.kinds = nn.Embedding(3, d_model)
         # finding f, prior status p, current status c -> row 4 f + 2 p + c
         self.courses = nn.Embedding(4 * num_findings, d_model) if num_findings else None
+        # With a change head, a finding present in both adds its change (smaller, the same, larger): one embedding
+        # per change shared by all findings, so that "larger" learns from every finding's growth at once (one row per
+        # finding and change was followed less well by the drafts: docs/benchmarks.md#priors).
+        self.changes = nn.Embedding(3, d_model) if changes and num_findings else None
 
-    def course_tokens(self, prior_statuses, statuses):
-        """[batch, findings] 0/1 of the prior and of the current study -> [batch, findings, d_model]."""
+    def course_tokens(self, prior_statuses, statuses, changes=None):
+        """[batch, findings] 0/1 of the prior and of the current study (and, with a change head, each finding's
+        change: 0 smaller, 1 the same, 2 larger) -> [batch, findings, d_model]."""
         offsets = torch.arange(statuses.shape[1], device=statuses.device) * 4
-        return self.courses(offsets + 2 * prior_statuses.long().to(statuses.device) + statuses.long())
+        prior_statuses, statuses = prior_statuses.long().to(statuses.device), statuses.long()
+        tokens = self.courses(offsets + 2 * prior_statuses + statuses)
+        if changes is not None:
+            in_both = (prior_statuses * statuses)[..., None].to(tokens.dtype)
+            tokens = tokens + in_both * self.changes(changes.long().to(statuses.device))
+        return tokens
 
 
 def findings_to_tensor(findings, names, batch):
@@ -165,10 +204,12 @@ class CLIPT5FindingOutput(ModelOutput):
 @dataclass
 class CLIPT5Seq2SeqLMOutput(Seq2SeqLMOutput):
     """Seq2SeqLMOutput plus the finding head's logits, and its loss when `finding_targets` were given (`loss` is then
-    the report loss plus `finding_loss_weight` times it)."""
+    the report loss plus `finding_loss_weight` times it), and the change head's loss when `change_targets` were given
+    (added to `loss` times `change_loss_weight`)."""
 
     finding_logits: Optional[torch.FloatTensor] = None
     finding_loss: Optional[torch.FloatTensor] = None
+    change_loss: Optional[torch.FloatTensor] = None
 
 
 class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
@@ -205,8 +246,10 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         self.finding_embeddings = (nn.Embedding(2 * len(config.finding_labels), config.d_model)
                                    if config.uses_finding_guidance else None)
         self.prior_embeddings = (CLIPT5PriorEmbeddings(config.d_model, len(config.finding_labels)
-                                                       if config.uses_finding_guidance else 0)
+                                                       if config.uses_finding_guidance else 0, config.change_head)
                                  if config.reads_prior else None)
+        self.change_head = (CLIPT5ChangeHead(config.vision_config.hidden_size, len(config.finding_labels),
+                                             config.change_head_hidden) if config.change_head else None)
         self._report_vocabulary_mask = None  # made on first use, on the logits' device
         self.post_init()
 
@@ -218,8 +261,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding) and module is getattr(getattr(self, "clip_projection", None),
-                                                                    "view_embeddings", None):
+        elif isinstance(module, nn.Embedding) and (
+                module is getattr(getattr(self, "clip_projection", None), "view_embeddings", None)
+                or module is getattr(getattr(self, "change_head", None), "findings", None)):
             init.normal_(module.weight, mean=0.0, std=0.02)
         elif isinstance(module, nn.Embedding) and any(module is table for table in self._token_tables()):
             init.normal_(module.weight, mean=0.0, std=1.0)  # the scale of T5's own token embeddings
@@ -229,18 +273,20 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     def _token_tables(self):
         """The embeddings of the tokens this model adds to T5's input: finding guidance, the prior's markers."""
         prior = getattr(self, "prior_embeddings", None)  # (T5's __init__ runs post_init() before they exist)
-        tables = [getattr(self, "finding_embeddings", None)] + ([prior.status, prior.kinds, prior.courses] if prior
-                                                                else [])
+        tables = [getattr(self, "finding_embeddings", None)] + ([prior.status, prior.kinds, prior.courses,
+                                                                 prior.changes] if prior else [])
         return [table for table in tables if table is not None]
 
     def _projection_layers(self):
         # T5's __init__ already runs post_init(), before these modules exist
         projector, visual_projection = getattr(self, "clip_projection", None), getattr(self, "visual_projection", None)
-        head = getattr(self, "finding_head", None)
+        head, change_head = getattr(self, "finding_head", None), getattr(self, "change_head", None)
         layers = []
         for module in (projector, head):
             if module is not None:
                 layers += [layer for layer in module.layers if isinstance(layer, nn.Linear)]
+        if change_head is not None:
+            layers += [change_head.inputs, change_head.output]
         return layers + ([visual_projection] if visual_projection is not None else [])
 
     def _check_pixel_values(self, pixel_values):
@@ -359,21 +405,34 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         elif findings is not None:
             self.findings_tensor(findings, batch)  # raises: this model takes no findings
         return self.encoder_inputs(vision_features, statuses, input_ids, attention_mask,
-                                   self.prior_inputs(batch, statuses, **prior))
+                                   self.prior_inputs(batch, statuses, vision_features, **prior))
 
-    def prior_inputs(self, batch, statuses=None, **prior):
+    def prior_inputs(self, batch, statuses=None, vision_features=None, **prior):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study for the T5 encoder (see
-        `prior_tokens`; `statuses`: the current study's guidance), or None for a model without
-        `config.reads_prior`, which refuses a prior (ValueError)."""
+        `prior_tokens`; `statuses`: the current study's guidance; `vision_features`: the current study's, which a
+        change head compares with the prior's), or None for a model without `config.reads_prior`, which refuses a
+        prior (ValueError)."""
         refuse_prior(self.config, prior)
-        return self.prior_tokens(batch, statuses, **prior) if self.config.reads_prior else None
+        return self.prior_tokens(batch, statuses, vision_features, **prior) if self.config.reads_prior else None
 
-    def prior_tokens(self, batch, statuses=None, prior_pixel_values=None, prior_vision_features=None,
-                     prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None):
+    def change_logits(self, vision_features, prior_vision_features):
+        """The change head's logits [batch, findings, 3] (smaller, the same, larger since the prior) from the two
+        studies' vision features."""
+        if self.change_head is None:
+            raise ValueError("this model has no change head (config.change_head is False)")
+        features, prior_features = vision_features.to(self.dtype), prior_vision_features.to(self.dtype)
+        return self.change_head(features, self.finding_head(features)[1], prior_features,
+                                self.finding_head(prior_features)[1])
+
+    def prior_tokens(self, batch, statuses=None, vision_features=None, prior_pixel_values=None,
+                     prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
+                     prior_attention_mask=None, prior_changes=None):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study: the prior status token (prior
         or no prior), then, when given, the prior image's tokens and (with guidance) each finding's course from the
         finding head's decision on the prior image to the current study's guidance (`statuses`, [batch, findings]
-        0/1), then the prior report's tokens.
+        0/1) and, with a change head, for a finding present in both, its change (it needs the current study's
+        `vision_features`; `prior_changes` [batch, findings], 0 smaller, 1 the same, 2 larger, -1 for the head to
+        decide, overrides it, as `findings` do the finding head), then the prior report's tokens.
 
         prior_pixel_values (or cached prior_vision_features): the prior's images, shaped as pixel_values;
         prior_image_mask [batch] 1 / 0 says which studies have one (default: all). prior_input_ids /
@@ -398,13 +457,26 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                     raise ValueError("a prior image's finding tokens compare with the current study's findings: "
                                      "pass its guidance statuses")
                 prior_logits, _ = self.finding_head(features)
-                parts.append(embeddings.course_tokens(self.guidance_statuses(prior_logits), statuses).to(self.dtype)
-                             + kinds[embeddings.FINDINGS])
+                prior_statuses = self.guidance_statuses(prior_logits)
+                changes = None
+                if self.change_head is not None:
+                    if vision_features is None:
+                        raise ValueError("the change head compares the prior image with the current one: pass the "
+                                         "current study's vision_features")
+                    changes = self.change_logits(vision_features, features).argmax(dim=-1)
+                    if prior_changes is not None:
+                        given = prior_changes.long().to(changes.device)
+                        changes = torch.where(given >= 0, given, changes)
+                elif prior_changes is not None:
+                    raise ValueError("prior_changes given to a model without a change head (config.change_head)")
+                parts.append(embeddings.course_tokens(prior_statuses, statuses, changes)
+                             .to(self.dtype) + kinds[embeddings.FINDINGS])
             masks += [image_mask[:, None].expand(-1, part.shape[1]) for part in parts]
             has_prior = image_mask
         else:
-            if prior_image_mask is not None:
-                raise ValueError("prior_image_mask without prior_pixel_values (or prior_vision_features)")
+            if prior_image_mask is not None or prior_changes is not None:
+                raise ValueError("prior_image_mask and prior_changes describe the prior image: pass "
+                                 "prior_pixel_values (or prior_vision_features)")
             # Masked places for the prior image's tokens and guidance keep the report's tokens where they are with
             # a prior image (T5's attention bias depends on relative positions), so every layout drafts alike.
             places = self.config.num_views * self.config.num_image_tokens_per_view
@@ -471,11 +543,13 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         inputs_embeds=None,
         findings=None,
         finding_targets=None,
+        change_targets=None,
         prior_pixel_values=None,
         prior_vision_features=None,
         prior_image_mask=None,
         prior_input_ids=None,
         prior_attention_mask=None,
+        prior_changes=None,
         **kwargs,
     ):
         r"""
@@ -489,9 +563,15 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             -1 leaves a finding to the head). Training passes the true findings here for some studies.
         finding_targets (`torch.FloatTensor` of shape `[batch, findings]`):
             1 / 0 per finding for the head's loss; -100 leaves a finding out of it (an uncertain label, say).
+        change_targets (`torch.LongTensor` of shape `[batch, findings]`, models with `config.change_head`):
+            Each finding's change since the prior image for the change head's loss: 0 smaller, 1 the same, 2 larger;
+            -100 leaves it out (a finding not in both studies, a study without a prior image).
         prior_pixel_values, prior_vision_features, prior_image_mask, prior_input_ids, prior_attention_mask
         (models with `config.reads_prior`):
             The patient's prior study: its images (or cached features) and its report, see `prior_inputs`.
+        prior_changes (`torch.LongTensor` of shape `[batch, findings]`, models with `config.change_head`):
+            Each finding's change since the prior (0 smaller, 1 the same, 2 larger) for the course tokens instead of
+            the change head's (-1 leaves it to the head); training passes the true changes for some studies.
         Other arguments (labels, decoder_input_ids, ...) are T5ForConditionalGeneration's.
         """
         finding_logits = None
@@ -506,7 +586,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                 pixel_values, input_ids, attention_mask, vision_features, findings, finding_logits,
                 prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
                 prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
-                prior_attention_mask=prior_attention_mask)
+                prior_attention_mask=prior_attention_mask, prior_changes=prior_changes)
         outputs = super().forward(
             input_ids=None,
             attention_mask=attention_mask,
@@ -520,11 +600,20 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         if finding_logits is None:
             return outputs
         finding_loss = None if finding_targets is None else self.finding_loss(finding_logits, finding_targets)
+        change_loss = None
+        if change_targets is not None:
+            if prior_vision_features is None and prior_pixel_values is not None:
+                prior_vision_features = self.get_vision_features(prior_pixel_values)
+            if prior_vision_features is None:
+                raise ValueError("change_targets need the prior image (prior_pixel_values or prior_vision_features)")
+            change_loss = self.change_loss(self.change_logits(vision_features, prior_vision_features), change_targets)
         fields = {name: value for name, value in outputs.items()}
-        if finding_loss is not None:
-            weighted = self.config.finding_loss_weight * finding_loss
-            fields["loss"] = weighted if outputs.loss is None else outputs.loss + weighted
-        return CLIPT5Seq2SeqLMOutput(**fields, finding_logits=finding_logits, finding_loss=finding_loss)
+        for loss, weight in ((finding_loss, self.config.finding_loss_weight),
+                             (change_loss, self.config.change_loss_weight)):
+            if loss is not None:
+                fields["loss"] = weight * loss if fields.get("loss") is None else fields["loss"] + weight * loss
+        return CLIPT5Seq2SeqLMOutput(**fields, finding_logits=finding_logits, finding_loss=finding_loss,
+                                     change_loss=change_loss)
 
     def report_vocabulary_mask(self, device):
         """[vocab_size] bool, True for the tokens of config.report_vocabulary: the only tokens a draft may use.
@@ -536,6 +625,13 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             self._report_vocabulary_mask = mask
         return mask
 
+    def change_loss(self, change_logits, change_targets):
+        """Cross-entropy of the change head over the findings with a target (-100 elsewhere); 0 when none has one."""
+        targets = change_targets.long().to(change_logits.device).flatten()
+        if not (targets != -100).any():
+            return change_logits.sum() * 0.0  # keeps the head in the graph (DDP expects every parameter's gradient)
+        return nn.functional.cross_entropy(change_logits.flatten(0, 1).float(), targets, ignore_index=-100)
+
     def finding_loss(self, finding_logits, finding_targets):
         """The head's loss (finding_bce), positives weighted per finding by config.finding_positive_weights."""
         return finding_bce(finding_logits, finding_targets, torch.tensor(self.config.finding_positive_weights))
@@ -543,7 +639,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None, findings=None,
                  prior_pixel_values=None, prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
-                 prior_attention_mask=None, **kwargs):
+                 prior_attention_mask=None, prior_changes=None, **kwargs):
         """Drafts reports. `generate(pixel_values=...)` needs no text; a prompt (input_ids) is optional.
 
         With a finding head and guidance, the report follows the head's findings, or `findings` where the caller
@@ -562,9 +658,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             pixel_values, input_ids, attention_mask, vision_features, findings,
             prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
             prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
-            prior_attention_mask=prior_attention_mask)
+            prior_attention_mask=prior_attention_mask, prior_changes=prior_changes)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
-__all__ = ["CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5PriorEmbeddings",
+__all__ = ["CLIPT5ChangeHead", "CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5PriorEmbeddings",
            "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput"]

@@ -54,8 +54,13 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
     results = json.loads((output / "results.json").read_text())
     # the finding head guides the drafts; the ablation is stage 2 again without the prior
     assert list(results["results"]) == [*demo.SYSTEMS, demo.WITHOUT_PRIOR, demo.GUIDED_BY_TRUTH]
-    assert json.loads((release / "config.json").read_text())["reads_prior"] is True
-    assert json.loads((output / "without_prior" / "best" / "config.json").read_text())["reads_prior"] is False
+    assert {name: json.loads((release / "config.json").read_text())[name] for name in ("reads_prior", "change_head")} \
+        == {"reads_prior": True, "change_head": True}
+    ablation_config = json.loads((output / "without_prior" / "best" / "config.json").read_text())
+    assert ablation_config["reads_prior"] is False and ablation_config["change_head"] is False
+    # the change head alone, scored on the follow-ups of the test split
+    assert set(results["change_head"]) == {"decreased", "unchanged", "increased"}
+    assert sum(scores["support"] for scores in results["change_head"].values()) > 0
     assert "max_steps: 6" in (output / "without_prior" / "training_config.yaml").read_text()  # the same budget
     assert set(results["changes"]) == set(results["results"])
     assert all("macro_f1" in scores["changes"] for scores in results["changes"].values())
@@ -69,7 +74,7 @@ def test_the_shortened_demo_runs_end_to_end(tmp_path):
     assert (output / "contrastive" / "best" / "finding_head.safetensors").is_file()  # stage 1 trained the head too
     table = (output / "results.txt").read_text()
     assert "finding head alone" in table and "model, true findings" in table
-    assert "Change statements on the" in table and "invented comparisons," in table
+    assert "Change statements on the" in table and "invented comparisons," in table and "change head alone" in table
     from modeling_cliptt5.data.schema import load_report_dataset
 
     test_rows = load_report_dataset(str(output / "data"))["test"]

@@ -188,3 +188,26 @@ def test_loading_a_folder_that_is_not_a_release_fails_clearly(tmp_path):
     T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_ff=32, d_kv=4, num_heads=4, num_layers=1)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not a CLIP-T5 release"):
         CLIPT5ForConditionalGeneration.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("major", ["this", "other"])
+def test_a_release_with_a_change_head_drafts_by_it_without_the_package_on_both_majors(tiny_tokenizer, tmp_path,
+                                                                                      major):
+    from conftest import HEAD_FINDINGS, TINY_REPORTS, noise_image, rerandomized, tiny_config, tiny_processor
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+
+    python = python_of(major)
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(
+        vocab_size=len(tiny_tokenizer), finding_head=True, finding_labels=HEAD_FINDINGS, reads_prior=True,
+        change_head=True, change_head_hidden=16)).eval())
+    processor = tiny_processor(tiny_tokenizer)
+    release = tmp_path / "release"
+    model.save_pretrained(release)
+    processor.save_pretrained(release)
+    inputs = processor(images=[noise_image(0), noise_image(1)], prior_images=[noise_image(2), noise_image(3)],
+                       prior_reports=[TINY_REPORTS[0], TINY_REPORTS[1]])
+    prior = {name: tensor for name, tensor in inputs.items() if name.startswith("prior_")}
+    _, outputs = run_in_fresh_process(python, release, tmp_path, inputs["pixel_values"], prior=prior)
+    assert torch.equal(outputs["with_prior"],
+                       model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, **prior))

@@ -94,6 +94,29 @@ def is_change_label(label):
     return label.rsplit(":", 1)[-1] in CHANGES
 
 
+# The change head's classes (modeling_cliptt5.CLIPT5ChangeHead): how a finding present in both studies has changed.
+SIZE_CHANGES = {"decreased": 0, "unchanged": 1, "increased": 2}
+
+
+def change_targets_from_label_lists(label_lists, names, ignore=-100):
+    """Rows' label lists -> [rows, findings] long targets of the change head: 0 decreased, 1 unchanged, 2 increased
+    for each finding whose change label says so ("pleural_effusion:right:increased" for the finding
+    "pleural_effusion:right"), `ignore` elsewhere (new and resolved findings are not in both studies, and a row
+    without change labels says nothing)."""
+    import torch
+
+    index = {name: position for position, name in enumerate(names)}
+    targets = torch.full((len(label_lists), len(names)), ignore, dtype=torch.long)
+    for row, labels in enumerate(label_lists):
+        for label in labels or ():
+            if not is_change_label(label):
+                continue
+            name, change = label.rsplit(":", 1)
+            if change in SIZE_CHANGES and name in index:
+                targets[row, index[name]] = SIZE_CHANGES[change]
+    return targets
+
+
 def _finding_and_change(label):
     return label.split(":", 1)[0], label.rsplit(":", 1)[1]
 

@@ -69,7 +69,8 @@ class TorchEngine:
         followed = followed_findings(head.present, given)
         statuses = followed if model.finding_embeddings is not None else None
         inputs_embeds, mask = model.encoder_inputs(vision_features, statuses, input_ids, attention_mask,
-                                                   model.prior_inputs(len(vision_features), statuses, **prior))
+                                                   model.prior_inputs(len(vision_features), statuses, vision_features,
+                                                                      **prior))
         sequences = model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
         return EngineOutput(sequences, head, image_vectors(vision_features), followed)
 

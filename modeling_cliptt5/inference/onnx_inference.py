@@ -123,7 +123,7 @@ class EncoderGraph(nn.Module):
                 statuses = model.guidance_statuses(logits, named["findings"])
         prior = None
         if model.config.reads_prior:
-            prior = model.prior_inputs(vision_features.shape[0], statuses,
+            prior = model.prior_inputs(vision_features.shape[0], statuses, vision_features,
                                        prior_vision_features=named["prior_vision_features"],
                                        prior_image_mask=named["prior_image_mask"],
                                        prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"])

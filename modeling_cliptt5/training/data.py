@@ -127,7 +127,8 @@ class StudyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, encode_images, report_column="report", prompt=None, use_indication=False,
-                 max_bad_samples=100, finding_targets=None, strip_comparisons=False, read_priors=False):
+                 max_bad_samples=100, finding_targets=None, strip_comparisons=False, read_priors=False,
+                 change_targets=None):
         self.rows = rows
         # A study without a prior among these rows learns its report without the sentences that compare with an
         # earlier study (comparisons.without_comparisons): the model cannot see that study.
@@ -135,6 +136,7 @@ class StudyDataset(torch.utils.data.Dataset):
         self.read_priors = read_priors
         self.prior_index = prior_rows(rows)
         self.finding_targets = finding_targets
+        self.change_targets = change_targets
         self.study_ids = rows.select_columns(["id"])  # readable even when a row's images are not
         self.encode_images = encode_images
         self.report_column = report_column
@@ -193,6 +195,10 @@ class StudyDataset(torch.utils.data.Dataset):
             prior = None if prior_index is None else self.rows[prior_index]
             example["prior_input"] = None if prior is None else self.encode_images(prior, prior_index)
             example["prior_report"] = None if prior is None else prior[self.report_column]
+            if self.change_targets is not None:
+                # a study whose prior is not among these rows has no prior image to compare with
+                targets = self.change_targets[row_index]
+                example["change_targets"] = targets if prior is not None else torch.full_like(targets, -100)
         return example
 
 
@@ -244,6 +250,8 @@ class GenerationCollator:
             batch["finding_targets"] = torch.stack([example["finding_targets"] for example in examples])
         if "prior_input" in examples[0]:
             batch.update(self.priors(examples))
+            if "change_targets" in examples[0] and "prior_image_mask" in batch:
+                batch["change_targets"] = torch.stack([example["change_targets"] for example in examples])
         batch["ids"] = [example["id"] for example in examples]
         batch["indices"] = [example["index"] for example in examples]
         batch["references"] = [example["report"] for example in examples]
@@ -281,8 +289,8 @@ def drop_prompts(batch, probability, generator):
 def model_inputs(batch, device):
     """The tensors the model's forward takes, on `device`."""
     names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels", "finding_targets",
-             "findings", "prior_pixel_values", "prior_vision_features", "prior_image_mask", "prior_input_ids",
-             "prior_attention_mask")
+             "change_targets", "findings", "prior_pixel_values", "prior_vision_features", "prior_image_mask",
+             "prior_input_ids", "prior_attention_mask", "prior_changes")
     return {name: batch[name].to(device) for name in names if name in batch}
 
 
@@ -295,6 +303,13 @@ def guidance_findings(finding_targets, truth_share, generator):
     truth = torch.rand(finding_targets.shape[0], generator=generator) < truth_share
     known = finding_targets != IGNORE
     return torch.where(truth[:, None] & known, finding_targets.long(), torch.full_like(finding_targets, -1).long())
+
+
+def guidance_changes(change_targets, truth_share, generator):
+    """The changes the course tokens show during training (as `guidance_findings` for the findings): each study's
+    true changes with probability `truth_share`, else -1 (the change head's own, as at inference)."""
+    truth = torch.rand(change_targets.shape[0], generator=generator) < truth_share
+    return torch.where(truth[:, None] & (change_targets >= 0), change_targets, torch.full_like(change_targets, -1))
 
 
 def guidance_truth_share(config, step, num_steps):

@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import (
-    GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_findings, guidance_truth_share,
+    GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_changes, guidance_findings,
+    guidance_truth_share,
     model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
 )
 from modeling_cliptt5.training.model import (
@@ -193,6 +194,12 @@ def _datasets_for(config, data, model, processor, accelerator):
             head_rows = take_first(data[config.validation_split], config.finding_eval_max_samples)
     splits = [rows for rows in (train_rows, validation_rows, head_rows) if rows is not None]
     targets, label_source = [None] * len(splits), None
+    change_targets = [None] * len(splits)
+    if getattr(model, "change_head", None) is not None:
+        change_targets = [change_targets_of(rows, model.config.finding_labels) for rows in splits]
+        if not (change_targets[0] >= 0).any():
+            warnings.warn(f"{config.dataset}: no training study carries a change label (\"pleural_effusion:right:"
+                          "increased\") in its labels column: the change head learns nothing")
     if model.finding_head is not None:
         from modeling_cliptt5.evaluation.findings import resolve_label_source
 
@@ -217,11 +224,20 @@ def _datasets_for(config, data, model, processor, accelerator):
     studies = [StudyDataset(rows, encoder, config.report_column, config.prompt, config.use_indication,
                             config.max_bad_samples, split_targets,
                             strip_comparisons=config.comparisons_without_prior == "strip",
-                            read_priors=model.config.reads_prior)
-               for rows, encoder, split_targets in zip(splits, encoders, targets)]
+                            read_priors=model.config.reads_prior, change_targets=split_changes)
+               for rows, encoder, split_targets, split_changes in zip(splits, encoders, targets, change_targets)]
     return StudySets(train=studies[0], validation=studies[1] if len(studies) > 1 else None,
                      head=studies[2] if len(studies) > 2 else None, validation_rows=validation_rows,
                      collate=GenerationCollator(processor, input_name), label_source=label_source)
+
+
+def change_targets_of(rows, names):
+    """The change head's targets for these rows from their labels column (changes.change_targets_from_label_lists);
+    all ignored when the rows have no labels."""
+    from modeling_cliptt5.evaluation.changes import change_targets_from_label_lists
+
+    label_lists = rows["labels"] if "labels" in rows.column_names else [[]] * len(rows)
+    return change_targets_from_label_lists(label_lists, names)
 
 
 def write_release_summary(release_dir, training, validation, max_training_images=2000, device="cpu"):
@@ -301,10 +317,14 @@ class GenerationStage(Stage):
         if self.guided:
             batch["findings"] = guidance_findings(batch["finding_targets"], self.truth_share,
                                                   prompt_generator(config.seed + 1, step, micro_step, rank))
+            if "change_targets" in batch:
+                batch["prior_changes"] = guidance_changes(batch["change_targets"], self.truth_share,
+                                                          prompt_generator(config.seed + 2, step, micro_step, rank))
         outputs = self.model(**model_inputs(batch, self.accelerator.device))
-        finding_loss = getattr(outputs, "finding_loss", None)
-        # train/finding_loss is the head's share of train/loss (which is report + weight * head)
-        return outputs.loss, ({} if finding_loss is None else {"finding_loss": finding_loss.detach()})
+        # train/finding_loss and train/change_loss are the heads' shares of train/loss (report + weight * each head)
+        logged = {name: getattr(outputs, name).detach() for name in ("finding_loss", "change_loss")
+                  if getattr(outputs, name, None) is not None}
+        return outputs.loss, logged
 
     def log_values(self):
         return {"train/guidance_truth_share": self.truth_share} if self.guided else {}

@@ -39,7 +39,8 @@ def build_model_and_processor(config, train_rows, accelerator):
                              f"but finding_labels={config.finding_labels!r} asks for {head['finding_labels']}")
         # A release trained without priors can learn to read them: the prior's embeddings start fresh.
         prior = {name: value for name, value in (config.model or {}).items()
-                 if name in ("reads_prior", "max_prior_report_tokens")}
+                 if name in ("reads_prior", "max_prior_report_tokens", "change_head", "change_head_hidden",
+                             "change_loss_weight")}
         model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head, **prior)
         processor = CLIPT5Processor.from_pretrained(init_from)
     elif config.init == "pretrained":
@@ -171,7 +172,7 @@ def vision_blocks(model):
 
 
 def set_trainable_parts(model, config):
-    """requires_grad per part: T5 (train_t5), clip_projection with the finding head and guidance tokens
+    """requires_grad per part: T5 (train_t5), clip_projection with the finding and change heads and guidance tokens
     (train_projection), image tower (train_vision: frozen, the last vision_last_blocks blocks with the final norm,
     or all)."""
     model.requires_grad_(config.train_t5)
@@ -186,7 +187,7 @@ def set_trainable_parts(model, config):
         model.vision_model.layernorm.requires_grad_(True)
         if model.visual_projection is not None:
             model.visual_projection.requires_grad_(True)
-    for module in (model.clip_projection, model.finding_head, model.finding_embeddings):
+    for module in (model.clip_projection, model.finding_head, model.finding_embeddings, model.change_head):
         if module is not None:
             module.requires_grad_(config.train_projection)
     return model

@@ -337,3 +337,26 @@ def test_float32_graphs_of_a_release_that_reads_priors_decode_the_same_tokens_wi
     assert len({tuple(tokens.flatten().tolist()) for tokens in drafts.values()}) == 4  # each prior changes drafts
     with pytest.raises(ValueError, match="does not read a prior study"):  # graphs of a release without priors
         float32_graphs.generate(pixel_values=torch.zeros(1, 3, 32, 32), prior_input_ids=torch.ones(1, 2).long())
+
+
+def test_float32_graphs_of_a_release_with_a_change_head_decode_the_same_tokens(tiny_tokenizer, tmp_path):
+    """The encoder graph holds the change head: a finding present in both studies enters as its change there too."""
+    from conftest import HEAD_FINDINGS, noise_image, rerandomized, tiny_processor
+
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(
+        vocab_size=len(tiny_tokenizer), finding_head=True, finding_labels=HEAD_FINDINGS, reads_prior=True,
+        change_head=True, change_head_hidden=16)).eval())
+    processor = tiny_processor(tiny_tokenizer)
+    export_graphs(model, tmp_path, weights="float32")
+    engine = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    inputs = processor(images=[noise_image(seed) for seed in range(3)],
+                       prior_images=[noise_image(7), None, noise_image(9)])
+    present = [list(HEAD_FINDINGS)] * 3  # every finding in both studies: each course token is the change head's
+    expected = torch_greedy(model, **inputs, findings=present, max_new_tokens=12)
+    changes = model.change_logits(model.get_vision_features(inputs["pixel_values"]),
+                                  model.get_vision_features(inputs["prior_pixel_values"])).argmax(-1)
+    overridden = torch_greedy(model, **inputs, findings=present, prior_changes=(changes + 1) % 3, max_new_tokens=12)
+    assert not torch.equal(expected, overridden)  # the head's decisions shape the draft
+    drafted = engine.generate(**inputs, findings=present, max_new_tokens=12, num_beams=1, do_sample=False)
+    assert torch.equal(drafted, expected)

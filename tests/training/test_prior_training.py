@@ -73,3 +73,45 @@ def test_a_run_with_priors_trains_their_embeddings_and_releases_a_model_that_rea
     # their start; with priors they learned. The "prior" status row likewise; "no prior" is read in both runs.
     assert (trained["priors"]["kinds"] - trained["none"]["kinds"]).abs().max() > 1e-3
     assert (trained["priors"]["status"][1] - trained["none"]["status"][1]).abs().max() > 1e-3
+
+
+def test_a_run_with_a_change_head_learns_from_the_follow_ups_change_labels(tmp_path):
+    """Follow-ups labelled with a finding's change train the change head through the run (its loss is logged, its
+    weights move only where change labels exist); a study whose prior is not in the batch's rows has no target."""
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+    from modeling_cliptt5.training.config import config_from_dict
+    from modeling_cliptt5.training.generation import train_generation
+
+    linked = with_patients(make_tiny_dataset(tmp_path / "tiny"), tmp_path / "patients")
+    data = load_report_dataset(str(linked))
+
+    def labelled(changes):
+        def labels(rows, indices):  # every study has cardiomegaly; follow-ups (odd rows) say how it changed
+            return {"labels": [["Cardiomegaly"] + ([f"Cardiomegaly:{changes[index // 2 % 3]}"]
+                                                   if index % 2 and changes else []) for index in indices]}
+        folder = tmp_path / ("labelled-" + ("-".join(changes) or "none"))
+        save_dataset_atomically(datasets.DatasetDict({split: rows.map(labels, batched=True, with_indices=True)
+                                                      for split, rows in data.items()}), str(folder))
+        return folder
+
+    studies = StudyDataset(load_report_dataset(str(labelled(("increased", "decreased", "unchanged"))))["train"],
+                           lambda row, index: torch.zeros(1, 2), max_bad_samples=1, read_priors=True,
+                           change_targets=torch.tensor([[2], [2], [0], [0]] + [[1]] * 36))
+    assert studies[0]["change_targets"].tolist() == [-100]  # a first study: nothing to compare with
+    assert studies[1]["change_targets"].tolist() == [2] and studies[3]["change_targets"].tolist() == [0]
+
+    heads, logged = {}, {}
+    for name, changes in (("changes", ("increased", "decreased", "unchanged")), ("none", ())):
+        with one_torch_thread():
+            result = train_generation(config_from_dict(tiny_settings(
+                labelled(changes), tmp_path / name, train_vision="frozen",
+                feature_cache=True, eval_metrics="none", finding_labels="Cardiomegaly,Edema",
+                model={**TINY_MODEL, "reads_prior": True, "max_prior_report_tokens": 40, "change_head": True,
+                       "change_head_hidden": 8})))
+        heads[name] = result.model.change_head.inputs.weight.detach().cpu().clone()
+        logged[name] = (tmp_path / name / "metrics.jsonl").read_text()
+    release = CLIPT5ForConditionalGeneration.from_pretrained(tmp_path / "changes" / "best")
+    assert release.config.change_head and release.change_head is not None
+    assert "train/change_loss" in logged["changes"]
+    # Without change labels the head's loss is 0: it keeps (almost: weight decay) its start; with them it learned.
+    assert (heads["changes"] - heads["none"]).abs().max() > 1e-3
