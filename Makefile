@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 .PHONY: install minimal-env test demo app bench bench-peers clean help
 
 help:
-	@echo "make demo         generate phantom data, train, release, evaluate and draft reports (~30 min on 2 CPUs)"
+	@echo "make demo         generate phantom data, train, release, evaluate and draft reports (~17 min on 2 CPUs)"
 	@echo "make test         run the test suite (builds .venv and the minimal second environment first)"
 	@echo "make install      create $(VENV) with the pinned versions of requirements/ci.txt"
 	@echo "make minimal-env  create $(MINIMAL_VENV): torch + transformers of the other major version only"
