@@ -74,15 +74,19 @@ class CLIPT5FindingHead(nn.Module):
 class CLIPT5ChangeHead(nn.Module):
     """How each finding present in both studies has changed since the prior: smaller, the same or larger (an
     effusion's or a pneumothorax's extent). Each study's patch tokens are pooled per finding, weighted by where the
-    finding head looks for it (its heatmap, a softmax over the patches), and a small MLP reads the two pooled vectors
-    and their difference. Left to T5 alone, a size change between two images was barely learnt in the demo's budget
-    (docs/benchmarks.md)."""
+    finding head looks for it (its heatmap, a softmax over the patches), and a small MLP reads the two pooled vectors,
+    their difference and (with `patch_channels`) the difference of every patch between the two images, each reduced
+    to a few channels: where an edge has moved, which pooling averages away (a pneumothorax's, measured). That part
+    assumes the two images roughly aligned, as a patient's films in the same projection are. Left to T5 alone, a
+    size change between two images was barely learnt in the demo's budget (docs/benchmarks.md)."""
 
     SMALLER, SAME, LARGER = 0, 1, 2
 
-    def __init__(self, in_features, num_findings, hidden):
+    def __init__(self, in_features, num_findings, hidden, patches=0, patch_channels=0):
         super().__init__()
-        self.inputs = nn.Linear(3 * in_features, hidden)
+        self.patch_differences = nn.Linear(in_features, patch_channels) if patches and patch_channels else None
+        extra = patches * patch_channels if self.patch_differences is not None else 0
+        self.inputs = nn.Linear(3 * in_features + extra, hidden)
         self.findings = nn.Embedding(num_findings, hidden)  # which finding is compared
         self.output = nn.Linear(hidden, 3)
 
@@ -96,7 +100,11 @@ class CLIPT5ChangeHead(nn.Module):
         """-> logits [batch, findings, 3] (smaller, same, larger)."""
         current = self.pooled(vision_features, patch_logits)
         prior = self.pooled(prior_vision_features, prior_patch_logits)
-        hidden = self.inputs(torch.cat([current, prior, current - prior], dim=-1)) + self.findings.weight
+        parts = [current, prior, current - prior]
+        if self.patch_differences is not None:  # [batch, views * patches * patch_channels], the same for each finding
+            moved = self.patch_differences(vision_features[:, :, 1:] - prior_vision_features[:, :, 1:]).flatten(1)
+            parts.append(moved[:, None].expand(-1, current.shape[1], -1))
+        hidden = self.inputs(torch.cat(parts, dim=-1)) + self.findings.weight
         return self.output(nn.functional.gelu(hidden))
 
 
@@ -249,7 +257,10 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                                                        if config.uses_finding_guidance else 0, config.change_head)
                                  if config.reads_prior else None)
         self.change_head = (CLIPT5ChangeHead(config.vision_config.hidden_size, len(config.finding_labels),
-                                             config.change_head_hidden) if config.change_head else None)
+                                             config.change_head_hidden,
+                                             config.num_views * (config.num_image_tokens_per_view - 1),
+                                             config.change_head_patch_channels)
+                            if config.change_head else None)
         self._report_vocabulary_mask = None  # made on first use, on the logits' device
         self.post_init()
 
@@ -286,7 +297,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             if module is not None:
                 layers += [layer for layer in module.layers if isinstance(layer, nn.Linear)]
         if change_head is not None:
-            layers += [change_head.inputs, change_head.output]
+            layers += [change_head.inputs, change_head.output] + (
+                [change_head.patch_differences] if change_head.patch_differences is not None else [])
         return layers + ([visual_projection] if visual_projection is not None else [])
 
     def _check_pixel_values(self, pixel_values):

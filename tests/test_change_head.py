@@ -144,3 +144,50 @@ def test_a_release_with_a_change_head_round_trips_and_drafts_by_its_changes(tmp_
                                       max_new_tokens=12)
               for change in (0, 2)}
     assert not torch.equal(drafts[0], drafts[2])
+
+
+@pytest.mark.parametrize("patch_channels", [0, 8])
+def test_patch_differences_see_a_finding_that_spreads_where_pooling_by_its_heatmap_cannot(patch_channels):
+    """A finding that covers more or fewer patches (a pneumothorax whose edge moves) looks the same once each image
+    is pooled by a heatmap that picks out its patches; the differences of the patches show the change."""
+    torch.manual_seed(0)
+    config = tiny_config(finding_head=True, finding_labels=HEAD_FINDINGS, reads_prior=True, change_head=True,
+                         change_head_hidden=32, change_head_patch_channels=patch_channels)
+    model = CLIPT5ForConditionalGeneration(config).eval()
+    channels, patches = config.vision_config.hidden_size, config.num_image_tokens_per_view - 1
+    pattern = torch.zeros(channels)
+    pattern[0] = 1.0
+    with torch.no_grad():  # the head's heatmap of finding 0 is high exactly where the pattern is
+        model.finding_head.layers[0].weight.zero_()
+        model.finding_head.layers[0].bias.zero_()
+        model.finding_head.layers[0].weight[0] = 20 * pattern
+
+    def pairs(count, seed):
+        generator = torch.Generator().manual_seed(seed)
+        size = torch.randint(2, patches - 2, (count,), generator=generator)
+        change = torch.randint(0, 3, (count,), generator=generator)
+        def image(extent):
+            features = torch.randn(count, 1, 1 + patches, channels, generator=generator) * 0.05
+            features[..., 0] = 0.0
+            covered = torch.arange(patches)[None] < extent[:, None]
+            features[:, 0, 1:] += covered[..., None] * pattern
+            return features
+        return image(size + change - 1), image(size), change
+
+    current, prior, change = pairs(512, 0)
+    targets = torch.full((512, len(HEAD_FINDINGS)), -100)
+    targets[:, 0] = change
+    head = model.change_head
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model.change_loss(model.change_logits(current, prior), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test_current, test_prior, test_change = pairs(512, 1)
+    with torch.no_grad():
+        accuracy = (model.change_logits(test_current, test_prior).argmax(-1)[:, 0] == test_change).float().mean()
+    if patch_channels:
+        assert accuracy > 0.9
+    else:
+        assert accuracy < 0.6  # pooled alone: about chance between the three

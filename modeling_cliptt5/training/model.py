@@ -40,7 +40,7 @@ def build_model_and_processor(config, train_rows, accelerator):
         # A release trained without priors can learn to read them: the prior's embeddings start fresh.
         prior = {name: value for name, value in (config.model or {}).items()
                  if name in ("reads_prior", "max_prior_report_tokens", "change_head", "change_head_hidden",
-                             "change_loss_weight")}
+                             "change_head_patch_channels", "change_loss_weight")}
         model = CLIPT5ForConditionalGeneration.from_pretrained(init_from, **head, **prior)
         processor = CLIPT5Processor.from_pretrained(init_from)
     elif config.init == "pretrained":
