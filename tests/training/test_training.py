@@ -117,10 +117,14 @@ def test_the_shipped_configs_are_valid(name, dataset_dir):
     config = parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--dataset", str(dataset_dir),
                            *stage1_tower])
     assert config.stage == ("contrastive" if name == "contrastive" else "generation")
-    model_config = CLIPT5Config(**config.model)  # the architecture mapping is a valid CLIP-T5 config
+    from modeling_cliptt5.training.model import finding_overrides
+
+    # the architecture mapping, with the finding head the settings add (as training builds it), is a valid config
+    model_config = CLIPT5Config(**{**finding_overrides(config), **config.model})
     if name == "demo":
         assert config.dataset == str(dataset_dir) and model_config.vision_config.image_size <= 96
         assert model_config.num_image_tokens_per_view == 17
+        assert model_config.reads_prior and model_config.change_head
 
 
 def test_help_documents_every_setting():
