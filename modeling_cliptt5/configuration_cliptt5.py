@@ -100,9 +100,9 @@ class CLIPT5Config(T5Config):
             ("pleural_effusion:right:increased").
         change_head_hidden (`int`, *optional*, defaults to 128):
             Width of the change head's hidden layer.
-        change_head_patch_channels (`int`, *optional*, defaults to 32):
+        change_head_patch_channels (`int`, *optional*, defaults to 0):
             Channels each patch's difference between the two images is reduced to before the change head reads all
-            of them (where an edge has moved); 0 reads only the per-finding pooled tokens.
+            of them (where an edge has moved; the demo: 32); 0 reads only the per-finding pooled tokens.
         change_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the change head's cross-entropy beside the report loss when `change_targets` are given.
     """
@@ -135,7 +135,7 @@ class CLIPT5Config(T5Config):
         max_prior_report_tokens=128,
         change_head=False,
         change_head_hidden=128,
-        change_head_patch_channels=32,
+        change_head_patch_channels=0,
         change_loss_weight=1.0,
         **kwargs,
     ):

@@ -191,3 +191,17 @@ def test_patch_differences_see_a_finding_that_spreads_where_pooling_by_its_heatm
         assert accuracy > 0.9
     else:
         assert accuracy < 0.6  # pooled alone: about chance between the three
+
+
+def test_a_change_head_saved_without_patch_differences_loads_as_it_was(tmp_path):
+    """The patch part is opt-in (the config's default is 0): a release whose config has no such key builds the head
+    it was saved with, so its weights all load."""
+    model = change_model()
+    assert model.config.change_head_patch_channels == 0 and model.change_head.patch_differences is None
+    model.save_pretrained(tmp_path)
+    config = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(config.replace('"change_head_patch_channels": 0,', ""))
+    assert "change_head_patch_channels" not in (tmp_path / "config.json").read_text()
+    loaded = CLIPT5ForConditionalGeneration.from_pretrained(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
