@@ -123,6 +123,10 @@ class GenerationSettings:
     use_indication: bool = _setting(False, "use a study's indication as its prompt when it has one")
     prompt_dropout: float = _setting(0.5, "probability of training a study without its prompt, so that image-only "
                                      "inference matches training")
+    prior_report_dropout: float = _setting(0.0, "probability of training a follow-up without its prior report (the "
+                                           "prior image stays), so that the drafts learn to state the change that "
+                                           "the course tokens and the change head give rather than read sizes off "
+                                           "the prior report")
     comparisons_without_prior: Literal["strip", "keep"] = _setting(
         "strip", "a study without a prior in the dataset (prior_id empty): strip the sentences of its target report "
         "that compare with an earlier study (evaluation/comparisons.py), so that the model does not learn to "
@@ -342,6 +346,8 @@ def validate(config, source="settings"):
         fail(f"`model` must be a mapping of CLIP-T5 config fields, got {type(config.model).__name__}")
     if not 0.0 <= config.prompt_dropout <= 1.0:
         fail(f"prompt_dropout must be in [0, 1], got {config.prompt_dropout}")
+    if not 0.0 <= config.prior_report_dropout <= 1.0:
+        fail(f"prior_report_dropout must be in [0, 1], got {config.prior_report_dropout}")
     if config.feature_cache and config.train_vision != "frozen":
         fail("feature_cache needs train_vision=frozen (a training image tower changes its features every step)")
     if config.init == "release" and not config.init_from:

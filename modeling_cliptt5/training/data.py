@@ -286,6 +286,15 @@ def drop_prompts(batch, probability, generator):
     return batch
 
 
+def drop_prior_reports(batch, probability, generator):
+    """Masks out each study's prior report with `probability` (an all-0 mask is "no prior report"); the prior image
+    stays."""
+    if "prior_attention_mask" not in batch or probability <= 0:
+        return batch
+    keep = torch.rand(batch["prior_attention_mask"].shape[0], generator=generator) >= probability
+    return {**batch, "prior_attention_mask": batch["prior_attention_mask"] * keep[:, None]}
+
+
 def model_inputs(batch, device):
     """The tensors the model's forward takes, on `device`."""
     names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels", "finding_targets",

@@ -11,9 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import (
-    GenerationCollator, StudyDataset, drop_prompts, finding_targets_for, guidance_changes, guidance_findings,
-    guidance_truth_share,
-    model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
+    GenerationCollator, StudyDataset, drop_prior_reports, drop_prompts, finding_targets_for, guidance_changes,
+    guidance_findings, guidance_truth_share, model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
 )
 from modeling_cliptt5.training.model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
@@ -314,6 +313,8 @@ class GenerationStage(Stage):
     def loss(self, batch, step, micro_step):
         config, rank = self.config, self.accelerator.process_index
         batch = drop_prompts(batch, config.prompt_dropout, prompt_generator(config.seed, step, micro_step, rank))
+        batch = drop_prior_reports(batch, config.prior_report_dropout,
+                                   prompt_generator(config.seed + 4, step, micro_step, rank))
         if self.guided:
             batch["findings"] = guidance_findings(batch["finding_targets"], self.truth_share,
                                                   prompt_generator(config.seed + 1, step, micro_step, rank))

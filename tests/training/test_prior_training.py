@@ -115,3 +115,16 @@ def test_a_run_with_a_change_head_learns_from_the_follow_ups_change_labels(tmp_p
     assert "train/change_loss" in logged["changes"]
     # Without change labels the head's loss is 0: it keeps (almost: weight decay) its start; with them it learned.
     assert (heads["changes"] - heads["none"]).abs().max() > 1e-3
+
+
+def test_prior_report_dropout_masks_whole_prior_reports_and_keeps_the_prior_images():
+    from modeling_cliptt5.training.data import drop_prior_reports
+
+    batch = {"prior_attention_mask": torch.ones(400, 5, dtype=torch.long), "prior_image_mask": torch.ones(400)}
+    dropped = drop_prior_reports(batch, 0.5, torch.Generator().manual_seed(0))
+    kept = dropped["prior_attention_mask"].sum(dim=1)
+    assert set(kept.tolist()) == {0, 5}  # a report is read whole or not at all
+    assert 150 < int((kept == 0).sum()) < 250
+    assert torch.equal(dropped["prior_image_mask"], batch["prior_image_mask"])
+    assert drop_prior_reports(batch, 0.0, torch.Generator()) is batch
+    assert drop_prior_reports({"labels": torch.ones(2, 3)}, 0.5, torch.Generator()).keys() == {"labels"}
