@@ -80,8 +80,6 @@ class CLIPT5ChangeHead(nn.Module):
     assumes the two images roughly aligned, as a patient's films in the same projection are. Left to T5 alone, a
     size change between two images was barely learnt in the demo's budget (docs/benchmarks.md)."""
 
-    SMALLER, SAME, LARGER = 0, 1, 2
-
     def __init__(self, in_features, num_findings, hidden, patches=0, patch_channels=0):
         super().__init__()
         self.patch_differences = nn.Linear(in_features, patch_channels) if patches and patch_channels else None
@@ -427,14 +425,15 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         refuse_prior(self.config, prior)
         return self.prior_tokens(batch, statuses, vision_features, **prior) if self.config.reads_prior else None
 
-    def change_logits(self, vision_features, prior_vision_features):
+    def change_logits(self, vision_features, prior_vision_features, prior_patch_logits=None):
         """The change head's logits [batch, findings, 3] (smaller, the same, larger since the prior) from the two
-        studies' vision features."""
+        studies' vision features (and the finding head's patch logits on the prior, when already computed)."""
         if self.change_head is None:
             raise ValueError("this model has no change head (config.change_head is False)")
         features, prior_features = vision_features.to(self.dtype), prior_vision_features.to(self.dtype)
-        return self.change_head(features, self.finding_head(features)[1], prior_features,
-                                self.finding_head(prior_features)[1])
+        if prior_patch_logits is None:
+            prior_patch_logits = self.finding_head(prior_features)[1]
+        return self.change_head(features, self.finding_head(features)[1], prior_features, prior_patch_logits)
 
     def prior_tokens(self, batch, statuses=None, vision_features=None, prior_pixel_values=None,
                      prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
@@ -468,14 +467,14 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                 if statuses is None:
                     raise ValueError("a prior image's finding tokens compare with the current study's findings: "
                                      "pass its guidance statuses")
-                prior_logits, _ = self.finding_head(features)
+                prior_logits, prior_patch_logits = self.finding_head(features)
                 prior_statuses = self.guidance_statuses(prior_logits)
                 changes = None
                 if self.change_head is not None:
                     if vision_features is None:
                         raise ValueError("the change head compares the prior image with the current one: pass the "
                                          "current study's vision_features")
-                    changes = self.change_logits(vision_features, features).argmax(dim=-1)
+                    changes = self.change_logits(vision_features, features, prior_patch_logits).argmax(dim=-1)
                     if prior_changes is not None:
                         given = prior_changes.long().to(changes.device)
                         changes = torch.where(given >= 0, given, changes)
@@ -674,5 +673,5 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
-__all__ = ["CLIPT5ChangeHead", "CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration", "CLIPT5PriorEmbeddings",
-           "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput"]
+__all__ = ["CLIPT5ChangeHead", "CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration",
+           "CLIPT5PriorEmbeddings", "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput"]

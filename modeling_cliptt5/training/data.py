@@ -314,13 +314,6 @@ def guidance_findings(finding_targets, truth_share, generator):
     return torch.where(truth[:, None] & known, finding_targets.long(), torch.full_like(finding_targets, -1).long())
 
 
-def guidance_changes(change_targets, truth_share, generator):
-    """The changes the course tokens show during training (as `guidance_findings` for the findings): each study's
-    true changes with probability `truth_share`, else -1 (the change head's own, as at inference)."""
-    truth = torch.rand(change_targets.shape[0], generator=generator) < truth_share
-    return torch.where(truth[:, None] & (change_targets >= 0), change_targets, torch.full_like(change_targets, -1))
-
-
 def guidance_truth_share(config, step, num_steps):
     """Linear from guidance_truth_start at step 0 to guidance_truth_end at the last step."""
     progress = step / max(num_steps - 1, 1)

@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_cliptt5.training.data import (
-    GenerationCollator, StudyDataset, drop_prior_reports, drop_prompts, finding_targets_for, guidance_changes,
-    guidance_findings, guidance_truth_share, model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
+    GenerationCollator, StudyDataset, drop_prior_reports, drop_prompts, finding_targets_for, guidance_findings,
+    guidance_truth_share, model_inputs, pixel_encoder, prompt_generator, take_first, validation_loader,
 )
 from modeling_cliptt5.training.model import (
     build_model_and_processor, count_parameters, enable_activation_checkpointing, make_optimizer, set_train_mode,
@@ -318,9 +318,9 @@ class GenerationStage(Stage):
         if self.guided:
             batch["findings"] = guidance_findings(batch["finding_targets"], self.truth_share,
                                                   prompt_generator(config.seed + 1, step, micro_step, rank))
-            if "change_targets" in batch:
-                batch["prior_changes"] = guidance_changes(batch["change_targets"], self.truth_share,
-                                                          prompt_generator(config.seed + 2, step, micro_step, rank))
+            if "change_targets" in batch:  # the true changes, as the true findings, with the same share
+                batch["prior_changes"] = guidance_findings(batch["change_targets"], self.truth_share,
+                                                           prompt_generator(config.seed + 2, step, micro_step, rank))
         outputs = self.model(**model_inputs(batch, self.accelerator.device))
         # train/finding_loss and train/change_loss are the heads' shares of train/loss (report + weight * each head)
         logged = {name: getattr(outputs, name).detach() for name in ("finding_loss", "change_loss")
