@@ -4,6 +4,7 @@ uploads deleted on a schedule."""
 
 import contextlib
 import os
+import sys
 import threading
 import time
 
@@ -23,11 +24,18 @@ class DraftTurns:
 
     @contextlib.contextmanager
     def turn(self):
+        # The server's log says when readers wait or are turned away: what an administrator sizes --max-waiting by.
         if not self._admitted.acquire(blocking=False):
+            print("A draft was refused: the server is busy.", file=sys.stderr, flush=True)
             raise ServerBusy(f"{self.max_waiting} draft(s) are already waiting for the model")
         try:
-            with self._model:
+            if not self._model.acquire(blocking=False):
+                print("A draft waits for the model (another is being drafted).", file=sys.stderr, flush=True)
+                self._model.acquire()
+            try:
                 yield
+            finally:
+                self._model.release()
         finally:
             self._admitted.release()
 

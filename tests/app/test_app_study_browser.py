@@ -68,6 +68,14 @@ def wait_for_text(page, selector, pattern, timeout_s=30):
     return text_of(page, selector)
 
 
+def wait_for_log(path, text, timeout_s=60):
+    """Waits until the server's log holds `text` (the server flushes each line)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not in the server's log after {timeout_s} s:\n{path.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
 def test_a_new_study_starts_from_nothing_and_another_patients_file_never_joins_it(tiny_release_dir, tmp_path):
     require_browser()
     from playwright.sync_api import sync_playwright
@@ -185,7 +193,7 @@ def test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_
         first.locator('#study-files button[aria-label="Clear"]').click()
         second.evaluate(WATCH_DRAFT_INFO)
         second.click("#draft-button")
-        time.sleep(0.3)
+        wait_for_log(server_log, "A draft waits for the model")  # the second is in line behind the first
         third.click("#draft-button")
         refused = wait_for_text(third, "#draft-info", r"busy")
         assert "The server is busy: try again in a moment." in refused
@@ -203,4 +211,6 @@ def test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_
 
         assert draft(third)  # the refused reader tries again and gets a draft
         assert "Error" not in third.locator("body").inner_text()
-    assert "Stopped after 3 draft(s)" in server_log.read_text()  # the first's old draft, the second's, the third's
+    log = server_log.read_text()
+    assert "Stopped after 3 draft(s)" in log  # the first's old draft, the second's, the third's
+    assert log.count("A draft was refused: the server is busy.") == 1

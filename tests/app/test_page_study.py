@@ -233,7 +233,7 @@ def test_a_redraft_keeps_text_the_model_did_not_write():
     assert keep_version([], "", "", {}, "empty") == []
 
 
-def test_the_draft_queue_runs_one_lets_a_bounded_number_wait_and_refuses_the_rest():
+def test_the_draft_queue_runs_one_lets_a_bounded_number_wait_and_refuses_the_rest(capsys):
     turns = DraftTurns(max_waiting=1)
     release, started, order = threading.Event(), threading.Event(), []
 
@@ -252,10 +252,15 @@ def test_the_draft_queue_runs_one_lets_a_bounded_number_wait_and_refuses_the_res
     assert started.wait(10)
     waiting = threading.Thread(target=second)
     waiting.start()
-    time.sleep(0.2)
+    log, deadline = "", time.monotonic() + 10
+    while "A draft waits for the model" not in log and time.monotonic() < deadline:  # the server's log says so
+        log += capsys.readouterr().err
+        time.sleep(0.01)
+    assert "A draft waits for the model" in log
     with pytest.raises(ServerBusy, match="1 draft"):  # one runs, one waits: the third is refused at once
         with turns.turn():
             pass
+    assert capsys.readouterr().err == "A draft was refused: the server is busy.\n"
     assert order == ["first"]  # the waiting one has not run while the first holds the model
     release.set()
     running.join(10)

@@ -63,9 +63,10 @@ def process_tree(pid):
 
 def kill_tree(pid):
     """SIGKILL to the process group of `pid` and of each of its descendants: torchrun starts each worker in a session
-    of its own, so killing the launcher's group alone would leave the workers drafting (and merging) on their own."""
-    groups = set()
-    for member in process_tree(pid):
+    of its own, so killing the launcher's group alone would leave the workers drafting (and merging) on their own.
+    Returns the pids it found."""
+    groups, members = set(), process_tree(pid)
+    for member in members:
         try:
             groups.add(os.getpgid(member))
         except ProcessLookupError:
@@ -75,6 +76,24 @@ def kill_tree(pid):
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    return members
+
+
+def wait_gone(pids, timeout=60):
+    """Waits until each of `pids` has exited (gone, or a zombie): a SIGKILLed worker that is not our child keeps the
+    journal's lock and may write one more record until it has really exited, which is not at once."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"process {pid} still runs {timeout} s after SIGKILL")
 
 
 def killed_when_recorded(command, output, at_least, timeout=300):
@@ -95,8 +114,9 @@ def killed_when_recorded(command, output, at_least, timeout=300):
             else:
                 pytest.fail(f"no {at_least} records within {timeout} s:\n{log.read_text()[-3000:]}")
         finally:
-            kill_tree(process.pid)
+            killed = kill_tree(process.pid)
             process.wait()
+            wait_gone(killed)
     return journal_lines(folder), log.read_text()
 
 
