@@ -288,11 +288,14 @@ def drop_prompts(batch, probability, generator):
 
 def drop_prior_reports(batch, probability, generator):
     """Masks out each study's prior report with `probability` (an all-0 mask is "no prior report"); the prior image
-    stays."""
+    stays. The columns past the longest report kept go: they were padding, which T5 would read at full cost (the
+    reports are padded on the right and come last but for a prompt, so no kept token moves)."""
     if "prior_attention_mask" not in batch or probability <= 0:
         return batch
     keep = torch.rand(batch["prior_attention_mask"].shape[0], generator=generator) >= probability
-    return {**batch, "prior_attention_mask": batch["prior_attention_mask"] * keep[:, None]}
+    mask = batch["prior_attention_mask"] * keep[:, None]
+    width = max(int(mask.sum(dim=1).max()), 1)
+    return {**batch, "prior_input_ids": batch["prior_input_ids"][:, :width], "prior_attention_mask": mask[:, :width]}
 
 
 def model_inputs(batch, device):

@@ -4,7 +4,8 @@ prior is not there reads none and learns no comparison, and a run trains the pri
 import datasets
 import torch
 
-from conftest import TINY_REPORTS
+from conftest import TINY_REPORTS, tiny_config
+from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.data.schema import link_priors, load_report_dataset, save_dataset_atomically
 from modeling_cliptt5.training.data import GenerationCollator, StudyDataset
 from training_helpers import TINY_MODEL, make_tiny_dataset, one_torch_thread, tiny_settings
@@ -120,11 +121,40 @@ def test_a_run_with_a_change_head_learns_from_the_follow_ups_change_labels(tmp_p
 def test_prior_report_dropout_masks_whole_prior_reports_and_keeps_the_prior_images():
     from modeling_cliptt5.training.data import drop_prior_reports
 
-    batch = {"prior_attention_mask": torch.ones(400, 5, dtype=torch.long), "prior_image_mask": torch.ones(400)}
+    lengths = torch.arange(400) % 5 + 1  # reports of 1-5 tokens, padded on the right to 7 columns
+    mask = (torch.arange(7)[None] < lengths[:, None]).long()
+    batch = {"prior_input_ids": torch.randint(3, 50, (400, 7)) * mask, "prior_attention_mask": mask,
+             "prior_image_mask": torch.ones(400)}
     dropped = drop_prior_reports(batch, 0.5, torch.Generator().manual_seed(0))
     kept = dropped["prior_attention_mask"].sum(dim=1)
-    assert set(kept.tolist()) == {0, 5}  # a report is read whole or not at all
+    assert torch.equal(kept[kept > 0], lengths[kept > 0])  # a report is read whole or not at all
     assert 150 < int((kept == 0).sum()) < 250
     assert torch.equal(dropped["prior_image_mask"], batch["prior_image_mask"])
+    # the padding columns past the longest kept report are gone; the kept tokens are the same
+    assert dropped["prior_input_ids"].shape == dropped["prior_attention_mask"].shape == (400, 5)
+    assert torch.equal(dropped["prior_input_ids"], batch["prior_input_ids"][:, :5])
     assert drop_prior_reports(batch, 0.0, torch.Generator()) is batch
     assert drop_prior_reports({"labels": torch.ones(2, 3)}, 0.5, torch.Generator()).keys() == {"labels"}
+
+
+def test_dropping_the_padding_of_prior_reports_leaves_the_loss_as_it_was():
+    """What drop_prior_reports relies on: columns that only pad the prior reports change no output."""
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration(tiny_config(finding_head=True, finding_labels=["a", "b"],
+                                                       reads_prior=True)).eval()
+    config = model.config
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(3, 1, config.num_image_tokens_per_view, config.vision_config.hidden_size,
+                           generator=generator)
+    ids = torch.randint(3, config.vocab_size, (3, 9), generator=generator)
+    mask = torch.tensor([[1] * 4 + [0] * 5, [1] * 6 + [0] * 3, [0] * 9])
+    labels = torch.randint(3, config.vocab_size, (3, 5), generator=generator)
+
+    def loss(width):
+        return model(vision_features=features, prior_vision_features=features.flip(0),
+                     prior_image_mask=torch.tensor([1, 1, 0]), prior_input_ids=ids[:, :width] * mask[:, :width],
+                     prior_attention_mask=mask[:, :width], labels=labels).loss
+
+    with torch.no_grad():
+        torch.testing.assert_close(loss(6), loss(9), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(loss(3), loss(9))  # cutting a kept token would change it
