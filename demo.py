@@ -70,14 +70,14 @@ def parse_args(argv=None):
 
 # --- 1. data ------------------------------------------------------------------------------------------------------
 
-def make_data(folder, studies, image_size, seed, max_studies_per_patient=1):
+def make_data(folder, studies, image_size, seed, max_studies_per_patient=1, held_out_share=0.1):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
     from modeling_cliptt5.data.sources import draw_phantoms_once
 
     print(f"[1/6] the synthetic phantom dataset ({studies} studies, {image_size} px, 1 to {max_studies_per_patient} "
-          f"per patient) in {folder}")
+          f"per patient, {held_out_share:.0%} of the patients for each of validation and test) in {folder}")
     if draw_phantoms_once(str(folder), studies, seed=seed, image_size=image_size,
-                          max_studies_per_patient=max_studies_per_patient):
+                          max_studies_per_patient=max_studies_per_patient, held_out_share=held_out_share):
         print("  reused: drawn by an earlier run with the same settings")
 
 
@@ -472,7 +472,7 @@ def main(argv=None):
     data_dir = output_dir / "data"
     started = time.perf_counter()
     make_data(data_dir, args.studies or config.get("phantom_studies", 2000), config.get("phantom_image_size", 256),
-              args.seed, config.get("phantom_max_studies_per_patient", 1))
+              args.seed, config.get("phantom_max_studies_per_patient", 1), config.get("phantom_held_out_share", 0.1))
     data_seconds = time.perf_counter() - started
     stage2_extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     head_extra = ["--finding_labels", args.finding_labels] if args.finding_labels else []

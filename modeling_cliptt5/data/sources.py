@@ -29,32 +29,43 @@ def write_phantom_dataset(folder, num_studies, seed=0, image_size=256, split_fra
     return dataset
 
 
-def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_per_patient=1):
+def held_out_splits(share):
+    """The train / validation / test fractions that hold out `share` of the patients for each of the last two."""
+    if not 0 < share < 0.5:
+        raise ValueError(f"the held-out share of the phantom patients must be above 0 and below 0.5, got {share}")
+    return (1 - 2 * share, share, share)
+
+
+def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_per_patient=1, held_out_share=0.1):
     """Makes `folder` hold the phantom studies of these settings: kept when an earlier run drew the same, else drawn
     now. Returns True when it was kept."""
+    split_fractions = held_out_splits(held_out_share)
     stamp = os.path.join(folder, PHANTOM_SETTINGS_FILE)
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as handle:
-            if json.load(handle) == _phantom_settings(num_studies, seed, image_size,
+            if json.load(handle) == _phantom_settings(num_studies, seed, image_size, split_fractions,
                                                       max_studies_per_patient=max_studies_per_patient):
                 return True
     per_patient = f", up to {max_studies_per_patient} per patient" if max_studies_per_patient != 1 else ""
     print(f"drawing {num_studies} synthetic phantom studies ({image_size} px{per_patient}) into {folder}")
-    write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size,
+    write_phantom_dataset(folder, num_studies, seed=seed, image_size=image_size, split_fractions=split_fractions,
                           max_studies_per_patient=max_studies_per_patient)
     return False
 
 
-def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256, max_studies_per_patient=1):
+def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256, max_studies_per_patient=1,
+                   held_out_share=0.1):
     """The folder of dataset `name`: a converted dataset folder as it is, or for "phantom" the synthetic studies
     drawn into `work_dir` (once; a later call with the same settings reuses them). `max_studies_per_patient` above 1
-    draws patients with several studies over time (phantom.make_phantom_dataset)."""
+    draws patients with several studies over time (phantom.make_phantom_dataset); `held_out_share` of the patients
+    go to each of the validation and test splits."""
     if name != PHANTOM:
         return name
-    # One study per patient keeps the folder name it always had, so folders drawn before are found again.
+    # The default settings keep the folder name they always had, so folders drawn before are found again.
     series = f"-{max_studies_per_patient}-per-patient" if max_studies_per_patient != 1 else ""
-    folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px{series}")
-    draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size, max_studies_per_patient)
+    held_out = f"-{held_out_share:g}-held-out" if held_out_share != 0.1 else ""
+    folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px{series}{held_out}")
+    draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size, max_studies_per_patient, held_out_share)
     return folder
 
 

@@ -16,7 +16,8 @@ def load_training_dataset(config, accelerator):
     phantoms is prepared once, by the main process, and every rank loads the same saved copy."""
     options = {"work_dir": config.output_dir, "seed": config.seed, "phantom_studies": config.phantom_studies,
                "phantom_image_size": config.phantom_image_size,
-               "max_studies_per_patient": config.phantom_max_studies_per_patient}
+               "max_studies_per_patient": config.phantom_max_studies_per_patient,
+               "held_out_share": config.phantom_held_out_share}
     if accelerator.is_main_process:
         dataset_folder(config.dataset, **options)
     accelerator.wait_for_everyone()

@@ -5,6 +5,7 @@ import collections
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -14,6 +15,7 @@ from modeling_cliptt5.data.phantom import (
     PHANTOM_CHANGES, PHANTOM_LABELS, SIZES, assign_patient_splits, generate_series,
     labels_from_report, make_phantom_dataset,
 )
+from modeling_cliptt5.data.schema import load_report_dataset
 from modeling_cliptt5.data.sources import PHANTOM_SETTINGS_FILE, dataset_folder, draw_phantoms_once
 from modeling_cliptt5.processing_cliptt5 import format_report
 
@@ -289,3 +291,19 @@ def test_phantom_folders_name_and_stamp_the_studies_per_patient_only_when_severa
     assert stamp["max_studies_per_patient"] == 3
     assert draw_phantoms_once(several, 4, image_size=32, max_studies_per_patient=3)  # kept
     assert not draw_phantoms_once(several, 4, image_size=32, max_studies_per_patient=2)  # drawn again
+
+
+def test_the_held_out_share_sets_the_validation_and_test_splits_by_patient(tmp_path):
+    folder = dataset_folder("phantom", str(tmp_path), phantom_studies=200, phantom_image_size=32,
+                            max_studies_per_patient=4, held_out_share=0.05)
+    assert folder.endswith("phantom-200-32px-4-per-patient-0.05-held-out")
+    splits = load_report_dataset(folder)
+    sizes = {split: len(rows) for split, rows in splits.items()}
+    assert sum(sizes.values()) == 200 and sizes["train"] > 150 and 0 < sizes["validation"] < 25 and 0 < sizes["test"] < 25
+    patients = {split: set(rows["patient_id"]) for split, rows in splits.items()}
+    assert not patients["train"] & patients["test"] and not patients["train"] & patients["validation"]
+    assert json.loads((tmp_path / Path(folder).name / PHANTOM_SETTINGS_FILE).read_text())["split_fractions"] == \
+        [0.9, 0.05, 0.05]
+    assert draw_phantoms_once(folder, 200, image_size=32, max_studies_per_patient=4, held_out_share=0.05)  # kept
+    with pytest.raises(ValueError, match="held-out share .* got 0.5"):
+        dataset_folder("phantom", str(tmp_path), phantom_studies=4, phantom_image_size=32, held_out_share=0.5)
