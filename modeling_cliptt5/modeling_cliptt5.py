@@ -437,11 +437,11 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
 
     def prior_tokens(self, batch, statuses=None, vision_features=None, prior_pixel_values=None,
                      prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
-                     prior_attention_mask=None, prior_changes=None):
+                     prior_attention_mask=None, prior_changes=None, prior_findings=None):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study: the prior status token (prior
         or no prior), then, when given, the prior image's tokens and (with guidance) each finding's course from the
-        finding head's decision on the prior image to the current study's guidance (`statuses`, [batch, findings]
-        0/1) and, with a change head, for a finding present in both, its change (it needs the current study's
+        finding head's decision on the prior image (or `prior_findings`, as `findings` for the current study) to the
+        current study's guidance (`statuses`, [batch, findings] 0/1) and, with a change head, for a finding present in both, its change (it needs the current study's
         `vision_features`; `prior_changes` [batch, findings], 0 smaller, 1 the same, 2 larger, -1 for the head to
         decide, overrides it, as `findings` do the finding head), then the prior report's tokens.
 
@@ -468,7 +468,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                     raise ValueError("a prior image's finding tokens compare with the current study's findings: "
                                      "pass its guidance statuses")
                 prior_logits, prior_patch_logits = self.finding_head(features)
-                prior_statuses = self.guidance_statuses(prior_logits)
+                given = None if prior_findings is None else self.findings_tensor(prior_findings, batch)
+                prior_statuses = self.guidance_statuses(prior_logits, given)
                 changes = None
                 if self.change_head is not None:
                     if vision_features is None:
@@ -482,11 +483,13 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                     raise ValueError("prior_changes given to a model without a change head (config.change_head)")
                 parts.append(embeddings.course_tokens(prior_statuses, statuses, changes)
                              .to(self.dtype) + kinds[embeddings.FINDINGS])
+            elif prior_findings is not None:
+                raise ValueError("prior_findings given to a model without finding guidance (config.finding_guidance)")
             masks += [image_mask[:, None].expand(-1, part.shape[1]) for part in parts]
             has_prior = image_mask
         else:
-            if prior_image_mask is not None or prior_changes is not None:
-                raise ValueError("prior_image_mask and prior_changes describe the prior image: pass "
+            if prior_image_mask is not None or prior_changes is not None or prior_findings is not None:
+                raise ValueError("prior_image_mask, prior_changes and prior_findings describe the prior image: pass "
                                  "prior_pixel_values (or prior_vision_features)")
             # Masked places for the prior image's tokens and guidance keep the report's tokens where they are with
             # a prior image (T5's attention bias depends on relative positions), so every layout drafts alike.
@@ -561,6 +564,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         prior_input_ids=None,
         prior_attention_mask=None,
         prior_changes=None,
+        prior_findings=None,
         **kwargs,
     ):
         r"""
@@ -583,6 +587,9 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         prior_changes (`torch.LongTensor` of shape `[batch, findings]`, models with `config.change_head`):
             Each finding's change since the prior (0 smaller, 1 the same, 2 larger) for the course tokens instead of
             the change head's (-1 leaves it to the head); training passes the true changes for some studies.
+        prior_findings (models with `config.reads_prior` and guidance):
+            The prior study's findings for the course tokens instead of the finding head's decisions on the prior image
+            (as `findings`); training passes the prior's true findings where it passes the current study's.
         Other arguments (labels, decoder_input_ids, ...) are T5ForConditionalGeneration's.
         """
         finding_logits = None
@@ -597,7 +604,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                 pixel_values, input_ids, attention_mask, vision_features, findings, finding_logits,
                 prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
                 prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
-                prior_attention_mask=prior_attention_mask, prior_changes=prior_changes)
+                prior_attention_mask=prior_attention_mask, prior_changes=prior_changes, prior_findings=prior_findings)
         outputs = super().forward(
             input_ids=None,
             attention_mask=attention_mask,
@@ -650,7 +657,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_features=None, findings=None,
                  prior_pixel_values=None, prior_vision_features=None, prior_image_mask=None, prior_input_ids=None,
-                 prior_attention_mask=None, prior_changes=None, **kwargs):
+                 prior_attention_mask=None, prior_changes=None, prior_findings=None, **kwargs):
         """Drafts reports. `generate(pixel_values=...)` needs no text; a prompt (input_ids) is optional.
 
         With a finding head and guidance, the report follows the head's findings, or `findings` where the caller
@@ -658,7 +665,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         tensor of 1 / 0 / -1; see `findings_tensor`): a reader who corrects a finding gets a report that follows
         the correction. With `config.reads_prior`, the prior study's image (`prior_pixel_values`) and report
         (`prior_input_ids`, from CLIPT5Processor's `prior_images` / `prior_reports`) are read too; without them the
-        model reads "no prior". All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
+        model reads "no prior"; `prior_findings` (as `findings`) and `prior_changes` override the heads' findings
+        on the prior image and changes since it. All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
         max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
         """
         if pixel_values is None and vision_features is None:
@@ -669,7 +677,7 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
             pixel_values, input_ids, attention_mask, vision_features, findings,
             prior_pixel_values=prior_pixel_values, prior_vision_features=prior_vision_features,
             prior_image_mask=prior_image_mask, prior_input_ids=prior_input_ids,
-            prior_attention_mask=prior_attention_mask, prior_changes=prior_changes)
+            prior_attention_mask=prior_attention_mask, prior_changes=prior_changes, prior_findings=prior_findings)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 

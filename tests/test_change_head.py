@@ -75,6 +75,37 @@ def test_a_finding_in_both_studies_takes_the_course_token_of_its_change():
                        course_tokens_of(model, absent, current, prior, torch.tensor([[2, 2, 2]])))
 
 
+def test_given_prior_findings_replace_the_heads_decisions_on_the_prior_in_the_course_tokens(prior_release_dir):
+    model = change_model()
+    current, prior = features(model, 1), features(model, 2)
+    decided = model.guidance_statuses(model.finding_head(prior)[0])[0].long().tolist()
+    statuses = [1, 0, 1]
+    embeddings = model.prior_embeddings
+    kind = embeddings.kinds.weight[CLIPT5PriorEmbeddings.FINDINGS]
+
+    def course(prior_findings):
+        embeds, _ = model.prior_inputs(1, torch.tensor([statuses]), current, prior_vision_features=prior,
+                                       prior_changes=torch.tensor([[1, 1, 1]]), prior_findings=prior_findings)
+        start = 1 + model.config.num_views * model.config.num_image_tokens_per_view
+        return embeds[0, start:start + 3]
+
+    for given in ([1, 1, 0], [0, -1, 1], {HEAD_FINDINGS[0]: True}):
+        tokens = course(torch.tensor([given]) if isinstance(given, list) else [given])
+        given = [1, -1, -1] if isinstance(given, dict) else given
+        for finding in range(3):
+            before = decided[finding] if given[finding] < 0 else given[finding]
+            expected = embeddings.courses.weight[4 * finding + 2 * before + statuses[finding]] + kind
+            if before and statuses[finding]:
+                expected = expected + embeddings.changes.weight[1]
+            assert torch.allclose(tokens[finding], expected, atol=1e-6), (given, finding)
+    with pytest.raises(ValueError, match="prior_findings describe the prior image"):
+        model.prior_inputs(1, torch.tensor([statuses]), current, prior_findings=torch.tensor([[1, 1, 1]]))
+    without_guidance = CLIPT5ForConditionalGeneration(tiny_config(reads_prior=True)).eval()
+    with pytest.raises(ValueError, match="without finding guidance"):
+        without_guidance.prior_inputs(1, None, None, prior_vision_features=features(without_guidance, 2),
+                                      prior_findings=torch.tensor([[1]]))
+
+
 def test_the_change_head_needs_the_current_image_and_a_model_without_it_refuses_changes(prior_release_dir):
     model = change_model()
     prior = features(model, 2)

@@ -200,6 +200,10 @@ class StudyDataset(torch.utils.data.Dataset):
                 # a study whose prior is not among these rows has no prior image to compare with
                 targets = self.change_targets[row_index]
                 example["change_targets"] = targets if prior is not None else torch.full_like(targets, -100)
+            if self.finding_targets is not None:  # the prior's findings: the truth of its course tokens
+                targets = self.finding_targets[row_index]
+                example["prior_finding_targets"] = (self.finding_targets[prior_index] if prior is not None
+                                                    else torch.full_like(targets, -100))
         return example
 
 
@@ -251,8 +255,10 @@ class GenerationCollator:
             batch["finding_targets"] = torch.stack([example["finding_targets"] for example in examples])
         if "prior_input" in examples[0]:
             batch.update(self.priors(examples))
-            if "change_targets" in examples[0] and "prior_image_mask" in batch:
-                batch["change_targets"] = torch.stack([example["change_targets"] for example in examples])
+            if "prior_image_mask" in batch:
+                for name in ("change_targets", "prior_finding_targets"):
+                    if name in examples[0]:
+                        batch[name] = torch.stack([example[name] for example in examples])
         batch["ids"] = [example["id"] for example in examples]
         batch["indices"] = [example["index"] for example in examples]
         batch["references"] = [example["report"] for example in examples]
@@ -303,7 +309,7 @@ def model_inputs(batch, device):
     """The tensors the model's forward takes, on `device`."""
     names = ("pixel_values", "vision_features", "input_ids", "attention_mask", "labels", "finding_targets",
              "change_targets", "findings", "prior_pixel_values", "prior_vision_features", "prior_image_mask",
-             "prior_input_ids", "prior_attention_mask", "prior_changes")
+             "prior_input_ids", "prior_attention_mask", "prior_changes", "prior_findings")
     return {name: batch[name].to(device) for name in names if name in batch}
 
 

@@ -321,6 +321,11 @@ class GenerationStage(Stage):
             if "change_targets" in batch:  # the true changes, as the true findings, with the same share
                 batch["prior_changes"] = guidance_findings(batch["change_targets"], self.truth_share,
                                                            prompt_generator(config.seed + 2, step, micro_step, rank))
+            if "prior_finding_targets" in batch:
+                # The prior's true findings for the studies shown their own (the same draws): with the head's
+                # decisions on the prior, its errors made course tokens that the target report contradicts
+                batch["prior_findings"] = guidance_findings(batch["prior_finding_targets"], self.truth_share,
+                                                            prompt_generator(config.seed + 1, step, micro_step, rank))
         outputs = self.model(**model_inputs(batch, self.accelerator.device))
         # train/finding_loss and train/change_loss are the heads' shares of train/loss (report + weight * each head)
         logged = {name: getattr(outputs, name).detach() for name in ("finding_loss", "change_loss")

@@ -4,7 +4,7 @@ prior is not there reads none and learns no comparison, and a run trains the pri
 import datasets
 import torch
 
-from conftest import TINY_REPORTS, tiny_config
+from conftest import TINY_REPORTS, tiny_config, tiny_processor
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.data.schema import link_priors, load_report_dataset, save_dataset_atomically
 from modeling_cliptt5.training.data import GenerationCollator, StudyDataset
@@ -116,6 +116,26 @@ def test_a_run_with_a_change_head_learns_from_the_follow_ups_change_labels(tmp_p
     assert "train/change_loss" in logged["changes"]
     # Without change labels the head's loss is 0: it keeps (almost: weight decay) its start; with them it learned.
     assert (heads["changes"] - heads["none"]).abs().max() > 1e-3
+
+
+def test_a_follow_up_carries_its_priors_true_findings_for_the_course_tokens(tiny_tokenizer):
+    from modeling_cliptt5.training.data import guidance_findings
+
+    rows = datasets.Dataset.from_list([
+        {"id": "a1", "report": "FINDINGS: Small effusion.", "prior_id": ""},
+        {"id": "a2", "report": "FINDINGS: Increased effusion, now large.", "prior_id": "a1"},
+        {"id": "b2", "report": "FINDINGS: No effusion.", "prior_id": "b1"},  # b1 not here
+    ])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -100.0]])
+    studies = StudyDataset(rows, lambda row, index: torch.full((1, 2), float(index)), max_bad_samples=1,
+                           finding_targets=targets, read_priors=True)
+    assert torch.equal(studies[1]["prior_finding_targets"], targets[0])  # a1's findings
+    assert studies[0]["prior_finding_targets"].tolist() == [-100, -100]  # no prior: left to the head
+    batch = GenerationCollator(tiny_processor(tiny_tokenizer), "vision_features")([studies[index] for index in range(3)])
+    assert batch["prior_finding_targets"].tolist() == [[-100, -100], [1, 0], [-100, -100]]
+    # with every study shown its truth, the course tokens read the prior's true findings (-1: the head's decision)
+    shown = guidance_findings(batch["prior_finding_targets"], 1.0, torch.Generator().manual_seed(0))
+    assert shown.tolist() == [[-1, -1], [1, 0], [-1, -1]]
 
 
 def test_prior_report_dropout_masks_whole_prior_reports_and_keeps_the_prior_images():
