@@ -37,8 +37,9 @@ def test_nearest_neighbour_of_a_training_image_is_itself():
 
 def test_the_shortened_demo_runs_end_to_end(tmp_path):
     output = tmp_path / "demo"
+    # 300 studies: the test split (5% of the patients) then holds follow-ups with a finding in both studies
     finished = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "demo.py"), "--output-dir", str(output), "--studies", "100",
+        [sys.executable, str(REPO_ROOT / "demo.py"), "--output-dir", str(output), "--studies", "300",
          "--contrastive-steps", "4", "--max-steps", "6", "--examples", "2"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
