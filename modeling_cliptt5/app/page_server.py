@@ -32,6 +32,7 @@ class DraftTurns:
             if not self._model.acquire(blocking=False):
                 print("A draft waits for the model (another is being drafted).", file=sys.stderr, flush=True)
                 self._model.acquire()
+            print("A draft is being drafted.", file=sys.stderr, flush=True)
             try:
                 yield
             finally:

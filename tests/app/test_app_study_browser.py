@@ -189,7 +189,7 @@ def test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_
         # the second waits its turn; the third finds one drafting and one waiting: refused at once.
         first.click("#draft-button")
         wait_for_text(first, "#draft-info", r"Drafting")
-        time.sleep(0.3)
+        wait_for_log(server_log, "A draft is being drafted.")  # the model has the first's study, not an empty one
         first.locator('#study-files button[aria-label="Clear"]').click()
         second.evaluate(WATCH_DRAFT_INFO)
         second.click("#draft-button")

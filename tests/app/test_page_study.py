@@ -257,6 +257,7 @@ def test_the_draft_queue_runs_one_lets_a_bounded_number_wait_and_refuses_the_res
         log += capsys.readouterr().err
         time.sleep(0.01)
     assert "A draft waits for the model" in log
+    assert log.index("A draft is being drafted.") < log.index("A draft waits for the model")  # the first's, then
     with pytest.raises(ServerBusy, match="1 draft"):  # one runs, one waits: the third is refused at once
         with turns.turn():
             pass
