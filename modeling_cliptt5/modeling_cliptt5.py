@@ -441,9 +441,10 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         """(embeds [batch, tokens, d_model], mask [batch, tokens]) of the prior study: the prior status token (prior
         or no prior), then, when given, the prior image's tokens and (with guidance) each finding's course from the
         finding head's decision on the prior image (or `prior_findings`, as `findings` for the current study) to the
-        current study's guidance (`statuses`, [batch, findings] 0/1) and, with a change head, for a finding present in both, its change (it needs the current study's
-        `vision_features`; `prior_changes` [batch, findings], 0 smaller, 1 the same, 2 larger, -1 for the head to
-        decide, overrides it, as `findings` do the finding head), then the prior report's tokens.
+        current study's guidance (`statuses`, [batch, findings] 0/1) and, with a change head, for a finding present
+        in both, its change (it needs the current study's `vision_features`; `prior_changes` [batch, findings],
+        0 smaller, 1 the same, 2 larger, -1 for the head to decide, overrides it, as `findings` do the finding head),
+        then the prior report's tokens.
 
         prior_pixel_values (or cached prior_vision_features): the prior's images, shaped as pixel_values;
         prior_image_mask [batch] 1 / 0 says which studies have one (default: all). prior_input_ids /
@@ -666,8 +667,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         the correction. With `config.reads_prior`, the prior study's image (`prior_pixel_values`) and report
         (`prior_input_ids`, from CLIPT5Processor's `prior_images` / `prior_reports`) are read too; without them the
         model reads "no prior"; `prior_findings` (as `findings`) and `prior_changes` override the heads' findings
-        on the prior image and changes since it. All keyword arguments of `GenerationMixin.generate` (num_beams, do_sample,
-        max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
+        on the prior image and changes since it. All keyword arguments of `GenerationMixin.generate` (num_beams,
+        do_sample, max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
         """
         if pixel_values is None and vision_features is None:
             if "inputs_embeds" in kwargs or "encoder_outputs" in kwargs:

@@ -9,6 +9,7 @@ from modeling_cliptt5.data.schema import save_dataset_atomically
 
 PHANTOM = "phantom"
 PHANTOM_SETTINGS_FILE = "phantom_settings.json"  # what drew a phantom folder, so that it is reused only for the same
+DEFAULT_HELD_OUT_SHARE = 0.1  # of the patients, for each of validation and test (the splits 0.8 / 0.1 / 0.1)
 
 
 def write_phantom_dataset(folder, num_studies, seed=0, image_size=256, split_fractions=(0.8, 0.1, 0.1),
@@ -36,7 +37,8 @@ def held_out_splits(share):
     return (1 - 2 * share, share, share)
 
 
-def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_per_patient=1, held_out_share=0.1):
+def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_per_patient=1,
+                       held_out_share=DEFAULT_HELD_OUT_SHARE):
     """Makes `folder` hold the phantom studies of these settings: kept when an earlier run drew the same, else drawn
     now. Returns True when it was kept."""
     split_fractions = held_out_splits(held_out_share)
@@ -54,7 +56,7 @@ def draw_phantoms_once(folder, num_studies, seed=0, image_size=256, max_studies_
 
 
 def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_size=256, max_studies_per_patient=1,
-                   held_out_share=0.1):
+                   held_out_share=DEFAULT_HELD_OUT_SHARE):
     """The folder of dataset `name`: a converted dataset folder as it is, or for "phantom" the synthetic studies
     drawn into `work_dir` (once; a later call with the same settings reuses them). `max_studies_per_patient` above 1
     draws patients with several studies over time (phantom.make_phantom_dataset); `held_out_share` of the patients
@@ -63,7 +65,7 @@ def dataset_folder(name, work_dir, seed=0, phantom_studies=2000, phantom_image_s
         return name
     # The default settings keep the folder name they always had, so folders drawn before are found again.
     series = f"-{max_studies_per_patient}-per-patient" if max_studies_per_patient != 1 else ""
-    held_out = f"-{held_out_share:g}-held-out" if held_out_share != 0.1 else ""
+    held_out = f"-{held_out_share:g}-held-out" if held_out_share != DEFAULT_HELD_OUT_SHARE else ""
     folder = os.path.join(work_dir, f"phantom-{phantom_studies}-{phantom_image_size}px{series}{held_out}")
     draw_phantoms_once(folder, phantom_studies, seed, phantom_image_size, max_studies_per_patient, held_out_share)
     return folder

@@ -201,9 +201,8 @@ class StudyDataset(torch.utils.data.Dataset):
                 targets = self.change_targets[row_index]
                 example["change_targets"] = targets if prior is not None else torch.full_like(targets, -100)
             if self.finding_targets is not None:  # the prior's findings: the truth of its course tokens
-                targets = self.finding_targets[row_index]
                 example["prior_finding_targets"] = (self.finding_targets[prior_index] if prior is not None
-                                                    else torch.full_like(targets, -100))
+                                                    else torch.full_like(example["finding_targets"], -100))
         return example
 
 

@@ -72,7 +72,8 @@ def wait_for_log(path, text, timeout_s=60):
     """Waits until the server's log holds `text` (the server flushes each line)."""
     deadline = time.monotonic() + timeout_s
     while text not in path.read_text():
-        assert time.monotonic() < deadline, f"{text!r} not in the server's log after {timeout_s} s:\n{path.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, \
+            f"{text!r} not in the server's log after {timeout_s} s:\n{path.read_text()[-2000:]}"
         time.sleep(0.05)
 
 

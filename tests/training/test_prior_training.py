@@ -131,7 +131,8 @@ def test_a_follow_up_carries_its_priors_true_findings_for_the_course_tokens(tiny
                            finding_targets=targets, read_priors=True)
     assert torch.equal(studies[1]["prior_finding_targets"], targets[0])  # a1's findings
     assert studies[0]["prior_finding_targets"].tolist() == [-100, -100]  # no prior: left to the head
-    batch = GenerationCollator(tiny_processor(tiny_tokenizer), "vision_features")([studies[index] for index in range(3)])
+    collate = GenerationCollator(tiny_processor(tiny_tokenizer), "vision_features")
+    batch = collate([studies[index] for index in range(3)])
     assert batch["prior_finding_targets"].tolist() == [[-100, -100], [1, 0], [-100, -100]]
     # with every study shown its truth, the course tokens read the prior's true findings (-1: the head's decision)
     shown = guidance_findings(batch["prior_finding_targets"], 1.0, torch.Generator().manual_seed(0))
