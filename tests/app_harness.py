@@ -47,9 +47,10 @@ def speaking_release(source, target):
     return Path(target)
 
 
-def slow_release(source, target, tokens=2500):
-    """A speaking release (speaking_release) whose every draft is exactly `tokens` long: ~6 s on one thread, so
-    that a test can act while the model is still working."""
+def slow_release(source, target, tokens=6000):
+    """A speaking release (speaking_release) whose every draft is exactly `tokens` long: ~12 s on one idle thread
+    (2,500 tokens, ~6 s, proved too short a window for three readers' clicks on CI's two busy cores), so that a
+    test can act while the model is still working."""
     release = speaking_release(source, target)
     settings = json.loads((release / "generation_config.json").read_text())
     settings.update(max_new_tokens=tokens, min_new_tokens=tokens)

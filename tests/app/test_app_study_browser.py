@@ -173,7 +173,7 @@ def test_under_load_a_refused_draft_says_busy_and_a_replaced_studys_draft_never_
     require_browser()
     from playwright.sync_api import sync_playwright
 
-    release = slow_release(tiny_release_dir, tmp_path / "release")  # ~6 s a draft
+    release = slow_release(tiny_release_dir, tmp_path / "release")  # ~12 s a draft
     images = [png(tmp_path / f"study{index}.png", index) for index in range(4)]
     server_log = tmp_path / "server.log"
     with (serve_app(release, threads=1, log_path=server_log, app_args=["--max-waiting", "1"]) as url,

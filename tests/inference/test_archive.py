@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT, noise_image, subprocess_env
 from dicom_files import grayscale_dicom
 from modeling_cliptt5.cli import generate
-from modeling_cliptt5.inference.archive import journal_folder
+from modeling_cliptt5.inference.archive import LOCK, journal_folder
 
 STUDIES = 48
 TOKENS = "40"  # the untrained tiny release never ends a draft: each study costs 40 decoding steps
@@ -80,20 +80,40 @@ def kill_tree(pid):
 
 
 def wait_gone(pids, timeout=60):
-    """Waits until each of `pids` has exited (gone, or a zombie): a SIGKILLed worker that is not our child keeps the
-    journal's lock and may write one more record until it has really exited, which is not at once."""
+    """Waits until each of `pids` has exited with all its threads: a SIGKILLed worker that is not our child keeps the
+    journal's lock and may finish one more write until its last thread is gone. A process whose first thread has
+    exited shows as a zombie while torch's other threads are still being torn down, holding its files."""
     deadline = time.monotonic() + timeout
     for pid in pids:
         while time.monotonic() < deadline:
             try:
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                threads = len(os.listdir(f"/proc/{pid}/task"))
             except (OSError, IndexError):
                 break
-            if state in ("Z", "X"):
+            if state in ("Z", "X") and threads <= 1:
                 break
             time.sleep(0.02)
         else:
             pytest.fail(f"process {pid} still runs {timeout} s after SIGKILL")
+
+
+def wait_unlocked(folder, timeout=60):
+    """Waits until no process holds the journal's lock (what a rerun takes first)."""
+    import fcntl
+
+    lock = Path(folder) / LOCK
+    deadline = time.monotonic() + timeout
+    while lock.exists():
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{lock} still locked {timeout} s after the run was killed"
+                time.sleep(0.02)
+                continue
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 def killed_when_recorded(command, output, at_least, timeout=300):
@@ -117,6 +137,7 @@ def killed_when_recorded(command, output, at_least, timeout=300):
             killed = kill_tree(process.pid)
             process.wait()
             wait_gone(killed)
+            wait_unlocked(folder)
     return journal_lines(folder), log.read_text()
 
 
