@@ -12,8 +12,8 @@ model, with its own modules:
   and takes the findings a caller sets (-1: the head decides), so that the guidance tokens follow a reader's
   correction;
 - one decoding step: the last token and the self-attention cache -> next-token logits and the grown cache.
-Weights are then int8-quantized per output channel (onnxruntime.quantization.quantize_dynamic), or kept float32
-with `weights="float32"`.
+Each attention is written as one fused node (onnx_attention.py). Weights are then int8-quantized per output channel
+(onnxruntime.quantization.quantize_dynamic), or kept float32 with `weights="float32"`.
 
 Decoding is transformers' own `generate()` (GenerationMixin) driving the step graph (OnnxStepModel): greedy,
 beam search, sampling, penalties, length rules and stopping mean what they mean for the PyTorch model, and with
@@ -43,9 +43,10 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
+from modeling_cliptt5.inference.onnx_attention import fused_attention
 from modeling_cliptt5.inference.ood import image_vectors
 
-EXPORT_FORMAT = 6  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 7  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 VISION_FILE, ENCODER_FILE, STEP_FILE = "vision.onnx", "encoder.onnx", "decoder_step.onnx"
 
@@ -175,8 +176,11 @@ class DecoderStepGraph(nn.Module):
         self_cache, cross_cache = DynamicCache(), DynamicCache()
         for layer in range(layers):
             keys, values, cross_keys, cross_values = caches[4 * layer: 4 * layer + 4]
-            self_cache.update(keys, values, layer)
-            cross_cache.update(cross_keys, cross_values, layer)
+            for part, part_keys, part_values in ((self_cache, keys, values), (cross_cache, cross_keys, cross_values)):
+                part.update(part_keys, part_values, layer)
+                # The cache holds the graph's inputs themselves: update() concatenates them to an empty tensor, a
+                # copy of every cross-attention key and value at every step that the traced graph would keep.
+                part.layers[layer].keys, part.layers[layer].values = part_keys, part_values
         cache = EncoderDecoderCache(self_cache, cross_cache)
         for layer in range(layers):
             cache.is_updated[layer] = True  # cross keys/values come from the encoder graph: not recomputed
@@ -214,8 +218,6 @@ def export_graphs(model, folder, weights="int8"):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to(device="cpu", dtype=torch.float32).eval()
-    if hasattr(model, "set_attn_implementation"):  # plain matmuls: what the exporter maps op by op
-        model.set_attn_implementation("eager")
     config = model.config
     layers, heads, head_size = config.num_decoder_layers, config.num_heads, config.d_kv
     views = () if config.num_views == 1 else (config.num_views,)
@@ -245,7 +247,8 @@ def export_graphs(model, folder, weights="int8"):
     cross_names = [name for name in _cache_names(layers) if name.startswith("cross")]
     float_folder = folder / "float32" if weights == "int8" else folder
     float_folder.mkdir(exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    # Each attention one fused node (onnx_attention.py): a step of one token is otherwise mostly small nodes.
+    with torch.no_grad(), warnings.catch_warnings(), fused_attention(model):
         warnings.simplefilter("ignore")  # the TorchScript exporter's and T5's deprecation notices
         # The wrappers in eval mode: the exporter puts a module back in the mode it found it in, and a new
         # nn.Module is in training mode, which would switch the model's dropout on for the caller.

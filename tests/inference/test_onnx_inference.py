@@ -115,6 +115,23 @@ def test_teacher_forced_logits_match_the_model_forward(random_model, float32_gra
                                rtol=1e-4, atol=1e-3)  # float32 sums in another order
 
 
+def test_each_attention_is_one_fused_node_and_a_step_copies_no_cross_keys(random_model, float32_graphs):
+    from modeling_cliptt5.inference.onnx_inference import ENCODER_FILE, STEP_FILE, VISION_FILE
+
+    config = random_model.config
+    nodes = {name: onnx.load(os.path.join(float32_graphs.name_or_path, name)).graph.node
+             for name in (VISION_FILE, ENCODER_FILE, STEP_FILE)}
+    fused = {name: sum(node.op_type == "MultiHeadAttention" for node in graph) for name, graph in nodes.items()}
+    assert fused == {VISION_FILE: config.vision_config.num_hidden_layers, ENCODER_FILE: config.num_layers,
+                     STEP_FILE: 2 * config.num_decoder_layers}  # self and cross attention in each decoder layer
+    assert not any(node.op_type == "Softmax" for graph in nodes.values() for node in graph)
+    # a Concat of one input is a copy: the cross keys and values go into the attention as they come in
+    step_inputs = {node.input[0] for node in nodes[STEP_FILE] if node.op_type == "Concat" and len(node.input) == 1}
+    assert not any(name.startswith("cross_") for name in step_inputs), step_inputs
+    # the model itself attends as before the export
+    assert random_model.config._attn_implementation != "cliptt5_onnx_export"
+
+
 DECODING_SETTINGS = [dict(num_beams=3), dict(num_beams=3, no_repeat_ngram_size=2, length_penalty=0.5),
                      dict(num_beams=2, num_return_sequences=2), dict(repetition_penalty=1.3),
                      dict(do_sample=True, top_k=5)]
