@@ -49,6 +49,7 @@ from modeling_cliptt5.inference.ood import image_vectors
 EXPORT_FORMAT = 7  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 VISION_FILE, ENCODER_FILE, STEP_FILE = "vision.onnx", "encoder.onnx", "decoder_step.onnx"
+MIN_ONNXRUNTIME = (1, 24)  # as the `fast` extra requires
 
 
 def _import_onnxruntime():
@@ -69,6 +70,10 @@ def _import_onnxruntime():
         raise ImportError("--optimize runs the model with ONNX Runtime: pip install 'cliptt5[fast]' "
                           "(onnxruntime and onnx)") from error
     onnxruntime.disable_telemetry_events()
+    found = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+    if found < MIN_ONNXRUNTIME:  # older ones refuse the int8 graphs' ConvInteger (int8 weights) when a session loads
+        raise ImportError(f"--optimize needs onnxruntime >= {'.'.join(map(str, MIN_ONNXRUNTIME))}, found "
+                          f"{onnxruntime.__version__}: pip install 'cliptt5[fast]'")
     return onnxruntime
 
 

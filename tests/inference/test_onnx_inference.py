@@ -247,6 +247,21 @@ def test_optimize_drafts_on_onnx_and_falls_back_to_pytorch_int8_without_onnxrunt
     assert any("pip install 'cliptt5[fast]'" in str(warning.message) for warning in caught)
 
 
+def test_an_onnxruntime_older_than_the_int8_graphs_need_falls_back_and_says_so(trained_release_dir, onnx_cache,
+                                                                                 monkeypatch):
+    """onnxruntime 1.17-1.23 refuse the int8 vision graph's ConvInteger when a session loads (checked by hand with
+    1.17.3, 1.20.1, 1.22.0 and 1.23.2; 1.24.1 and 1.27.0 run it): the fast path says which version it needs."""
+    import onnxruntime
+
+    monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
+    monkeypatch.setattr(onnxruntime, "__version__", "1.23.2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = load_for_cpu(trained_release_dir)
+    assert is_optimized(fallback) and TorchEngine(fallback).name == "PyTorch int8"
+    assert any("--optimize needs onnxruntime >= 1.24, found 1.23.2" in str(warning.message) for warning in caught)
+
+
 def test_generate_py_optimize_drafts_with_onnx_runtime(trained_release_dir, onnx_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLIPT5_ONNX_CACHE", str(onnx_cache))
     inputs = tmp_path / "scans"
