@@ -474,9 +474,10 @@ def main(argv=None):
     base = base_model(args.model)
     vocabulary = (benchmark_vocabulary(args.model, base.config, args.report_vocabulary)
                   if "onnx_int8_vocab" in variants else None)
-    with tempfile.TemporaryDirectory() as export_folder:  # ONNX Runtime holds the graphs in memory once loaded
-        models = {variant: make_variant(base, variant, export_folder, args.threads, vocabulary)
-                  for variant in variants}
+    # Kept until the end: the step graph's sessions are made as new shapes of draft come (StepSessions).
+    export_folder = tempfile.TemporaryDirectory()
+    models = {variant: make_variant(base, variant, export_folder.name, args.threads, vocabulary)
+              for variant in variants}
     image_size = base.config.vision_config.image_size
     pixel_values = phantom_pixel_values(max(args.agreement_inputs, 8), image_size)
 
@@ -489,6 +490,7 @@ def main(argv=None):
     print("agreement:", flush=True)
     agreement = measure_agreement(models, pixel_values[: args.agreement_inputs], args.new_tokens, args.model is None)
     del models, base
+    export_folder.cleanup()
     rss = {}
     if not args.skip_rss:
         print("peak memory (fresh process per variant):", flush=True)
