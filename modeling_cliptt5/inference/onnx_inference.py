@@ -610,6 +610,10 @@ class OnnxCLIPT5:
 
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, prior_pixel_values=None,
                  prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None, **generate_kwargs):
+        overrides = sorted({"prior_changes", "prior_findings"} & generate_kwargs.keys())
+        if overrides:  # the graphs take no such input: the heads decide for the prior
+            raise ValueError(f"{' and '.join(overrides)}: the ONNX fast path's graphs do not take them (its finding "
+                             "and change heads decide for the prior); draft with the PyTorch model to set them")
         prior = {"prior_pixel_values": prior_pixel_values, "prior_image_mask": prior_image_mask,
                  "prior_input_ids": prior_input_ids, "prior_attention_mask": prior_attention_mask}
         return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, prior=prior,

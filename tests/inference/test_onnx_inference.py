@@ -392,3 +392,6 @@ def test_float32_graphs_of_a_release_with_a_change_head_decode_the_same_tokens(t
     assert not torch.equal(expected, overridden)  # the head's decisions shape the draft
     drafted = engine.generate(**inputs, findings=present, max_new_tokens=12, num_beams=1, do_sample=False)
     assert torch.equal(drafted, expected)
+    # the PyTorch model's overrides for the prior are refused by name, not taken for generate() settings
+    with pytest.raises(ValueError, match="prior_changes: the ONNX fast path's graphs do not take them"):
+        engine.generate(**inputs, prior_changes=changes, max_new_tokens=12)
