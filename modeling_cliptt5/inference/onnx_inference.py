@@ -46,7 +46,7 @@ from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
 from modeling_cliptt5.inference.onnx_attention import fused_attention
 from modeling_cliptt5.inference.ood import image_vectors
 
-EXPORT_FORMAT = 7  # bump when the graphs' inputs or outputs change: cached exports are then made again
+EXPORT_FORMAT = 8  # bump when the graphs' inputs or outputs change: cached exports are then made again
 WEIGHT_CHOICES = ("int8", "float32")
 VISION_FILE, ENCODER_FILE, STEP_FILE = "vision.onnx", "encoder.onnx", "decoder_step.onnx"
 MIN_ONNXRUNTIME = (1, 24)  # as the `fast` extra requires
@@ -132,7 +132,9 @@ class EncoderGraph(nn.Module):
             prior = model.prior_inputs(vision_features.shape[0], statuses, vision_features,
                                        prior_vision_features=named["prior_vision_features"],
                                        prior_image_mask=named["prior_image_mask"],
-                                       prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"])
+                                       prior_input_ids=named["prior_ids"], prior_attention_mask=named["prior_mask"],
+                                       prior_findings=named.get("prior_findings"),
+                                       prior_changes=named.get("prior_changes"))
         inputs_embeds, _ = model.encoder_inputs(vision_features, statuses, prompt_ids, prompt_mask, prior)
         # The same mask as encoder_inputs', made so that the exporter keeps the batch size an input dimension
         # (it turns torch.ones(batch, ...) into a constant of the traced batch size).
@@ -157,6 +159,10 @@ def encoder_input_names(config):
         names.append("findings")
     if config.reads_prior:
         names += ["prior_vision_features", "prior_image_mask", "prior_ids", "prior_mask"]
+        if config.uses_finding_guidance:  # the prior's findings and changes as the caller sets them (-1: the heads')
+            names.append("prior_findings")
+        if config.change_head:
+            names.append("prior_changes")
     return names
 
 
@@ -236,13 +242,16 @@ def export_graphs(model, folder, weights="int8"):
                "findings": torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),
                "prior_vision_features": vision_features,
                "prior_image_mask": torch.tensor([1, 0]), "prior_ids": torch.ones(2, 3, dtype=torch.long),
-               "prior_mask": torch.tensor([[1, 1, 1], [0, 0, 0]])}
+               "prior_mask": torch.tensor([[1, 1, 1], [0, 0, 0]]),
+               "prior_findings": torch.full((2, len(config.finding_labels)), -1, dtype=torch.long),
+               "prior_changes": torch.full((2, len(config.finding_labels)), -1, dtype=torch.long)}
     input_names = encoder_input_names(config)
     encoder_inputs = tuple(example[name] for name in input_names)
     encoder_axes = {"vision_features": {0: "batch"}, "prompt_ids": {0: "batch", 1: "prompt"},
                     "prompt_mask": {0: "batch", 1: "prompt"}, "image_vectors": {0: "batch"}, "findings": {0: "batch"},
                     "prior_vision_features": {0: "batch"}, "prior_image_mask": {0: "batch"},
-                    "prior_ids": {0: "batch", 1: "prior_report"}, "prior_mask": {0: "batch", 1: "prior_report"}}
+                    "prior_ids": {0: "batch", 1: "prior_report"}, "prior_mask": {0: "batch", 1: "prior_report"},
+                    "prior_findings": {0: "batch"}, "prior_changes": {0: "batch"}}
     encoder_axes = {name: axes for name, axes in encoder_axes.items()
                     if name in input_names or name == "image_vectors"}
     head_names = []
@@ -598,8 +607,36 @@ class OnnxCLIPT5:
             ids, mask = torch.zeros(batch, 1, dtype=torch.long), torch.zeros(batch, 1, dtype=torch.long)
         elif mask is None:
             mask = torch.ones_like(ids)
-        return {"prior_vision_features": features, "prior_image_mask": image_mask.numpy().astype(np.int64),
-                "prior_ids": ids.numpy().astype(np.int64), "prior_mask": mask.numpy().astype(np.int64)}
+        feeds = {"prior_vision_features": features, "prior_image_mask": image_mask.numpy().astype(np.int64),
+                 "prior_ids": ids.numpy().astype(np.int64), "prior_mask": mask.numpy().astype(np.int64)}
+        feeds.update(self.prior_overrides(batch, images is not None, prior.get("prior_findings"),
+                                          prior.get("prior_changes")))
+        return feeds
+
+    def prior_overrides(self, batch, has_images, prior_findings, prior_changes):
+        """The encoder graph's prior_findings and prior_changes: the caller's, as the PyTorch model takes them, -1
+        (the heads decide) where not given; refused as the model refuses them."""
+        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor
+
+        config, shape = self.config, (batch, len(self.config.finding_labels))
+        if (prior_findings is not None or prior_changes is not None) and not has_images:
+            raise ValueError("prior_changes and prior_findings describe the prior image: pass prior_pixel_values")
+        if prior_findings is not None and not config.uses_finding_guidance:
+            raise ValueError("prior_findings given to a model without finding guidance (config.finding_guidance)")
+        if prior_changes is not None and not config.change_head:
+            raise ValueError("prior_changes given to a model without a change head (config.change_head)")
+        feeds = {}
+        if config.uses_finding_guidance:
+            given = (torch.full(shape, -1) if prior_findings is None
+                     else findings_to_tensor(prior_findings, config.finding_labels, batch))
+            feeds["prior_findings"] = given.numpy().astype(np.int64)
+        if config.change_head:
+            given = torch.full(shape, -1) if prior_changes is None else torch.as_tensor(prior_changes)
+            if tuple(given.shape) != shape:
+                raise ValueError(f"prior_changes must have shape [{batch}, {shape[1]}] (studies, findings), "
+                                 f"got {tuple(given.shape)}")
+            feeds["prior_changes"] = given.numpy().astype(np.int64)
+        return feeds
 
     def step(self, feeds, tokens):
         """Next-token logits [batch, vocab] (numpy) after `tokens` [batch]; grows the caches in `feeds`."""
@@ -609,13 +646,11 @@ class OnnxCLIPT5:
         return full_vocabulary_logits(logits, self.decoder.vocabulary, self.config.vocab_size)
 
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, findings=None, prior_pixel_values=None,
-                 prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None, **generate_kwargs):
-        overrides = sorted({"prior_changes", "prior_findings"} & generate_kwargs.keys())
-        if overrides:  # the graphs take no such input: the heads decide for the prior
-            raise ValueError(f"{' and '.join(overrides)}: the ONNX fast path's graphs do not take them (its finding "
-                             "and change heads decide for the prior); draft with the PyTorch model to set them")
+                 prior_image_mask=None, prior_input_ids=None, prior_attention_mask=None, prior_changes=None,
+                 prior_findings=None, **generate_kwargs):
         prior = {"prior_pixel_values": prior_pixel_values, "prior_image_mask": prior_image_mask,
-                 "prior_input_ids": prior_input_ids, "prior_attention_mask": prior_attention_mask}
+                 "prior_input_ids": prior_input_ids, "prior_attention_mask": prior_attention_mask,
+                 "prior_changes": prior_changes, "prior_findings": prior_findings}
         return self.generate_with_findings(pixel_values, input_ids, attention_mask, findings, prior=prior,
                                            **generate_kwargs)[0]
 

@@ -369,6 +369,14 @@ def test_float32_graphs_of_a_release_that_reads_priors_decode_the_same_tokens_wi
     assert len({tuple(tokens.flatten().tolist()) for tokens in drafts.values()}) == 4  # each prior changes drafts
     with pytest.raises(ValueError, match="does not read a prior study"):  # graphs of a release without priors
         float32_graphs.generate(pixel_values=torch.zeros(1, 3, 32, 32), prior_input_ids=torch.ones(1, 2).long())
+    # overrides for the prior the model refuses, the graphs refuse alike
+    inputs = processor(images=images, **layouts["images"])
+    changes = torch.ones(4, len(model.config.finding_labels), dtype=torch.long)
+    for run in (model.generate, engine.generate):
+        with pytest.raises(ValueError, match="without a change head"):
+            run(**inputs, prior_changes=changes, max_new_tokens=4)
+    with pytest.raises(ValueError, match="describe the prior image"):
+        engine.generate(**processor(images=images), prior_findings=[[]] * 4, max_new_tokens=4)
 
 
 def test_float32_graphs_of_a_release_with_a_change_head_decode_the_same_tokens(tiny_tokenizer, tmp_path):
@@ -392,6 +400,12 @@ def test_float32_graphs_of_a_release_with_a_change_head_decode_the_same_tokens(t
     assert not torch.equal(expected, overridden)  # the head's decisions shape the draft
     drafted = engine.generate(**inputs, findings=present, max_new_tokens=12, num_beams=1, do_sample=False)
     assert torch.equal(drafted, expected)
-    # the PyTorch model's overrides for the prior are refused by name, not taken for generate() settings
-    with pytest.raises(ValueError, match="prior_changes: the ONNX fast path's graphs do not take them"):
-        engine.generate(**inputs, prior_changes=changes, max_new_tokens=12)
+    # the overrides for the prior, as the PyTorch model takes them: the changes, and the prior's findings
+    assert torch.equal(engine.generate(**inputs, findings=present, prior_changes=(changes + 1) % 3, max_new_tokens=12,
+                                       num_beams=1, do_sample=False), overridden)
+    absent_before = torch_greedy(model, **inputs, findings=present, prior_findings=[[]] * 3, max_new_tokens=12)
+    assert not torch.equal(absent_before, expected)  # every finding new since the prior: other course tokens
+    assert torch.equal(engine.generate(**inputs, findings=present, prior_findings=[[]] * 3, max_new_tokens=12,
+                                       num_beams=1, do_sample=False), absent_before)
+    with pytest.raises(ValueError, match="prior_changes must have shape"):
+        engine.generate(**inputs, prior_changes=changes[:, :2], max_new_tokens=12)
