@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 # --- 1. data ------------------------------------------------------------------------------------------------------
 
-def make_data(folder, studies, image_size, seed, max_studies_per_patient=1, held_out_share=0.1):
+def make_data(folder, studies, image_size, seed, max_studies_per_patient, held_out_share):
     """Draws the phantom dataset once; a folder left by an earlier run with the same settings is reused."""
     from modeling_cliptt5.data.sources import draw_phantoms_once
 
@@ -466,13 +466,16 @@ def main(argv=None):
     args = parse_args(argv)
     import yaml
 
+    from modeling_cliptt5.data.sources import DEFAULT_HELD_OUT_SHARE
+
     config = yaml.safe_load(Path(args.config).read_text())
     output_dir = Path(args.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = output_dir / "data"
     started = time.perf_counter()
     make_data(data_dir, args.studies or config.get("phantom_studies", 2000), config.get("phantom_image_size", 256),
-              args.seed, config.get("phantom_max_studies_per_patient", 1), config.get("phantom_held_out_share", 0.1))
+              args.seed, config.get("phantom_max_studies_per_patient", 1),
+              config.get("phantom_held_out_share", DEFAULT_HELD_OUT_SHARE))
     data_seconds = time.perf_counter() - started
     stage2_extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     head_extra = ["--finding_labels", args.finding_labels] if args.finding_labels else []
