@@ -15,6 +15,7 @@ from typing import Literal, Optional
 
 import yaml
 
+from modeling_cliptt5.data.sources import DEFAULT_HELD_OUT_SHARE
 from modeling_cliptt5.inference.model_sources import DEFAULT_CLIP_MODEL, DEFAULT_T5_MODEL
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -42,7 +43,7 @@ class SharedSettings:
         1, "dataset=phantom: each synthetic patient has 1 to N studies over time; with N > 1 the follow-ups' reports "
         "compare with the prior study and carry change labels")
     phantom_held_out_share: float = _setting(
-        0.1, "dataset=phantom: share of the patients in each of the validation and test splits (the rest train)")
+        DEFAULT_HELD_OUT_SHARE, "dataset=phantom: share of the patients in each of the validation and test splits (the rest train)")
     train_split: str = _setting("train", "split to train on")
     validation_split: str = _setting("validation", "split to validate on ('' for none)")
     report_column: str = _setting("report", "target text column (report, findings or impression)")
