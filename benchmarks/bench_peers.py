@@ -124,6 +124,9 @@ def load(variant, work_dir, threads):
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # What --optimize's sessions are given (onnx_inference.session_options): the encoder's and the decoder's
+        # workers stop spinning at the end of each run instead of taking a core from the next session
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         weights = "int8" if variant.endswith("int8") else "float32"
         model = ORTModelForVision2Seq.from_pretrained(peer_onnx_folder(work_dir, weights), session_options=options)
     pixel_values = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

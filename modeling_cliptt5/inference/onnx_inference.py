@@ -384,8 +384,8 @@ class StepSessions:
     its own packed weights, ~50 MB); the `keep` most recently used are kept: a run's batch and its last, smaller
     one, or greedy and beam drafts on the page."""
 
-    def __init__(self, path, options, keep=2):
-        self.path, self.options, self.keep = str(path), options, keep
+    def __init__(self, path, threads, keep=2):
+        self.path, self.threads, self.keep = str(path), threads, keep
         self.sessions = {}  # (rows, encoder length) -> InferenceSession, least recently used first
 
     def session(self, rows, encoder_length):
@@ -394,7 +394,7 @@ class StepSessions:
         key = (rows, encoder_length)
         session = self.sessions.pop(key, None)
         if session is None:
-            options = _copy_options(self.options)
+            options = session_options(self.threads)
             options.add_free_dimension_override_by_name("batch", rows)
             options.add_free_dimension_override_by_name("encoder", encoder_length)
             session = onnxruntime.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
@@ -409,13 +409,21 @@ class StepSessions:
         return self.session(rows, encoder_length).run(None, feeds)
 
 
-def _copy_options(options):
-    """A fresh SessionOptions with the threads of `options` (ONNX Runtime's options cannot be copied)."""
+def session_options(threads):
+    """ONNX Runtime's options for each of a draft's sessions: `threads` for each operator, one operator at a time.
+
+    Each session has its own worker threads, which by default spin for a while after a run, waiting for the next.
+    A draft runs the vision, encoder and step sessions one after another, so the last one's spinning workers took
+    a core from the next: the next draft's vision graph ran ~50% slower, a greedy draft ~20% (docs/benchmarks.md).
+    Stopping them at the end of each run costs a step nothing measurable (the steps' own workers still spin between
+    the operators of a run)."""
     import onnxruntime
 
-    copy = onnxruntime.SessionOptions()
-    copy.intra_op_num_threads, copy.inter_op_num_threads = options.intra_op_num_threads, options.inter_op_num_threads
-    return copy
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
 
 
 class OnnxStepModel(PreTrainedModel, GenerationMixin):
@@ -506,14 +514,13 @@ class OnnxCLIPT5:
 
     def __init__(self, folder, config, generation_config, threads=None, weights="int8"):
         onnxruntime = _import_onnxruntime()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
+        threads = threads or torch.get_num_threads()
+        options = session_options(threads)
         self.vision_session = onnxruntime.InferenceSession(str(Path(folder) / VISION_FILE), options,
                                                            providers=["CPUExecutionProvider"])
         self.encoder_session = onnxruntime.InferenceSession(str(Path(folder) / ENCODER_FILE), options,
                                                             providers=["CPUExecutionProvider"])
-        self.step_sessions = StepSessions(Path(folder) / STEP_FILE, options)
+        self.step_sessions = StepSessions(Path(folder) / STEP_FILE, threads)
         self.config = config
         self.decoder = OnnxStepModel(config, self.step_sessions)
         self.decoder.generation_config = generation_config
