@@ -69,13 +69,23 @@ def dicom_facts(path) -> StudyFacts:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate", "StudyTime"])
     except Exception:  # noqa: BLE001 - an unreadable header says nothing; reading the image reports the file
         return StudyFacts()
+    return header_facts(header)
+
+
+def header_facts(header) -> StudyFacts:
+    """The patient and study date-time of a DICOM data set (pydicom), "" where absent or not a date."""
+    try:
+        patient = str(header.get("PatientID") or "").strip()
+        date, time = header.get("StudyDate"), header.get("StudyTime")
+    except Exception:  # noqa: BLE001 - pydicom parses elements lazily: a damaged one says nothing
+        return StudyFacts()
     when = ""
-    if header.get("StudyDate"):
+    if date:
         try:
-            when = iso_datetime(str(header.StudyDate), str(header.get("StudyTime") or ""))
+            when = iso_datetime(str(date), str(time or ""))
         except ValueError:
             when = ""
-    return StudyFacts(str(header.get("PatientID") or "").strip(), when)
+    return StudyFacts(patient, when)
 
 
 def study_facts(study, table=None) -> StudyFacts:

@@ -9,6 +9,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from modeling_cliptt5.data.schema import latest_earlier
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -30,7 +32,9 @@ CREATE TABLE IF NOT EXISTS studies (
     late_instances INTEGER NOT NULL DEFAULT 0,
     finished_at REAL,
     reason TEXT,
-    result_uid TEXT
+    result_uid TEXT,
+    patient_id TEXT NOT NULL DEFAULT '',
+    study_datetime TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
@@ -57,6 +61,10 @@ CREATE TABLE IF NOT EXISTS refusals (
     reason TEXT NOT NULL
 );
 """
+# Columns added since the first release of the node, each with its default: a database made before them gains them
+# when it is opened (its studies then have no patient or date, and are no one's prior)
+ADDED_COLUMNS = {"studies": {"patient_id": "TEXT NOT NULL DEFAULT ''", "study_datetime": "TEXT NOT NULL DEFAULT ''"}}
+INDEXES = "CREATE INDEX IF NOT EXISTS studies_of_patient ON studies (patient_id);"
 # A study's states. "receiving" until it has been quiet for the study-complete time and was drafted; "failed" (the
 # model failed on it) is drafted again after a restart.
 RECEIVING, DRAFTED, REFUSED, FAILED = "receiving", "drafted", "refused", "failed"
@@ -75,6 +83,12 @@ class NodeDatabase:
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")  # a commit is on the disk when it returns
             self.connection.executescript(SCHEMA)
+            for table, columns in ADDED_COLUMNS.items():
+                present = {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+                for name, definition in columns.items():
+                    if name not in present:
+                        self.connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+            self.connection.executescript(INDEXES)
         self.connection.row_factory = sqlite3.Row
         self.lock = threading.Lock()
 
@@ -111,7 +125,9 @@ class NodeDatabase:
                                (instance.study_instance_uid,)).fetchone()
             if study is None:
                 db.execute("INSERT INTO studies (study_instance_uid, state, first_instance_at, last_instance_at, "
-                           "quiet_since) VALUES (?, ?, ?, ?, ?)", (instance.study_instance_uid, RECEIVING, now, now, now))
+                           "quiet_since, patient_id, study_datetime) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (instance.study_instance_uid, RECEIVING, now, now, now, instance.patient_id,
+                            instance.study_datetime))
             elif study["state"] == RECEIVING:
                 db.execute("UPDATE studies SET last_instance_at = ?, quiet_since = ? WHERE study_instance_uid = ?",
                            (now, now, instance.study_instance_uid))
@@ -147,6 +163,18 @@ class NodeDatabase:
         return [(row["study_instance_uid"], row["quiet_since"]) for row in self.rows(
             "SELECT study_instance_uid, quiet_since FROM studies WHERE state = ? AND quiet_since <= ? "
             "ORDER BY quiet_since LIMIT ?", (RECEIVING, quiet_before, limit))]
+
+    def prior_study(self, study_instance_uid):
+        """The Study Instance UID of the study's prior among the studies this node drafted: the latest of the same
+        patient dated strictly before it (data.schema.latest_earlier, the rule of datasets and of cliptt5-generate),
+        or None (no patient or date in its headers, or no such study)."""
+        rows = self.rows(
+            "SELECT other.study_instance_uid, other.patient_id, other.study_datetime FROM studies AS study "
+            "JOIN studies AS other ON other.patient_id = study.patient_id WHERE study.study_instance_uid = ? "
+            "AND study.patient_id != '' AND (other.state = ? OR other.study_instance_uid = study.study_instance_uid)",
+            (study_instance_uid, DRAFTED))
+        prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
+        return prior_of.get(study_instance_uid)
 
     def instance_paths(self, study_instance_uid):
         return [Path(row["path"]) for row in self.rows(

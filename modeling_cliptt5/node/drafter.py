@@ -35,7 +35,7 @@ class StudyDrafter:
         if not due:
             return 0
         quiet_since = dict(due)
-        studies = [Study(uid, self.database.instance_paths(uid)) for uid, _ in due]
+        studies = [self.study(uid) for uid, _ in due]
         messages = []
         drafts = draft_reports(self.release, studies, batch_size=len(studies), prompt=self.release.config.prompt,
                                generate_kwargs=self.generate_kwargs, on_error=messages.append,
@@ -58,10 +58,18 @@ class StudyDrafter:
                                         f"the result could not be written ({type(error).__name__}: {error})")
         return finished
 
+    def study(self, uid) -> Study:
+        """The study to draft, with its prior for a release that reads one: the latest earlier study of the same
+        patient that this node drafted (its images; the node holds no report of it)."""
+        prior = self.database.prior_study(uid) if self.release.config.reads_prior else None
+        return Study(uid, self.database.instance_paths(uid),
+                     prior=None if prior is None else Study(prior, self.database.instance_paths(prior)))
+
     def send_back(self, draft, quiet_since) -> bool:
         """Writes the draft's SR and queues it; if an instance arrived meanwhile, drops it (drafted again later)."""
         uid = draft.study_id
-        dataset = study_sr(draft, self.release.identity, self.release.config.num_views)
+        prior_files = self.database.instance_paths(draft.prior_id) if draft.prior_id else None
+        dataset = study_sr(draft, self.release.identity, self.release.config.num_views, prior_files=prior_files)
         path = write_durably(self.layout.result_path(dataset.SOPInstanceUID), encoded(dataset))
         result = {"uid": dataset.SOPInstanceUID, "path": path}
         if not self.database.finish_study(uid, quiet_since, DRAFTED, time.time(), result=result,
@@ -71,8 +79,9 @@ class StudyDrafter:
             return False
         notes = [note for flag, note in ((draft.truncated, "stopped at the token limit"),
                                          (draft.ood_flag, "unlike the training images (ood_flag)")) if flag]
-        LOG.info("study %s drafted from %d instance(s) in %.1f s: SR %s queued for %d destination(s)%s", uid,
-                 len(draft.files), draft.seconds, dataset.SOPInstanceUID, len(self.settings.destinations),
+        compared = f" against the prior study {draft.prior_id}" if draft.prior_id else ""
+        LOG.info("study %s drafted from %d instance(s)%s in %.1f s: SR %s queued for %d destination(s)%s", uid,
+                 len(draft.files), compared, draft.seconds, dataset.SOPInstanceUID, len(self.settings.destinations),
                  f" ({'; '.join(notes)})" if notes else "")
         return True
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from modeling_cliptt5.images.dicom import decode_dicom
 from modeling_cliptt5.images.image_source import DEFAULT_MAX_PIXELS, ImageReadError
+from modeling_cliptt5.inference.priors import header_facts
 
 # C-STORE failure statuses (DICOM PS3.4 Table B.2-1)
 OUT_OF_RESOURCES = 0xA700
@@ -22,12 +23,15 @@ UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInst
 
 @dataclass(frozen=True)
 class Instance:
-    """The identity of an accepted instance, each value a valid UID."""
+    """The identity of an accepted instance, each UID valid, and whose study it is and when ("" where its header does
+    not say): how a study finds the patient's prior."""
 
     study_instance_uid: str
     series_instance_uid: str
     sop_class_uid: str
     sop_instance_uid: str
+    patient_id: str = ""
+    study_datetime: str = ""
 
 
 class InstanceRefused(Exception):
@@ -72,4 +76,6 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     if (uids["SOPClassUID"], uids["SOPInstanceUID"]) != (sop_class_uid, sop_instance_uid):
         raise InstanceRefused(DOES_NOT_MATCH_SOP_CLASS, "the data set's SOP Class or Instance UID is not the one its "
                                                         "C-STORE request names")
-    return Instance(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_class_uid, sop_instance_uid)
+    facts = header_facts(dataset)
+    return Instance(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_class_uid, sop_instance_uid,
+                    facts.patient_id, facts.study_datetime)

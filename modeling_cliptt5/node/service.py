@@ -44,6 +44,7 @@ def open_storage(settings):
 
 def recover_instance(database, path):
     from modeling_cliptt5.images.dicom import read_header
+    from modeling_cliptt5.inference.priors import header_facts
 
     header = read_header(path)
     uids = [str(header.get(keyword, "")) if header is not None else "" for keyword in
@@ -51,7 +52,9 @@ def recover_instance(database, path):
     if not all(map(is_uid, uids)) or path.parent.name != uids[0] or path.stem != uids[3]:
         LOG.warning("%s is not an instance this node wrote: left alone", path)
         return
-    database.index_recovered_file(Instance(*uids), path, path.stat().st_size, time.time())
+    facts = header_facts(header)
+    database.index_recovered_file(Instance(*uids, facts.patient_id, facts.study_datetime), path, path.stat().st_size,
+                                  time.time())
     LOG.info("indexed instance %s of study %s, written before the node stopped", uids[3], uids[0])
 
 

@@ -127,3 +127,77 @@ def test_the_database_survives_reopening_in_wal_mode(tmp_path):
     reader = NodeDatabase(tmp_path / "node.sqlite3", read_only=True)
     assert reader.status(2.0)["refusals"][0]["reason"] == "calling AE title not accepted"
     assert StorageLayout(tmp_path).database == tmp_path / "node.sqlite3"
+
+
+def sr_parts(path):
+    """(the findings text, the comparison's text and Study Instance UID, the UIDs of the other pertinent evidence)
+    of a result the node wrote."""
+    sr = pydicom.dcmread(path)
+    sections = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
+    findings = next(item.TextValue for item in sections["Findings"].ContentSequence if item.ValueType == "TEXT")
+    prior = sections["Prior Procedure Descriptions"].ContentSequence
+    comparison = next(item.TextValue for item in prior if item.ValueType == "TEXT")
+    prior_uid = next((item.UID for item in prior if item.ValueType == "UIDREF"), None)
+    evidence = {(study.StudyInstanceUID, item.ReferencedSOPInstanceUID)
+                for study in sr.get("PertinentOtherEvidenceSequence", [])
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    return findings, comparison, prior_uid, evidence
+
+
+def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_node_drafted(prior_release_dir,
+                                                                                          tmp_path):
+    from conftest import model_draft_against
+
+    release = load_release(prior_release_dir)
+    layout, database, drafter = node(tmp_path, release)
+
+    def arrives(name, seed, patient, date):
+        uid, files = study_files(tmp_path / name, count=2, seed=seed, PatientID=patient, StudyDate=date)
+        receive(layout, database, files)
+        time.sleep(0.05)
+        assert drafter.draft_complete_studies() == 1
+        row = state_of(database, uid)
+        assert row["state"] == "drafted", row
+        return uid, files, sr_parts(layout.result_path(row["result_uid"]))
+
+    def expected(files, prior_files=None):
+        decoded = model_draft_against(prior_release_dir, files[0], None if prior_files is None else prior_files[0],
+                                      max_new_tokens=8)
+        return decoded["findings"] or decoded["text"]
+
+    first, first_files, (text, comparison, prior_uid, evidence) = arrives("first", 1, "PAT-7", "20240301")
+    assert (comparison, prior_uid, evidence) == ("Comparison: none", None, set())
+    assert text == expected(first_files)
+
+    # the same patient six weeks later: drafted against the first study's images, which the SR cites
+    later, later_files, (text, comparison, prior_uid, evidence) = arrives("later", 2, "PAT-7", "20240415")
+    assert prior_uid == first and comparison.startswith(f"Comparison: {first} (")
+    assert evidence == {(first, pydicom.dcmread(path).SOPInstanceUID) for path in first_files}
+    assert text == expected(later_files, first_files) != expected(later_files)
+
+    # another patient, later still, and this patient's study from before the first: neither has a prior here
+    for name, patient, date in (("other", "PAT-8", "20240501"), ("earliest", "PAT-7", "20240101")):
+        _, _, (_, comparison, prior_uid, _) = arrives(name, 3, patient, date)
+        assert (comparison, prior_uid) == ("Comparison: none", None), name
+
+    # the next follow-up compares with the latest earlier study, not the first
+    _, _, (_, _, prior_uid, _) = arrives("third", 4, "PAT-7", "20240601")
+    assert prior_uid == later
+
+
+def test_a_database_made_before_patients_were_recorded_gains_the_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "node.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE studies (study_instance_uid TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                      "first_instance_at REAL NOT NULL, last_instance_at REAL NOT NULL, quiet_since REAL NOT NULL, "
+                      "late_instances INTEGER NOT NULL DEFAULT 0, finished_at REAL, reason TEXT, result_uid TEXT);"
+                      "INSERT INTO studies (study_instance_uid, state, first_instance_at, last_instance_at, "
+                      "quiet_since) VALUES ('1.2.3', 'drafted', 1, 1, 1);")
+    old.commit()
+    old.close()
+    database = NodeDatabase(path)
+    (row,) = database.rows("SELECT * FROM studies")
+    assert (row["patient_id"], row["study_datetime"]) == ("", "")
+    assert database.prior_study("1.2.3") is None  # no patient: no one's prior and no prior
