@@ -6,6 +6,7 @@ a generated JSON configuration with its own storage folder, never as the system 
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,16 @@ def dicom_tools():
         pytest.skip(reason)
 
 
+def dcmtk_tool(name):
+    """The path of the DICOM tool `name` (dcmtk's storescu, echoscu, dsrdump; dicom3tools' dciodvfy), or None.
+    pynetdicom installs its own apps named echoscu, storescu, findscu... into the Python environment, with other
+    options: with the environment activated, those come first on PATH and would be run instead."""
+    environment = (Path(sys.prefix) / "bin").resolve()
+    path = os.pathsep.join(folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+                           if folder and Path(folder).resolve() != environment)
+    return shutil.which(name, path=path)
+
+
 def missing_tools_reason():
     """Why the node's tests against real DICOM software cannot run here, or None."""
     import importlib.util
@@ -56,7 +67,7 @@ def missing_tools_reason():
     if importlib.util.find_spec("pynetdicom") is None:
         return "pynetdicom is not installed: pip install '.[node]'"
     for tool, package in (("storescu", "dcmtk"), ("dsrdump", "dcmtk"), ("dciodvfy", "dicom3tools")):
-        if shutil.which(tool) is None:
+        if dcmtk_tool(tool) is None:
             return f"{tool} not found: apt-get install -y {package}"
     if not Path(ORTHANC).exists():
         return "Orthanc not found: apt-get install -y orthanc (then stop and disable its service)"
@@ -111,7 +122,8 @@ def study_files(folder, count=2, seed=1, study_uid=None, **options):
 
 def storescu(port, files, calling=SENDER_AE, called=NODE_AE, timeout=120):
     """dcmtk's storescu sending `files` to 127.0.0.1:`port`; the finished process (its output in stdout)."""
-    return subprocess.run(["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([dcmtk_tool("storescu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+                           *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 
 from dicom_files import grayscale_dicom
 from node_harness import (  # noqa: F401 - dicom_tools and node_release are fixtures
-    SECONDARY_CAPTURE, dicom_tools, gradient_radiograph, node_release, running_node, running_orthanc, sent_ok, storescu,
-    study_files, wait_for,
+    SECONDARY_CAPTURE, dcmtk_tool, dicom_tools, gradient_radiograph, node_release, running_node, running_orthanc,
+    sent_ok, storescu, study_files, wait_for,
 )
 from app_harness import free_port
 
@@ -35,11 +35,12 @@ def pacs(node_release, tmp_path_factory):
 
 
 def dsrdump(path):
-    return subprocess.run(["dsrdump", "+Pl", "+Pc", str(path)], capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run([dcmtk_tool("dsrdump"), "+Pl", "+Pc", str(path)], capture_output=True, text=True,
+                          timeout=60).stdout
 
 
 def dciodvfy_errors(path):
-    output = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    output = subprocess.run([dcmtk_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (output.stdout + output.stderr).splitlines() if line.startswith("Error")]
 
 

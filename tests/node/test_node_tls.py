@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from node_harness import (  # noqa: F401 - dicom_tools and node_release are fixtures
-    NODE_AE, SENDER_AE, dicom_tools, node_release, running_node, study_files, wait_for,
+    NODE_AE, SENDER_AE, dcmtk_tool, dicom_tools, node_release, running_node, study_files, wait_for,
 )
 
 pytestmark = pytest.mark.usefixtures("dicom_tools")
@@ -27,7 +27,7 @@ def certificate(tmp_path_factory):
 
 
 def dcmtk(tool, port, *options, files=()):
-    return subprocess.run([tool, *options, "-aet", SENDER_AE, "-aec", NODE_AE, "127.0.0.1", str(port),
+    return subprocess.run([dcmtk_tool(tool), *options, "-aet", SENDER_AE, "-aec", NODE_AE, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=60)
 
 

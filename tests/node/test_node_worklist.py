@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from node_harness import (  # noqa: F401 - dicom_tools and node_release are fixtures
-    dicom_tools, node_release, radiograph, running_node, running_orthanc, sent_ok, storescu, study_files, wait_for,
+    dcmtk_tool, dicom_tools, node_release, radiograph, running_node, running_orthanc, sent_ok, storescu, study_files,
+    wait_for,
 )
 from app_harness import free_port
 
@@ -118,7 +119,7 @@ def test_opening_a_drafted_study_shows_its_images_and_the_nodes_draft_and_signin
     assert series.SeriesInstanceUID == preliminary.SeriesInstanceUID == final.SeriesInstanceUID
     assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == prelim_uid
     assert str(final.VerifyingObserverSequence[0].VerifyingObserverName) == "Reader^Ada"
-    output = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    output = subprocess.run([dcmtk_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     assert [line for line in (output.stdout + output.stderr).splitlines() if line.startswith("Error")] == []
 
 
