@@ -15,6 +15,7 @@ from modeling_cliptt5.app.report_formats import SR_FINDING, SR_IMPRESSION, sr_re
 from modeling_cliptt5.node.database import DRAFTED, FAILED, RECEIVING, REFUSED, NodeDatabase
 from modeling_cliptt5.node.settings import load_settings
 from modeling_cliptt5.node.storage import StorageLayout, write_durably
+from modeling_cliptt5.node.study_report import sr_texts
 
 # What the worklist calls each of the node's states: a study still receiving waits to be drafted.
 STATE_NAMES = {DRAFTED: "drafted", RECEIVING: "waiting", REFUSED: "refused",
@@ -109,24 +110,12 @@ def draft_from_sr(path):
     import pydicom
 
     dataset = pydicom.dcmread(path)
-    texts = {}
-    comments = []
-    for item in content_items(dataset):
-        if item.get("ValueType") != "TEXT":
-            continue
-        code = item.ConceptNameCodeSequence[0].CodeValue
-        texts.setdefault(code, item.TextValue)
-        comments.append(item.TextValue)
+    found = sr_texts(dataset)
+    texts = dict(reversed(found))  # the first text of each concept
+    comments = [text for _, text in found]
     return {"findings": texts.get(SR_FINDING[0], ""), "impression": texts.get(SR_IMPRESSION[0], ""),
             "sr": {**sr_reference(dataset), "signed": dataset.get("VerificationFlag") == "VERIFIED"},
             "mentioned": comments, "content_time": f"{dataset.get('ContentDate', '')} {dataset.get('ContentTime', '')}"}
-
-
-def content_items(dataset):
-    """Every content item of an SR, depth first."""
-    for item in dataset.get("ContentSequence", []):
-        yield item
-        yield from content_items(item)
 
 
 def page_draft_of(node_draft, study):

@@ -176,6 +176,12 @@ class NodeDatabase:
         prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
         return prior_of.get(study_instance_uid)
 
+    def result_paths(self, study_instance_uid):
+        """The files of every result queued for the study (the node's draft, a reader's signed SR), newest first."""
+        return [Path(row["path"]) for row in self.rows(
+            "SELECT path, MAX(id) AS newest FROM outbox WHERE study_instance_uid = ? GROUP BY path "
+            "ORDER BY newest DESC", (study_instance_uid,))]
+
     def instance_paths(self, study_instance_uid):
         return [Path(row["path"]) for row in self.rows(
             "SELECT path FROM instances WHERE study_instance_uid = ? ORDER BY received_at, sop_instance_uid",

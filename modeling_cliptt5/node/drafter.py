@@ -13,7 +13,7 @@ from modeling_cliptt5.images.dicom import ANY_MODALITY_HINT
 from modeling_cliptt5.inference.drafting import Study, draft_reports
 from modeling_cliptt5.node.database import DRAFTED, FAILED, REFUSED
 from modeling_cliptt5.node.storage import write_durably
-from modeling_cliptt5.node.study_report import encoded, study_sr
+from modeling_cliptt5.node.study_report import comparison_record, encoded, signed_report, study_sr
 
 LOG = logging.getLogger("cliptt5.node")
 GENERATION_FAILED = "generation failed"  # the start of draft_reports' error for a batch the model failed on
@@ -35,9 +35,10 @@ class StudyDrafter:
         if not due:
             return 0
         quiet_since = dict(due)
-        studies = [self.study(uid) for uid, _ in due]
+        studies = {uid: self.study(uid) for uid, _ in due}
         messages = []
-        drafts = draft_reports(self.release, studies, batch_size=len(studies), prompt=self.release.config.prompt,
+        drafts = draft_reports(self.release, list(studies.values()), batch_size=len(studies),
+                               prompt=self.release.config.prompt,
                                generate_kwargs=self.generate_kwargs, on_error=messages.append,
                                on_warning=lambda message: LOG.info("note: %s", message),
                                refuse_ood=self.settings.refuse_ood)
@@ -51,7 +52,7 @@ class StudyDrafter:
                                         "; ".join(reasons_of(uid, messages)) or draft.error)
                 continue
             try:
-                finished += self.send_back(draft, quiet_since[uid])
+                finished += self.send_back(draft, quiet_since[uid], studies[uid])
             except Exception as error:  # noqa: BLE001 - e.g. a full disk: this study waits for a restart, the rest go on
                 LOG.exception("study %s: its result could not be written", uid)
                 finished += self.refuse(uid, quiet_since[uid], FAILED,
@@ -60,16 +61,20 @@ class StudyDrafter:
 
     def study(self, uid) -> Study:
         """The study to draft, with its prior for a release that reads one: the latest earlier study of the same
-        patient that this node drafted (its images; the node holds no report of it)."""
+        patient that this node drafted, its images and, where a reader signed it on the page, its signed report."""
         prior = self.database.prior_study(uid) if self.release.config.reads_prior else None
-        return Study(uid, self.database.instance_paths(uid),
-                     prior=None if prior is None else Study(prior, self.database.instance_paths(prior)))
+        if prior is None:
+            return Study(uid, self.database.instance_paths(uid))
+        return Study(uid, self.database.instance_paths(uid), prior=Study(prior, self.database.instance_paths(prior)),
+                     prior_report=signed_report(self.database.result_paths(prior)))
 
-    def send_back(self, draft, quiet_since) -> bool:
-        """Writes the draft's SR and queues it; if an instance arrived meanwhile, drops it (drafted again later)."""
+    def send_back(self, draft, quiet_since, study) -> bool:
+        """Writes the draft's SR and queues it; if an instance arrived meanwhile, drops it (drafted again later).
+        `study`: what was drafted, with the prior the draft compared with (draft.prior_id) and its report, if any."""
         uid = draft.study_id
-        prior_files = self.database.instance_paths(draft.prior_id) if draft.prior_id else None
-        dataset = study_sr(draft, self.release.identity, self.release.config.num_views, prior_files=prior_files)
+        comparison = (comparison_record(study.prior.files, bool(study.prior_report))
+                      if draft.prior_id and study.prior is not None else None)
+        dataset = study_sr(draft, self.release.identity, self.release.config.num_views, comparison=comparison)
         path = write_durably(self.layout.result_path(dataset.SOPInstanceUID), encoded(dataset))
         result = {"uid": dataset.SOPInstanceUID, "path": path}
         if not self.database.finish_study(uid, quiet_since, DRAFTED, time.time(), result=result,

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import io
 
-from modeling_cliptt5.app.report_formats import basic_text_sr
+from modeling_cliptt5.app.report_formats import SR_FINDING, SR_IMPRESSION, basic_text_sr
 from modeling_cliptt5.app.study_identity import file_identity, file_reference, study_identity
 
 
-def draft_record(draft, release_identity, num_views, prior_files=None):
+def draft_record(draft, release_identity, num_views, comparison=None):
     """The export record (report_formats' input) of a DraftedReport whose `files` are the study's instances, frontal
-    first: the model read the first `num_views` of them. `prior_files`: the instances of the prior study the draft
-    compared with (None: written as a first study, "Comparison: none")."""
+    first: the model read the first `num_views` of them. `comparison`: comparison_record of the prior study the
+    draft compared with (None: written as a first study, "Comparison: none")."""
     findings, impression = draft.findings, draft.impression
     if findings is None and impression is None:  # a draft without section headings: its whole text is the findings
         findings = draft.report
@@ -28,19 +28,19 @@ def draft_record(draft, release_identity, num_views, prior_files=None):
         "images_read": [{"view": identity.get("view_position", ""), "sop_instance_uid": identity["sop_instance_uid"]}
                         for identity in identities[:num_views]],
     }
-    record["comparison"] = None if prior_files is None else comparison_record(prior_files)
+    record["comparison"] = comparison
     if draft.ood_score is not None:
         record["ood"] = {"score": draft.ood_score, "flag": bool(draft.ood_flag), "threshold": draft.ood_threshold}
     return record, identities
 
 
-def comparison_record(prior_files):
+def comparison_record(prior_files, report_read=False):
     """What the SR says of the prior study a draft compared with (report_formats' "comparison"): its Study Instance
-    UID, accession number and date, its images, which the SR cites as other pertinent evidence; never a report (the
-    node holds none)."""
+    UID, accession number and date, its images, which the SR cites as other pertinent evidence, and whether its
+    (signed) report was read."""
     identities = [file_identity(path) for path in prior_files]
     first = identities[0] if identities else {}
-    record = {"id": first.get("study_instance_uid", ""), "report_read": False,
+    record = {"id": first.get("study_instance_uid", ""), "report_read": report_read,
               **{field: first[field] for field in ("study_instance_uid", "accession_number", "study_date")
                  if first.get(field)},
               "images": [{"view": identity.get("view_position", ""), "sop_instance_uid": identity["sop_instance_uid"]}
@@ -51,10 +51,10 @@ def comparison_record(prior_files):
     return record
 
 
-def study_sr(draft, release_identity, num_views, when=None, prior_files=None):
+def study_sr(draft, release_identity, num_views, when=None, comparison=None):
     """The SR (pydicom Dataset) of a drafted study, referencing every instance it was drafted from, and the prior
-    study's instances where it compared with one (`prior_files`)."""
-    record, identities = draft_record(draft, release_identity, num_views, prior_files)
+    study's instances where it compared with one (`comparison`, as draft_record takes it)."""
+    record, identities = draft_record(draft, release_identity, num_views, comparison)
     references = [reference for reference in map(file_reference, identities) if reference]
     return basic_text_sr(record, references, when=when, identity=study_identity(identities))
 
@@ -64,3 +64,36 @@ def encoded(dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def content_items(dataset):
+    """Every content item of an SR, depth first."""
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def sr_texts(dataset):
+    """[(concept code value, text)] of an SR's TEXT content items, depth first: the findings (SR_FINDING's code),
+    the impression (SR_IMPRESSION's) and the comments, as basic_text_sr writes them."""
+    return [(item.ConceptNameCodeSequence[0].CodeValue, item.TextValue) for item in content_items(dataset)
+            if item.get("ValueType") == "TEXT"]
+
+
+def signed_report(paths):
+    """The report text (processing_cliptt5.format_report: findings and impression) of the newest signed (VERIFIED)
+    SR among `paths` (a study's results, newest first), or None when none is signed. A preliminary draft is never
+    read as a report."""
+    import pydicom
+
+    from modeling_cliptt5.processing_cliptt5 import format_report
+
+    for path in paths:
+        try:
+            dataset = pydicom.dcmread(path)
+        except (OSError, ValueError):  # a result file that went missing or is damaged is no report
+            continue
+        if dataset.get("VerificationFlag") == "VERIFIED":
+            texts = dict(reversed(sr_texts(dataset)))  # the first text of each concept
+            return format_report(texts.get(SR_FINDING[0]), texts.get(SR_IMPRESSION[0])) or None
+    return None

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
+from modeling_cliptt5.app.worklist import NodeWorklist
 from modeling_cliptt5.inference.drafting import load_release
 from modeling_cliptt5.node.database import NodeDatabase
 from modeling_cliptt5.node.drafter import StudyDrafter
@@ -160,9 +162,9 @@ def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_no
         assert row["state"] == "drafted", row
         return uid, files, sr_parts(layout.result_path(row["result_uid"]))
 
-    def expected(files, prior_files=None):
+    def expected(files, prior_files=None, prior_report=None):
         decoded = model_draft_against(prior_release_dir, files[0], None if prior_files is None else prior_files[0],
-                                      max_new_tokens=8)
+                                      prior_report, max_new_tokens=8)
         return decoded["findings"] or decoded["text"]
 
     first, first_files, (text, comparison, prior_uid, evidence) = arrives("first", 1, "PAT-7", "20240301")
@@ -172,6 +174,7 @@ def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_no
     # the same patient six weeks later: drafted against the first study's images, which the SR cites
     later, later_files, (text, comparison, prior_uid, evidence) = arrives("later", 2, "PAT-7", "20240415")
     assert prior_uid == first and comparison.startswith(f"Comparison: {first} (")
+    assert comparison.endswith("images read")  # its draft is not a report: only a signed one is read
     assert evidence == {(first, pydicom.dcmread(path).SOPInstanceUID) for path in first_files}
     assert text == expected(later_files, first_files) != expected(later_files)
 
@@ -180,9 +183,22 @@ def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_no
         _, _, (_, comparison, prior_uid, _) = arrives(name, 3, patient, date)
         assert (comparison, prior_uid) == ("Comparison: none", None), name
 
-    # the next follow-up compares with the latest earlier study, not the first
-    _, _, (_, _, prior_uid, _) = arrives("third", 4, "PAT-7", "20240601")
-    assert prior_uid == later
+    # a reader signs the follow-up on the page (its FINAL SR queued in the node's outbox, as the worklist does)
+    (row,) = database.rows("SELECT result_uid FROM studies WHERE study_instance_uid = ?", (later,))
+    signed = pydicom.dcmread(layout.result_path(row["result_uid"]))
+    signed.SOPInstanceUID = signed.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    signed.VerificationFlag, signed.CompletionFlag, signed.PreliminaryFlag = "VERIFIED", "COMPLETE", "FINAL"
+    findings = next(item for item in signed.ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeMeaning == "Findings")
+    next(item for item in findings.ContentSequence if item.ValueType == "TEXT").TextValue = "Small right effusion."
+    signed.save_as(tmp_path / "signed.dcm", enforce_file_format=True)
+    NodeWorklist(drafter.settings).queue_signed_sr(tmp_path / "signed.dcm")
+
+    # the next follow-up compares with the latest earlier study, not the first, and reads its signed report
+    _, third_files, (text, comparison, prior_uid, _) = arrives("third", 4, "PAT-7", "20240601")
+    assert prior_uid == later and comparison.endswith("images and report read")
+    report = "FINDINGS: Small right effusion."  # the signed findings (this draft has no impression)
+    assert text == expected(third_files, later_files, report) != expected(third_files, later_files)
 
 
 def test_a_database_made_before_patients_were_recorded_gains_the_columns(tmp_path):
