@@ -745,11 +745,18 @@ class PageHandlers:
         if not uid:
             return {panel.status: '<p class="refused">Choose a study of the worklist first.</p>'}
         try:
-            paths, node_draft = self.node.open(uid, os.environ.get("GRADIO_TEMP_DIR"))
+            paths, node_draft, prior = self.node.open(uid, os.environ.get("GRADIO_TEMP_DIR"))
         except (WorklistRefused, OSError, sqlite3.Error) as error:
             return {panel.status: f'<p class="refused">{html.escape(str(error))}</p>'}
-        shown = self.files_changed(paths, Study(), {}, request)
-        opened = {**self.cleared, **shown, page.files: paths}
+        # The prior the node's draft compared with goes into the prior slot, as if the reader had dropped it there:
+        # shown beside the study, checked against it, and named by the draft and the exports
+        prior_study = update_study(prior["paths"], None)[0] if prior and prior["paths"] else None
+        current = Study(prior=prior_study, prior_report=prior["report"] if prior else "")
+        shown = self.files_changed(paths, current, {}, request)
+        opened = {**self.cleared, **self.prior_cleared, **shown, page.files: paths}
+        if prior:
+            opened.update({page.prior_files: gr.update(value=prior["paths"] or None, interactive=True),
+                           page.prior_report: gr.update(value=prior["report"], interactive=True)})
         if node_draft is None:
             return {**opened, panel.status: f"<p>Opened {html.escape(uid)}: the node has not drafted it.</p>"}
         draft = page_draft_of(node_draft, shown[page.study])
@@ -804,7 +811,8 @@ def build_app(drafter, max_pixels=DEFAULT_MAX_PIXELS, any_modality=False, show_p
             panel.open_button.click(
                 on.node_study_opened, inputs=panel.choice,
                 outputs=[panel.status, page.files, page.study, page.viewer, page.messages, page.identity,
-                         page.frontal_choice, page.prior_messages, *on.cleared], api_name="open_node_study")
+                         page.frontal_choice, page.prior_files, page.prior_report, page.prior_messages, *on.cleared],
+                api_name="open_node_study")
 
         study_changed = page.files.change(
             on.files_changed, inputs=[page.files, page.study, page.draft],

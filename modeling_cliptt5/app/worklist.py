@@ -11,11 +11,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from modeling_cliptt5.app.page_study import prior_name
 from modeling_cliptt5.app.report_formats import SR_FINDING, SR_IMPRESSION, sr_reference
 from modeling_cliptt5.node.database import DRAFTED, FAILED, RECEIVING, REFUSED, NodeDatabase
 from modeling_cliptt5.node.settings import load_settings
 from modeling_cliptt5.node.storage import StorageLayout, write_durably
-from modeling_cliptt5.node.study_report import sr_texts
+from modeling_cliptt5.node.study_report import signed_report, sr_comparison, sr_texts
 
 # What the worklist calls each of the node's states: a study still receiving waits to be drafted.
 STATE_NAMES = {DRAFTED: "drafted", RECEIVING: "waiting", REFUSED: "refused",
@@ -59,21 +60,31 @@ class NodeWorklist:
         return self.read("study_row", study_instance_uid)
 
     def open(self, study_instance_uid, folder):
-        """(copies of the study's instances in `folder`, the node's draft or None): the images as if the reader had
-        dropped them (the page's upload sweeper deletes them with the other uploads); the draft only for a drafted
-        study (draft_from_sr)."""
+        """(copies of the study's instances in `folder`, the node's draft or None, the prior it compared with or
+        None): the images as if the reader had dropped them (the page's upload sweeper deletes them with the other
+        uploads); the draft only for a drafted study (draft_from_sr); the prior as {"paths": copies of its
+        instances, "report": the signed report the node read of it, or ""}, as if dropped into the prior slot."""
         row = self.study(study_instance_uid)
         if row is None:
             raise WorklistRefused(f"The node holds no study {study_instance_uid}.")
         target = Path(tempfile.mkdtemp(prefix="node-study-", dir=folder))
-        paths = [str(shutil.copyfile(path, target / path.name)) for path in self.instance_paths(study_instance_uid)
-                 if path.is_file()]
+        paths = self.copies(study_instance_uid, target)
         if not paths:
             raise WorklistRefused(f"The node holds no image of study {study_instance_uid}.")
-        draft = None
+        draft = prior = None
         if row["state"] == DRAFTED and row["result_uid"]:
             draft = draft_from_sr(self.layout.result_path(row["result_uid"]))
-        return paths, draft
+        if draft and draft["comparison"]:
+            uid = draft["comparison"]["study_instance_uid"]
+            report = signed_report(self.read("result_paths", uid)) if draft["comparison"]["report_read"] else None
+            prior = {"paths": self.copies(uid, target / "prior"), "report": report or ""}
+        return paths, draft, prior
+
+    def copies(self, study_instance_uid, folder):
+        """Copies of the instances the node holds of a study, in `folder`."""
+        Path(folder).mkdir(exist_ok=True)
+        return [str(shutil.copyfile(path, Path(folder) / path.name))
+                for path in self.instance_paths(study_instance_uid) if path.is_file()]
 
     def queue_signed_sr(self, path):
         """Puts the signed SR at `path` in the node's outbox, for each of the node's destinations: the file is
@@ -106,7 +117,8 @@ def worklist_table(studies):
 
 def draft_from_sr(path):
     """The node's draft as its SR holds it: {"findings", "impression", "sr": the SR's sr_reference, "mentioned":
-    the texts of its comments (they name the images the model read by SOP Instance UID), "content_time"}."""
+    the texts of its comments (they name the images the model read by SOP Instance UID), "content_time",
+    "comparison": the prior study it compared with (study_report.sr_comparison) or None}."""
     import pydicom
 
     dataset = pydicom.dcmread(path)
@@ -115,15 +127,19 @@ def draft_from_sr(path):
     comments = [text for _, text in found]
     return {"findings": texts.get(SR_FINDING[0], ""), "impression": texts.get(SR_IMPRESSION[0], ""),
             "sr": {**sr_reference(dataset), "signed": dataset.get("VerificationFlag") == "VERIFIED"},
-            "mentioned": comments, "content_time": f"{dataset.get('ContentDate', '')} {dataset.get('ContentTime', '')}"}
+            "mentioned": comments, "content_time": f"{dataset.get('ContentDate', '')} {dataset.get('ContentTime', '')}",
+            "comparison": sr_comparison(dataset)}
 
 
 def page_draft_of(node_draft, study):
     """The page's draft state (web_app.page_draft) for the node's draft of `study` (a page_study.Study of the
-    opened files): the images the model read are those its SR names, and the draft is of this study's images."""
+    opened files, with the prior the node compared with in its prior slot): the images the model read are those its
+    SR names, and the draft is of this study's images and that prior."""
     mentioned = " ".join(node_draft["mentioned"])
     read = [image.name for image in study.images
             if image.reference and image.reference["sop_instance_uid"] in mentioned]
+    compared = bool(node_draft.get("comparison")) and bool(study.prior or study.prior_report)
     return {"findings": node_draft["findings"], "impression": node_draft["impression"], "seconds": None,
-            "images": len(read), "truncated": False, "read": read, "engine": "", "prior_id": "",
-            "keys": study.keys, "node_sr": node_draft["sr"]}
+            "images": len(read), "truncated": False, "read": read, "engine": "",
+            "prior_id": prior_name(study.prior, study.prior_report) if compared else "",
+            "prior_key": study.prior_key if compared else "", "keys": study.keys, "node_sr": node_draft["sr"]}

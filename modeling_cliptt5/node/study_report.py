@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 
-from modeling_cliptt5.app.report_formats import SR_FINDING, SR_IMPRESSION, basic_text_sr
+from modeling_cliptt5.app.report_formats import (
+    SR_FINDING, SR_IMPRESSION, SR_PRIOR_PROCEDURES, SR_PROCEDURE, SR_STUDY_UID, basic_text_sr,
+)
 from modeling_cliptt5.app.study_identity import file_identity, file_reference, study_identity
 
 
@@ -78,6 +80,23 @@ def sr_texts(dataset):
     the impression (SR_IMPRESSION's) and the comments, as basic_text_sr writes them."""
     return [(item.ConceptNameCodeSequence[0].CodeValue, item.TextValue) for item in content_items(dataset)
             if item.get("ValueType") == "TEXT"]
+
+
+def sr_comparison(dataset):
+    """The prior study an SR says its draft compared with: {"study_instance_uid", "report_read"} from its Prior
+    Procedure Descriptions (comparison_record as basic_text_sr writes it), or None ("Comparison: none", or no
+    such section)."""
+    for section in dataset.get("ContentSequence", []):
+        if section.ConceptNameCodeSequence[0].CodeValue != SR_PRIOR_PROCEDURES[0]:
+            continue
+        items = section.get("ContentSequence", [])
+        uid = next((item.UID for item in items if item.get("ValueType") == "UIDREF"
+                    and item.ConceptNameCodeSequence[0].CodeValue == SR_STUDY_UID[0]), None)
+        text = next((item.TextValue for item in items if item.get("ValueType") == "TEXT"
+                     and item.ConceptNameCodeSequence[0].CodeValue == SR_PROCEDURE[0]), "")
+        if uid:
+            return {"study_instance_uid": str(uid), "report_read": text.endswith("report read")}
+    return None
 
 
 def signed_report(paths):

@@ -148,13 +148,20 @@ def sr_parts(path):
 
 def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_node_drafted(prior_release_dir,
                                                                                           tmp_path):
+    drafted_follow_ups(prior_release_dir, tmp_path)
+
+
+def drafted_follow_ups(prior_release_dir, tmp_path):
+    """A node with a release that reads priors drafts five studies of two patients (checked here) and a reader signs
+    the second; returns (the drafter, that study's UID, its files, the report text its signature gives)."""
     from conftest import model_draft_against
 
     release = load_release(prior_release_dir)
     layout, database, drafter = node(tmp_path, release)
 
     def arrives(name, seed, patient, date):
-        uid, files = study_files(tmp_path / name, count=2, seed=seed, PatientID=patient, StudyDate=date)
+        uid, files = study_files(tmp_path / name, count=2, seed=seed, PatientID=patient, StudyDate=date,
+                                 AccessionNumber=f"ACC-{name}")
         receive(layout, database, files)
         time.sleep(0.05)
         assert drafter.draft_complete_studies() == 1
@@ -199,6 +206,47 @@ def test_a_follow_up_is_drafted_against_the_patients_latest_earlier_study_the_no
     assert prior_uid == later and comparison.endswith("images and report read")
     report = "FINDINGS: Small right effusion."  # the signed findings (this draft has no impression)
     assert text == expected(third_files, later_files, report) != expected(third_files, later_files)
+    return drafter, later, later_files, report
+
+
+def test_the_page_opens_a_follow_up_with_the_prior_the_node_compared_with_and_signs_it_so(prior_release_dir,
+                                                                                         tmp_path):
+    from types import SimpleNamespace
+
+    gr = pytest.importorskip("gradio")
+    from modeling_cliptt5.app.page_layout import lay_out_page, lay_out_worklist
+    from modeling_cliptt5.app.page_server import DraftTurns
+    from modeling_cliptt5.app.report_review import drafted_without_prior, reviewed_sentences
+    from modeling_cliptt5.app.web_app import PageHandlers, ReportDrafter, make_private_upload_folder
+    from modeling_cliptt5.app.worklist import WORKLIST_HEADERS
+    from modeling_cliptt5.node.study_report import sr_comparison
+
+    drafter, later, later_files, report = drafted_follow_ups(prior_release_dir, tmp_path)
+    (third,) = [row["study_instance_uid"] for row in drafter.database.rows(
+        "SELECT study_instance_uid FROM studies WHERE study_datetime LIKE '2024-06-01%'")]
+    make_private_upload_folder()
+    page_drafter = ReportDrafter.from_pretrained(prior_release_dir)
+    with gr.Blocks():
+        panel = lay_out_worklist(WORKLIST_HEADERS)
+        page = lay_out_page(page_drafter)
+    handlers = PageHandlers(page, page_drafter, 16_000_000, False, False, DraftTurns(4),
+                            NodeWorklist(drafter.settings), panel)
+
+    opened = handlers.node_study_opened(third, SimpleNamespace(session_hash="reader"))
+    study, draft = opened[page.study], opened[page.draft]
+    # the prior in its slot: the earlier study's images (shown beside) and the signed report the node read
+    assert sorted(image.reference["sop_instance_uid"] for image in study.prior.images) == sorted(
+        pydicom.dcmread(path).SOPInstanceUID for path in later_files)
+    assert study.prior_report == report and opened[page.prior_report]["value"] == report
+    assert opened[page.viewer].count("<canvas") == 4  # two views of the study, two of its prior
+    # the draft is one that compared with it: its comparison sentences are not flagged as invented
+    assert draft["prior_id"] == "ACC-later" and not drafted_without_prior(draft)
+
+    items, _ = reviewed_sentences(draft["findings"], draft["impression"], [], draft)
+    signed = handlers.sign("Reader, Ada", draft["findings"], draft["impression"], items, draft, study, [], False)
+    final = pydicom.dcmread(drafter.layout.result_path(signed[page.report_sr]["sop_instance_uid"]))
+    assert final.VerificationFlag == "VERIFIED"
+    assert sr_comparison(final) == {"study_instance_uid": later, "report_read": True}
 
 
 def test_a_database_made_before_patients_were_recorded_gains_the_columns(tmp_path):
