@@ -9,6 +9,7 @@ import io
 from modeling_cliptt5.app.report_formats import (
     SR_FINDING, SR_IMPRESSION, SR_PRIOR_PROCEDURES, SR_PROCEDURE, SR_STUDY_UID, basic_text_sr,
 )
+from modeling_cliptt5.app.page_study import UNNAMED_PRIOR, study_name
 from modeling_cliptt5.app.study_identity import file_identity, file_reference, study_identity
 
 
@@ -42,7 +43,7 @@ def comparison_record(prior_files, report_read=False):
     (signed) report was read."""
     identities = [file_identity(path) for path in prior_files]
     first = identities[0] if identities else {}
-    record = {"id": first.get("study_instance_uid", ""), "report_read": report_read,
+    record = {"id": study_name(first, UNNAMED_PRIOR), "report_read": report_read,  # named as the page names it
               **{field: first[field] for field in ("study_instance_uid", "accession_number", "study_date")
                  if first.get(field)},
               "images": [{"view": identity.get("view_position", ""), "sop_instance_uid": identity["sop_instance_uid"]}

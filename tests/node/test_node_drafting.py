@@ -180,7 +180,7 @@ def drafted_follow_ups(prior_release_dir, tmp_path):
 
     # the same patient six weeks later: drafted against the first study's images, which the SR cites
     later, later_files, (text, comparison, prior_uid, evidence) = arrives("later", 2, "PAT-7", "20240415")
-    assert prior_uid == first and comparison.startswith(f"Comparison: {first} (")
+    assert prior_uid == first and comparison.startswith("Comparison: ACC-first (2024-03-01)")
     assert comparison.endswith("images read")  # its draft is not a report: only a signed one is read
     assert evidence == {(first, pydicom.dcmread(path).SOPInstanceUID) for path in first_files}
     assert text == expected(later_files, first_files) != expected(later_files)

@@ -2,7 +2,7 @@
 Orthanc as a preliminary SR in their own study, which dicom3tools' dciodvfy validates and dcmtk's dsrdump reads;
 what the node must refuse (an unknown AE title, a CT image, a CT secondary capture, a truncated instance, invalid
 UIDs, an oversized instance) is refused with a logged reason while the node keeps serving; no patient name is
-logged."""
+logged; with a release that reads priors, a follow-up's SR names the patient's earlier study as its comparison."""
 
 import subprocess
 
@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from dicom_files import grayscale_dicom
 from node_harness import (  # noqa: F401 - dicom_tools and node_release are fixtures
     SECONDARY_CAPTURE, dcmtk_tool, dicom_tools, gradient_radiograph, node_release, running_node, running_orthanc,
-    sent_ok, storescu, study_files, wait_for,
+    sent_ok, storescu, study_files, wait_for, with_ood_summary,
 )
 from app_harness import free_port
 
@@ -95,6 +95,35 @@ def test_a_study_sent_with_storescu_comes_back_as_a_preliminary_sr_in_its_study(
     # the log names studies and instances, never the patient
     log = node.log_text()
     assert study_uid in log and "Doe" not in log and "Jane" not in log
+
+
+def test_a_follow_up_comes_back_into_orthanc_compared_with_the_patients_earlier_study(prior_release_dir, tmp_path):
+    # A node whose release reads priors, its own Orthanc: the patient's first study, then a follow-up
+    release = with_ood_summary(prior_release_dir, tmp_path / "release")
+    node_port = free_port()
+    with running_orthanc(tmp_path / "orthanc", node_port) as orthanc:
+        with running_node(tmp_path / "node", release, orthanc.dicom_port, port=node_port) as node:
+            first, first_files = study_files(tmp_path / "first", count=1, seed=1, StudyDate="20240301",
+                                             AccessionNumber="ACC-1")
+            assert sent_ok(storescu(node.port, first_files))
+            first_sr, _ = the_sr(orthanc, first, tmp_path / "first_sr.dcm")  # drafted before the follow-up arrives
+            later, later_files = study_files(tmp_path / "later", count=1, seed=2, StudyDate="20240415",
+                                             AccessionNumber="ACC-2")
+            assert sent_ok(storescu(node.port, later_files))
+            sr, path = the_sr(orthanc, later, tmp_path / "later_sr.dcm")
+
+    def comparison(dataset):
+        (section,) = content(dataset)["Prior Procedure Descriptions"]
+        return {item.ValueType: item.get("TextValue") or item.get("UID") for item in section.ContentSequence}
+
+    assert comparison(first_sr) == {"TEXT": "Comparison: none"}
+    assert comparison(sr) == {"TEXT": "Comparison: ACC-1 (2024-03-01), images read", "UIDREF": first}
+    (evidence,) = sr.PertinentOtherEvidenceSequence
+    assert evidence.StudyInstanceUID == first
+    assert [item.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence] == [pydicom.dcmread(first_files[0]).SOPInstanceUID]
+    assert dciodvfy_errors(path) == []
+    assert "Comparison: ACC-1" in dsrdump(path)
 
 
 def test_a_study_the_pacs_sends_by_c_store_gets_its_sr_in_the_pacs(pacs, tmp_path):
