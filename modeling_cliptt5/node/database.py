@@ -176,6 +176,18 @@ class NodeDatabase:
         prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
         return prior_of.get(study_instance_uid)
 
+    def waiting_for_earlier(self, study_instance_uids):
+        """The studies among these that wait for an earlier study of the same patient that the node is still
+        receiving or is about to draft (data.schema.latest_earlier over them and those): that one is drafted first,
+        so that it is their prior, as when a PACS sends a patient's studies together."""
+        marks = ", ".join("?" * len(study_instance_uids))
+        rows = self.rows(
+            f"SELECT study_instance_uid, patient_id, study_datetime FROM studies WHERE study_instance_uid IN ({marks}) "
+            f"OR (state = ? AND patient_id IN (SELECT patient_id FROM studies WHERE study_instance_uid IN ({marks}) "
+            "AND patient_id != ''))", (*study_instance_uids, RECEIVING, *study_instance_uids))
+        prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
+        return {uid for uid in study_instance_uids if uid in prior_of}
+
     def result_paths(self, study_instance_uid):
         """The files of every result queued for the study (the node's draft, a reader's signed SR), newest first."""
         return [Path(row["path"]) for row in self.rows(

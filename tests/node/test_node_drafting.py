@@ -1,7 +1,10 @@
 """The draft queue in-process, with a real release and database (no network): a complete study is drafted once and
 its result queued for every destination in the same transaction; a study that got a new instance while it was
 drafted is drafted again, not answered twice; --refuse-ood and the modality guard refuse a study with the reason;
-a result written but never queued is removed at the next start, and the study drafted again."""
+a result written but never queued is removed at the next start, and the study drafted again; with a release that
+reads priors, a follow-up is drafted against the patient's latest earlier drafted study (its signed report too, once
+a reader signed it), a patient's studies sent together are drafted in date order, and the page opens a follow-up
+with that prior."""
 
 import time
 from pathlib import Path
@@ -136,7 +139,8 @@ def sr_parts(path):
     of a result the node wrote."""
     sr = pydicom.dcmread(path)
     sections = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
-    findings = next(item.TextValue for item in sections["Findings"].ContentSequence if item.ValueType == "TEXT")
+    findings = next((item.TextValue for item in sections["Findings"].ContentSequence if item.ValueType == "TEXT"),
+                    None) if "Findings" in sections else None
     prior = sections["Prior Procedure Descriptions"].ContentSequence
     comparison = next(item.TextValue for item in prior if item.ValueType == "TEXT")
     prior_uid = next((item.UID for item in prior if item.ValueType == "UIDREF"), None)
@@ -265,3 +269,23 @@ def test_a_database_made_before_patients_were_recorded_gains_the_columns(tmp_pat
     (row,) = database.rows("SELECT * FROM studies")
     assert (row["patient_id"], row["study_datetime"]) == ("", "")
     assert database.prior_study("1.2.3") is None  # no patient: no one's prior and no prior
+
+
+def test_a_patients_studies_sent_together_are_drafted_in_date_order_each_against_the_one_before(prior_release_dir,
+                                                                                               tmp_path):
+    release = load_release(prior_release_dir)
+    layout, database, drafter = node(tmp_path, release)
+    studies = {}
+    for name, seed, date in (("march", 1, "20240301"), ("january", 2, "20240101"), ("february", 3, "20240201")):
+        studies[name], files = study_files(tmp_path / name, count=1, seed=seed, PatientID="PAT-9", StudyDate=date)
+        receive(layout, database, files)
+    _, other = study_files(tmp_path / "other", count=1, seed=4, PatientID="PAT-10", StudyDate="20240301")
+    receive(layout, database, other)
+    time.sleep(0.05)
+    # one batch would take all four (batch size 4): the first pass drafts each patient's earliest alone
+    assert drafter.draft_complete_studies() == 2
+    assert state_of(database, studies["january"])["state"] == "drafted"
+    assert drafter.draft_complete_studies() == 1 and drafter.draft_complete_studies() == 1
+    for name, prior in (("january", None), ("february", "january"), ("march", "february")):
+        _, _, prior_uid, _ = sr_parts(layout.result_path(state_of(database, studies[name])["result_uid"]))
+        assert prior_uid == (studies[prior] if prior else None), name
