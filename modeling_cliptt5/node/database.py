@@ -158,11 +158,12 @@ class NodeDatabase:
 
     # drafting
 
-    def complete_studies(self, quiet_before, limit):
-        """[(Study Instance UID, quiet_since)] of studies receiving and quiet since `quiet_before` or earlier."""
+    def complete_studies(self, quiet_before, limit=None):
+        """[(Study Instance UID, quiet_since)] of studies receiving and quiet since `quiet_before` or earlier, the
+        longest quiet first; `limit` of them (None: all)."""
         return [(row["study_instance_uid"], row["quiet_since"]) for row in self.rows(
             "SELECT study_instance_uid, quiet_since FROM studies WHERE state = ? AND quiet_since <= ? "
-            "ORDER BY quiet_since LIMIT ?", (RECEIVING, quiet_before, limit))]
+            "ORDER BY quiet_since LIMIT ?", (RECEIVING, quiet_before, -1 if limit is None else limit))]
 
     def prior_study(self, study_instance_uid):
         """The Study Instance UID of the study's prior among the studies this node drafted: the latest of the same
@@ -176,17 +177,14 @@ class NodeDatabase:
         prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
         return prior_of.get(study_instance_uid)
 
-    def waiting_for_earlier(self, study_instance_uids):
-        """The studies among these that wait for an earlier study of the same patient that the node is still
-        receiving or is about to draft (data.schema.latest_earlier over them and those): that one is drafted first,
-        so that it is their prior, as when a PACS sends a patient's studies together."""
-        marks = ", ".join("?" * len(study_instance_uids))
-        rows = self.rows(
-            f"SELECT study_instance_uid, patient_id, study_datetime FROM studies WHERE study_instance_uid IN ({marks}) "
-            f"OR (state = ? AND patient_id IN (SELECT patient_id FROM studies WHERE study_instance_uid IN ({marks}) "
-            "AND patient_id != ''))", (*study_instance_uids, RECEIVING, *study_instance_uids))
-        prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
-        return {uid for uid in study_instance_uids if uid in prior_of}
+    def waiting_for_earlier(self):
+        """The studies being received that wait for an earlier one of the same patient also being received
+        (data.schema.latest_earlier over them): that one is drafted first, so that it is their prior, as when a PACS
+        sends a patient's studies together."""
+        rows = self.rows("SELECT study_instance_uid, patient_id, study_datetime FROM studies WHERE state = ?",
+                         (RECEIVING,))
+        return set(latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"])
+                                  for row in rows))
 
     def result_paths(self, study_instance_uid):
         """The files of every result queued for the study (the node's draft, a reader's signed SR), newest first."""

@@ -30,11 +30,13 @@ class StudyDrafter:
 
     def draft_complete_studies(self) -> int:
         """Drafts up to batch_size complete studies; returns how many were finished (drafted, refused or failed)."""
-        now = time.time()
-        due = self.database.complete_studies(now - self.settings.study_complete_seconds, self.settings.batch_size)
-        if due and self.release.config.reads_prior:  # a patient's earlier study first: it is the later one's prior
-            waiting = self.database.waiting_for_earlier([uid for uid, _ in due])
-            due = [(uid, quiet) for uid, quiet in due if uid not in waiting]
+        quiet_before = time.time() - self.settings.study_complete_seconds
+        if self.release.config.reads_prior:  # a patient's earlier study first: it is the later one's prior
+            waiting = self.database.waiting_for_earlier()
+            due = [(uid, quiet) for uid, quiet in self.database.complete_studies(quiet_before)
+                   if uid not in waiting][:self.settings.batch_size]
+        else:
+            due = self.database.complete_studies(quiet_before, self.settings.batch_size)
         if not due:
             return 0
         quiet_since = dict(due)

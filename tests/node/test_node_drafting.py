@@ -274,18 +274,21 @@ def test_a_database_made_before_patients_were_recorded_gains_the_columns(tmp_pat
 def test_a_patients_studies_sent_together_are_drafted_in_date_order_each_against_the_one_before(prior_release_dir,
                                                                                                tmp_path):
     release = load_release(prior_release_dir)
-    layout, database, drafter = node(tmp_path, release)
+    layout, database, drafter = node(tmp_path, release, batch_size=1)
     studies = {}
-    for name, seed, date in (("march", 1, "20240301"), ("january", 2, "20240101"), ("february", 3, "20240201")):
-        studies[name], files = study_files(tmp_path / name, count=1, seed=seed, PatientID="PAT-9", StudyDate=date)
+    # newest first, as a PACS may send a patient's history: the longest quiet study is the latest
+    for name, seed, patient, date in (("march", 1, "PAT-9", "20240301"), ("february", 2, "PAT-9", "20240201"),
+                                      ("january", 3, "PAT-9", "20240101"), ("other", 4, "PAT-10", "20240301")):
+        studies[name], files = study_files(tmp_path / name, count=1, seed=seed, PatientID=patient, StudyDate=date)
         receive(layout, database, files)
-    _, other = study_files(tmp_path / "other", count=1, seed=4, PatientID="PAT-10", StudyDate="20240301")
-    receive(layout, database, other)
+        time.sleep(0.02)
     time.sleep(0.05)
-    # one batch would take all four (batch size 4): the first pass drafts each patient's earliest alone
-    assert drafter.draft_complete_studies() == 2
-    assert state_of(database, studies["january"])["state"] == "drafted"
-    assert drafter.draft_complete_studies() == 1 and drafter.draft_complete_studies() == 1
-    for name, prior in (("january", None), ("february", "january"), ("march", "february")):
+    drafted = []
+    for _ in range(4):  # one study a pass
+        assert drafter.draft_complete_studies() == 1
+        drafted += [name for name, uid in studies.items()
+                    if name not in drafted and state_of(database, uid)["state"] == "drafted"]
+    assert drafted == ["january", "february", "march", "other"]
+    for name, prior in (("january", None), ("february", "january"), ("march", "february"), ("other", None)):
         _, _, prior_uid, _ = sr_parts(layout.result_path(state_of(database, studies[name])["result_uid"]))
         assert prior_uid == (studies[prior] if prior else None), name
