@@ -672,6 +672,17 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         """
         if pixel_values is None and vision_features is None:
             if "inputs_embeds" in kwargs or "encoder_outputs" in kwargs:
+                # The guidance and the prior are read when the encoder inputs are built: given here, they would be
+                # silently ignored
+                ignored = [name for name, value in (
+                    ("findings", findings), ("prior_pixel_values", prior_pixel_values),
+                    ("prior_vision_features", prior_vision_features), ("prior_image_mask", prior_image_mask),
+                    ("prior_input_ids", prior_input_ids), ("prior_attention_mask", prior_attention_mask),
+                    ("prior_changes", prior_changes), ("prior_findings", prior_findings)) if value is not None]
+                if ignored:
+                    raise ValueError(f"{', '.join(ignored)} cannot go with inputs_embeds or encoder_outputs: they "
+                                     "are read when the encoder inputs are built from pixel_values or "
+                                     "vision_features")
                 return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values (or vision_features)")
         inputs_embeds, attention_mask = self.build_encoder_inputs(

@@ -45,6 +45,8 @@ from modeling_cliptt5.inference.model_sources import resolve_release
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 STUDY_GROUPINGS = ("folder", "prefix", "none")
+# generate() keywords that override the heads' decisions on the prior study (the model's generate() takes them)
+PRIOR_OVERRIDES = ("prior_findings", "prior_changes")
 
 
 @dataclass
@@ -320,7 +322,8 @@ def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict
     """Images (one per study, or a list of views per study) -> a DraftedReport per study, without its study id,
     files and time (draft_reports adds them). `findings` (one entry per study, see
     CLIPT5ForConditionalGeneration.findings_tensor) replace the finding head's decisions in the guidance. `priors`
-    (a release that reads them): one (images or None, report or None) per study, or None for a study without."""
+    (a release that reads them): one (images or None, report or None) per study, or None for a study without;
+    `generate_kwargs` may hold prior_findings and prior_changes, as the model's generate() takes them."""
     import torch
 
     from modeling_cliptt5.evaluation.findings import disagreements, text_reader
@@ -339,6 +342,10 @@ def draft_batch(release, images: list, prompt: str | None, generate_kwargs: dict
     inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
     inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     prior = {name: tensor.to(model.device) for name, tensor in prior_inputs.items()}
+    # The caller's overrides of the heads' decisions on the prior (generate()'s prior_findings, prior_changes) are
+    # read where the prior's tokens are built, with the rest of the prior: the engines take them there
+    generate_kwargs = dict(generate_kwargs)
+    prior.update({name: generate_kwargs.pop(name) for name in PRIOR_OVERRIDES if name in generate_kwargs})
     with torch.inference_mode():
         output = release.engine.generate_with_findings(**inputs, findings=findings, prior=prior, **generate_kwargs)
     ends = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)

@@ -409,3 +409,43 @@ def test_float32_graphs_of_a_release_with_a_change_head_decode_the_same_tokens(t
                                        num_beams=1, do_sample=False), absent_before)
     with pytest.raises(ValueError, match="prior_changes must have shape"):
         engine.generate(**inputs, prior_changes=changes[:, :2], max_new_tokens=12)
+
+
+def test_drafting_passes_the_prior_overrides_to_both_engines_and_generate_never_ignores_them(tiny_tokenizer,
+                                                                                             tmp_path):
+    """draft_batch's generate settings may override the heads' decisions on the prior (prior_changes, as generate()
+    takes them); both engines draft what the model's generate() drafts with them. generate() given the encoder
+    inputs already built refuses them instead of ignoring them (the engines once passed them that way)."""
+    from conftest import HEAD_FINDINGS, tiny_processor
+    from modeling_cliptt5.inference.drafting import draft_batch
+    from modeling_cliptt5.inference.engines import Release
+
+    torch.manual_seed(0)
+    model = rerandomized(CLIPT5ForConditionalGeneration(tiny_config(
+        vocab_size=len(tiny_tokenizer), finding_head=True, finding_labels=HEAD_FINDINGS, reads_prior=True,
+        change_head=True, change_head_hidden=16)).eval())
+    processor = tiny_processor(tiny_tokenizer)
+    images, priors = [noise_image(seed) for seed in range(3)], [noise_image(7), None, noise_image(9)]
+    inputs = processor(images=images, prior_images=priors)
+    present = [list(HEAD_FINDINGS)] * 3
+    changes = model.change_logits(model.get_vision_features(inputs["pixel_values"]),
+                                  model.get_vision_features(inputs["prior_pixel_values"])).argmax(-1)
+    overridden = processor.batch_decode_reports(torch_greedy(model, **inputs, findings=present,
+                                                             prior_changes=(changes + 1) % 3, max_new_tokens=12))
+    export_graphs(model, tmp_path, weights="float32")
+    graphs = OnnxCLIPT5(tmp_path, model.config, model.generation_config, threads=1, weights="float32")
+    settings = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False}
+    for engine in (TorchEngine(model), OnnxEngine(graphs)):
+        release = Release(engine, processor)
+        batch_priors = [None if image is None else (image, None) for image in priors]
+        drafts = draft_batch(release, images, None, {**settings, "prior_changes": (changes + 1) % 3}, present,
+                             batch_priors)
+        assert [draft.report for draft in drafts] == [text["text"] for text in overridden], engine.name
+        heads_own = draft_batch(release, images, None, settings, present, batch_priors)
+        assert [draft.report for draft in heads_own] != [draft.report for draft in drafts], engine.name
+
+    embeds, mask = model.build_encoder_inputs(inputs["pixel_values"], None, None, None, present,
+                                              prior_pixel_values=inputs["prior_pixel_values"],
+                                              prior_image_mask=inputs["prior_image_mask"])
+    with pytest.raises(ValueError, match="prior_changes cannot go with inputs_embeds"):
+        model.generate(inputs_embeds=embeds, attention_mask=mask, prior_changes=changes, max_new_tokens=4)
