@@ -161,22 +161,35 @@ def prior_of(rows):
 
 def draft_split(release, rows, batch_size=64, max_new_tokens=128, findings=None, desc="drafting the test split"):
     """Drafts of the rows' first views (inference.draft_batch), each against its prior (first view and report) when
-    the release reads one; `findings`, one label list per row, guide the drafts instead of the finding head."""
+    the release reads one; `findings`, one label list per row (the truth), guide the drafts instead of the finding
+    head, and then also replace the heads' decisions on the prior: the prior's findings, and with a change head each
+    finding's change where the row's change labels give one (the rest is left to the heads)."""
     from tqdm.auto import tqdm
 
-    from modeling_cliptt5.evaluation.changes import is_change_label
+    from modeling_cliptt5.evaluation.changes import change_targets_from_label_lists, is_change_label
     from modeling_cliptt5.inference.drafting import draft_batch
 
-    priors = prior_of(rows) if release.config.reads_prior else [None] * len(rows)
+    def present(labels):
+        return [label for label in labels if not is_change_label(label)]
+
+    config = release.config
+    priors = prior_of(rows) if config.reads_prior else [None] * len(rows)
     drafts = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
-        images = first_views(rows[start:start + batch_size])
-        given = None if findings is None else [[label for label in labels if not is_change_label(label)]
-                                               for labels in findings[start:start + batch_size]]
+        end = start + batch_size
+        images = first_views(rows[start:end])
+        given = None if findings is None else [present(labels) for labels in findings[start:end]]
         batch_priors = [None if index is None else (rows[index]["images"][0], rows[index]["report"])
-                        for index in priors[start:start + batch_size]]
-        drafts += draft_batch(release, images, None, {"max_new_tokens": max_new_tokens, "num_beams": 1},
-                              given, priors=batch_priors)
+                        for index in priors[start:end]]
+        settings = {"max_new_tokens": max_new_tokens, "num_beams": 1}
+        if findings is not None and any(prior is not None for prior in batch_priors):
+            # {} for a study without a prior: nothing to override there
+            settings["prior_findings"] = [{} if index is None else present(findings[index])
+                                          for index in priors[start:end]]
+            if config.change_head:
+                settings["prior_changes"] = change_targets_from_label_lists(findings[start:end],
+                                                                            config.finding_labels, ignore=-1)
+        drafts += draft_batch(release, images, None, settings, given, priors=batch_priors)
     return drafts
 
 
