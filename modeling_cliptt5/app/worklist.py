@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 from modeling_cliptt5.app.page_study import prior_name
-from modeling_cliptt5.app.report_formats import SR_FINDING, SR_IMPRESSION, sr_reference
+from modeling_cliptt5.app.report_formats import sr_reference
 from modeling_cliptt5.node.database import DRAFTED, FAILED, RECEIVING, REFUSED, NodeDatabase
 from modeling_cliptt5.node.settings import load_settings
 from modeling_cliptt5.node.storage import StorageLayout, write_durably
-from modeling_cliptt5.node.study_report import signed_report, sr_comparison, sr_texts
+from modeling_cliptt5.node.study_report import signed_report, sr_comparison, sr_sections, sr_texts
 
 # What the worklist calls each of the node's states: a study still receiving waits to be drafted.
 STATE_NAMES = {DRAFTED: "drafted", RECEIVING: "waiting", REFUSED: "refused",
@@ -122,12 +122,12 @@ def draft_from_sr(path):
     import pydicom
 
     dataset = pydicom.dcmread(path)
-    found = sr_texts(dataset)
-    texts = dict(reversed(found))  # the first text of each concept
-    comments = [text for _, text in found]
-    return {"findings": texts.get(SR_FINDING[0], ""), "impression": texts.get(SR_IMPRESSION[0], ""),
+    texts = sr_texts(dataset)
+    findings, impression = sr_sections(texts)
+    return {"findings": findings, "impression": impression,
             "sr": {**sr_reference(dataset), "signed": dataset.get("VerificationFlag") == "VERIFIED"},
-            "mentioned": comments, "content_time": f"{dataset.get('ContentDate', '')} {dataset.get('ContentTime', '')}",
+            "mentioned": [text for _, text in texts],
+            "content_time": f"{dataset.get('ContentDate', '')} {dataset.get('ContentTime', '')}",
             "comparison": sr_comparison(dataset)}
 
 

@@ -83,6 +83,13 @@ def sr_texts(dataset):
             if item.get("ValueType") == "TEXT"]
 
 
+def sr_sections(texts):
+    """(findings, impression) of an SR from its sr_texts: the first text of each of the two concepts, "" where
+    absent."""
+    first = dict(reversed(texts))  # reversed: the first text of a concept is the one kept
+    return first.get(SR_FINDING[0], ""), first.get(SR_IMPRESSION[0], "")
+
+
 def sr_comparison(dataset):
     """The prior study an SR says its draft compared with: {"study_instance_uid", "report_read"} from its Prior
     Procedure Descriptions (comparison_record as basic_text_sr writes it), or None ("Comparison: none", or no
@@ -114,6 +121,5 @@ def signed_report(paths):
         except (OSError, ValueError):  # a result file that went missing or is damaged is no report
             continue
         if dataset.get("VerificationFlag") == "VERIFIED":
-            texts = dict(reversed(sr_texts(dataset)))  # the first text of each concept
-            return format_report(texts.get(SR_FINDING[0]), texts.get(SR_IMPRESSION[0])) or None
+            return format_report(*sr_sections(sr_texts(dataset))) or None
     return None

@@ -43,7 +43,8 @@ class SharedSettings:
         1, "dataset=phantom: each synthetic patient has 1 to N studies over time; with N > 1 the follow-ups' reports "
         "compare with the prior study and carry change labels")
     phantom_held_out_share: float = _setting(
-        DEFAULT_HELD_OUT_SHARE, "dataset=phantom: share of the patients in each of the validation and test splits (the rest train)")
+        DEFAULT_HELD_OUT_SHARE,
+        "dataset=phantom: share of the patients in each of the validation and test splits (the rest train)")
     train_split: str = _setting("train", "split to train on")
     validation_split: str = _setting("validation", "split to validate on ('' for none)")
     report_column: str = _setting("report", "target text column (report, findings or impression)")
