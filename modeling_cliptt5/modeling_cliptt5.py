@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import T5ForConditionalGeneration, ViTModel
+from transformers import LogitsProcessor, LogitsProcessorList, T5ForConditionalGeneration, ViTModel
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
@@ -216,6 +216,65 @@ class CLIPT5Seq2SeqLMOutput(Seq2SeqLMOutput):
     finding_logits: Optional[torch.FloatTensor] = None
     finding_loss: Optional[torch.FloatTensor] = None
     change_loss: Optional[torch.FloatTensor] = None
+
+
+class NoRepeatSentenceLogitsProcessor(LogitsProcessor):
+    """Keeps a draft from saying a sentence twice in one section ("Unchanged right middle lobe mass. Unchanged right
+    middle lobe mass. ..."), the loop small report generators fall into, and leaves phrases alone: an IMPRESSION
+    restates its FINDINGS in the same words, and one section names "right middle lobe" for a mass and again for a
+    consolidation, where `no_repeat_ngram_size` would force other words.
+
+    At each step, a token that would end the sentence being written as an exact copy of an earlier sentence of the
+    same section is banned. Sentences end with one of `sentence_end_token_ids`, except right after one of
+    `number_token_ids` (a decimal point: "2.3 cm"); a section starts after any of the `section_token_ids` sequences
+    (its header's tokens); the first token of each row is the decoder start token and is skipped.
+    """
+
+    def __init__(self, sentence_end_token_ids, section_token_ids=(), number_token_ids=()):
+        self.sentence_ends = set(sentence_end_token_ids)
+        self.sections = [tuple(header) for header in section_token_ids if header]
+        self.numbers = set(number_token_ids)
+
+    def said(self, ids):
+        """({sentence of the current section without its last token: its last tokens}, the sentence being written)"""
+        said, current = {}, []
+        for token in ids:
+            if token in self.sentence_ends and current and current[-1] not in self.numbers:
+                said.setdefault(tuple(current), set()).add(token)
+                current = []
+                continue
+            current.append(token)
+            if any(tuple(current[-len(header):]) == header for header in self.sections):
+                said, current = {}, []
+        return said, tuple(current)
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids.tolist()):
+            said, current = self.said(ids[1:])
+            copies = said.get(current)
+            if copies:
+                scores[row, list(copies)] = -float("inf")
+        return scores
+
+
+def with_sentence_repeat_guard(generation_config, kwargs):
+    """generate()'s keyword arguments, with a NoRepeatSentenceLogitsProcessor added where the generation config (a
+    `generation_config` argument, else the model's) sets `no_repeat_sentence` (a release's generation_config.json
+    carries it with the tokenizer's token ids: CLIPT5Processor.sentence_token_ids); `no_repeat_sentence=False` in a
+    call turns it off for that call."""
+    config = kwargs.get("generation_config") or generation_config
+    kwargs = dict(kwargs)
+    if not kwargs.pop("no_repeat_sentence", getattr(config, "no_repeat_sentence", False)):
+        return kwargs
+    sentence_ends = getattr(config, "sentence_end_token_ids", None)
+    if not sentence_ends:
+        raise ValueError("no_repeat_sentence needs the tokenizer's sentence_end_token_ids in the generation config "
+                         "(generation_config.update(**processor.sentence_token_ids()))")
+    processors = LogitsProcessorList(kwargs.get("logits_processor") or [])
+    processors.append(NoRepeatSentenceLogitsProcessor(sentence_ends, getattr(config, "section_token_ids", ()),
+                                                      getattr(config, "number_token_ids", ())))
+    kwargs["logits_processor"] = processors
+    return kwargs
 
 
 class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
@@ -668,8 +727,11 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         (`prior_input_ids`, from CLIPT5Processor's `prior_images` / `prior_reports`) are read too; without them the
         model reads "no prior"; `prior_findings` (as `findings`) and `prior_changes` override the heads' findings
         on the prior image and changes since it. All keyword arguments of `GenerationMixin.generate` (num_beams,
-        do_sample, max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual.
+        do_sample, max_new_tokens, no_repeat_ngram_size, generation_config, ...) work as usual, and
+        `no_repeat_sentence` (a release's default: no sentence twice in a section, NoRepeatSentenceLogitsProcessor)
+        can be turned off with `no_repeat_sentence=False`.
         """
+        kwargs = with_sentence_repeat_guard(self.generation_config, kwargs)
         if pixel_values is None and vision_features is None:
             if "inputs_embeds" in kwargs or "encoder_outputs" in kwargs:
                 # The guidance and the prior are read when the encoder inputs are built: given here, they would be
@@ -694,4 +756,4 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
 
 
 __all__ = ["CLIPT5ChangeHead", "CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration",
-           "CLIPT5PriorEmbeddings", "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput"]
+           "CLIPT5PriorEmbeddings", "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput", "NoRepeatSentenceLogitsProcessor"]

@@ -291,6 +291,18 @@ class CLIPT5Processor(ProcessorMixin):
         """One generated sequence -> {"text", "findings", "impression"}."""
         return self.batch_decode_reports([sequence])[0]
 
+    def sentence_token_ids(self):
+        """The tokenizer's token ids that NoRepeatSentenceLogitsProcessor reads, as a release's generation config
+        carries them: tokens that end a sentence (their text ends with . ! or ?, not right after a digit), tokens
+        that end with a digit (a period after one is a decimal point) and the section headers' token sequences."""
+        texts = [self.tokenizer.decode([index]).strip() for index in range(len(self.tokenizer))]
+        headers = {tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                   for header in (FINDINGS_HEADER, IMPRESSION_HEADER) for text in (header, f" {header}")}
+        return {"sentence_end_token_ids": [index for index, text in enumerate(texts)
+                                           if text.endswith((".", "!", "?")) and not text[:-1][-1:].isdigit()],
+                "number_token_ids": [index for index, text in enumerate(texts) if text[-1:].isdigit()],
+                "section_token_ids": sorted(list(header) for header in headers if header)}
+
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 

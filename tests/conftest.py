@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import LogitsProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -75,6 +76,20 @@ def tiny_release_dir(tmp_path_factory, tiny_model, tiny_processor_fixture):
     tiny_model.save_pretrained(release)
     tiny_processor_fixture.save_pretrained(release)
     return release
+
+
+class PreferSaying(LogitsProcessor):
+    """Makes a model say the same sentence over and over: after `sentence`'s last token (or anything not in it) its
+    first, after each of its tokens the next."""
+
+    def __init__(self, sentence):
+        self.next_token = {token: sentence[(index + 1) % len(sentence)] for index, token in enumerate(sentence)}
+        self.first = sentence[0]
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids.tolist()):
+            scores[row, self.next_token.get(ids[-1], self.first)] += 1000.0
+        return scores
 
 
 def noise_image(seed, size=(40, 36)):

@@ -40,6 +40,17 @@ for auto_class in (AutoModel, AutoModelForSeq2SeqLM):
     if getattr(model.config, "reads_prior", False):
         prior = {name: tensor for name, tensor in inputs.items() if name.startswith("prior_")}
         outputs["with_prior"] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, **prior)
+    if "loop" in inputs:  # a logits processor that makes the model say inputs["loop"] over and over
+        loop = inputs["loop"].tolist()
+        class SayAgain(transformers.LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                for row, ids in enumerate(input_ids.tolist()):
+                    last = loop.index(ids[-1]) if ids[-1] in loop else -1
+                    scores[row, loop[(last + 1) % len(loop)]] += 1000.0
+                return scores
+        for name, guard in (("guarded", {}), ("looped", {"no_repeat_sentence": False})):
+            outputs[name] = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=16, **guard,
+                                           logits_processor=transformers.LogitsProcessorList([SayAgain()]))
 if with_processor:
     from PIL import Image
     from transformers import AutoProcessor
@@ -62,10 +73,12 @@ def python_of(major):
     return python
 
 
-def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath="", prior=None):
+def run_in_fresh_process(python, release, tmp_path, pixel_values, image_path=None, pythonpath="", prior=None,
+                         loop=None):
     inputs_file, output_file = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
     save_file({"pixel_values": pixel_values.contiguous(),
-               **{name: tensor.contiguous() for name, tensor in (prior or {}).items()}}, inputs_file)
+               **{name: tensor.contiguous() for name, tensor in (prior or {}).items()},
+               **({} if loop is None else {"loop": torch.tensor(loop)})}, inputs_file)
     command = [str(python), "-c", LOAD_AND_GENERATE, str(release), str(inputs_file), str(output_file),
                "1" if image_path else "0"] + ([str(image_path)] if image_path else [])
     completed = subprocess.run(command, capture_output=True, text=True, env={**subprocess_env(), "PYTHONPATH": pythonpath},
@@ -211,3 +224,32 @@ def test_a_release_with_a_change_head_drafts_by_it_without_the_package_on_both_m
     _, outputs = run_in_fresh_process(python, release, tmp_path, inputs["pixel_values"], prior=prior)
     assert torch.equal(outputs["with_prior"],
                        model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=12, **prior))
+
+
+@pytest.mark.parametrize("major", ["this", "other"])
+def test_a_release_keeps_its_drafts_from_saying_a_sentence_twice_without_the_package_on_both_majors(
+        tiny_tokenizer, tmp_path, major):
+    from conftest import PreferSaying, noise_image, tiny_config, tiny_processor
+    from modeling_cliptt5 import CLIPT5ForConditionalGeneration
+    from modeling_cliptt5.evaluation.repetition import report_repeats
+    from transformers import LogitsProcessorList
+
+    python = python_of(major)
+    torch.manual_seed(0)
+    model = CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer))).eval()
+    processor = tiny_processor(tiny_tokenizer)
+    model.generation_config._from_model_config = False  # as training writes a release's generation config
+    for name, value in {"no_repeat_sentence": True, **processor.sentence_token_ids()}.items():
+        setattr(model.generation_config, name, value)
+    release = tmp_path / "release"
+    model.save_pretrained(release)
+    processor.save_pretrained(release)
+    loop = tiny_tokenizer("No pneumothorax.", add_special_tokens=False)["input_ids"]
+    pixel_values = processor(images=[noise_image(0), noise_image(1)])["pixel_values"]
+    _, outputs = run_in_fresh_process(python, release, tmp_path, pixel_values, loop=loop)
+    expected = model.generate(pixel_values=pixel_values, max_new_tokens=16,
+                              logits_processor=LogitsProcessorList([PreferSaying(loop)]))
+    assert torch.equal(outputs["guarded"], expected)
+    assert all(report_repeats(text) == 0 for text in tiny_tokenizer.batch_decode(expected, skip_special_tokens=True))
+    assert all(report_repeats(text) >= 2 for text in tiny_tokenizer.batch_decode(outputs["looped"],
+                                                                                 skip_special_tokens=True))

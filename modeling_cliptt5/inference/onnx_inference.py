@@ -672,6 +672,8 @@ class OnnxCLIPT5:
         """(token ids as generate() returns them, the finding head's CLIPT5FindingOutput or None, the images' OOD
         vectors) from one encoder graph call; `findings` as CLIPT5ForConditionalGeneration.generate takes them,
         `prior` the prior_* tensors of CLIPT5Processor."""
+        from modeling_cliptt5.modeling_cliptt5 import with_sentence_repeat_guard
+
         if pixel_values is None:
             raise ValueError("CLIP-T5 drafts a report from an image: pass pixel_values")
         feeds, head, vectors = self.start(pixel_values, input_ids, attention_mask, findings, prior)
@@ -679,6 +681,7 @@ class OnnxCLIPT5:
         self.decoder.start_drafts([feeds[f"cross_{kind}.{layer}"] for layer in range(layers)
                                    for kind in ("keys", "values")])
         encoder_mask = torch.from_numpy(feeds["encoder_attention_mask"])
+        generate_kwargs = with_sentence_repeat_guard(self.decoder.generation_config, generate_kwargs)
         threads = torch.get_num_threads()
         # generate()'s own tensor work is small; torch's idle worker threads would spin against ONNX Runtime's on
         # the same cores (measured on 2 cores: greedy 1.33 s with 2 torch threads, 0.80 s with 1)

@@ -75,11 +75,19 @@ def build_model_and_processor(config, train_rows, accelerator):
     processor.max_prior_report_tokens = model.config.max_prior_report_tokens
     if config.prompt is not None:
         model.config.prompt = config.prompt
-    # Generation defaults travel with the release (generation_config.json).
+    # Generation defaults travel with the release (generation_config.json), as its own: a generation config marked
+    # as derived from the model config is read back without the settings transformers does not know
+    # (no_repeat_sentence's)
+    model.generation_config._from_model_config = False
     model.generation_config.max_new_tokens = config.generation_max_new_tokens
     model.generation_config.num_beams = config.generation_num_beams
     if config.generation_no_repeat_ngram_size:
         model.generation_config.no_repeat_ngram_size = config.generation_no_repeat_ngram_size
+    if config.generation_no_repeat_sentence:
+        # with the tokenizer's ids, so that the release needs nothing else (NoRepeatSentenceLogitsProcessor);
+        # setattr: GenerationConfig.update() skips attributes it does not have yet
+        for name, value in {"no_repeat_sentence": True, **processor.sentence_token_ids()}.items():
+            setattr(model.generation_config, name, value)
     return model, processor
 
 

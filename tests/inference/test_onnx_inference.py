@@ -9,8 +9,9 @@ import warnings
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
-from conftest import MAX_NEW_TOKENS, TRAINED_IMAGES, noise_image, rerandomized, tiny_config
+from conftest import MAX_NEW_TOKENS, TRAINED_IMAGES, PreferSaying, noise_image, rerandomized, tiny_config
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration, CLIPT5Processor
 from modeling_cliptt5.inference.engines import OnnxEngine, TorchEngine
 from modeling_cliptt5.inference.fast_inference import is_optimized, load_for_cpu
@@ -166,6 +167,27 @@ def test_a_releases_own_decoding_settings_are_followed(random_model, float32_gra
         assert torch.equal(float32_graphs.generate(pixel_values=pixel_values, max_new_tokens=20), expected)
     finally:
         config.num_beams, config.repetition_penalty = 1, 1.0
+
+
+def test_no_sentence_twice_cuts_the_same_loops_on_both_engines(random_model, float32_graphs):
+    """A release's no_repeat_sentence (NoRepeatSentenceLogitsProcessor) guards the fast path's drafts too."""
+    config = random_model.generation_config  # the graphs draft with the same object
+    guard = {"no_repeat_sentence": True, "sentence_end_token_ids": [7], "section_token_ids": [],
+             "number_token_ids": []}
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    settings = dict(max_new_tokens=20, logits_processor=LogitsProcessorList([PreferSaying([5, 6, 7])]))
+    try:
+        for name, value in guard.items():
+            setattr(config, name, value)
+        tokens = float32_graphs.generate(pixel_values=pixel_values, **settings)
+        assert torch.equal(tokens, random_model.generate(pixel_values=pixel_values, **settings))
+        looped = float32_graphs.generate(pixel_values=pixel_values, no_repeat_sentence=False, **settings)
+    finally:
+        for name in guard:
+            delattr(config, name)
+    assert looped[:, 1:10].tolist() == [[5, 6, 7] * 3] * 2  # "5 6 7" said three times
+    for row in tokens.tolist():
+        assert row[1:6] == [5, 6, 7, 5, 6] and row[6] != 7  # said once, then not ended the same way again
 
 
 @pytest.fixture(scope="module")

@@ -290,7 +290,12 @@ def test_a_run_learns_skips_the_bad_study_and_releases_the_best_checkpoint(tmp_p
     model = AutoModelForSeq2SeqLM.from_pretrained(release, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(release, trust_remote_code=True)
     assert model.generation_config.max_new_tokens == 12
-    assert model.generation_config.no_repeat_ngram_size == 4  # the release keeps its drafts from repeating sentences
+    # the release keeps its drafts from repeating sentences, with its own tokenizer's ids (no package needed)
+    assert model.generation_config.no_repeat_ngram_size == 8 and model.generation_config.no_repeat_sentence is True
+    sentence_end = processor.tokenizer("No effusion.", add_special_tokens=False)["input_ids"][-1]
+    assert sentence_end in model.generation_config.sentence_end_token_ids
+    assert [processor.tokenizer.decode(header).strip() for header in model.generation_config.section_token_ids] == [
+        "FINDINGS:", "IMPRESSION:"]
     inputs = processor(images=[torch.zeros(40, 40, dtype=torch.uint8).numpy()])
     assert model.generate(**inputs).shape[0] == 1
     if best["step"] == 12:  # the release holds the final weights
