@@ -234,26 +234,38 @@ class NoRepeatSentenceLogitsProcessor(LogitsProcessor):
         self.sentence_ends = set(sentence_end_token_ids)
         self.sections = [tuple(header) for header in section_token_ids if header]
         self.numbers = set(number_token_ids)
+        # The last step's rows -> their state: a row is a row of the step before with one token more (beam search
+        # reorders them), so each step reads one token per row instead of the whole row again
+        self.states = {}
 
-    def said(self, ids):
-        """({sentence of the current section without its last token: its last tokens}, the sentence being written)"""
-        said, current = {}, []
-        for token in ids:
-            if token in self.sentence_ends and current and current[-1] not in self.numbers:
-                said.setdefault(tuple(current), set()).add(token)
-                current = []
-                continue
-            current.append(token)
-            if any(tuple(current[-len(header):]) == header for header in self.sections):
-                said, current = {}, []
-        return said, tuple(current)
+    def next_state(self, state, token):
+        """(said, current) after one more token: `said` maps each sentence of the current section, without its last
+        token, to the tokens it ended with; `current` is the sentence being written."""
+        said, current = state
+        if token in self.sentence_ends and current and current[-1] not in self.numbers:
+            return {**said, current: said.get(current, frozenset()) | {token}}, ()
+        current = current + (token,)
+        if any(current[-len(header):] == header for header in self.sections):
+            return {}, ()
+        return said, current
 
     def __call__(self, input_ids, scores):
+        states = {}
         for row, ids in enumerate(input_ids.tolist()):
-            said, current = self.said(ids[1:])
+            key = tuple(ids)
+            state = self.states.get(key[:-1])
+            if state is None:
+                state = ({}, ())
+                for token in key[1:]:
+                    state = self.next_state(state, token)
+            else:
+                state = self.next_state(state, key[-1])
+            states[key] = state
+            said, current = state
             copies = said.get(current)
             if copies:
                 scores[row, list(copies)] = -float("inf")
+        self.states = states
         return scores
 
 

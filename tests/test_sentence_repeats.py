@@ -47,6 +47,26 @@ def test_a_decimal_point_ends_no_sentence():
     assert banned(processor, said + [1, NUMBER, END, 3, 4]) == [END]  # the whole sentence again is banned
 
 
+def test_step_by_step_the_bans_are_those_of_reading_each_row_whole():
+    """Each step reads one token more per row (its state kept from the step before, rows reordered as beam search
+    does): the bans must be those of a processor that reads every row from its start."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([1, 2, 3, 1, 2, END, 6, NUMBER, FINDINGS, IMPRESSION, 1, 2])
+    stepwise = NoRepeatSentenceLogitsProcessor([END, 6], [[FINDINGS], [IMPRESSION]], [NUMBER])
+    bans = 0
+    for _ in range(30):
+        rows = torch.zeros(4, 1, dtype=torch.long)
+        stepwise.states = {}
+        for _ in range(50):
+            expected = NoRepeatSentenceLogitsProcessor([END, 6], [[FINDINGS], [IMPRESSION]], [NUMBER])(
+                rows, torch.zeros(4, 16))
+            assert torch.equal(stepwise(rows, torch.zeros(4, 16)), expected)
+            bans += int(torch.isinf(expected).sum())
+            rows = rows[torch.randint(0, 4, (4,), generator=generator)]  # beams reordered
+            rows = torch.cat([rows, tokens[torch.randint(0, len(tokens), (4, 1), generator=generator)]], 1)
+    assert bans > 20  # the rows said their sentences again often enough for the comparison to mean something
+
+
 @pytest.fixture(scope="module")
 def looping(tiny_tokenizer, tiny_processor_fixture):
     """A tiny model whose generation config carries no_repeat_sentence with its tokenizer's ids, the pixel values of
