@@ -227,14 +227,19 @@ def make_accelerator(config):
     it, epoch e continues the generator where epoch e - 1 left it: a resumed run would have to replay every earlier
     shuffle)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
     _refuse_fsdp_without_gpus()
     log_with = None if config.log_with == "none" else "tensorboard"
     if config.log_with == "auto" and importlib.util.find_spec("tensorboard") is None:
         log_with = None
+    # Stage 2: a micro-batch without a follow-up (most of them, in an archive with few priors) leaves the prior's
+    # weights and the change head out of that rank's loss; DDP must be told, or it waits for their gradients and
+    # stops the run at the next step
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.stage == "generation" else []
     return Accelerator(mixed_precision=config.mixed_precision, log_with=log_with, project_dir=config.output_dir,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+                       kwargs_handlers=handlers)
 
 
 class LaunchError(RuntimeError):

@@ -163,6 +163,34 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(one_machine_ru
     assert "2 process(es)" in stdout and stdout.count("done:") == 1
 
 
+def test_a_run_with_priors_trains_through_micro_batches_without_a_follow_up(dataset, tmp_path):
+    """In an archive with few priors most micro-batches hold no follow-up, so the prior's weights and the change head
+    take no part in that rank's loss: DDP must not wait for their gradients (it stopped the run at the next step)."""
+    import datasets
+
+    from modeling_cliptt5.data.schema import link_priors, load_report_dataset, save_dataset_atomically
+    from training_helpers import TINY_MODEL
+
+    def one_patient_with_two_studies(rows, indices):  # train-0 and train-1; every other study is a first one
+        return {"patient_id": ["p0" if rows["split"][0] == "train" and index < 2 else rows["id"][position]
+                               for position, index in enumerate(indices)],
+                "study_datetime": [f"2024-01-0{1 + index % 2}" for index in indices]}
+
+    data = load_report_dataset(str(dataset))
+    save_dataset_atomically(link_priors(datasets.DatasetDict({
+        split: rows.map(one_patient_with_two_studies, batched=True, with_indices=True)
+        for split, rows in data.items()})), str(tmp_path / "data"))
+    settings, results, run = write_settings(tmp_path / "run", tmp_path / "data", model={**TINY_MODEL, "reads_prior": True})
+    finished = subprocess.run(launch_command("cpu_2proc.yaml", settings, results), cwd=REPO_ROOT, env=launch_env(),
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-4000:]
+    ranks = read_ranks(results)
+    trained = [study for rank in ranks for study in rank["read_ids"] if study.startswith("train-")]
+    assert trained.count("train-1") == 2  # the one follow-up, once per epoch: 14 of 16 micro-batches have none
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["step"] == 8
+    assert json.loads((run / "best" / "config.json").read_text())["reads_prior"] is True
+
+
 def test_two_machines_train_as_one_machine_with_two_processes(two_machine_run, one_machine_run):
     run, ranks, outputs = two_machine_run
     assert_disjoint_shards(ranks)
