@@ -183,6 +183,19 @@ def refuse_prior(config, prior):
                          f"{', '.join(given)}")
 
 
+def refuse_prior_overrides(config, has_prior_images, prior_findings=None, prior_changes=None, prior_image_mask=None):
+    """A ValueError for what describes a prior image the model cannot use (both engines refuse alike): without prior
+    images, a prior_image_mask or an override of the heads' decisions on the prior; prior_findings for a model
+    without finding guidance; prior_changes for one without a change head."""
+    if not has_prior_images and any(value is not None for value in (prior_image_mask, prior_changes, prior_findings)):
+        raise ValueError("prior_image_mask, prior_changes and prior_findings describe the prior image: pass "
+                         "prior_pixel_values (or prior_vision_features)")
+    if prior_findings is not None and not config.uses_finding_guidance:
+        raise ValueError("prior_findings given to a model without finding guidance (config.finding_guidance)")
+    if prior_changes is not None and not config.change_head:
+        raise ValueError("prior_changes given to a model without a change head (config.change_head)")
+
+
 def finding_bce(logits, targets, positive_weights=None):
     """Binary cross-entropy of finding logits [batch, findings] against 1 / 0 targets, positives weighted per finding
     (`positive_weights`, [findings]); targets of -100 (an uncertain label, say) do not count."""
@@ -525,6 +538,8 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
         kinds = embeddings.kinds.weight.to(self.dtype)
         parts, masks = [], []
         has_prior = None
+        refuse_prior_overrides(self.config, prior_vision_features is not None or prior_pixel_values is not None,
+                               prior_findings, prior_changes, prior_image_mask)
         if prior_vision_features is None and prior_pixel_values is not None:
             prior_vision_features = self.get_vision_features(prior_pixel_values)
         if prior_vision_features is not None:
@@ -551,18 +566,11 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
                     if prior_changes is not None:
                         given = prior_changes.long().to(changes.device)
                         changes = torch.where(given >= 0, given, changes)
-                elif prior_changes is not None:
-                    raise ValueError("prior_changes given to a model without a change head (config.change_head)")
                 parts.append(embeddings.course_tokens(prior_statuses, statuses, changes)
                              .to(self.dtype) + kinds[embeddings.FINDINGS])
-            elif prior_findings is not None:
-                raise ValueError("prior_findings given to a model without finding guidance (config.finding_guidance)")
             masks += [image_mask[:, None].expand(-1, part.shape[1]) for part in parts]
             has_prior = image_mask
         else:
-            if prior_image_mask is not None or prior_changes is not None or prior_findings is not None:
-                raise ValueError("prior_image_mask, prior_changes and prior_findings describe the prior image: pass "
-                                 "prior_pixel_values (or prior_vision_features)")
             # Masked places for the prior image's tokens and guidance keep the report's tokens where they are with
             # a prior image (T5's attention bias depends on relative positions), so every layout drafts alike.
             places = self.config.num_views * self.config.num_image_tokens_per_view

@@ -623,15 +623,10 @@ class OnnxCLIPT5:
     def prior_overrides(self, batch, has_images, prior_findings, prior_changes):
         """The encoder graph's prior_findings and prior_changes: the caller's, as the PyTorch model takes them, -1
         (the heads decide) where not given; refused as the model refuses them."""
-        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor
+        from modeling_cliptt5.modeling_cliptt5 import findings_to_tensor, refuse_prior_overrides
 
         config, shape = self.config, (batch, len(self.config.finding_labels))
-        if (prior_findings is not None or prior_changes is not None) and not has_images:
-            raise ValueError("prior_changes and prior_findings describe the prior image: pass prior_pixel_values")
-        if prior_findings is not None and not config.uses_finding_guidance:
-            raise ValueError("prior_findings given to a model without finding guidance (config.finding_guidance)")
-        if prior_changes is not None and not config.change_head:
-            raise ValueError("prior_changes given to a model without a change head (config.change_head)")
+        refuse_prior_overrides(config, has_images, prior_findings, prior_changes)
         feeds = {}
         if config.uses_finding_guidance:
             given = (torch.full(shape, -1) if prior_findings is None
