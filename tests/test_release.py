@@ -119,6 +119,16 @@ def test_a_release_limited_to_a_report_vocabulary_says_so_in_its_card(release_di
     assert "drafts use" not in open(card).read()
 
 
+def test_a_release_that_keeps_drafts_from_repeating_sentences_says_so_in_its_card(release_dir):
+    card = os.path.join(release_dir, "README.md")
+    assert "no_repeat_sentence" not in open(card).read()  # the fixture's generation config does not ask for it
+    path = os.path.join(release_dir, "generation_config.json")
+    generation = json.loads(open(path).read())
+    open(path, "w").write(json.dumps({**generation, "no_repeat_sentence": True, "sentence_end_token_ids": [3]}))
+    release_command.main([release_dir])
+    assert "never say a sentence twice in a section" in open(card).read()
+
+
 def folder_bytes(folder):
     return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
 

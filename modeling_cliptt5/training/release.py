@@ -126,6 +126,8 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         raise FileNotFoundError(f"{info_path}: not a training release (no {RELEASE_INFO_FILE})")
     info = json.loads(info_path.read_text(encoding="utf-8"))
     config = json.loads((release_dir / "config.json").read_text(encoding="utf-8"))
+    generation_path = release_dir / "generation_config.json"
+    generation = json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else {}
     training_config_path = release_dir / TRAINING_CONFIG_FILE
     training_config = training_config_path.read_text(encoding="utf-8") if training_config_path.is_file() else ""
     vision = config.get("vision_config", {})
@@ -178,6 +180,7 @@ def render_model_card(release_dir, repo_id=None, template_path=MODEL_CARD_TEMPLA
         finding_head=info.get("finding_head"),
         training_config=training_config.strip(),
         ood_summary=_ood_card_values(release_dir),
+        no_repeat_sentence=bool(generation.get("no_repeat_sentence")),
     )
     return str(card)
 
