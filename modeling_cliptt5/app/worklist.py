@@ -13,14 +13,14 @@ from pathlib import Path
 
 from modeling_cliptt5.app.page_study import prior_name
 from modeling_cliptt5.app.report_formats import sr_reference
-from modeling_cliptt5.node.database import DRAFTED, FAILED, RECEIVING, REFUSED, NodeDatabase
+from modeling_cliptt5.node.database import DRAFTED, FAILED, PRIOR, RECEIVING, REFUSED, NodeDatabase
 from modeling_cliptt5.node.settings import load_settings
 from modeling_cliptt5.node.storage import StorageLayout, write_durably
 from modeling_cliptt5.node.study_report import signed_report, sr_comparison, sr_sections, sr_texts
 
 # What the worklist calls each of the node's states: a study still receiving waits to be drafted.
 STATE_NAMES = {DRAFTED: "drafted", RECEIVING: "waiting", REFUSED: "refused",
-               FAILED: "failed (drafted again at restart)"}
+               FAILED: "failed (drafted again at restart)", PRIOR: "prior (fetched from the PACS, not drafted)"}
 WORKLIST_HEADERS = ["Study Instance UID", "state", "images", "last image", "reason"]
 
 

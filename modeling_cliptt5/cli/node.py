@@ -67,6 +67,9 @@ def parse_args(argv=None):
                            "more; replaces the file's list)")
     node.add_argument("--destination", action="append", metavar="AE@HOST:PORT", dest="destinations",
                       help="where every result is sent (repeat for more; replaces the file's list)")
+    node.add_argument("--prior-source", metavar="AE@HOST:PORT",
+                      help="a Query/Retrieve SCP (the PACS) asked for a follow-up's prior study when the node holds "
+                           "none (C-FIND, then C-MOVE to this node; the AE title must also be accepted)")
     node.add_argument("--study-complete-seconds", type=float,
                       help="a study is complete this many seconds after its last instance (default: 30)")
     node.add_argument("--max-instance-mb", type=float, help="refuse larger instances (default: 256)")
@@ -97,7 +100,7 @@ def flag_settings(args):
     """The flags given, by setting name (load_settings lays them over the file's)."""
     names = ("storage", "ae_title", "host", "port", "accept", "destinations", "study_complete_seconds",
              "max_instance_mb", "retry_first_seconds", "retry_max_seconds", "release", "optimize", "num_beams",
-             "max_new_tokens", "refuse_ood", "batch_size")
+             "max_new_tokens", "refuse_ood", "batch_size", "prior_source")
     values = {name: getattr(args, name, None) for name in names}
     tls = {"certificate": getattr(args, "tls_certificate", None), "private_key": getattr(args, "tls_private_key", None),
            "ca_certificates": getattr(args, "tls_ca_certificates", None)}

@@ -66,8 +66,9 @@ CREATE TABLE IF NOT EXISTS refusals (
 ADDED_COLUMNS = {"studies": {"patient_id": "TEXT NOT NULL DEFAULT ''", "study_datetime": "TEXT NOT NULL DEFAULT ''"}}
 INDEXES = "CREATE INDEX IF NOT EXISTS studies_of_patient ON studies (patient_id);"
 # A study's states. "receiving" until it has been quiet for the study-complete time and was drafted; "failed" (the
-# model failed on it) is drafted again after a restart.
-RECEIVING, DRAFTED, REFUSED, FAILED = "receiving", "drafted", "refused", "failed"
+# model failed on it) is drafted again after a restart; "prior": fetched from the prior source as a later study's
+# prior (prior_fetch.py), never drafted.
+RECEIVING, DRAFTED, REFUSED, FAILED, PRIOR = "receiving", "drafted", "refused", "failed", "prior"
 
 
 class NodeDatabase:
@@ -113,8 +114,9 @@ class NodeDatabase:
     # receiving
 
     def add_instance(self, instance, path, size, calling_ae_title, now) -> str:
-        """Records an instance written to `path`: "new", "again" (the same SOP instance sent again) or "late" (its
-        study was already drafted or refused: kept, not drafted again)."""
+        """Records an instance written to `path`: "new", "again" (the same SOP instance sent again), "late" (its
+        study was already drafted or refused: kept, not drafted again) or "prior" (its study was fetched as a prior:
+        kept, never drafted)."""
         with self.transaction() as db:
             known = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?",
                                (instance.sop_instance_uid,)).fetchone()
@@ -128,9 +130,11 @@ class NodeDatabase:
                            "quiet_since, patient_id, study_datetime) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (instance.study_instance_uid, RECEIVING, now, now, now, instance.patient_id,
                             instance.study_datetime))
-            elif study["state"] == RECEIVING:
+            elif study["state"] in (RECEIVING, PRIOR):
                 db.execute("UPDATE studies SET last_instance_at = ?, quiet_since = ? WHERE study_instance_uid = ?",
                            (now, now, instance.study_instance_uid))
+                if study["state"] == PRIOR:
+                    return "prior"
             else:
                 if not known:
                     db.execute("UPDATE studies SET late_instances = late_instances + 1 WHERE study_instance_uid = ?",
@@ -166,16 +170,37 @@ class NodeDatabase:
             "ORDER BY quiet_since LIMIT ?", (RECEIVING, quiet_before, -1 if limit is None else limit))]
 
     def prior_study(self, study_instance_uid):
-        """The Study Instance UID of the study's prior among the studies this node drafted: the latest of the same
-        patient dated strictly before it (data.schema.latest_earlier, the rule of datasets and of cliptt5-generate),
+        """The Study Instance UID of the study's prior among the studies this node drafted or fetched as priors: the
+        latest of the same patient dated strictly before it (data.schema.latest_earlier, the rule of datasets and of cliptt5-generate),
         or None (no patient or date in its headers, or no such study)."""
         rows = self.rows(
             "SELECT other.study_instance_uid, other.patient_id, other.study_datetime FROM studies AS study "
             "JOIN studies AS other ON other.patient_id = study.patient_id WHERE study.study_instance_uid = ? "
-            "AND study.patient_id != '' AND (other.state = ? OR other.study_instance_uid = study.study_instance_uid)",
-            (study_instance_uid, DRAFTED))
+            "AND study.patient_id != '' AND (other.state = ? OR other.study_instance_uid = study.study_instance_uid "
+            # a prior whose move was cut short (the node killed meanwhile) and holds no instance is fetched again
+            "OR (other.state = ? AND EXISTS (SELECT 1 FROM instances WHERE "
+            "instances.study_instance_uid = other.study_instance_uid)))", (study_instance_uid, DRAFTED, PRIOR))
         prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
         return prior_of.get(study_instance_uid)
+
+    def study_facts(self, study_instance_uid):
+        """(PatientID, study date-time) of a study, "" where its headers gave none."""
+        rows = self.rows("SELECT patient_id, study_datetime FROM studies WHERE study_instance_uid = ?",
+                         (study_instance_uid,))
+        return (rows[0]["patient_id"], rows[0]["study_datetime"]) if rows else ("", "")
+
+    def expect_prior(self, study_instance_uid, patient_id, study_datetime) -> bool:
+        """Records a study about to be fetched as a prior, so that its instances are kept as one and never drafted;
+        False when the node already knows it as something else (received, drafted or refused)."""
+        with self.transaction() as db:
+            study = db.execute("SELECT state FROM studies WHERE study_instance_uid = ?",
+                               (study_instance_uid,)).fetchone()
+            if study is not None:
+                return study["state"] == PRIOR
+            db.execute("INSERT INTO studies (study_instance_uid, state, first_instance_at, last_instance_at, "
+                       "quiet_since, patient_id, study_datetime) VALUES (?, ?, 0, 0, 0, ?, ?)",
+                       (study_instance_uid, PRIOR, patient_id, study_datetime))
+        return True
 
     def waiting_for_earlier(self):
         """The studies being received that wait for an earlier one of the same patient also being received

@@ -20,11 +20,12 @@ GENERATION_FAILED = "generation failed"  # the start of draft_reports' error for
 
 
 class StudyDrafter:
-    def __init__(self, settings, layout, database, release):
+    def __init__(self, settings, layout, database, release, client_context=None):
         self.settings = settings
         self.layout = layout
         self.database = database
         self.release = release
+        self.client_context = client_context  # TLS to the prior source
         self.generate_kwargs = {name: value for name, value in (("num_beams", settings.num_beams),
                                                                 ("max_new_tokens", settings.max_new_tokens)) if value}
 
@@ -66,12 +67,27 @@ class StudyDrafter:
 
     def study(self, uid) -> Study:
         """The study to draft, with its prior for a release that reads one: the latest earlier study of the same
-        patient that this node drafted, its images and, where a reader signed it on the page, its signed report."""
+        patient that this node drafted (or, with a prior source, fetched from it when the node has none), its images
+        and, where a reader signed it on the page, its signed report."""
         prior = self.database.prior_study(uid) if self.release.config.reads_prior else None
+        if prior is None and self.release.config.reads_prior and self.settings.prior_source is not None:
+            prior = self.fetched_prior(uid)
         if prior is None:
             return Study(uid, self.database.instance_paths(uid))
         return Study(uid, self.database.instance_paths(uid), prior=Study(prior, self.database.instance_paths(prior)),
                      prior_report=signed_report(self.database.result_paths(prior)))
+
+    def fetched_prior(self, uid):
+        """The study's prior fetched from the prior source, or None (none there, or the source failed: logged, and
+        the study is drafted as the patient's first)."""
+        from modeling_cliptt5.node.prior_fetch import PriorFetchError, fetch_prior
+
+        try:
+            return fetch_prior(self.settings, self.database, uid, self.client_context)
+        except (PriorFetchError, OSError, RuntimeError, ValueError) as error:
+            LOG.warning("study %s: no prior fetched from %s (%s): drafted as the patient's first", uid,
+                        self.settings.prior_source.name, " ".join(str(error).split()))
+            return None
 
     def send_back(self, draft, quiet_since, study) -> bool:
         """Writes the draft's SR and queues it; if an instance arrived meanwhile, drops it (drafted again later).

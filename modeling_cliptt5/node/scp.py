@@ -95,7 +95,10 @@ class StorageSCP:
             LOG.exception("instance %s: failed while storing", shown(sop_instance_uid))
             return self.refuse(PROCESSING_FAILURE, f"failed while storing ({type(error).__name__})",
                                sop_instance_uid, ae_title, address)
-        if outcome == "late":
+        if outcome == "prior":
+            LOG.info("stored instance %s of study %s from %s, the prior of a later study", instance.sop_instance_uid,
+                     instance.study_instance_uid, ae_title)
+        elif outcome == "late":
             LOG.warning("instance %s of study %s arrived after the study was finished: kept, not drafted again",
                         instance.sop_instance_uid, instance.study_instance_uid)
         else:

@@ -112,7 +112,7 @@ def serve(settings, stop: threading.Event):
     except OSError as error:
         raise NodeStartError(f"cannot listen on {settings.host}:{settings.port} ({error.strerror or error})") from None
     database.restart_clocks(time.time())
-    drafter = StudyDrafter(settings, layout, database, release)
+    drafter = StudyDrafter(settings, layout, database, release, sending_context)
     sender = ResultSender(settings, database, sending_context)
     workers = [worker("drafting", drafter.draft_complete_studies, stop), worker("sending", sender.send_due, stop)]
     LOG.info("listening on %s:%d as %s%s; storage %s; a study is complete %g s after its last instance",

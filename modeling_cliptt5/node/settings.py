@@ -24,6 +24,7 @@ EXAMPLE = """\
   destinations:                    # where each result goes (every one of them)
     - {ae_title: PACS, host: 10.1.2.3, port: 104}
   tls: {certificate: node.crt, private_key: node.key, ca_certificates: hospital-ca.pem}   # optional
+  prior_source: {ae_title: PACS, host: 10.1.2.3, port: 104}   # optional: asked for priors the node lacks
   # also: optimize, num_beams, max_new_tokens, refuse_ood, batch_size, max_instance_mb, retry_first_seconds,
   # retry_max_seconds, network_timeout_seconds, max_associations (each has a flag but the last two)
 """
@@ -97,6 +98,9 @@ class NodeSettings:
     network_timeout_seconds: float = _setting(30.0, "give up on a silent peer after this many seconds")
     max_associations: int = _setting(10, "associations served at once; more are rejected as congestion")
     tls: TlsSettings | None = _setting(None, "certificate, private_key and optionally ca_certificates (PEM files)")
+    prior_source: Destination | None = _setting(
+        None, "a Query/Retrieve SCP (usually the PACS, AE@HOST:PORT) asked for a study's prior when the node holds "
+        "none: C-FIND of the patient's earlier studies, C-MOVE of the latest to this node (it must be in accept)")
 
     @property
     def max_instance_bytes(self) -> int:
@@ -201,6 +205,8 @@ def convert(name, value, base):
         return [parse_caller(item) for item in ([value] if isinstance(value, (str, dict)) else value)]
     if name == "destinations":
         return [parse_destination(item) for item in ([value] if isinstance(value, (str, dict)) else value)]
+    if name == "prior_source":
+        return value if isinstance(value, Destination) else parse_destination(value)
     if name == "tls":
         if isinstance(value, TlsSettings):
             return value
@@ -259,6 +265,10 @@ def check(settings, serving):
             path = getattr(settings.tls, what)
             if path and not Path(path).is_file():
                 raise SettingsError(f"tls: {what} {path} is not a file")
-    if any(destination.tls for destination in settings.destinations) and not settings.tls:
+    source = settings.prior_source
+    if source is not None and not any(caller.ae_title == source.ae_title for caller in settings.accept):
+        raise SettingsError(f"prior_source {source.name}: add {source.ae_title} to accept, since the prior's "
+                            "instances come from it (C-MOVE)")
+    if any(peer.tls for peer in [*settings.destinations, *([source] if source else [])]) and not settings.tls:
         raise SettingsError("a destination asks for TLS but the node has no tls: settings (certificate, private_key, "
                             "ca_certificates)")

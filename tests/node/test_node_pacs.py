@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from dicom_files import grayscale_dicom
 from node_harness import (  # noqa: F401 - dicom_tools and node_release are fixtures
-    SECONDARY_CAPTURE, dcmtk_tool, dicom_tools, gradient_radiograph, node_release, running_node, running_orthanc,
+    ORTHANC_AE, SECONDARY_CAPTURE, dcmtk_tool, dicom_tools, gradient_radiograph, node_release, running_node, running_orthanc,
     sent_ok, storescu, study_files, wait_for, with_ood_summary,
 )
 from app_harness import free_port
@@ -97,6 +97,12 @@ def test_a_study_sent_with_storescu_comes_back_as_a_preliminary_sr_in_its_study(
     assert study_uid in log and "Doe" not in log and "Jane" not in log
 
 
+def comparison(dataset):
+    """{value type: text or UID} of an SR's Prior Procedure Descriptions."""
+    (section,) = content(dataset)["Prior Procedure Descriptions"]
+    return {item.ValueType: item.get("TextValue") or item.get("UID") for item in section.ContentSequence}
+
+
 def test_a_follow_up_comes_back_into_orthanc_compared_with_the_patients_earlier_study(prior_release_dir, tmp_path):
     # A node whose release reads priors, its own Orthanc: the patient's first study, then a follow-up
     release = with_ood_summary(prior_release_dir, tmp_path / "release")
@@ -111,10 +117,6 @@ def test_a_follow_up_comes_back_into_orthanc_compared_with_the_patients_earlier_
                                              AccessionNumber="ACC-2")
             assert sent_ok(storescu(node.port, later_files))
             sr, path = the_sr(orthanc, later, tmp_path / "later_sr.dcm")
-
-    def comparison(dataset):
-        (section,) = content(dataset)["Prior Procedure Descriptions"]
-        return {item.ValueType: item.get("TextValue") or item.get("UID") for item in section.ContentSequence}
 
     assert comparison(first_sr) == {"TEXT": "Comparison: none"}
     assert comparison(sr) == {"TEXT": "Comparison: ACC-1 (2024-03-01), images read", "UIDREF": first}
@@ -197,3 +199,39 @@ def test_what_the_node_must_not_take_is_refused_and_it_keeps_serving(pacs, node_
     status = node.status()
     assert [row["what"] for row in status["refusals"]][:5] == ["instance"] * 4 + ["association"]
     assert "Doe" not in log and "Jane" not in log
+
+
+def test_a_follow_up_whose_prior_is_only_in_the_pacs_is_compared_with_the_study_the_node_fetches(prior_release_dir,
+                                                                                                  tmp_path):
+    # The patient's earlier studies are in Orthanc only, as a modality sent them there, beside another patient's
+    # study and one of this patient dated after the follow-up; the node, asked for none of them, draws the prior
+    # from Orthanc (C-FIND, C-MOVE) when the follow-up comes
+    from modeling_cliptt5.node.database import NodeDatabase
+
+    release = with_ood_summary(prior_release_dir, tmp_path / "release")
+    node_port = free_port()
+    with running_orthanc(tmp_path / "orthanc", node_port) as orthanc:
+        in_pacs = {}
+        for name, seed, header in (("oldest", 3, {"StudyDate": "20231101", "AccessionNumber": "ACC-0"}),
+                                   ("first", 1, {"StudyDate": "20240301", "AccessionNumber": "ACC-1"}),
+                                   ("after", 4, {"StudyDate": "20240601", "AccessionNumber": "ACC-3"}),
+                                   ("other patient", 5, {"StudyDate": "20240410", "PatientID": "PAT-0002"})):
+            in_pacs[name], files = study_files(tmp_path / name, count=1, seed=seed, **header)
+            orthanc.upload(files[0])
+        with running_node(tmp_path / "node", release, orthanc.dicom_port, port=node_port,
+                          prior_source=f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}") as node:
+            later, later_files = study_files(tmp_path / "later", count=1, seed=2, StudyDate="20240415",
+                                             AccessionNumber="ACC-2")
+            assert sent_ok(storescu(node.port, later_files))
+            sr, path = the_sr(orthanc, later, tmp_path / "later_sr.dcm")
+            states = {row["study_instance_uid"]: row["state"] for row in NodeDatabase(
+                node.folder / "storage" / "node.sqlite3", read_only=True).rows("SELECT * FROM studies")}
+            log = node.log_path.read_text()
+        assert all(orthanc.srs(uid) == [] for uid in in_pacs.values())  # no SR for a study fetched as a prior
+
+    assert comparison(sr) == {"TEXT": "Comparison: ACC-1 (2024-03-01), images read", "UIDREF": in_pacs["first"]}
+    assert states == {later: "drafted", in_pacs["first"]: "prior"}  # only the latest earlier one was fetched
+    (evidence,) = sr.PertinentOtherEvidenceSequence
+    assert evidence.StudyInstanceUID == in_pacs["first"]
+    assert dciodvfy_errors(path) == []
+    assert f"prior study {in_pacs['first']} fetched from {ORTHANC_AE}@127.0.0.1" in log

@@ -53,11 +53,13 @@ def test_a_settings_file_with_flags_on_top(tmp_path, monkeypatch):
 
     # flags win, and their paths are read from the current folder; repeated flags replace the file's lists
     args = parse_args(["--config", str(path), "--storage", "elsewhere", "--port", "2000", "--accept",
-                       "CT1@10.0.0.1,10.0.0.2", "--refuse-ood", "--num-beams", "3"])
+                       "CT1@10.0.0.1,10.0.0.2", "--refuse-ood", "--num-beams", "3", "--prior-source",
+                       "CT1@10.0.0.1:104"])
     assert args.command == "serve"  # the default subcommand
     settings = load_settings(path, flag_settings(args))
     assert settings.storage == str(tmp_path / "elsewhere") and settings.port == 2000
     assert settings.accept == [Caller("CT1", ("10.0.0.1", "10.0.0.2"))]
+    assert settings.prior_source == Destination("CT1", "10.0.0.1", 104)
     assert settings.refuse_ood is True and settings.num_beams == 3 and settings.optimize is False
     assert settings.destinations[0].name == "PACS@10.1.2.3:104"
 
@@ -82,6 +84,8 @@ def test_a_settings_file_with_flags_on_top(tmp_path, monkeypatch):
     ("storage: x\nrelease: y\naccept: [A]\ndestinations: [A@h:1]\ntls: {certificate: missing.pem, private_key: k}\n",
      "tls: certificate"),
     ("[not, a, mapping]\n", "settings must be a mapping"),
+    ("storage: x\nrelease: y\naccept: [A]\ndestinations: [A@h:1]\nprior_source: PACS@h:104\n",
+     "prior_source PACS@h:104: add PACS to accept"),
 ])
 def test_a_setting_the_node_cannot_use_is_named_in_one_line(tmp_path, text, message):
     path = tmp_path / "node.yaml"
@@ -97,6 +101,7 @@ def test_the_example_in_the_help_is_a_settings_file_the_node_reads(tmp_path):
     assert set(read_settings_file(path)) >= {"ae_title", "release", "storage", "accept", "destinations", "tls"}
     settings = load_settings(path, {"tls": TlsSettings(__file__, __file__)})
     assert settings.accept == [Caller("PACS", ("10.1.2.3",))] and settings.study_complete_seconds == 30
+    assert settings.prior_source == Destination("PACS", "10.1.2.3", 104)
 
 
 def test_status_needs_the_storage_folder_only(tmp_path):
@@ -128,3 +133,26 @@ def test_help_answers_without_loading_torch_or_pynetdicom():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stdout + result.stderr
     assert "Storage SCP" in result.stdout and "status" in result.stdout
+
+
+def test_a_prior_source_that_does_not_answer_leaves_the_study_to_be_drafted_as_a_first_one(tmp_path, caplog):
+    """No prior source listening on its port: the fetch fails, is logged, and the study is drafted without a prior
+    (the node does not stop or wait)."""
+    from app_harness import free_port
+    from modeling_cliptt5.node.database import NodeDatabase
+    from modeling_cliptt5.node.drafter import StudyDrafter
+    from modeling_cliptt5.node.instances import Instance
+
+    pytest.importorskip("pynetdicom")
+    settings = load_settings(None, {"storage": str(tmp_path), "release": "x", "accept": ["PACS"],
+                                    "destinations": ["PACS@127.0.0.1:104"],
+                                    "prior_source": f"PACS@127.0.0.1:{free_port()}"})
+    settings.network_timeout_seconds = 5
+    database = NodeDatabase(tmp_path / "node.sqlite3")
+    database.add_instance(Instance("1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.1.1", "PAT-1",
+                                   "2024-03-01T10:15:00"), tmp_path / "a.dcm", 10, "PACS", 0.0)
+    with caplog.at_level("WARNING", logger="cliptt5.node"):
+        assert StudyDrafter(settings, None, database, None).fetched_prior("1.2.3") is None
+    assert "study 1.2.3: no prior fetched from PACS@127.0.0.1" in caplog.text
+    assert "drafted as the patient's first" in caplog.text
+    assert database.rows("SELECT state FROM studies") == [{"state": "receiving"}]  # nothing recorded as a prior
