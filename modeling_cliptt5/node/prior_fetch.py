@@ -33,6 +33,7 @@ def fetch_prior(settings, database, study_instance_uid, ssl_context=None):
     association = _associate(settings, source, ssl_context)
     try:
         found = _earlier_studies(association, patient_id, study_datetime[:10].replace("-", ""))
+        found.pop(study_instance_uid, None)  # the PACS holds the study itself too
         rows = [(patient_id, when, uid) for uid, when in found.items()] + [
             (patient_id, study_datetime, study_instance_uid)]
         prior = latest_earlier(rows).get(study_instance_uid)

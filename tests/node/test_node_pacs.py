@@ -222,6 +222,7 @@ def test_a_follow_up_whose_prior_is_only_in_the_pacs_is_compared_with_the_study_
                           prior_source=f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}") as node:
             later, later_files = study_files(tmp_path / "later", count=1, seed=2, StudyDate="20240415",
                                              AccessionNumber="ACC-2")
+            orthanc.upload(later_files[0])  # the PACS holds the follow-up too, as when it routes it to the node
             assert sent_ok(storescu(node.port, later_files))
             sr, path = the_sr(orthanc, later, tmp_path / "later_sr.dcm")
             states = {row["study_instance_uid"]: row["state"] for row in NodeDatabase(
