@@ -5,7 +5,7 @@ findings and change macro F1 on the demo's test split (each study against its pr
 drafts state exactly their guidance and how many run to the token limit, and the repeat share on images unlike the
 training data.
 
-    make demo && python benchmarks/bench_repetition.py [--release demo_output/best] [--variants 4 0+sentences 8+sentences]
+    make demo && python benchmarks/bench_repetition.py [--release demo_output/best] [--variants 4 8+sentences]
 
 Greedy, 128 tokens, as the demo scores. Writes benchmarks/results/repetition.json.
 """

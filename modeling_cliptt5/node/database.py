@@ -171,8 +171,8 @@ class NodeDatabase:
 
     def prior_study(self, study_instance_uid):
         """The Study Instance UID of the study's prior among the studies this node drafted or fetched as priors: the
-        latest of the same patient dated strictly before it (data.schema.latest_earlier, the rule of datasets and of cliptt5-generate),
-        or None (no patient or date in its headers, or no such study)."""
+        latest of the same patient dated strictly before it (data.schema.latest_earlier, the rule of datasets and of
+        cliptt5-generate), or None (no patient or date in its headers, or no such study)."""
         rows = self.rows(
             "SELECT other.study_instance_uid, other.patient_id, other.study_datetime FROM studies AS study "
             "JOIN studies AS other ON other.patient_id = study.patient_id WHERE study.study_instance_uid = ? "
