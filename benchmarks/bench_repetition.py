@@ -27,6 +27,7 @@ from demo import CHANGE_FINDINGS, draft_split, finding_scores, guidance_followed
 from modeling_cliptt5.evaluation.changes import change_scores  # noqa: E402
 from modeling_cliptt5.evaluation.repetition import report_repeats  # noqa: E402
 from modeling_cliptt5.inference.drafting import draft_batch, load_release  # noqa: E402
+from modeling_cliptt5.modeling_cliptt5 import use_sentence_repeat_guard  # noqa: E402
 
 
 def foreign_images(count, size=128, seed=0):
@@ -64,10 +65,9 @@ def use_variant(release, variant):
     """Sets the release's generation config to a variant: "4" (no_repeat_ngram_size 4), "8+sentences" (and
     no_repeat_sentence); 0 is no n-gram limit."""
     size, _, sentences = variant.partition("+")
-    settings = {"no_repeat_ngram_size": int(size), "no_repeat_sentence": sentences == "sentences",
-                **release.processor.sentence_token_ids()}
-    for name, value in settings.items():  # setattr: GenerationConfig.update() skips attributes it does not have yet
-        setattr(release.model.generation_config, name, value)
+    release.model.generation_config.no_repeat_ngram_size = int(size)
+    use_sentence_repeat_guard(release.model.generation_config, release.processor.sentence_token_ids(),
+                              on=sentences == "sentences")
 
 
 def main():

@@ -282,6 +282,14 @@ class NoRepeatSentenceLogitsProcessor(LogitsProcessor):
         return scores
 
 
+def use_sentence_repeat_guard(generation_config, token_ids, on=True):
+    """Sets `no_repeat_sentence` (on or off) in a generation config, with the tokenizer's ids the guard reads
+    (`token_ids`: CLIPT5Processor.sentence_token_ids()). setattr, not update(): GenerationConfig.update() skips
+    attributes the config does not have yet."""
+    for name, value in {"no_repeat_sentence": on, **token_ids}.items():
+        setattr(generation_config, name, value)
+
+
 def with_sentence_repeat_guard(generation_config, kwargs):
     """generate()'s keyword arguments, with a NoRepeatSentenceLogitsProcessor added where the generation config (a
     `generation_config` argument, else the model's) sets `no_repeat_sentence` (a release's generation_config.json
@@ -294,7 +302,7 @@ def with_sentence_repeat_guard(generation_config, kwargs):
     sentence_ends = getattr(config, "sentence_end_token_ids", None)
     if not sentence_ends:
         raise ValueError("no_repeat_sentence needs the tokenizer's sentence_end_token_ids in the generation config "
-                         "(generation_config.update(**processor.sentence_token_ids()))")
+                         "(use_sentence_repeat_guard(generation_config, processor.sentence_token_ids()))")
     processors = LogitsProcessorList(kwargs.get("logits_processor") or [])
     processors.append(NoRepeatSentenceLogitsProcessor(sentence_ends, getattr(config, "section_token_ids", ()),
                                                       getattr(config, "number_token_ids", ())))
@@ -776,4 +784,5 @@ class CLIPT5ForConditionalGeneration(T5ForConditionalGeneration):
 
 
 __all__ = ["CLIPT5ChangeHead", "CLIPT5FindingHead", "CLIPT5FindingOutput", "CLIPT5ForConditionalGeneration",
-           "CLIPT5PriorEmbeddings", "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput", "NoRepeatSentenceLogitsProcessor"]
+           "CLIPT5PriorEmbeddings", "CLIPT5Projector", "CLIPT5Seq2SeqLMOutput", "NoRepeatSentenceLogitsProcessor",
+           "use_sentence_repeat_guard"]

@@ -232,6 +232,7 @@ def test_a_release_keeps_its_drafts_from_saying_a_sentence_twice_without_the_pac
     from conftest import PreferSaying, noise_image, tiny_config, tiny_processor
     from modeling_cliptt5 import CLIPT5ForConditionalGeneration
     from modeling_cliptt5.evaluation.repetition import report_repeats
+    from modeling_cliptt5.modeling_cliptt5 import use_sentence_repeat_guard
     from transformers import LogitsProcessorList
 
     python = python_of(major)
@@ -239,8 +240,7 @@ def test_a_release_keeps_its_drafts_from_saying_a_sentence_twice_without_the_pac
     model = CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer))).eval()
     processor = tiny_processor(tiny_tokenizer)
     model.generation_config._from_model_config = False  # as training writes a release's generation config
-    for name, value in {"no_repeat_sentence": True, **processor.sentence_token_ids()}.items():
-        setattr(model.generation_config, name, value)
+    use_sentence_repeat_guard(model.generation_config, processor.sentence_token_ids())
     release = tmp_path / "release"
     model.save_pretrained(release)
     processor.save_pretrained(release)

@@ -8,7 +8,7 @@ from transformers import LogitsProcessorList
 
 from modeling_cliptt5 import CLIPT5ForConditionalGeneration
 from modeling_cliptt5.evaluation.repetition import report_repeats
-from modeling_cliptt5.modeling_cliptt5 import NoRepeatSentenceLogitsProcessor
+from modeling_cliptt5.modeling_cliptt5 import NoRepeatSentenceLogitsProcessor, use_sentence_repeat_guard
 
 from conftest import PreferSaying, tiny_config
 
@@ -73,8 +73,7 @@ def looping(tiny_tokenizer, tiny_processor_fixture):
     two studies and the settings that make it say "No pneumothorax." again and again."""
     torch.manual_seed(0)
     model = CLIPT5ForConditionalGeneration(tiny_config(vocab_size=len(tiny_tokenizer))).eval()
-    for name, value in {"no_repeat_sentence": True, **tiny_processor_fixture.sentence_token_ids()}.items():
-        setattr(model.generation_config, name, value)
+    use_sentence_repeat_guard(model.generation_config, tiny_processor_fixture.sentence_token_ids())
     sentence = tiny_tokenizer("No pneumothorax.", add_special_tokens=False)["input_ids"]
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     settings = dict(max_new_tokens=24, logits_processor=LogitsProcessorList([PreferSaying(sentence)]))

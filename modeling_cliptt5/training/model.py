@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from modeling_cliptt5.configuration_cliptt5 import CLIPT5Config
-from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration
+from modeling_cliptt5.modeling_cliptt5 import CLIPT5ForConditionalGeneration, use_sentence_repeat_guard
 from modeling_cliptt5.processing_cliptt5 import CLIPT5ImageProcessor, CLIPT5Processor
 from modeling_cliptt5.training.tokenizer import train_report_tokenizer
 from modeling_cliptt5.data.atomic_writes import atomic_folder
@@ -84,10 +84,8 @@ def build_model_and_processor(config, train_rows, accelerator):
     if config.generation_no_repeat_ngram_size:
         model.generation_config.no_repeat_ngram_size = config.generation_no_repeat_ngram_size
     if config.generation_no_repeat_sentence:
-        # with the tokenizer's ids, so that the release needs nothing else (NoRepeatSentenceLogitsProcessor);
-        # setattr: GenerationConfig.update() skips attributes it does not have yet
-        for name, value in {"no_repeat_sentence": True, **processor.sentence_token_ids()}.items():
-            setattr(model.generation_config, name, value)
+        # with the tokenizer's ids, so that the release needs nothing else (NoRepeatSentenceLogitsProcessor)
+        use_sentence_repeat_guard(model.generation_config, processor.sentence_token_ids())
     return model, processor
 
 
