@@ -71,6 +71,11 @@ INDEXES = "CREATE INDEX IF NOT EXISTS studies_of_patient ON studies (patient_id)
 RECEIVING, DRAFTED, REFUSED, FAILED, PRIOR = "receiving", "drafted", "refused", "failed", "prior"
 
 
+def priors_among(rows):
+    """{study: its prior} among studies table rows (data.schema.latest_earlier)."""
+    return latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
+
+
 class NodeDatabase:
     """One connection shared by the node's threads (a lock serialises them); `status` opens its own, read-only."""
 
@@ -180,8 +185,7 @@ class NodeDatabase:
             # a prior whose move was cut short (the node killed meanwhile) and holds no instance is fetched again
             "OR (other.state = ? AND EXISTS (SELECT 1 FROM instances WHERE "
             "instances.study_instance_uid = other.study_instance_uid)))", (study_instance_uid, DRAFTED, PRIOR))
-        prior_of = latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"]) for row in rows)
-        return prior_of.get(study_instance_uid)
+        return priors_among(rows).get(study_instance_uid)
 
     def study_facts(self, study_instance_uid):
         """(PatientID, study date-time) of a study, "" where its headers gave none."""
@@ -208,8 +212,7 @@ class NodeDatabase:
         sends a patient's studies together."""
         rows = self.rows("SELECT study_instance_uid, patient_id, study_datetime FROM studies WHERE state = ?",
                          (RECEIVING,))
-        return set(latest_earlier((row["patient_id"], row["study_datetime"], row["study_instance_uid"])
-                                  for row in rows))
+        return set(priors_among(rows))
 
     def result_paths(self, study_instance_uid):
         """The files of every result queued for the study (the node's draft, a reader's signed SR), newest first."""

@@ -69,9 +69,11 @@ class StudyDrafter:
         """The study to draft, with its prior for a release that reads one: the latest earlier study of the same
         patient that this node drafted (or, with a prior source, fetched from it when the node has none), its images
         and, where a reader signed it on the page, its signed report."""
-        prior = self.database.prior_study(uid) if self.release.config.reads_prior else None
-        if prior is None and self.release.config.reads_prior and self.settings.prior_source is not None:
-            prior = self.fetched_prior(uid)
+        prior = None
+        if self.release.config.reads_prior:
+            prior = self.database.prior_study(uid)
+            if prior is None and self.settings.prior_source is not None:
+                prior = self.fetched_prior(uid)
         if prior is None:
             return Study(uid, self.database.instance_paths(uid))
         return Study(uid, self.database.instance_paths(uid), prior=Study(prior, self.database.instance_paths(prior)),

@@ -51,18 +51,16 @@ def fetch_prior(settings, database, study_instance_uid, ssl_context=None):
 
 
 def _associate(settings, source, ssl_context):
-    from pynetdicom import AE
+    from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 
-    ae = AE(ae_title=settings.ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = \
-        settings.network_timeout_seconds
-    ae.add_requested_context(FIND)
-    ae.add_requested_context(MOVE)
-    association = ae.associate(source.host, source.port, ae_title=source.ae_title,
-                               tls_args=(ssl_context, source.host) if source.tls else None)
-    if not association.is_established:
-        raise PriorFetchError(f"{source.name}: " + ("association rejected" if association.is_rejected else
-                                                    "no association (no connection, or the source aborted)"))
+    from modeling_cliptt5.node.sender import associate
+
+    association, error = associate(settings.ae_title, source.ae_title, source.host, source.port,
+                                   settings.network_timeout_seconds,
+                                   [(FIND, DEFAULT_TRANSFER_SYNTAXES), (MOVE, DEFAULT_TRANSFER_SYNTAXES)],
+                                   ssl_context if source.tls else None, peer="prior source")
+    if association is None:
+        raise PriorFetchError(f"{source.name}: {error}")
     return association
 
 

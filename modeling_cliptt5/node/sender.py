@@ -23,19 +23,31 @@ def retry_delay(attempts, first, longest):
     return min(longest, first * 2 ** max(0, attempts - 1))
 
 
-def store_file(path, ae_title, host, port, own_ae_title, timeout, ssl_context=None):
-    """Sends one DICOM file with C-STORE; None when the destination took it, else why not (one line)."""
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+def associate(own_ae_title, ae_title, host, port, timeout, contexts, ssl_context=None, peer="destination"):
+    """(an established pynetdicom association asking for `contexts`, [(abstract syntax, transfer syntaxes)], None),
+    or (None, why not in one line); `peer` names the other side in that line."""
     from pynetdicom import AE
 
     ae = AE(ae_title=own_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    ae.add_requested_context(BASIC_TEXT_SR, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for abstract_syntax, transfer_syntaxes in contexts:
+        ae.add_requested_context(abstract_syntax, transfer_syntaxes)
     association = ae.associate(host, port, ae_title=ae_title,
                                tls_args=(ssl_context, host) if ssl_context is not None else None)
     if not association.is_established:
-        return ("association rejected by the destination" if association.is_rejected else
-                "no association (no connection, or the destination aborted)")
+        return None, (f"association rejected by the {peer}" if association.is_rejected else
+                      f"no association (no connection, or the {peer} aborted)")
+    return association, None
+
+
+def store_file(path, ae_title, host, port, own_ae_title, timeout, ssl_context=None):
+    """Sends one DICOM file with C-STORE; None when the destination took it, else why not (one line)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    association, error = associate(own_ae_title, ae_title, host, port, timeout,
+                                   [(BASIC_TEXT_SR, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])], ssl_context)
+    if association is None:
+        return error
     try:
         status = association.send_c_store(str(path))
     finally:
